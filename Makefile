@@ -1,0 +1,35 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: train the noise-conditional MLP on the two-mode mixture, sample, evaluate, plot.
+demo: $(STAMP)
+	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
+	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_bench.py --out=runs/bench/bench.json
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""Every command-line flag, defined once as a FlagHolder, with validators.
+
+Validators run when the flags are parsed, so a bad value stops the program before any work,
+with absl's message naming the flag: ``flag --num_steps=-5: num_steps must be >= 1``.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from tf_score import data, losses, score_model
+
+# --- run ---------------------------------------------------------------------------------
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard, figures.")
+SEED = flags.DEFINE_integer("seed", 0, "Random seed (training and sampling are reproducible).")
+PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+# --- data and model ----------------------------------------------------------------------
+DATASET = flags.DEFINE_enum("dataset", "two_mode", sorted(data.TOYS), "Data set.")
+MODEL = flags.DEFINE_enum("model", "mlp", ["mlp"], "Score network.")
+HIDDEN_UNITS = flags.DEFINE_list("hidden_units", ["128", "128"], "MLP hidden layer widths.")
+ACTIVATION = flags.DEFINE_enum(
+    "activation", "softplus", ["softplus", "elu", "swish", "tanh"], "MLP activation."
+)
+LOG_SIGMA_INPUT = flags.DEFINE_boolean(
+    "log_sigma_input", True, "Feed log(sigma_i) to the MLP as an extra input."
+)
+SCALE_BY_SIGMA = flags.DEFINE_boolean(
+    "scale_by_sigma", False, "Parameterise s(x, i) = f(x, i) / sigma_i (NCSNv2)."
+)
+
+# --- noise schedule and loss -------------------------------------------------------------
+SIGMA_BEGIN = flags.DEFINE_float("sigma_begin", 20.0, "Largest noise level sigma_1.")
+SIGMA_END = flags.DEFINE_float("sigma_end", 1.0, "Smallest noise level sigma_L.")
+NUM_LEVELS = flags.DEFINE_integer("num_levels", 10, "Number of noise levels L (geometric).")
+LOSS = flags.DEFINE_enum(
+    "loss",
+    "anneal_dsm",
+    list(score_model.SCORE_LOSSES),
+    "Training objective ('dsm' is single-level: num_levels=1).",
+)
+ANNEAL_POWER = flags.DEFINE_float("anneal_power", 2.0, "lambda(sigma) = sigma^anneal_power.")
+N_PARTICLES = flags.DEFINE_integer("n_particles", 1, "Projections per example for SSM.")
+PROJECTION = flags.DEFINE_enum(
+    "projection", "gaussian", list(losses.PROJECTIONS), "SSM projection distribution."
+)
+
+# --- optimisation ------------------------------------------------------------------------
+LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+NUM_STEPS = flags.DEFINE_integer("num_steps", 20000, "Training steps.")
+GRAD_CLIP_NORM = flags.DEFINE_float(
+    "grad_clip_norm", 0.0, "Clip gradients by global norm (0: off)."
+)
+EMA_RATE = flags.DEFINE_float("ema_rate", 0.999, "EMA decay of the weights (0: no averaging).")
+LOG_EVERY = flags.DEFINE_integer("log_every", 500, "Steps between TensorBoard scalars.")
+CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 5000, "Steps between checkpoints.")
+KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+SAMPLE_EVERY = flags.DEFINE_integer(
+    "sample_every", 0, "Steps between TensorBoard sample images (0: at the end)."
+)
+STEPS_PER_LOOP = flags.DEFINE_integer("steps_per_loop", 100, "Steps per compiled call.")
+
+# --- sampling ----------------------------------------------------------------------------
+SAMPLER = flags.DEFINE_enum(
+    "sampler", "annealed_langevin", ["annealed_langevin", "langevin"], "Sampler for run_sample.py."
+)
+NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1280, "Samples per chain batch.")
+EVAL_REPEATS = flags.DEFINE_integer(
+    "eval_repeats", 4, "Independent chain batches of num_samples pooled for the metrics."
+)
+STEP_LR = flags.DEFINE_float(
+    "step_lr",
+    0.05,
+    "Annealed Langevin eps: a_i = eps * sigma_i^2 / sigma_L^2 "
+    "(x <- x + a s + sqrt(2a) z; the NCSN toy's lr 0.1 is eps 0.05).",
+)
+N_STEPS_EACH = flags.DEFINE_integer("n_steps_each", 100, "Annealed Langevin steps per level T.")
+LANGEVIN_STEPS = flags.DEFINE_integer("langevin_steps", 1000, "Plain Langevin steps.")
+LANGEVIN_STEP_SIZE = flags.DEFINE_float("langevin_step_size", 0.05, "Plain Langevin step a.")
+DENOISE = flags.DEFINE_boolean("denoise", False, "Final Tweedie denoising step x + sigma_L^2 s.")
+EVALUATE = flags.DEFINE_boolean(
+    "evaluate", False, "Compare samplers, write metrics.json and samples.png."
+)
+JIT = flags.DEFINE_boolean("jit", False, "Compile sampler loops with XLA.")
+
+
+def _positive(holder, minimum=1):
+    flags.register_validator(
+        holder,
+        lambda v: v is not None and v >= minimum,
+        message=f"--{holder.name} must be >= {minimum}",
+    )
+
+
+for _h in (
+    NUM_STEPS,
+    BATCH_SIZE,
+    LOG_EVERY,
+    CHECKPOINT_EVERY,
+    KEEP_CHECKPOINTS,
+    NUM_LEVELS,
+    N_PARTICLES,
+    STEPS_PER_LOOP,
+    NUM_SAMPLES,
+    EVAL_REPEATS,
+    N_STEPS_EACH,
+):
+    _positive(_h)
+_positive(SAMPLE_EVERY, 0)
+_positive(LANGEVIN_STEPS, 0)
+for _h in (SIGMA_END, LEARNING_RATE, STEP_LR, LANGEVIN_STEP_SIZE):
+    flags.register_validator(_h, lambda v: v > 0, message=f"--{_h.name} must be > 0")
+flags.register_validator(GRAD_CLIP_NORM, lambda v: v >= 0, message="--grad_clip_norm must be >= 0")
+flags.register_validator(EMA_RATE, lambda v: 0 <= v < 1, message="--ema_rate must be in [0, 1)")
+flags.register_validator(
+    HIDDEN_UNITS,
+    lambda v: all(u.isdigit() and int(u) > 0 for u in v),
+    message="--hidden_units must be a comma-separated list of positive ints",
+)
+
+
+@flags.multi_flags_validator(
+    ["sigma_begin", "sigma_end", "num_levels"],
+    message="--sigma_begin must be > --sigma_end (or equal to it with --num_levels=1)",
+)
+def _check_schedule(f):
+    if f["num_levels"] == 1:
+        return f["sigma_begin"] == f["sigma_end"]
+    return f["sigma_begin"] > f["sigma_end"]
+
+
+@flags.multi_flags_validator(
+    ["loss", "num_levels"], message="--loss=dsm is single-level: it needs --num_levels=1"
+)
+def _check_dsm(f):
+    return f["loss"] != "dsm" or f["num_levels"] == 1
+
+
+def experiment_config() -> dict:
+    """The flags that define the model and data, saved as workdir/config.json by training."""
+    return {
+        "dataset": DATASET.value,
+        "model": MODEL.value,
+        "hidden_units": [int(u) for u in HIDDEN_UNITS.value],
+        "activation": ACTIVATION.value,
+        "log_sigma_input": LOG_SIGMA_INPUT.value,
+        "scale_by_sigma": SCALE_BY_SIGMA.value,
+        "sigma_begin": SIGMA_BEGIN.value,
+        "sigma_end": SIGMA_END.value,
+        "num_levels": NUM_LEVELS.value,
+        "loss": LOSS.value,
+        "anneal_power": ANNEAL_POWER.value,
+        "n_particles": N_PARTICLES.value,
+        "projection": PROJECTION.value,
+        "learning_rate": LEARNING_RATE.value,
+        "grad_clip_norm": GRAD_CLIP_NORM.value,
+        "seed": SEED.value,
+    }
+
+
+def train_config():
+    from tf_score.train import TrainConfig
+
+    return TrainConfig(
+        num_steps=NUM_STEPS.value,
+        batch_size=BATCH_SIZE.value,
+        seed=SEED.value,
+        log_every=LOG_EVERY.value,
+        checkpoint_every=CHECKPOINT_EVERY.value,
+        keep_checkpoints=KEEP_CHECKPOINTS.value,
+        sample_every=SAMPLE_EVERY.value,
+        ema_rate=EMA_RATE.value,
+        steps_per_loop=STEPS_PER_LOOP.value,
+        progress=PROGRESS.value,
+    )

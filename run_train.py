@@ -1,0 +1,72 @@
+"""Train a score model: flags -> config -> tf_score.train.train(bundle, config, workdir).
+
+    python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
+
+Re-running with the same --workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, logging
+
+import flags.definitions as F
+
+
+def _check_resume(workdir: str, cfg: dict) -> None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    changed = sorted(k for k in cfg if k in old and old[k] != cfg[k])
+    if changed:
+        raise app.UsageError(
+            f"--workdir={workdir} holds a run with different settings for: "
+            + ", ".join(f"--{k} (was {old[k]!r}, now {cfg[k]!r})" for k in changed)
+            + ". Use a new --workdir or the original flags."
+        )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = F.WORKDIR.value
+    cfg = F.experiment_config()
+    train_cfg = F.train_config()
+    _check_resume(workdir, cfg)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+
+    from tf_score import score_model, train
+
+    bundle = score_model.toy_bundle_from_config(
+        cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
+    )
+    print(
+        f"training {cfg['model']} on {cfg['dataset']} with {cfg['loss']} "
+        f"for {train_cfg.num_steps} steps -> {workdir}",
+        flush=True,
+    )
+    try:
+        result = train.train(bundle, train_cfg, workdir)
+    except train.NonFiniteLossError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    print(
+        f"trained to step {result.step}: loss {result.loss:.4f} in {result.seconds:.1f} s; "
+        f"checkpoint {result.checkpoint}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,427 @@
+"""The one training loop for every model (toy MLP, NCSN images, VAE).
+
+A model is handed to the loop as a ``ModelBundle``: factories for its Keras models, one or
+more ``Objective``s (a per-example loss callable, the variables it trains and an optimizer),
+and a ``dataset_fn``. The loop owns everything else: the distribution strategy, the compiled
+step (several steps per ``tf.function`` call), EMA copies of the weights, the NaN guard,
+checkpoints (``tf.train.CheckpointManager``, resumable), TensorBoard summaries and the
+progress bar. It knows nothing of which loss it runs.
+
+Randomness is stateless: the seed of step k is ``fold_in(seed, k)`` (then folded with the
+replica and the objective), and batch k of the data is a function of k, so a run resumed at
+step k replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tqdm.auto import tqdm
+
+
+class LossOutput(NamedTuple):
+    """A loss callable's result: per-example loss [B] and, optionally, the level per example."""
+
+    loss: tf.Tensor
+    levels: tf.Tensor | None = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss or gradient became NaN/Inf; the update of that step was not applied."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step = step
+        self.checkpoint = checkpoint
+        super().__init__(
+            f"non-finite loss or gradient at step {step}: the run stopped before applying it. "
+            f"Weights are those after step {step - 1}; last good checkpoint: {checkpoint or 'none'}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings. ``batch_size`` is the global batch over all replicas."""
+
+    num_steps: int
+    batch_size: int
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    #: image summaries every this many steps (0: only at the end)
+    sample_every: int = 0
+    #: EMA decay of the weights; 0 makes the EMA copy equal the live weights
+    ema_rate: float = 0.999
+    #: steps run inside one compiled call (cuts Python overhead for small models)
+    steps_per_loop: int = 100
+    progress: bool = True
+
+    def __post_init__(self):
+        positive = (
+            "num_steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "steps_per_loop",
+        )
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_every < 0:
+            raise ValueError(f"sample_every must be >= 0, got {self.sample_every}")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+
+
+@dataclasses.dataclass
+class Objective:
+    """One optimisation target: ``loss_fn(models, batch, seed) -> LossOutput``.
+
+    ``variables(models)`` picks the trainable variables this objective updates. Several
+    objectives (e.g. the VAE's score net and autoencoder) run one after another each step.
+    """
+
+    name: str
+    loss_fn: Callable[[dict, object, tf.Tensor], LossOutput]
+    variables: Callable[[dict], list]
+    optimizer_fn: Callable[[], keras.optimizers.Optimizer]
+    grad_clip_norm: float | None = None
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """What a model hands the loop.
+
+    Attributes:
+      model_fns: name -> factory of a built Keras model (called twice: live and EMA copy).
+      objectives: the losses to minimise, in order, each step.
+      dataset_fn: ``(per_replica_batch, input_context, start_step) -> tf.data.Dataset`` of
+        per-replica batches; batch k must depend only on (seed, k, input pipeline) for resume.
+      num_levels: noise levels, for per-level loss summaries (0: none).
+      image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
+    """
+
+    model_fns: dict[str, Callable[[], keras.Model]]
+    objectives: list[Objective]
+    dataset_fn: Callable[[int, tf.distribute.InputContext, int], tf.data.Dataset]
+    num_levels: int = 0
+    image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    loss: float
+    seconds: float
+    models: dict
+    ema_models: dict
+    checkpoint: str | None
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes checkpoints, summaries and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return (
+        task_type is None
+        or task_type == "chief"
+        or (
+            task_type == "worker"
+            and task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict()
+        )
+    )
+
+
+def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
+    """Create the live models, their EMA copies and the optimizers inside the strategy scope."""
+    with strategy.scope():
+        models = {name: fn() for name, fn in bundle.model_fns.items()}
+        ema_models = {name: fn() for name, fn in bundle.model_fns.items()}
+        for name, model in models.items():
+            for ema_w, w in zip(ema_models[name].weights, model.weights, strict=True):
+                ema_w.assign(w)
+        optimizers = {}
+        for obj in bundle.objectives:
+            opt = obj.optimizer_fn()
+            # Build slots now: a Keras 3 optimizer built lazily inside a distributed step fails.
+            opt.build(obj.variables(models))
+            optimizers[obj.name] = opt
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    return models, ema_models, optimizers, step
+
+
+def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint:
+    items = {"step": step}
+    items.update({f"model_{k}": v for k, v in models.items()})
+    items.update({f"ema_{k}": v for k, v in ema_models.items()})
+    items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
+    return tf.train.Checkpoint(**items)
+
+
+def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
+    """Restore only the EMA weights (what samplers and exports use) from a training run.
+
+    Returns (models, step). ``checkpoint`` picks a specific prefix; default: the latest.
+    """
+    path = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
+    models = {name: fn() for name, fn in model_fns.items()}
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
+    ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    return models, int(step.numpy())
+
+
+def _next_boundary(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def train(
+    bundle: ModelBundle,
+    config: TrainConfig,
+    workdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+) -> TrainResult:
+    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible."""
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must be divisible by the number of replicas "
+            f"({replicas})"
+        )
+    # Seeds Keras' initialisers (and Python/NumPy/TF global RNGs), so the same seed gives
+    # the same initial weights: a fresh run and a resumed one start from identical states.
+    keras.utils.set_random_seed(config.seed)
+    models, ema_models, optimizers, step_var = build_models(bundle, strategy)
+    ckpt = make_checkpoint(models, ema_models, optimizers, step_var)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = tf.train.CheckpointManager(
+        ckpt, ckpt_dir, max_to_keep=config.keep_checkpoints, step_counter=step_var
+    )
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var))
+    start_step = int(step_var.numpy())
+
+    dist_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: bundle.dataset_fn(
+            ctx.get_per_replica_batch_size(config.batch_size), ctx, start_step
+        )
+    )
+    iterator = iter(dist_ds)
+    base_seed = tf.constant([config.seed, 0x5C0E], tf.int32)
+    num_levels = max(int(bundle.num_levels), 1)
+    global_batch = config.batch_size
+
+    def replica_step(batch, step):
+        ctx = tf.distribute.get_replica_context()
+        seed = tf.random.experimental.stateless_fold_in(base_seed, step)
+        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
+        losses, level_sums, level_counts, grad_norms, finite = [], [], [], [], []
+        for i, obj in enumerate(bundle.objectives):
+            variables = obj.variables(models)
+            with tf.GradientTape() as tape:
+                out = obj.loss_fn(models, batch, tf.random.experimental.stateless_fold_in(seed, i))
+                per_example = tf.cast(out.loss, tf.float32)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            grads = tape.gradient(loss, variables)
+            # The global gradient (summed over replicas) gives the true norm for the NaN guard,
+            # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside
+            # apply(), so they get grads / replicas and apply exactly the global gradient.
+            grads = [
+                tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                for g, v in zip(grads, variables, strict=True)
+            ]
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            norm = tf.linalg.global_norm(grads)
+            ok = tf.math.is_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss))
+            ok = tf.logical_and(ok, tf.math.is_finite(norm))
+            if obj.grad_clip_norm:
+                grads, _ = tf.clip_by_global_norm(grads, obj.grad_clip_norm, use_norm=norm)
+            opt = optimizers[obj.name]
+
+            def apply(opt=opt, grads=grads, variables=variables):
+                opt.apply([g / replicas for g in grads], variables)
+                return tf.constant(True)
+
+            # A non-finite step is never applied, so the weights stay the last good ones.
+            tf.cond(ok, apply, lambda: tf.constant(False))
+            losses.append(loss)
+            grad_norms.append(norm)
+            finite.append(ok)
+            levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
+            level_sums.append(tf.math.unsorted_segment_sum(per_example, levels, num_levels))
+            level_counts.append(
+                tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
+            )
+        return (
+            tf.stack(losses),
+            tf.stack(level_sums),
+            tf.stack(level_counts),
+            tf.stack(grad_norms),
+            1.0 - tf.cast(tf.reduce_all(tf.stack(finite)), tf.float32),
+        )
+
+    n_obj = len(bundle.objectives)
+    ema_pairs = [
+        (e, w)
+        for name in models
+        for e, w in zip(ema_models[name].weights, models[name].weights, strict=True)
+    ]
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+    def train_loop(n_steps):
+        loss_acc = tf.zeros([n_obj])
+        level_sum = tf.zeros([n_obj, num_levels])
+        level_cnt = tf.zeros([n_obj, num_levels])
+        gnorm_acc = tf.zeros([n_obj])
+        done = tf.constant(0, tf.int64)
+        bad_step = tf.constant(-1, tf.int64)
+        for _ in tf.range(n_steps):
+            step = step_var + 1  # 1-based step being taken
+            out = strategy.run(replica_step, args=(next(iterator), step))
+            loss, lsum, lcnt, gnorm, bad = out
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            lsum = strategy.reduce(tf.distribute.ReduceOp.SUM, lsum, axis=None)
+            lcnt = strategy.reduce(tf.distribute.ReduceOp.SUM, lcnt, axis=None)
+            gnorm = strategy.reduce(tf.distribute.ReduceOp.MEAN, gnorm, axis=None)
+            bad = strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None)
+            if bad > 0:
+                bad_step = step
+                break
+            for e, w in ema_pairs:
+                e.assign(config.ema_rate * e + (1.0 - config.ema_rate) * w)
+            step_var.assign(step)
+            loss_acc += loss
+            level_sum += lsum
+            level_cnt += lcnt
+            gnorm_acc += gnorm
+            done += 1
+        denom = tf.cast(tf.maximum(done, 1), tf.float32)
+        return {
+            "loss": loss_acc / denom,
+            "level_loss": level_sum / tf.maximum(level_cnt, 1.0),
+            "grad_norm": gnorm_acc / denom,
+            "steps": done,
+            "bad_step": bad_step,
+        }
+
+    writer = (
+        tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+
+    def write_images(step):
+        if bundle.image_summaries is None:
+            return
+        images = bundle.image_summaries(ema_models, step)
+        with writer.as_default(step=step):
+            for tag, img in images.items():
+                img = np.asarray(img)
+                tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
+
+    def save(step):
+        if chief:
+            path = manager.save(checkpoint_number=step)
+            logging.info("saved checkpoint %s", path)
+        else:
+            path = None
+        return path
+
+    step = start_step
+    last_loss = float("nan")
+    t_start = time.time()
+    bar = tqdm(
+        total=config.num_steps,
+        initial=start_step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (config.progress and chief),
+        mininterval=1.0,
+    )
+    try:
+        while step < config.num_steps:
+            nxt = min(
+                config.num_steps,
+                step + config.steps_per_loop,
+                _next_boundary(step, config.log_every),
+                _next_boundary(step, config.checkpoint_every),
+                _next_boundary(step, config.sample_every)
+                if config.sample_every
+                else config.num_steps,
+            )
+            t0 = time.time()
+            out = train_loop(tf.constant(nxt - step, tf.int64))
+            done = int(out["steps"])
+            dt = time.time() - t0
+            if int(out["bad_step"]) >= 0:
+                raise NonFiniteLossError(int(out["bad_step"]), manager.latest_checkpoint)
+            step += done
+            bar.update(done)
+            losses = out["loss"].numpy()
+            last_loss = float(losses.sum())
+            bar.set_postfix(loss=f"{last_loss:.4g}")
+            if step % config.log_every == 0 or step == config.num_steps:
+                with writer.as_default(step=step):
+                    tf.summary.scalar("loss", last_loss)
+                    tf.summary.scalar("steps_per_sec", done / max(dt, 1e-9))
+                    tf.summary.scalar("examples_per_sec", done * global_batch / max(dt, 1e-9))
+                    for i, obj in enumerate(bundle.objectives):
+                        prefix = obj.name
+                        tf.summary.scalar(f"{prefix}/loss", losses[i])
+                        tf.summary.scalar(f"{prefix}/grad_norm", out["grad_norm"][i])
+                        lr = optimizers[obj.name].learning_rate
+                        tf.summary.scalar(f"{prefix}/learning_rate", float(np.asarray(lr)))
+                        if bundle.num_levels > 1:
+                            for lvl in range(bundle.num_levels):
+                                tf.summary.scalar(
+                                    f"{prefix}/loss_per_level/{lvl:02d}",
+                                    out["level_loss"][i, lvl],
+                                )
+                logging.info(
+                    "step %d loss %.5g (%.1f steps/s)", step, last_loss, done / max(dt, 1e-9)
+                )
+            if config.sample_every and step % config.sample_every == 0:
+                write_images(step)
+            if step % config.checkpoint_every == 0 or step == config.num_steps:
+                save(step)
+    except KeyboardInterrupt:
+        logging.warning("interrupted at step %d: saving a checkpoint before exiting", step)
+        save(step)
+        raise
+    finally:
+        bar.close()
+    seconds = time.time() - t_start
+    if not config.sample_every or config.num_steps % config.sample_every:
+        write_images(step)
+    writer.flush()
+    if chief:
+        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+            json.dump(
+                {
+                    "step": step,
+                    "final_loss": last_loss,
+                    "train_seconds": seconds,
+                    "start_step": start_step,
+                },
+                f,
+                indent=2,
+            )
+    return TrainResult(step, last_loss, seconds, models, ema_models, manager.latest_checkpoint)
