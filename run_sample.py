@@ -9,6 +9,7 @@ The model is rebuilt from workdir/config.json and the EMA weights of the latest 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -53,43 +54,29 @@ def evaluate_two_mode(workdir, cfg, sigmas, model, step) -> dict:
     exact_cond = toy.conditional_score_fn(sigmas)
     exact_score = toy.score_fn()
     learned_last = _at_level(model, last)
+    plain = functools.partial(
+        samplers.langevin,
+        step_size=F.LANGEVIN_STEP_SIZE.value,
+        n_steps=F.LANGEVIN_STEPS.value,
+        jit_compile=F.JIT.value,
+    )
+    annealed = functools.partial(
+        samplers.annealed_langevin,
+        sigmas=sigmas,
+        eps=F.STEP_LR.value,
+        n_steps_each=F.N_STEPS_EACH.value,
+        denoise=F.DENOISE.value,
+        jit_compile=F.JIT.value,
+    )
+    score_fns = {
+        "plain_langevin": (plain, learned_last),
+        "exact_plain_langevin": (plain, exact_score),
+        "annealed_langevin": (annealed, model),
+        "exact_annealed_langevin": (annealed, exact_cond),
+    }
     runs = {
-        "plain_langevin": lambda x0, s: samplers.langevin(
-            learned_last,
-            x0,
-            F.LANGEVIN_STEP_SIZE.value,
-            F.LANGEVIN_STEPS.value,
-            s,
-            jit_compile=F.JIT.value,
-        ),
-        "exact_plain_langevin": lambda x0, s: samplers.langevin(
-            exact_score,
-            x0,
-            F.LANGEVIN_STEP_SIZE.value,
-            F.LANGEVIN_STEPS.value,
-            s,
-            jit_compile=F.JIT.value,
-        ),
-        "annealed_langevin": lambda x0, s: samplers.annealed_langevin(
-            model,
-            x0,
-            sigmas,
-            F.STEP_LR.value,
-            F.N_STEPS_EACH.value,
-            s,
-            denoise=F.DENOISE.value,
-            jit_compile=F.JIT.value,
-        ),
-        "exact_annealed_langevin": lambda x0, s: samplers.annealed_langevin(
-            exact_cond,
-            x0,
-            sigmas,
-            F.STEP_LR.value,
-            F.N_STEPS_EACH.value,
-            s,
-            denoise=F.DENOISE.value,
-            jit_compile=F.JIT.value,
-        ),
+        name: (lambda x0, s, run=run, fn=fn: run(fn, x0, seed=s))
+        for name, (run, fn) in score_fns.items()
     }
     samples = {k: [] for k in runs}
     seconds = {k: 0.0 for k in runs}

@@ -105,8 +105,9 @@ class ModelBundle:
     Attributes:
       model_fns: name -> factory of a built Keras model (called twice: live and EMA copy).
       objectives: the losses to minimise, in order, each step.
-      dataset_fn: ``(per_replica_batch, input_context, start_step) -> tf.data.Dataset`` of
-        per-replica batches; batch k must depend only on (seed, k, input pipeline) for resume.
+      dataset_fn: ``(per_replica_batch, input_context, start) -> tf.data.Dataset`` of
+        per-replica batches, starting at batch index ``start`` of this input pipeline; batch k
+        must depend only on (seed, k, input pipeline) so that a resumed run replays exactly.
       num_levels: noise levels, for per-level loss summaries (0: none).
       image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
     """
@@ -216,67 +217,55 @@ def train(
     )
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var))
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
     start_step = int(step_var.numpy())
 
-    dist_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: bundle.dataset_fn(
-            ctx.get_per_replica_batch_size(config.batch_size), ctx, start_step
+    def input_fn(ctx: tf.distribute.InputContext):
+        # One pipeline may feed several local replicas, one batch each per step.
+        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return bundle.dataset_fn(
+            ctx.get_per_replica_batch_size(config.batch_size), ctx, start_step * batches_per_step
         )
-    )
+
+    dist_ds = strategy.distribute_datasets_from_function(input_fn)
     iterator = iter(dist_ds)
     base_seed = tf.constant([config.seed, 0x5C0E], tf.int32)
     num_levels = max(int(bundle.num_levels), 1)
     global_batch = config.batch_size
 
-    def replica_step(batch, step):
+    def compute_grads(i, batch, step):
+        """Replica fn: loss and global gradient of objective i, plus summary statistics."""
+        obj = bundle.objectives[i]
         ctx = tf.distribute.get_replica_context()
         seed = tf.random.experimental.stateless_fold_in(base_seed, step)
         seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
-        losses, level_sums, level_counts, grad_norms, finite = [], [], [], [], []
-        for i, obj in enumerate(bundle.objectives):
-            variables = obj.variables(models)
-            with tf.GradientTape() as tape:
-                out = obj.loss_fn(models, batch, tf.random.experimental.stateless_fold_in(seed, i))
-                per_example = tf.cast(out.loss, tf.float32)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            grads = tape.gradient(loss, variables)
-            # The global gradient (summed over replicas) gives the true norm for the NaN guard,
-            # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside
-            # apply(), so they get grads / replicas and apply exactly the global gradient.
-            grads = [
-                tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                for g, v in zip(grads, variables, strict=True)
-            ]
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            norm = tf.linalg.global_norm(grads)
-            ok = tf.math.is_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss))
-            ok = tf.logical_and(ok, tf.math.is_finite(norm))
-            if obj.grad_clip_norm:
-                grads, _ = tf.clip_by_global_norm(grads, obj.grad_clip_norm, use_norm=norm)
-            opt = optimizers[obj.name]
+        variables = obj.variables(models)
+        with tf.GradientTape() as tape:
+            out = obj.loss_fn(models, batch, tf.random.experimental.stateless_fold_in(seed, i))
+            per_example = tf.cast(out.loss, tf.float32)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, variables)
+        grads = [
+            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables, strict=True)
+        ]
+        # The global gradient (summed over replicas) gives the true norm for the NaN guard,
+        # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside apply(),
+        # so apply_grads hands them grads / replicas: exactly the global gradient is applied.
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm(grads)
+        ok = tf.math.is_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss))
+        ok = tf.logical_and(ok, tf.math.is_finite(norm))
+        if obj.grad_clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, obj.grad_clip_norm, use_norm=norm)
+        levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
+        lsum = tf.math.unsorted_segment_sum(per_example, levels, num_levels)
+        lcnt = tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
+        return grads, loss, lsum, lcnt, norm, 1.0 - tf.cast(ok, tf.float32)
 
-            def apply(opt=opt, grads=grads, variables=variables):
-                opt.apply([g / replicas for g in grads], variables)
-                return tf.constant(True)
-
-            # A non-finite step is never applied, so the weights stay the last good ones.
-            tf.cond(ok, apply, lambda: tf.constant(False))
-            losses.append(loss)
-            grad_norms.append(norm)
-            finite.append(ok)
-            levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
-            level_sums.append(tf.math.unsorted_segment_sum(per_example, levels, num_levels))
-            level_counts.append(
-                tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
-            )
-        return (
-            tf.stack(losses),
-            tf.stack(level_sums),
-            tf.stack(level_counts),
-            tf.stack(grad_norms),
-            1.0 - tf.cast(tf.reduce_all(tf.stack(finite)), tf.float32),
-        )
+    def apply_grads(i, grads):
+        obj = bundle.objectives[i]
+        optimizers[obj.name].apply([g / replicas for g in grads], obj.variables(models))
 
     n_obj = len(bundle.objectives)
     ema_pairs = [
@@ -284,6 +273,7 @@ def train(
         for name in models
         for e, w in zip(ema_models[name].weights, models[name].weights, strict=True)
     ]
+    sum_op = tf.distribute.ReduceOp.SUM
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
     def train_loop(n_steps):
@@ -295,23 +285,33 @@ def train(
         bad_step = tf.constant(-1, tf.int64)
         for _ in tf.range(n_steps):
             step = step_var + 1  # 1-based step being taken
-            out = strategy.run(replica_step, args=(next(iterator), step))
-            loss, lsum, lcnt, gnorm, bad = out
-            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            lsum = strategy.reduce(tf.distribute.ReduceOp.SUM, lsum, axis=None)
-            lcnt = strategy.reduce(tf.distribute.ReduceOp.SUM, lcnt, axis=None)
-            gnorm = strategy.reduce(tf.distribute.ReduceOp.MEAN, gnorm, axis=None)
-            bad = strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None)
+            batch = next(iterator)
+            stats = []
+            bad = tf.constant(0.0)
+            for i in range(n_obj):  # objectives run in order; each sees the previous update
+                grads, *rest = strategy.run(compute_grads, args=(i, batch, step))
+                rest = [strategy.reduce(sum_op, t, axis=None) for t in rest]
+                bad += rest[-1]
+                stats.append(rest[:-1])
+
+                def apply(i=i, grads=grads):
+                    strategy.run(apply_grads, args=(i, grads))
+                    return tf.constant(True)
+
+                # The branch is taken in cross-replica context, not inside the replica fn,
+                # where the optimizer's all-reduce could not cross it. A non-finite update
+                # is never applied, so the weights stay the last good ones.
+                tf.cond(bad > 0, lambda: tf.constant(False), apply)
             if bad > 0:
                 bad_step = step
                 break
             for e, w in ema_pairs:
                 e.assign(config.ema_rate * e + (1.0 - config.ema_rate) * w)
             step_var.assign(step)
-            loss_acc += loss
-            level_sum += lsum
-            level_cnt += lcnt
-            gnorm_acc += gnorm
+            loss_acc += tf.stack([st[0] for st in stats])
+            level_sum += tf.stack([st[1] for st in stats])
+            level_cnt += tf.stack([st[2] for st in stats])
+            gnorm_acc += tf.stack([st[3] for st in stats]) / replicas
             done += 1
         denom = tf.cast(tf.maximum(done, 1), tf.float32)
         return {
@@ -395,8 +395,13 @@ def train(
                                     f"{prefix}/loss_per_level/{lvl:02d}",
                                     out["level_loss"][i, lvl],
                                 )
-                logging.info(
-                    "step %d loss %.5g (%.1f steps/s)", step, last_loss, done / max(dt, 1e-9)
+                # The progress bar already shows this; log lines are for runs without it.
+                logging.log(
+                    logging.DEBUG if not bar.disable else logging.INFO,
+                    "step %d loss %.5g (%.1f steps/s)",
+                    step,
+                    last_loss,
+                    done / max(dt, 1e-9),
                 )
             if config.sample_every and step % config.sample_every == 0:
                 write_images(step)
