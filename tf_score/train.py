@@ -130,20 +130,18 @@ class TrainResult:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the worker that writes checkpoints, summaries and exports."""
+    """True on the worker that writes checkpoints, summaries and exports.
+
+    That is the "chief" task, or worker 0 when the cluster has no chief; single-process
+    strategies are always chief.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    if resolver is None or resolver.task_type is None:
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return (
-        task_type is None
-        or task_type == "chief"
-        or (
-            task_type == "worker"
-            and task_id == 0
-            and "chief" not in resolver.cluster_spec().as_dict()
-        )
-    )
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
