@@ -215,8 +215,9 @@ def train(
     )
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
     start_step = int(step_var.numpy())
+    if start_step:
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, start_step)
 
     def input_fn(ctx: tf.distribute.InputContext):
         # One pipeline may feed several local replicas, one batch each per step.
