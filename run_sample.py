@@ -28,9 +28,17 @@ def _load(workdir: str):
         raise app.UsageError(f"--workdir={workdir} has no config.json: train there first")
     with open(path) as f:
         cfg = json.load(f)
+    import keras
+
+    keras.mixed_precision.set_global_policy(cfg.get("precision", "float32"))
     sigmas = score_model.sigmas_from_config(cfg)
-    model_fn = score_model.toy_model_fn(sigmas, score_model.toy_model_config(cfg))
-    models, step = train.load_ema_models({"score": model_fn}, os.path.join(workdir, "checkpoints"))
+    model_fn = score_model.model_fn_from_config(cfg, tuple(cfg.get("data_shape", (2,))))
+    try:
+        models, step = train.load_ema_models(
+            {"score": model_fn}, os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
+        )
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e)) from e
     return cfg, sigmas, models["score"], step
 
 
@@ -39,6 +47,32 @@ def _at_level(model, level: int):
     import tensorflow as tf
 
     return lambda x: model(x, tf.fill([tf.shape(x)[0]], level))
+
+
+def _run_sampler(model, sigmas, x0, seed, snapshots=False):
+    """The sampler chosen by --sampler, with the sampling flags."""
+    from tf_score import samplers
+
+    if F.SAMPLER.value == "langevin":
+        return samplers.langevin(
+            _at_level(model, len(sigmas) - 1),
+            x0,
+            F.LANGEVIN_STEP_SIZE.value,
+            F.LANGEVIN_STEPS.value,
+            seed,
+            jit_compile=F.JIT.value,
+        )
+    return samplers.annealed_langevin(
+        model,
+        x0,
+        sigmas,
+        F.STEP_LR.value,
+        F.N_STEPS_EACH.value,
+        seed,
+        denoise=F.DENOISE.value,
+        snapshots=snapshots,
+        jit_compile=F.JIT.value,
+    )
 
 
 def evaluate_two_mode(workdir, cfg, sigmas, model, step) -> dict:
@@ -144,11 +178,95 @@ def print_table(m: dict) -> None:
         )
 
 
+def _sample_images(workdir, cfg, sigmas, model, step) -> None:
+    """Sample an image model: PNG grid + npz; optionally level snapshots and inpainting."""
+    import tensorflow as tf
+
+    from tf_score import plotting, samplers, score_model
+
+    shape = tuple(cfg["data_shape"])
+    n, seed = F.NUM_SAMPLES.value, tf.constant([F.SEED.value, 1])
+    t0 = time.time()
+    if F.INPAINT.value:
+        images, _, _, _ = score_model.load_training_images(cfg, split="test")
+        x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
+        w = shape[1]
+        mask = tf.concat(
+            [tf.ones([*shape[:1], w // 2, shape[2]]), tf.zeros([*shape[:1], w - w // 2, shape[2]])],
+            axis=1,
+        )
+        out = samplers.annealed_langevin_inpaint(
+            model,
+            x_obs,
+            mask,
+            sigmas,
+            F.STEP_LR.value,
+            F.N_STEPS_EACH.value,
+            seed,
+            denoise=F.DENOISE.value,
+            jit_compile=F.JIT.value,
+        )
+        occluded = x_obs * mask + 0.5 * (1 - mask)
+        rows = [
+            plotting.image_grid(a, ncols=min(n, 16))
+            for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())
+        ]
+        gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
+        plotting.save_png(
+            np.concatenate([rows[0], gap, rows[1], gap, rows[2]]),
+            os.path.join(workdir, "inpaint.png"),
+            scale=2,
+        )
+        np.savez(
+            os.path.join(workdir, "inpaint.npz"),
+            observed=x_obs.numpy(),
+            mask=mask.numpy(),
+            samples=out.samples.numpy(),
+        )
+        print(
+            f"inpainted {n} test images in {time.time() - t0:.1f} s "
+            f"({int(out.num_evals)} evaluations each): {workdir}/inpaint.png "
+            "(rows: occluded, samples, original)"
+        )
+        return
+    x0 = samplers.uniform_init([n, *shape], tf.constant([F.SEED.value, 0]))
+    out = _run_sampler(model, sigmas, x0, seed, snapshots=F.SNAPSHOTS.value)
+    seconds = time.time() - t0
+    x = out.samples.numpy()
+    plotting.save_png(plotting.image_grid(x), os.path.join(workdir, "samples.png"), scale=2)
+    np.savez(
+        os.path.join(workdir, "samples.npz"),
+        samples=x,
+        images=np.round(np.clip(x, 0, 1) * 255).astype(np.uint8),
+    )
+    if out.snapshots is not None:
+        snaps = out.snapshots.numpy()  # [L + 1, N, H, W, C]
+        k = min(8, n)
+        strip = snaps[:, :k].transpose(1, 0, 2, 3, 4).reshape(-1, *shape)
+        plotting.save_png(
+            plotting.image_grid(strip, ncols=len(snaps)),
+            os.path.join(workdir, "snapshots.png"),
+            scale=2,
+        )
+        plotting.save_gif(
+            [plotting.image_grid(f) for f in snaps], os.path.join(workdir, "snapshots.gif"), scale=2
+        )
+    print(
+        f"{F.SAMPLER.value}: {n} samples, {int(out.num_evals)} evaluations each, "
+        f"{seconds:.1f} s ({n * int(out.num_evals) / seconds:.0f} evaluations/s), "
+        f"checkpoint step {step} -> {workdir}/samples.png, samples.npz"
+        + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = F.WORKDIR.value
     cfg, sigmas, model, step = _load(workdir)
+    if "data_shape" in cfg and len(cfg["data_shape"]) == 3:
+        _sample_images(workdir, cfg, sigmas, model, step)
+        return
     if F.EVALUATE.value:
         m = evaluate_two_mode(workdir, cfg, sigmas, model, step)
         print_table(m)
@@ -167,26 +285,7 @@ def main(argv):
         [F.NUM_SAMPLES.value, 2], tf.constant([F.SEED.value, 0]), -toy.extent, toy.extent
     )
     seed = tf.constant([F.SEED.value, 1])
-    if F.SAMPLER.value == "langevin":
-        out = samplers.langevin(
-            _at_level(model, len(sigmas) - 1),
-            x0,
-            F.LANGEVIN_STEP_SIZE.value,
-            F.LANGEVIN_STEPS.value,
-            seed,
-            jit_compile=F.JIT.value,
-        )
-    else:
-        out = samplers.annealed_langevin(
-            model,
-            x0,
-            sigmas,
-            F.STEP_LR.value,
-            F.N_STEPS_EACH.value,
-            seed,
-            denoise=F.DENOISE.value,
-            jit_compile=F.JIT.value,
-        )
+    out = _run_sampler(model, sigmas, x0, seed)
     x = out.samples.numpy()
     np.savez(os.path.join(workdir, "samples.npz"), samples=x)
     plotting.scatter_panels(

@@ -22,7 +22,7 @@ def _check_resume(workdir: str, cfg: dict) -> None:
         return
     with open(path) as f:
         old = json.load(f)
-    changed = sorted(k for k in cfg if k in old and old[k] != cfg[k])
+    changed = sorted(k for k in cfg if k in old and old[k] != cfg[k] and k not in F.PORTABLE_KEYS)
     if changed:
         raise app.UsageError(
             f"--workdir={workdir} holds a run with different settings for: "
@@ -38,15 +38,24 @@ def main(argv):
     cfg = F.experiment_config()
     train_cfg = F.train_config()
     _check_resume(workdir, cfg)
+
+    import keras
+
+    from tf_score import data, score_model, train
+
+    keras.mixed_precision.set_global_policy(cfg["precision"])
+    try:
+        bundle, data_shape = score_model.bundle_from_config(
+            cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
+        )
+    except (data.DataUnavailableError, data.BadImagesError, ValueError) as e:
+        # Data problems are reported before anything is written.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    cfg["data_shape"] = list(data_shape)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-
-    from tf_score import score_model, train
-
-    bundle = score_model.toy_bundle_from_config(
-        cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
-    )
     print(
         f"training {cfg['model']} on {cfg['dataset']} with {cfg['loss']} "
         f"for {train_cfg.num_steps} steps -> {workdir}",

@@ -16,8 +16,41 @@ SEED = flags.DEFINE_integer("seed", 0, "Random seed (training and sampling are r
 PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
 
 # --- data and model ----------------------------------------------------------------------
-DATASET = flags.DEFINE_enum("dataset", "two_mode", sorted(data.TOYS), "Data set.")
-MODEL = flags.DEFINE_enum("model", "mlp", ["mlp"], "Score network.")
+DATASET = flags.DEFINE_enum(
+    "dataset",
+    "two_mode",
+    [*sorted(data.TOYS), *sorted(data.IMAGE_DATASETS), "folder", "npz"],
+    "Data set: a 2-D toy, a tfds image data set, or your own images (folder / npz with "
+    "--data_path).",
+)
+DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds' own).")
+DOWNLOAD = flags.DEFINE_boolean(
+    "download", True, "Let tfds download and prepare a missing data set."
+)
+DATA_PATH = flags.DEFINE_string("data_path", None, "Image folder or .npz for folder / npz.")
+IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Resize folder images to this square size (0: keep)."
+)
+RANDOM_FLIP = flags.DEFINE_boolean(
+    "random_flip", False, "Random horizontal flips for folder / npz data."
+)
+MODEL = flags.DEFINE_enum(
+    "model",
+    "mlp",
+    ["mlp", *score_model.IMAGE_MODELS],
+    "Score network: mlp (2-D), refinenet (NCSN), resnet.",
+)
+NGF = flags.DEFINE_integer("ngf", 64, "Base width of the image networks.")
+CHANNEL_MULTS = flags.DEFINE_list(
+    "channel_mults", ["1", "2", "2"], "ResNet width multiplier per resolution stage."
+)
+NUM_RES_BLOCKS = flags.DEFINE_integer("num_res_blocks", 2, "ResNet blocks per stage.")
+PRECISION = flags.DEFINE_enum(
+    "precision",
+    "float32",
+    ["float32", "mixed_bfloat16"],
+    "Keras dtype policy of the network (losses, noise levels and Langevin state stay float32).",
+)
 HIDDEN_UNITS = flags.DEFINE_list("hidden_units", ["128", "128"], "MLP hidden layer widths.")
 ACTIVATION = flags.DEFINE_enum(
     "activation", "softplus", ["softplus", "elu", "swish", "tanh"], "MLP activation."
@@ -65,7 +98,7 @@ STEPS_PER_LOOP = flags.DEFINE_integer("steps_per_loop", 100, "Steps per compiled
 SAMPLER = flags.DEFINE_enum(
     "sampler", "annealed_langevin", ["annealed_langevin", "langevin"], "Sampler for run_sample.py."
 )
-NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1280, "Samples per chain batch.")
+NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Samples per chain batch.")
 EVAL_REPEATS = flags.DEFINE_integer(
     "eval_repeats", 4, "Independent chain batches of num_samples pooled for the metrics."
 )
@@ -78,7 +111,16 @@ STEP_LR = flags.DEFINE_float(
 N_STEPS_EACH = flags.DEFINE_integer("n_steps_each", 100, "Annealed Langevin steps per level T.")
 LANGEVIN_STEPS = flags.DEFINE_integer("langevin_steps", 1000, "Plain Langevin steps.")
 LANGEVIN_STEP_SIZE = flags.DEFINE_float("langevin_step_size", 0.05, "Plain Langevin step a.")
-DENOISE = flags.DEFINE_boolean("denoise", False, "Final Tweedie denoising step x + sigma_L^2 s.")
+DENOISE = flags.DEFINE_boolean("denoise", True, "Final Tweedie denoising step x + sigma_L^2 s.")
+SNAPSHOTS = flags.DEFINE_boolean(
+    "snapshots", False, "Also write the chain at every level boundary (strip + GIF)."
+)
+INPAINT = flags.DEFINE_boolean(
+    "inpaint", False, "Inpaint the right half of test images instead of sampling."
+)
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint prefix to sample from (default: the latest)."
+)
 EVALUATE = flags.DEFINE_boolean(
     "evaluate", False, "Compare samplers, write metrics.json and samples.png."
 )
@@ -107,7 +149,15 @@ for _h in (
     N_STEPS_EACH,
 ):
     _positive(_h)
+_positive(NGF)
+_positive(NUM_RES_BLOCKS)
 _positive(SAMPLE_EVERY, 0)
+_positive(IMAGE_SIZE, 0)
+flags.register_validator(
+    CHANNEL_MULTS,
+    lambda v: v and all(u.isdigit() and int(u) > 0 for u in v),
+    message="--channel_mults must be a comma-separated list of positive ints",
+)
 _positive(LANGEVIN_STEPS, 0)
 for _h in (SIGMA_END, LEARNING_RATE, STEP_LR, LANGEVIN_STEP_SIZE):
     flags.register_validator(_h, lambda v: v > 0, message=f"--{_h.name} must be > 0")
@@ -137,11 +187,40 @@ def _check_dsm(f):
     return f["loss"] != "dsm" or f["num_levels"] == 1
 
 
+@flags.multi_flags_validator(
+    ["model", "dataset"],
+    message="--model=mlp is for the 2-D toys; image data sets need --model=refinenet or resnet "
+    "(and the toys need --model=mlp)",
+)
+def _check_model_matches_data(f):
+    return (f["model"] == "mlp") == (f["dataset"] in data.TOYS)
+
+
+@flags.multi_flags_validator(
+    ["dataset", "data_path"], message="--dataset=folder / npz needs --data_path"
+)
+def _check_data_path(f):
+    return f["dataset"] not in ("folder", "npz") or bool(f["data_path"])
+
+
+#: config keys that may change between a run and its resumption (where data lives)
+PORTABLE_KEYS = ("data_dir", "data_path", "download")
+
+
 def experiment_config() -> dict:
     """The flags that define the model and data, saved as workdir/config.json by training."""
     return {
         "dataset": DATASET.value,
+        "data_dir": DATA_DIR.value,
+        "download": DOWNLOAD.value,
+        "data_path": DATA_PATH.value,
+        "image_size": IMAGE_SIZE.value,
+        "random_flip": RANDOM_FLIP.value,
         "model": MODEL.value,
+        "ngf": NGF.value,
+        "channel_mults": [int(u) for u in CHANNEL_MULTS.value],
+        "num_res_blocks": NUM_RES_BLOCKS.value,
+        "precision": PRECISION.value,
         "hidden_units": [int(u) for u in HIDDEN_UNITS.value],
         "activation": ACTIVATION.value,
         "log_sigma_input": LOG_SIGMA_INPUT.value,

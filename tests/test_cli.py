@@ -33,6 +33,9 @@ def _run(repo_root, script, *args, timeout=300):
         (["--loss=mle"], "flag --loss=mle: value should be one of"),
         (["--loss=dsm"], "--loss=dsm is single-level"),
         (["--ema_rate=1.5"], "--ema_rate must be in [0, 1)"),
+        (["--dataset=mnist"], "--model=mlp is for the 2-D toys"),
+        (["--dataset=folder", "--model=resnet"], "--dataset=folder / npz needs --data_path"),
+        (["--model=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
     ],
 )
 def test_bad_flags_fail_before_any_work(repo_root, tmp_path, args, message):
@@ -40,6 +43,24 @@ def test_bad_flags_fail_before_any_work(repo_root, tmp_path, args, message):
     proc = _run(repo_root, "run_train.py", f"--workdir={workdir}", *args, timeout=120)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
+    assert not workdir.exists()
+
+
+def test_missing_image_data_fails_before_writing(repo_root, tmp_path):
+    workdir = tmp_path / "w"
+    proc = _run(
+        repo_root,
+        "run_train.py",
+        f"--workdir={workdir}",
+        "--dataset=fashion_mnist",
+        "--model=resnet",
+        f"--data_dir={tmp_path / 'empty'}",
+        "--nodownload",
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "not prepared" in proc.stderr and "--data_dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not workdir.exists()
 
 
@@ -109,3 +130,46 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "samples.npz"))
+
+
+@pytest.mark.slow
+def test_image_train_sample_snapshots_inpaint(repo_root, tmp_path):
+    from conftest import MNIST_DATA_DIR
+
+    workdir = str(tmp_path / "mnist")
+    common = [
+        "--flagfile=flags/presets/mnist_ncsn_cpu.cfg",
+        f"--workdir={workdir}",
+        f"--data_dir={MNIST_DATA_DIR}",
+        "--nodownload",
+        "--noprogress",
+        "--ngf=8",
+        "--channel_mults=1,2",
+        "--num_res_blocks=1",
+    ]
+    proc = _run(
+        repo_root,
+        "run_train.py",
+        *common,
+        "--num_steps=20",
+        "--checkpoint_every=10",
+        "--sample_every=20",
+        "--log_every=10",
+        "--n_steps_each=1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sample = [*common, "--num_samples=8", "--n_steps_each=2"]
+    proc = _run(repo_root, "run_sample.py", *sample, "--snapshots")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "21 evaluations each" in proc.stdout
+    for name in ["samples.png", "samples.npz", "snapshots.png", "snapshots.gif"]:
+        assert os.path.exists(os.path.join(workdir, name)), name
+    proc = _run(repo_root, "run_sample.py", *sample, "--inpaint")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import numpy as np
+
+    with np.load(os.path.join(workdir, "inpaint.npz")) as f:
+        observed, mask, samples = f["observed"], f["mask"], f["samples"]
+    assert samples.shape == (8, 28, 28, 1)
+    np.testing.assert_array_equal(samples[..., :14, :], observed[..., :14, :])
+    assert mask[:, :14].min() == 1 and mask[:, 14:].max() == 0

@@ -138,3 +138,274 @@ def toy_dataset(toy: GaussianMixtureToy, batch_size: int, seed, start_step: int 
         .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set cannot be read; the message says how to make it available."""
+
+
+class BadImagesError(ValueError):
+    """Files in an image folder that cannot be used; ``problems`` maps file -> reason."""
+
+    def __init__(self, folder: str, problems: dict[str, str]):
+        self.problems = problems
+        listing = "\n".join(f"  {name}: {why}" for name, why in sorted(problems.items()))
+        super().__init__(f"{len(problems)} unusable file(s) in {folder}:\n{listing}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDatasetSpec:
+    """How a tfds image data set is read: its image key, output size, crop and flips."""
+
+    tfds_name: str
+    image_shape: tuple[int, int, int]
+    random_flip: bool
+    center_crop: int | None = None  # crop a square this size from the centre before resizing
+    cache: bool = True  # keep decoded images in memory (small data sets)
+
+
+IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
+    "mnist": ImageDatasetSpec("mnist", (28, 28, 1), random_flip=False),
+    "fashion_mnist": ImageDatasetSpec("fashion_mnist", (28, 28, 1), random_flip=False),
+    "cifar10": ImageDatasetSpec("cifar10", (32, 32, 3), random_flip=True),
+    # NCSN: centre crop 140 x 140, resize to 64 x 64.
+    "celeb_a": ImageDatasetSpec(
+        "celeb_a", (64, 64, 3), random_flip=True, center_crop=140, cache=False
+    ),
+}
+
+
+def load_tfds_images(
+    name: str, split: str, data_dir: str | None = None, download: bool = False
+) -> tuple[tf.data.Dataset, ImageDatasetSpec]:
+    """The uint8 images of a tfds data set (no shuffling), resized and cropped per its spec.
+
+    Fails with ``DataUnavailableError`` saying how to prepare the data when it is missing.
+    """
+    import tensorflow_datasets as tfds
+
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image data set {name!r}; choose one of {sorted(IMAGE_DATASETS)}")
+    spec = IMAGE_DATASETS[name]
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    if not builder.is_prepared():
+        if not download:
+            raise DataUnavailableError(_how_to_prepare(spec.tfds_name, builder.data_dir))
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # network errors come in many types; all mean the same here
+            raise DataUnavailableError(
+                f"could not download {spec.tfds_name!r} ({type(e).__name__}: {e}).\n"
+                + _how_to_prepare(spec.tfds_name, builder.data_dir)
+            ) from e
+    splits = builder.info.splits
+    base_split = split.split("[")[0]
+    if splits and base_split not in splits:
+        raise ValueError(f"{name} has no split {split!r}; available: {sorted(splits)}")
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    h, w, _ = spec.image_shape
+
+    def image(example):
+        img = example["image"]
+        if spec.center_crop:
+            img = tf.image.resize_with_crop_or_pad(img, spec.center_crop, spec.center_crop)
+        if img.shape[0] != h or img.shape[1] != w:
+            img = tf.cast(tf.round(tf.image.resize(img, [h, w], antialias=True)), tf.uint8)
+        return img
+
+    return ds.map(image, num_parallel_calls=tf.data.AUTOTUNE), spec
+
+
+def _how_to_prepare(name: str, data_dir: str) -> str:
+    return (
+        f"data set {name!r} is not prepared in {data_dir!r}. On a machine with internet run\n"
+        f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+        f"data_dir='DIR').download_and_prepare()\"\n"
+        f"(or `tfds build {name} --data_dir=DIR`; for manual downloads see the tfds catalogue "
+        f"page of {name}), copy DIR here and pass --data_dir=DIR."
+    )
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_image_folder(folder: str, image_size: int | None = None) -> np.ndarray:
+    """Every image file in ``folder`` as uint8 [N, H, W, C].
+
+    Safe fixes are made and reported: palette/alpha/CMYK images are converted to the majority
+    mode (grayscale or RGB), and with ``image_size`` every image is centre-cropped to a square
+    and resized. Corrupt files, and mixed sizes without ``image_size``, stop with
+    ``BadImagesError`` listing each file and why.
+    """
+    import os
+
+    from absl import logging
+    from PIL import Image
+
+    if not os.path.isdir(folder):
+        raise DataUnavailableError(f"image folder {folder!r} does not exist")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(_IMAGE_SUFFIXES))
+    if not names:
+        raise DataUnavailableError(f"no image files ({', '.join(_IMAGE_SUFFIXES)}) in {folder!r}")
+    problems, images = {}, {}
+    for name in names:
+        try:
+            with Image.open(os.path.join(folder, name)) as im:
+                im.load()
+                images[name] = im.copy()
+        except Exception as e:  # PIL raises many types for unreadable files
+            problems[name] = f"unreadable ({type(e).__name__}: {e})"
+    gray = sum(im.mode in ("L", "1", "I;16", "I") for im in images.values())
+    mode = "L" if gray > len(images) / 2 else "RGB"
+    arrays = {}
+    for name, im in images.items():
+        if im.mode != mode:
+            logging.warning("%s: converted from %s to %s", name, im.mode, mode)
+            im = im.convert(mode)
+        if image_size:
+            side = min(im.size)
+            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+            if side != image_size:
+                im = im.resize((image_size, image_size), Image.BICUBIC)
+        arr = np.asarray(im, dtype=np.uint8)
+        arrays[name] = arr[..., None] if arr.ndim == 2 else arr
+    sizes = {a.shape for a in arrays.values()}
+    if len(sizes) > 1:
+        common = max(sizes, key=lambda s: sum(a.shape == s for a in arrays.values()))
+        for name, a in arrays.items():
+            if a.shape != common:
+                problems[name] = (
+                    f"size {a.shape[1]}x{a.shape[0]}, most are "
+                    f"{common[1]}x{common[0]} (pass --image_size to resize all)"
+                )
+    if problems:
+        raise BadImagesError(folder, problems)
+    return np.stack([arrays[n] for n in names if n in arrays])
+
+
+def load_npz_images(path: str) -> np.ndarray:
+    """Images from an .npz: key ``images`` (or its only array), [N, H, W(, C)].
+
+    uint8 in [0, 255] or floats in [0, 1]; returned as uint8 [N, H, W, C].
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise DataUnavailableError(f"npz file {path!r} does not exist")
+    with np.load(path) as f:
+        keys = list(f.keys())
+        if "images" in keys:
+            x = f["images"]
+        elif len(keys) == 1:
+            x = f[keys[0]]
+        else:
+            raise ValueError(f"{path}: expected an array named 'images' (found {keys})")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: images must be [N, H, W] or [N, H, W, 1|3], got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(
+                f"{path}: float images must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]"
+            )
+        return np.round(x * 255).astype(np.uint8)
+    raise ValueError(f"{path}: images must be uint8 or float, got {x.dtype}")
+
+
+def count_examples(ds: tf.data.Dataset) -> int:
+    """Number of elements, from the cardinality or by counting once (eagerly)."""
+    n = int(ds.cardinality())
+    if n < 0:
+        n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    return n
+
+
+def image_training_dataset(
+    images: tf.data.Dataset,
+    batch_size: int,
+    seed,
+    start_batch: int = 0,
+    random_flip: bool = False,
+    shuffle_buffer: int = 10_000,
+    cache: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    num_examples: int | None = None,
+) -> tf.data.Dataset:
+    """Infinite, deterministic batches of dequantised images in [0, 1] for training.
+
+    x = (pixel + u) / 256 with u ~ U(0, 1) (= x*255/256 + U(0, 1/256) for x = pixel/255).
+
+    With ``cache`` (data sets that fit in memory) the images are held as one tensor and epoch
+    e visits them in the order of a stateless permutation seeded by fold_in(seed, e), with
+    element noise a function of (seed, e, index): a resume at ``start_batch`` skips at most
+    one epoch. Without it a seeded shuffle buffer over the repeated stream is used and a
+    resume skips ``start_batch`` batches (exact, slower for long runs).
+    """
+    seed = tf.cast(seed, tf.int32)
+    # Sizes must be Python numbers (a strategy may trace this function): pass
+    # ``num_examples`` (see ``count_examples``) or it is taken from the data once, eagerly.
+    total = int(num_examples) if num_examples is not None else count_examples(images)
+    n = total // num_shards  # shards differ by at most one image; use the common part
+    if num_shards > 1:
+        images = images.shard(num_shards, shard_index)
+    images = images.take(n)
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
+
+    def prep(s, img):
+        s_noise, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        x = tf.cast(img, tf.float32)
+        x = (x + tf.random.stateless_uniform(tf.shape(x), s_noise)) / 256.0
+        if random_flip:
+            x = tf.image.stateless_random_flip_left_right(x, s_flip)
+        return x
+
+    if cache:
+        with tf.init_scope():  # materialise eagerly even when traced
+            table = tf.constant(next(iter(images.batch(n))).numpy())
+        first_epoch, skip = divmod(int(start_batch), per_epoch)
+
+        def epoch(e):
+            e_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(e, tf.int32))
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), e_seed)
+            return (
+                tf.data.Dataset.from_tensor_slices(order)
+                .map(
+                    lambda i: prep(
+                        tf.random.experimental.stateless_fold_in(e_seed, i), tf.gather(table, i)
+                    ),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True,
+                )
+                .batch(batch_size, drop_remainder=True)
+            )
+
+        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch).skip(skip)
+    else:
+        shuffle_seed = int(tf.random.stateless_uniform([], seed, maxval=2**31 - 1, dtype=tf.int32))
+        ds = (
+            images.shuffle(
+                min(int(shuffle_buffer), n), seed=shuffle_seed, reshuffle_each_iteration=True
+            )
+            .repeat()
+            .enumerate()
+            .map(
+                lambda k, img: prep(
+                    tf.random.experimental.stateless_fold_in(seed, tf.cast(k, tf.int32)), img
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .batch(batch_size, drop_remainder=True)
+            .skip(int(start_batch))
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -45,3 +45,43 @@ def png_to_array(png: bytes) -> np.ndarray:
     import tensorflow as tf
 
     return tf.io.decode_png(png, channels=3).numpy()
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images [N, H, W, C] with values in [0, 1] into one uint8 [H', W', C] grid.
+
+    Values are clipped to [0, 1] (Langevin samples overshoot slightly); grayscale stays 1-channel.
+    """
+    x = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    n, h, w, c = x.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+    for k in range(n):
+        r, q = divmod(k, ncols)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top : top + h, left : left + w] = x[k]
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: str, scale: int = 1) -> None:
+    """Write a uint8 [H, W, C] array as PNG (nearest-neighbour enlarged by ``scale``)."""
+    from PIL import Image
+
+    a = np.asarray(array, np.uint8)
+    if scale > 1:
+        a = a.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
+
+
+def save_gif(frames: list[np.ndarray], path: str, scale: int = 1, ms_per_frame: int = 300):
+    """Write uint8 [H, W, C] frames as an animated GIF."""
+    from PIL import Image
+
+    ims = []
+    for f in frames:
+        f = np.asarray(f, np.uint8)
+        if scale > 1:
+            f = f.repeat(scale, axis=0).repeat(scale, axis=1)
+        ims.append(Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f))
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms_per_frame, loop=0)

@@ -61,7 +61,11 @@ def _langevin_impl(score_fn, x0, step_size, n_steps, seed):
     return SamplerOutput(x, None, n_steps)
 
 
-def _annealed_impl(score_fn, x0, sigmas, eps, n_steps_each, seed, denoise, snapshots):
+def _annealed_impl(
+    score_fn, x0, sigmas, eps, n_steps_each, seed, denoise, snapshots, x_obs=None, mask=None
+):
+    """Annealed Langevin; with (x_obs, mask) the masked pixels are clamped to x_obs noised to
+    the current level before every step (NCSN inpainting) and to x_obs at the end."""
     x0 = tf.convert_to_tensor(x0, tf.float32)
     sigmas = tf.convert_to_tensor(sigmas, tf.float32)
     eps = tf.cast(eps, tf.float32)
@@ -69,13 +73,23 @@ def _annealed_impl(score_fn, x0, sigmas, eps, n_steps_each, seed, denoise, snaps
     num_levels = sigmas.shape[0] if sigmas.shape[0] is not None else tf.shape(sigmas)[0]
     batch = tf.shape(x0)[0]
     sigma_last = sigmas[-1]
+    inpaint = x_obs is not None
+    if inpaint:
+        x_obs = tf.convert_to_tensor(x_obs, tf.float32)
+        mask = tf.cast(mask, tf.float32)
+        # A different stream from the step noise: fold in a step index past the last step.
+        obs_seed = tf.random.experimental.stateless_fold_in(seed, -1, alg="philox")
 
     def level_body(level, x, snaps):
         a = eps * tf.square(sigmas[level] / sigma_last)
         noise_scale = tf.sqrt(2.0 * a)
         labels = tf.fill([batch], level)
+        if inpaint:
+            observed = x_obs + sigmas[level] * _step_noise(obs_seed, level, tf.shape(x_obs))
 
         def step_body(t, x):
+            if inpaint:
+                x = mask * observed + (1.0 - mask) * x
             s = tf.cast(score_fn(x, labels), tf.float32)
             z = _step_noise(seed, level * n_steps_each + t, tf.shape(x))
             return t + 1, x + a * s + noise_scale * z
@@ -97,6 +111,8 @@ def _annealed_impl(score_fn, x0, sigmas, eps, n_steps_each, seed, denoise, snaps
         labels = tf.fill([batch], tf.cast(num_levels, tf.int32) - 1)
         x = x + tf.square(sigma_last) * tf.cast(score_fn(x, labels), tf.float32)
         num_evals += 1
+    if inpaint:
+        x = mask * x_obs + (1.0 - mask) * x
     return SamplerOutput(x, snaps.stack() if snapshots else None, num_evals)
 
 
@@ -177,4 +193,44 @@ def annealed_langevin(
         seed,
         bool(denoise),
         bool(snapshots),
+    )
+
+
+def annealed_langevin_inpaint(
+    score_fn,
+    x_obs,
+    mask,
+    sigmas,
+    eps: float,
+    n_steps_each: int,
+    seed,
+    denoise: bool = True,
+    snapshots: bool = False,
+    jit_compile: bool = False,
+) -> SamplerOutput:
+    """Fill the pixels where ``mask == 0`` given ``x_obs`` where ``mask == 1`` (NCSN inpainting).
+
+    Annealed Langevin on the whole image, except that before every step the observed pixels
+    are replaced by x_obs + sigma_i z (the observation perturbed to the current level, drawn
+    once per level), so the free pixels are sampled from p_{sigma_i}(free | observed). The
+    chain starts from U[0, 1] in the free pixels; the result keeps x_obs exactly where observed.
+    """
+    _check("eps", eps, lambda v: v > 0, "> 0")
+    _check("n_steps_each", n_steps_each, lambda v: v >= 1, ">= 1")
+    x_obs = tf.convert_to_tensor(x_obs, tf.float32)
+    mask = tf.cast(tf.broadcast_to(mask, tf.shape(x_obs)), tf.float32)
+    init_seed = tf.random.experimental.stateless_fold_in(seed, -2, alg="philox")
+    x0 = mask * x_obs + (1.0 - mask) * uniform_init(tf.shape(x_obs), init_seed)
+    fn = _compiled("annealed_langevin", _annealed_impl, jit_compile)
+    return fn(
+        score_fn,
+        x0,
+        tf.cast(sigmas, tf.float32),
+        tf.cast(eps, tf.float32),
+        tf.cast(n_steps_each, tf.int32),
+        seed,
+        bool(denoise),
+        bool(snapshots),
+        x_obs,
+        mask,
     )

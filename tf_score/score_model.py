@@ -185,18 +185,154 @@ def loss_config(cfg: dict) -> ScoreLossConfig:
     )
 
 
-def toy_bundle_from_config(
-    cfg: dict, sample_eps: float = 0.05, sample_steps_each: int = 100
+IMAGE_MODELS = ("refinenet", "resnet")
+
+
+def is_image_config(cfg: dict) -> bool:
+    return cfg["dataset"] not in data.TOYS
+
+
+def load_training_images(cfg: dict, split: str = "train"):
+    """(uint8 image dataset, image shape, random_flip, cache) for an image experiment config."""
+    name = cfg["dataset"]
+    if name in ("folder", "npz"):
+        if not cfg.get("data_path"):
+            raise ValueError(f"--dataset={name} needs --data_path")
+        if name == "folder":
+            arr = data.load_image_folder(cfg["data_path"], cfg.get("image_size") or None)
+        else:
+            arr = data.load_npz_images(cfg["data_path"])
+        ds = tf.data.Dataset.from_tensor_slices(arr)
+        return ds, tuple(arr.shape[1:]), bool(cfg.get("random_flip")), True
+    ds, spec = data.load_tfds_images(
+        name, split, cfg.get("data_dir") or None, download=cfg.get("download", False)
+    )
+    return ds, spec.image_shape, spec.random_flip, spec.cache
+
+
+def model_fn_from_config(cfg: dict, image_shape=None):
+    """Factory of the built score network described by an experiment config."""
+    sigmas = sigmas_from_config(cfg)
+    name = cfg["model"]
+    if name == "mlp":
+        return toy_model_fn(sigmas, toy_model_config(cfg))
+    if image_shape is None:
+        raise ValueError(f"model {name!r} needs the image shape")
+    from tf_score.networks import ConditionalResNet, CondRefineNetDilated
+
+    def build():
+        if name == "refinenet":
+            m = CondRefineNetDilated(
+                image_shape,
+                sigmas,
+                ngf=cfg["ngf"],
+                scale_by_sigma=cfg["scale_by_sigma"],
+                name="score",
+            )
+        elif name == "resnet":
+            m = ConditionalResNet(
+                image_shape,
+                sigmas,
+                ngf=cfg["ngf"],
+                channel_mults=cfg["channel_mults"],
+                num_blocks=cfg["num_res_blocks"],
+                scale_by_sigma=cfg["scale_by_sigma"],
+                name="score",
+            )
+        else:
+            raise ValueError(f"unknown model {name!r}; choose mlp or one of {IMAGE_MODELS}")
+        m.build()
+        return m
+
+    return build
+
+
+def image_bundle(
+    model_fn,
+    images: tf.data.Dataset,
+    image_shape,
+    sigmas,
+    loss_cfg: ScoreLossConfig,
+    learning_rate: float,
+    seed: int,
+    random_flip: bool = False,
+    cache: bool = True,
+    sample_eps: float = 2e-5,
+    sample_steps_each: int = 100,
+    num_summary_samples: int = 16,
+    grad_clip_norm: float | None = None,
 ) -> ModelBundle:
-    """The toy bundle described by a saved experiment config (workdir/config.json)."""
-    return toy_bundle(
-        data.get_toy(cfg["dataset"]),
-        sigmas_from_config(cfg),
-        toy_model_config(cfg),
+    """Train a noise-conditional image score network on dequantised images in [0, 1]."""
+    sigmas = np.asarray(sigmas, np.float32)
+    data_seed = tf.constant([seed, 0x1A6E], tf.int32)
+    num_examples = data.count_examples(images)
+
+    def dataset_fn(batch_size, ctx, start_batch):
+        pipeline_seed = tf.random.experimental.stateless_fold_in(data_seed, ctx.input_pipeline_id)
+        return data.image_training_dataset(
+            images,
+            batch_size,
+            pipeline_seed,
+            start_batch=start_batch,
+            random_flip=random_flip,
+            cache=cache,
+            num_shards=ctx.num_input_pipelines,
+            shard_index=ctx.input_pipeline_id,
+            num_examples=num_examples,
+        )
+
+    def image_summaries(ema_models, step):
+        x0 = samplers.uniform_init([num_summary_samples, *image_shape], [seed, 1])
+        out = samplers.annealed_langevin(
+            ema_models["score"],
+            x0,
+            sigmas,
+            sample_eps,
+            sample_steps_each,
+            tf.constant([seed, 2]),
+            denoise=True,
+        )
+        return {"samples/annealed_langevin": plotting.image_grid(out.samples.numpy())}
+
+    return ModelBundle(
+        model_fns={"score": model_fn},
+        objectives=[score_objective(loss_cfg, sigmas, learning_rate, grad_clip_norm)],
+        dataset_fn=dataset_fn,
+        num_levels=len(sigmas),
+        image_summaries=image_summaries,
+    )
+
+
+def bundle_from_config(cfg: dict, sample_eps: float, sample_steps_each: int):
+    """(bundle, data shape) for an experiment config (workdir/config.json)."""
+    sigmas = sigmas_from_config(cfg)
+    clip = cfg["grad_clip_norm"] or None
+    if not is_image_config(cfg):
+        bundle = toy_bundle(
+            data.get_toy(cfg["dataset"]),
+            sigmas,
+            toy_model_config(cfg),
+            loss_config(cfg),
+            learning_rate=cfg["learning_rate"],
+            seed=cfg["seed"],
+            sample_eps=sample_eps,
+            sample_steps_each=sample_steps_each,
+            grad_clip_norm=clip,
+        )
+        return bundle, (2,)
+    images, shape, flip, cache = load_training_images(cfg)
+    bundle = image_bundle(
+        model_fn_from_config(cfg, shape),
+        images,
+        shape,
+        sigmas,
         loss_config(cfg),
-        learning_rate=cfg["learning_rate"],
-        seed=cfg["seed"],
+        cfg["learning_rate"],
+        cfg["seed"],
+        random_flip=flip,
+        cache=cache,
         sample_eps=sample_eps,
         sample_steps_each=sample_steps_each,
-        grad_clip_norm=cfg["grad_clip_norm"] or None,
+        grad_clip_norm=clip,
     )
+    return bundle, tuple(shape)
