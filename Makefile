@@ -29,7 +29,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_bench.py --out=runs/bench/bench.json
+	$(BIN)/python benchmarks/run_bench.py --out=runs/bench/bench.json --precisions=float32
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
