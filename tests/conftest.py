@@ -17,7 +17,11 @@ import flags.definitions  # noqa: E402, F401  (defines every flag once)
 absl_flags.FLAGS.mark_as_parsed()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "tfds")
+# Real MNIST as a prepared tfds data_dir: ../shared/data/tfds beside the checkout (as in CI),
+# or wherever TF_SCORE_TEST_TFDS_DIR points.
+MNIST_DATA_DIR = os.environ.get(
+    "TF_SCORE_TEST_TFDS_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "tfds")
+)
 
 
 @pytest.fixture
