@@ -86,6 +86,11 @@ GRAD_CLIP_NORM = flags.DEFINE_float(
     "grad_clip_norm", 0.0, "Clip gradients by global norm (0: off)."
 )
 EMA_RATE = flags.DEFINE_float("ema_rate", 0.999, "EMA decay of the weights (0: no averaging).")
+EMA_WARMUP = flags.DEFINE_boolean(
+    "ema_warmup",
+    True,
+    "Ramp the EMA decay as min(ema_rate, (1+t)/(10+t)) so it forgets the initial weights.",
+)
 LOG_EVERY = flags.DEFINE_integer("log_every", 500, "Steps between TensorBoard scalars.")
 CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 5000, "Steps between checkpoints.")
 KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
@@ -250,6 +255,7 @@ def train_config():
         keep_checkpoints=KEEP_CHECKPOINTS.value,
         sample_every=SAMPLE_EVERY.value,
         ema_rate=EMA_RATE.value,
+        ema_warmup=EMA_WARMUP.value,
         steps_per_loop=STEPS_PER_LOOP.value,
         progress=PROGRESS.value,
     )

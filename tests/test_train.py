@@ -85,6 +85,27 @@ def test_load_ema_models_restores_the_ema_weights(tmp_path):
     )
 
 
+def test_ema_decay_warms_up_then_holds_the_rate():
+    assert float(train.ema_decay(1, 0.999)) == pytest.approx(2 / 11)
+    assert float(train.ema_decay(90, 0.999)) == pytest.approx(91 / 100)
+    assert float(train.ema_decay(10**6, 0.999)) == pytest.approx(0.999)
+    assert float(train.ema_decay(1, 0.999, warmup=False)) == pytest.approx(0.999)
+
+
+def test_first_ema_update_mostly_forgets_the_initial_weights(tmp_path):
+    import keras
+
+    b = _bundle()
+    keras.utils.set_random_seed(0)  # what train() does before building, so w0 is its init
+    initial, *_ = train.build_models(b, tf.distribute.get_strategy())
+    w0 = _weights(initial)
+    result = train.train(b, _config(1, steps_per_loop=1, ema_rate=0.999), str(tmp_path))
+    d = 2 / 11  # warm-up decay at step 1, not 0.999
+    for e, a, w in zip(_weights(result.ema_models), w0, _weights(result.models), strict=True):
+        np.testing.assert_allclose(e, d * a + (1 - d) * w, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, w) for a, w in zip(w0, _weights(result.models), strict=True))
+
+
 def test_nan_guard_stops_with_the_step_and_keeps_the_last_good_state(tmp_path):
     bad_at = 57  # 1-based step whose batch is poisoned
     good = _bundle()
