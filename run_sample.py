@@ -4,7 +4,11 @@
     python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture \
         --evaluate                                                   # the two-mode comparison
 
+    python run_sample.py --workdir=runs/mnist_vae_ssm --evaluate      # VAE: AIS test NLL
+
 The model is rebuilt from workdir/config.json and the EMA weights of the latest checkpoint.
+For a VAE run it writes prior samples and reconstructions, and with --evaluate the test
+negative log-likelihood by AIS (and, for the Gaussian encoder, the IWAE bound and the ELBO).
 """
 
 from __future__ import annotations
@@ -23,11 +27,7 @@ import flags.definitions as F
 def _load(workdir: str):
     from tf_score import score_model, train
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise app.UsageError(f"--workdir={workdir} has no config.json: train there first")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = _read_config(workdir)
     import keras
 
     keras.mixed_precision.set_global_policy(cfg.get("precision", "float32"))
@@ -259,10 +259,143 @@ def _sample_images(workdir, cfg, sigmas, model, step) -> None:
     )
 
 
+def _read_config(workdir: str) -> dict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise app.UsageError(f"--workdir={workdir} has no config.json: train there first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _mean_se(values) -> dict:
+    v = np.asarray(values, np.float64)
+    return {
+        "mean": float(v.mean()),
+        "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+    }
+
+
+def evaluate_vae(workdir: str, cfg: dict, vcfg, models: dict, x: np.ndarray, step: int) -> dict:
+    """Test NLL by AIS for either encoder; IWAE and ELBO for the Gaussian one. metrics.json."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from tf_score import vae
+
+    seed = F.SEED.value
+    ais = tf.function(
+        lambda xb, s: vae.ais_log_likelihood(
+            vae.decoder_log_likelihood_fn(models["decoder"]),
+            xb,
+            vcfg.latent_dim,
+            s,
+            num_chains=F.AIS_CHAINS.value,
+            num_temperatures=F.AIS_TEMPERATURES.value,
+            num_leapfrog_steps=F.AIS_LEAPFROG_STEPS.value,
+        )
+    )
+    bs = F.EVAL_BATCH.value
+    log_px, accept, iwae, elbo = [], [], [], []
+    t0 = time.time()
+    for i in tqdm(range(0, len(x), bs), desc="AIS", unit="batch", disable=not F.PROGRESS.value):
+        xb = tf.constant(x[i : i + bs])
+        res = ais(xb, tf.constant([seed, 100 + i]))
+        log_px.append(res.log_likelihood.numpy())
+        accept.append(float(res.accept_rate))
+    ais_seconds = time.time() - t0
+    out = {
+        "step": step,
+        "encoder": vcfg.encoder,
+        "latent_dim": vcfg.latent_dim,
+        "n_examples": len(x),
+        "ais_nll": {
+            **_mean_se(-np.concatenate(log_px)),
+            "chains": F.AIS_CHAINS.value,
+            "temperatures": F.AIS_TEMPERATURES.value,
+            "leapfrog_steps": F.AIS_LEAPFROG_STEPS.value,
+            "accept_rate": float(np.mean(accept)),
+            "seconds": ais_seconds,
+        },
+    }
+    if vcfg.encoder == "gaussian":
+        for i in range(0, len(x), bs):
+            r = vae.iwae_bound(
+                models["encoder"],
+                models["decoder"],
+                tf.constant(x[i : i + bs]),
+                F.IWAE_SAMPLES.value,
+                tf.constant([seed, 200 + i]),
+            )
+            iwae.append(r.iwae.numpy())
+            elbo.append(r.elbo.numpy())
+        out["iwae_nll"] = {**_mean_se(-np.concatenate(iwae)), "samples": F.IWAE_SAMPLES.value}
+        out["neg_elbo"] = _mean_se(-np.concatenate(elbo))
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def print_vae_table(m: dict) -> None:
+    a = m["ais_nll"]
+    print(
+        f"{m['encoder']} VAE (latent {m['latent_dim']}, step {m['step']}), "
+        f"{m['n_examples']} binarised test images:"
+    )
+    print(
+        f"  AIS NLL   {a['mean']:8.2f} ± {a['se']:.2f} nats  ({a['chains']} chains, "
+        f"{a['temperatures']} temperatures, HMC {a['leapfrog_steps']} leapfrog, "
+        f"acceptance {a['accept_rate']:.2f}, {a['seconds']:.0f} s)"
+    )
+    if "iwae_nll" in m:
+        i, e = m["iwae_nll"], m["neg_elbo"]
+        print(f"  IWAE NLL  {i['mean']:8.2f} ± {i['se']:.2f} nats  (K = {i['samples']})")
+        print(f"  -ELBO     {e['mean']:8.2f} ± {e['se']:.2f} nats")
+
+
+def _vae_main(workdir: str, cfg: dict) -> None:
+    import tensorflow as tf
+
+    from tf_score import data, plotting, score_model, train, vae
+
+    vcfg = vae.config_from_experiment(cfg, cfg["data_shape"])
+    try:
+        models, step = train.load_ema_models(
+            vae.model_fns(vcfg), os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
+        )
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e)) from e
+    seed = F.SEED.value
+    prior_x = vae.prior_samples(vcfg, models["decoder"], F.NUM_SAMPLES.value, [seed, 0]).numpy()
+    plotting.save_png(plotting.image_grid(prior_x), os.path.join(workdir, "prior_samples.png"), 2)
+    # folder / npz data have no test split: their own images are used
+    split = "train" if cfg["dataset"] in ("folder", "npz") else "test"
+    try:
+        test, *_ = score_model.load_training_images(cfg, split=split)
+    except data.DataUnavailableError as e:
+        raise app.UsageError(str(e)) from e
+    n_eval = F.EVAL_EXAMPLES.value if F.EVALUATE.value else 32
+    x = np.stack(list(test.take(max(n_eval, 32)).as_numpy_iterator())).astype(np.float32) / 255.0
+    # One fixed binarisation of the test images, the same for every model and seed.
+    x = vae.binarize(x, tf.constant([0, 0xB1])).numpy() if vcfg.binarize else x
+    rec = vae.reconstructions(vcfg, models, x[:32], tf.constant([seed, 1])).numpy()
+    pairs = np.concatenate([x[:32], rec], axis=2)
+    plotting.save_png(
+        plotting.image_grid(pairs, ncols=4), os.path.join(workdir, "reconstructions.png"), 2
+    )
+    print(f"wrote {workdir}/prior_samples.png and reconstructions.png (data | reconstruction)")
+    if F.EVALUATE.value:
+        m = evaluate_vae(workdir, cfg, vcfg, models, x[:n_eval], step)
+        print_vae_table(m)
+        print(f"wrote {os.path.join(workdir, 'metrics.json')}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = F.WORKDIR.value
+    if _read_config(workdir).get("model") == "vae":
+        _vae_main(workdir, _read_config(workdir))
+        return
     cfg, sigmas, model, step = _load(workdir)
     if "data_shape" in cfg and len(cfg["data_shape"]) == 3:
         _sample_images(workdir, cfg, sigmas, model, step)

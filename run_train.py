@@ -45,9 +45,14 @@ def main(argv):
 
     keras.mixed_precision.set_global_policy(cfg["precision"])
     try:
-        bundle, data_shape = score_model.bundle_from_config(
-            cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
-        )
+        if cfg["model"] == "vae":
+            from tf_score import vae
+
+            bundle, data_shape = vae.bundle_from_experiment(cfg)
+        else:
+            bundle, data_shape = score_model.bundle_from_config(
+                cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
+            )
     except (data.DataUnavailableError, data.BadImagesError, ValueError) as e:
         # Data problems are reported before anything is written.
         print(f"error: {e}", file=sys.stderr)
@@ -56,8 +61,9 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    objective = f"a {cfg['vae_encoder']} encoder" if cfg["model"] == "vae" else cfg["loss"]
     print(
-        f"training {cfg['model']} on {cfg['dataset']} with {cfg['loss']} "
+        f"training {cfg['model']} on {cfg['dataset']} with {objective} "
         f"for {train_cfg.num_steps} steps -> {workdir}",
         flush=True,
     )

@@ -37,8 +37,9 @@ RANDOM_FLIP = flags.DEFINE_boolean(
 MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    ["mlp", *score_model.IMAGE_MODELS],
-    "Score network: mlp (2-D), refinenet (NCSN), resnet.",
+    ["mlp", *score_model.IMAGE_MODELS, "vae"],
+    "Model: score network mlp (2-D), refinenet (NCSN), resnet; or vae (score-entropy VAE "
+    "or its Gaussian baseline, --vae_encoder).",
 )
 NGF = flags.DEFINE_integer("ngf", 64, "Base width of the image networks.")
 CHANNEL_MULTS = flags.DEFINE_list(
@@ -61,6 +62,33 @@ LOG_SIGMA_INPUT = flags.DEFINE_boolean(
 SCALE_BY_SIGMA = flags.DEFINE_boolean(
     "scale_by_sigma", False, "Parameterise s(x, i) = f(x, i) / sigma_i (NCSNv2)."
 )
+
+# --- VAE (--model=vae) ----------------------------------------------------------------
+VAE_ENCODER = flags.DEFINE_enum(
+    "vae_encoder",
+    "implicit",
+    ["implicit", "gaussian"],
+    "implicit: z = h(x, eps) with the entropy gradient from an SSM-trained score net; "
+    "gaussian: the baseline with analytic KL.",
+)
+LATENT_DIM = flags.DEFINE_integer("latent_dim", 8, "VAE latent dimension (paper: 8 or 32).")
+VAE_ARCH = flags.DEFINE_enum(
+    "vae_arch", "mlp", ["mlp", "conv"], "VAE networks: mlp (MNIST, paper) or conv (32/64 px)."
+)
+VAE_OPTIMIZER = flags.DEFINE_enum(
+    "vae_optimizer", "rmsprop", ["rmsprop", "adam"], "Optimizer of every VAE objective."
+)
+BINARIZE = flags.DEFINE_boolean(
+    "binarize", True, "Dynamically binarise images for the VAE's Bernoulli decoder."
+)
+AIS_CHAINS = flags.DEFINE_integer("ais_chains", 16, "AIS chains per test example.")
+AIS_TEMPERATURES = flags.DEFINE_integer("ais_temperatures", 500, "AIS intermediate distributions.")
+AIS_LEAPFROG_STEPS = flags.DEFINE_integer("ais_leapfrog_steps", 10, "HMC leapfrog steps in AIS.")
+EVAL_EXAMPLES = flags.DEFINE_integer(
+    "eval_examples", 200, "Test examples for the VAE likelihood evaluation (the first N)."
+)
+EVAL_BATCH = flags.DEFINE_integer("eval_batch", 100, "Test examples per AIS batch.")
+IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 1000, "Samples of the IWAE bound.")
 
 # --- noise schedule and loss -------------------------------------------------------------
 SIGMA_BEGIN = flags.DEFINE_float("sigma_begin", 20.0, "Largest noise level sigma_1.")
@@ -127,7 +155,10 @@ CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Checkpoint prefix to sample from (default: the latest)."
 )
 EVALUATE = flags.DEFINE_boolean(
-    "evaluate", False, "Compare samplers, write metrics.json and samples.png."
+    "evaluate",
+    False,
+    "Evaluate: the two-mode sampler comparison (toys) or the VAE test likelihood by AIS "
+    "(and IWAE); writes metrics.json.",
 )
 JIT = flags.DEFINE_boolean("jit", False, "Compile sampler loops with XLA.")
 
@@ -155,6 +186,16 @@ for _h in (
 ):
     _positive(_h)
 _positive(NGF)
+for _h in (
+    LATENT_DIM,
+    AIS_CHAINS,
+    AIS_TEMPERATURES,
+    AIS_LEAPFROG_STEPS,
+    EVAL_EXAMPLES,
+    EVAL_BATCH,
+    IWAE_SAMPLES,
+):
+    _positive(_h)
 _positive(NUM_RES_BLOCKS)
 _positive(SAMPLE_EVERY, 0)
 _positive(IMAGE_SIZE, 0)
@@ -194,8 +235,8 @@ def _check_dsm(f):
 
 @flags.multi_flags_validator(
     ["model", "dataset"],
-    message="--model=mlp is for the 2-D toys; image data sets need --model=refinenet or resnet "
-    "(and the toys need --model=mlp)",
+    message="--model=mlp is for the 2-D toys; image data sets need --model=refinenet, resnet "
+    "or vae (and the toys need --model=mlp)",
 )
 def _check_model_matches_data(f):
     return (f["model"] == "mlp") == (f["dataset"] in data.TOYS)
@@ -230,6 +271,11 @@ def experiment_config() -> dict:
         "activation": ACTIVATION.value,
         "log_sigma_input": LOG_SIGMA_INPUT.value,
         "scale_by_sigma": SCALE_BY_SIGMA.value,
+        "vae_encoder": VAE_ENCODER.value,
+        "latent_dim": LATENT_DIM.value,
+        "vae_arch": VAE_ARCH.value,
+        "vae_optimizer": VAE_OPTIMIZER.value,
+        "binarize": BINARIZE.value,
         "sigma_begin": SIGMA_BEGIN.value,
         "sigma_end": SIGMA_END.value,
         "num_levels": NUM_LEVELS.value,

@@ -173,3 +173,73 @@ def test_image_train_sample_snapshots_inpaint(repo_root, tmp_path):
     assert samples.shape == (8, 28, 28, 1)
     np.testing.assert_array_equal(samples[..., :14, :], observed[..., :14, :])
     assert mask[:, :14].min() == 1 and mask[:, 14:].max() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["implicit", "gaussian"])
+def test_vae_train_sample_evaluate(encoder, repo_root, tmp_path):
+    """Both VAE presets train from flags; run_sample writes the figures and AIS metrics, and
+    for the Gaussian encoder the IWAE bound is at least as tight as the ELBO."""
+    from conftest import MNIST_DATA_DIR
+
+    workdir = str(tmp_path / encoder)
+    preset = {"implicit": "mnist_vae_ssm", "gaussian": "mnist_vae_gaussian"}[encoder]
+    common = [
+        f"--flagfile=flags/presets/{preset}.cfg",
+        f"--workdir={workdir}",
+        f"--data_dir={MNIST_DATA_DIR}",
+        "--nodownload",
+        "--noprogress",
+    ]
+    proc = _run(
+        repo_root,
+        "run_train.py",
+        *common,
+        "--num_steps=40",
+        "--log_every=20",
+        "--checkpoint_every=20",
+        "--sample_every=40",
+        "--steps_per_loop=20",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"with a {encoder} encoder" in proc.stdout
+    proc = _run(
+        repo_root,
+        "run_sample.py",
+        *common,
+        "--evaluate",
+        "--eval_examples=8",
+        "--eval_batch=4",
+        "--ais_chains=2",
+        "--ais_temperatures=10",
+        "--iwae_samples=50",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ["prior_samples.png", "reconstructions.png", "metrics.json"]:
+        assert os.path.exists(os.path.join(workdir, name)), name
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        m = json.load(f)
+    assert m["encoder"] == encoder and m["n_examples"] == 8 and m["step"] == 40
+    assert 50 < m["ais_nll"]["mean"] < 600 and m["ais_nll"]["se"] > 0
+    if encoder == "gaussian":
+        assert m["iwae_nll"]["mean"] <= m["neg_elbo"]["mean"] + 1e-3
+    else:
+        assert "iwae_nll" not in m
+    assert "AIS NLL" in proc.stdout
+
+
+def test_vae_rejects_a_conv_arch_for_28_pixel_images(repo_root, tmp_path):
+    from conftest import MNIST_DATA_DIR
+
+    proc = _run(
+        repo_root,
+        "run_train.py",
+        "--flagfile=flags/presets/mnist_vae_ssm.cfg",
+        f"--workdir={tmp_path / 'w'}",
+        f"--data_dir={MNIST_DATA_DIR}",
+        "--nodownload",
+        "--vae_arch=conv",
+    )
+    assert proc.returncode == 2
+    assert "divisible by 8" in proc.stderr
+    assert not os.path.exists(tmp_path / "w")

@@ -29,10 +29,13 @@ from tqdm.auto import tqdm
 
 
 class LossOutput(NamedTuple):
-    """A loss callable's result: per-example loss [B] and, optionally, the level per example."""
+    """A loss callable's result: per-example loss [B] and, optionally, the level per example
+    and named per-example metrics (written to TensorBoard as ``<objective>/<name>``; the
+    objective lists their names in ``Objective.metric_names``)."""
 
     loss: tf.Tensor
     levels: tf.Tensor | None = None
+    metrics: dict[str, tf.Tensor] | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,6 +103,8 @@ class Objective:
     variables: Callable[[dict], list]
     optimizer_fn: Callable[[], keras.optimizers.Optimizer]
     grad_clip_norm: float | None = None
+    #: names of the per-example metrics ``loss_fn`` returns in ``LossOutput.metrics``
+    metric_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -114,6 +119,8 @@ class ModelBundle:
         must depend only on (seed, k, input pipeline) so that a resumed run replays exactly.
       num_levels: noise levels, for per-level loss summaries (0: none).
       image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
+      custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
+        summary writer's context, for anything else (histograms, text).
     """
 
     model_fns: dict[str, Callable[[], keras.Model]]
@@ -121,6 +128,7 @@ class ModelBundle:
     dataset_fn: Callable[[int, tf.distribute.InputContext, int], tf.data.Dataset]
     num_levels: int = 0
     image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
+    custom_summaries: Callable[[dict, int], None] | None = None
 
 
 @dataclasses.dataclass
@@ -276,7 +284,19 @@ def train(
         levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
         lsum = tf.math.unsorted_segment_sum(per_example, levels, num_levels)
         lcnt = tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
-        return grads, loss, lsum, lcnt, norm, 1.0 - tf.cast(ok, tf.float32)
+        metrics = out.metrics or {}
+        missing = [n for n in obj.metric_names if n not in metrics]
+        if missing:
+            raise KeyError(f"objective {obj.name!r}: loss_fn returned no metrics {missing}")
+        # Each replica's share of the global-batch mean; the SUM over replicas is the mean.
+        msum = tf.reshape(
+            [
+                tf.reduce_sum(tf.cast(metrics[n], tf.float32)) / global_batch
+                for n in obj.metric_names
+            ],
+            [len(obj.metric_names)],
+        )
+        return grads, loss, lsum, lcnt, norm, msum, 1.0 - tf.cast(ok, tf.float32)
 
     def apply_grads(i, grads):
         obj = bundle.objectives[i]
@@ -296,6 +316,7 @@ def train(
         level_sum = tf.zeros([n_obj, num_levels])
         level_cnt = tf.zeros([n_obj, num_levels])
         gnorm_acc = tf.zeros([n_obj])
+        metric_acc = [tf.zeros([len(obj.metric_names)]) for obj in bundle.objectives]
         done = tf.constant(0, tf.int64)
         bad_step = tf.constant(-1, tf.int64)
         for _ in tf.range(n_steps):
@@ -328,12 +349,14 @@ def train(
             level_sum += tf.stack([st[1] for st in stats])
             level_cnt += tf.stack([st[2] for st in stats])
             gnorm_acc += tf.stack([st[3] for st in stats]) / replicas
+            metric_acc = [acc + st[4] for acc, st in zip(metric_acc, stats, strict=True)]
             done += 1
         denom = tf.cast(tf.maximum(done, 1), tf.float32)
         return {
             "loss": loss_acc / denom,
             "level_loss": level_sum / tf.maximum(level_cnt, 1.0),
             "grad_norm": gnorm_acc / denom,
+            "metrics": [acc / denom for acc in metric_acc],
             "steps": done,
             "bad_step": bad_step,
         }
@@ -345,6 +368,9 @@ def train(
     )
 
     def write_images(step):
+        if bundle.custom_summaries is not None:
+            with writer.as_default(step=step):
+                bundle.custom_summaries(ema_models, step)
         if bundle.image_summaries is None:
             return
         images = bundle.image_summaries(ema_models, step)
@@ -405,6 +431,8 @@ def train(
                         tf.summary.scalar(f"{prefix}/grad_norm", out["grad_norm"][i])
                         lr = optimizers[obj.name].learning_rate
                         tf.summary.scalar(f"{prefix}/learning_rate", float(np.asarray(lr)))
+                        for name, value in zip(obj.metric_names, out["metrics"][i], strict=True):
+                            tf.summary.scalar(f"{prefix}/{name}", value)
                         if bundle.num_levels > 1:
                             for lvl in range(bundle.num_levels):
                                 tf.summary.scalar(
