@@ -160,7 +160,9 @@ EVALUATE = flags.DEFINE_boolean(
     "Evaluate: the two-mode sampler comparison (toys) or the VAE test likelihood by AIS "
     "(and IWAE); writes metrics.json.",
 )
-JIT = flags.DEFINE_boolean("jit", False, "Compile sampler loops with XLA.")
+JIT = flags.DEFINE_boolean(
+    "jit", False, "XLA-compile the training step's loss and gradient, and the sampler loops."
+)
 
 
 def _positive(holder, minimum=1):
@@ -302,6 +304,7 @@ def train_config():
         sample_every=SAMPLE_EVERY.value,
         ema_rate=EMA_RATE.value,
         ema_warmup=EMA_WARMUP.value,
+        jit_compile=JIT.value,
         steps_per_loop=STEPS_PER_LOOP.value,
         progress=PROGRESS.value,
     )

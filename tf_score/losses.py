@@ -36,22 +36,24 @@ def _per_example(values: tf.Tensor, batch_shape_like: tf.Tensor) -> tf.Tensor:
 
 
 def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
-    return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+    return tf.unstack(tf.random.experimental.stateless_split(seed, n, alg="philox"))
 
 
 def sample_levels(batch_size, num_levels, seed) -> tf.Tensor:
     """Noise-level index per example, uniform on {0, ..., L-1} (int32, shape [B])."""
     return tf.random.stateless_uniform(
-        [batch_size], seed=seed, minval=0, maxval=num_levels, dtype=tf.int32
+        [batch_size], seed=seed, minval=0, maxval=num_levels, dtype=tf.int32, alg="philox"
     )
 
 
 def projections(shape, seed, kind: str = "gaussian") -> tf.Tensor:
     """Random projection directions v with E[v v^T] = I: N(0, I) or Rademacher (+-1)."""
     if kind == "gaussian":
-        return tf.random.stateless_normal(shape, seed=seed)
+        return tf.random.stateless_normal(shape, seed=seed, alg="philox")
     if kind == "rademacher":
-        bits = tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=2, dtype=tf.int32)
+        bits = tf.random.stateless_uniform(
+            shape, seed=seed, minval=0, maxval=2, dtype=tf.int32, alg="philox"
+        )
         return tf.cast(2 * bits - 1, tf.float32)
     raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
 
@@ -66,7 +68,7 @@ def dsm(score_fn: ScoreFn, x: tf.Tensor, sigma: float, seed) -> tf.Tensor:
     Its minimiser is the score of the perturbed density p_sigma = p * N(0, sigma^2 I).
     """
     x = tf.convert_to_tensor(x, tf.float32)
-    z = tf.random.stateless_normal(tf.shape(x), seed=seed)
+    z = tf.random.stateless_normal(tf.shape(x), seed=seed, alg="philox")
     s = tf.cast(score_fn(x + sigma * z), tf.float32)
     return 0.5 * _flat_sum(tf.square(s + z / sigma))
 
@@ -83,7 +85,7 @@ def anneal_dsm(
     x = tf.convert_to_tensor(x, tf.float32)
     sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), labels)
     sigma_b = _per_example(sigma, x)
-    z = tf.random.stateless_normal(tf.shape(x), seed=seed)
+    z = tf.random.stateless_normal(tf.shape(x), seed=seed, alg="philox")
     s = tf.cast(score_fn(x + sigma_b * z, labels), tf.float32)
     return 0.5 * _flat_sum(tf.square(s + z / sigma_b)) * sigma**anneal_power
 
@@ -170,7 +172,9 @@ def anneal_ssm(
     x = tf.convert_to_tensor(x, tf.float32)
     noise_seed, proj_seed = _split(seed, 2)
     sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), labels)
-    x_t = x + _per_example(sigma, x) * tf.random.stateless_normal(tf.shape(x), seed=noise_seed)
+    x_t = x + _per_example(sigma, x) * tf.random.stateless_normal(
+        tf.shape(x), seed=noise_seed, alg="philox"
+    )
     labels_rep = tf.repeat(labels, n_particles, axis=0) if n_particles > 1 else labels
     loss = _sliced(
         lambda y: score_fn(y, labels_rep),

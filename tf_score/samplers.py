@@ -36,7 +36,7 @@ class SamplerOutput(NamedTuple):
 
 def uniform_init(shape, seed, minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
     """Initial chain state x0 ~ U[minval, maxval]^shape (NCSN starts from U[0, 1] images)."""
-    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval)
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval, alg="philox")
 
 
 def _step_noise(seed, step, shape):

@@ -50,7 +50,9 @@ def make_score_loss(cfg: ScoreLossConfig, sigmas):
         raise ValueError(f"loss 'dsm' is single-level: use num_levels=1 (got {num_levels})")
 
     def loss(score_fn, x, seed) -> LossOutput:
-        level_seed, loss_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        level_seed, loss_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 2, alg="philox")
+        )
         labels = losses.sample_levels(tf.shape(x)[0], num_levels, level_seed)
         if cfg.name in ("anneal_dsm", "dsm"):
             per_example = losses.anneal_dsm(
@@ -138,7 +140,9 @@ def toy_bundle(
     data_seed = tf.constant([seed, 0xDA7A], tf.int32)
 
     def dataset_fn(batch_size, ctx, start_step):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(data_seed, ctx.input_pipeline_id)
+        pipeline_seed = tf.random.experimental.stateless_fold_in(
+            data_seed, ctx.input_pipeline_id, alg="philox"
+        )
         return data.toy_dataset(toy, batch_size, pipeline_seed, start_step=start_step)
 
     def image_summaries(ema_models, step):
@@ -268,7 +272,9 @@ def image_bundle(
     num_examples = data.count_examples(images)
 
     def dataset_fn(batch_size, ctx, start_batch):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(data_seed, ctx.input_pipeline_id)
+        pipeline_seed = tf.random.experimental.stateless_fold_in(
+            data_seed, ctx.input_pipeline_id, alg="philox"
+        )
         return data.image_training_dataset(
             images,
             batch_size,

@@ -68,6 +68,8 @@ class TrainConfig:
     #: forgets the random initial weights (the undebiased 0.999 EMA still holds 13% of them
     #: after 2000 steps, enough to ruin short runs' samples)
     ema_warmup: bool = True
+    #: XLA-compile each replica's loss and gradient (measure first: on CPUs it can be slower)
+    jit_compile: bool = False
     #: steps run inside one compiled call (cuts Python overhead for small models)
     steps_per_loop: int = 100
     progress: bool = True
@@ -256,15 +258,13 @@ def train(
     num_levels = max(int(bundle.num_levels), 1)
     global_batch = config.batch_size
 
-    def compute_grads(i, batch, step):
-        """Replica fn: loss and global gradient of objective i, plus summary statistics."""
+    def local_grads(i, batch, seed):
+        """This replica's share of the loss of objective i and its gradient (no communication,
+        so it can be XLA-compiled)."""
         obj = bundle.objectives[i]
-        ctx = tf.distribute.get_replica_context()
-        seed = tf.random.experimental.stateless_fold_in(base_seed, step)
-        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
         variables = obj.variables(models)
         with tf.GradientTape() as tape:
-            out = obj.loss_fn(models, batch, tf.random.experimental.stateless_fold_in(seed, i))
+            out = obj.loss_fn(models, batch, seed)
             per_example = tf.cast(out.loss, tf.float32)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         grads = tape.gradient(loss, variables)
@@ -272,6 +272,27 @@ def train(
             tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
             for g, v in zip(grads, variables, strict=True)
         ]
+        levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
+        metrics = out.metrics or {}
+        missing = [n for n in obj.metric_names if n not in metrics]
+        if missing:
+            raise KeyError(f"objective {obj.name!r}: loss_fn returned no metrics {missing}")
+        return grads, loss, per_example, levels, [metrics[n] for n in obj.metric_names]
+
+    if config.jit_compile:
+        local_grads = tf.function(local_grads, jit_compile=True)
+
+    def compute_grads(i, batch, step):
+        """Replica fn: loss and global gradient of objective i, plus summary statistics."""
+        obj = bundle.objectives[i]
+        ctx = tf.distribute.get_replica_context()
+        seed = tf.random.experimental.stateless_fold_in(base_seed, step, alg="philox")
+        seed = tf.random.experimental.stateless_fold_in(
+            seed, ctx.replica_id_in_sync_group, alg="philox"
+        )
+        grads, loss, per_example, levels, metrics = local_grads(
+            i, batch, tf.random.experimental.stateless_fold_in(seed, i, alg="philox")
+        )
         # The global gradient (summed over replicas) gives the true norm for the NaN guard,
         # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside apply(),
         # so apply_grads hands them grads / replicas: exactly the global gradient is applied.
@@ -281,19 +302,11 @@ def train(
         ok = tf.logical_and(ok, tf.math.is_finite(norm))
         if obj.grad_clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, obj.grad_clip_norm, use_norm=norm)
-        levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
         lsum = tf.math.unsorted_segment_sum(per_example, levels, num_levels)
         lcnt = tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
-        metrics = out.metrics or {}
-        missing = [n for n in obj.metric_names if n not in metrics]
-        if missing:
-            raise KeyError(f"objective {obj.name!r}: loss_fn returned no metrics {missing}")
         # Each replica's share of the global-batch mean; the SUM over replicas is the mean.
         msum = tf.reshape(
-            [
-                tf.reduce_sum(tf.cast(metrics[n], tf.float32)) / global_batch
-                for n in obj.metric_names
-            ],
+            [tf.reduce_sum(tf.cast(m, tf.float32)) / global_batch for m in metrics],
             [len(obj.metric_names)],
         )
         return grads, loss, lsum, lcnt, norm, msum, 1.0 - tf.cast(ok, tf.float32)

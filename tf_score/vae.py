@@ -147,7 +147,7 @@ class ImplicitEncoder(_VAENetwork):
         return self.out(self.body(x, eps))
 
     def sample(self, x, seed):
-        eps = tf.random.stateless_normal([tf.shape(x)[0], self.latent_dim], seed=seed)
+        eps = tf.random.stateless_normal([tf.shape(x)[0], self.latent_dim], seed=seed, alg="philox")
         return self(x, eps)
 
 
@@ -175,7 +175,7 @@ class GaussianEncoder(_VAENetwork):
 
     def sample(self, x, seed):
         loc, scale = self(x)
-        return loc + scale * tf.random.stateless_normal(tf.shape(loc), seed=seed)
+        return loc + scale * tf.random.stateless_normal(tf.shape(loc), seed=seed, alg="philox")
 
 
 @keras.saving.register_keras_serializable(package="tf_score")
@@ -256,7 +256,9 @@ def likelihood(logits: tf.Tensor) -> tfd.Distribution:
 
 def binarize(x: tf.Tensor, seed) -> tf.Tensor:
     """Dynamic binarisation: each pixel ~ Bernoulli(intensity), redrawn every time."""
-    return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed=seed) < x, tf.float32)
+    return tf.cast(
+        tf.random.stateless_uniform(tf.shape(x), seed=seed, alg="philox") < x, tf.float32
+    )
 
 
 def entropy_surrogate(score: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
@@ -304,7 +306,7 @@ def _maybe_binarize(cfg: VAEConfig, x, seed):
 
 def implicit_autoencoder_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
     """The score-entropy surrogate of the negative ELBO, per example."""
-    bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     x = _maybe_binarize(cfg, x, bin_seed)
     z = models["encoder"].sample(x, eps_seed)
     rec = -likelihood(models["decoder"](z)).log_prob(x)
@@ -318,7 +320,9 @@ def implicit_autoencoder_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutp
 
 def entropy_score_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
     """SSM-VR of s_psi(x, .) on fresh samples of the (fixed) encoder."""
-    bin_seed, eps_seed, proj_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    bin_seed, eps_seed, proj_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3, alg="philox")
+    )
     x = _maybe_binarize(cfg, x, bin_seed)
     z = tf.stop_gradient(models["encoder"].sample(x, eps_seed))
     if cfg.n_particles > 1:
@@ -331,10 +335,11 @@ def entropy_score_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
 
 def gaussian_negative_elbo(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
     """-ELBO = -E_q log p(x|z) + KL(q(z|x) || p(z)), analytic KL, one reparameterised z."""
-    bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     x = _maybe_binarize(cfg, x, bin_seed)
-    q = models["encoder"].distribution(x)
-    z = q.sample(seed=eps_seed)
+    loc, scale = models["encoder"](x)
+    q = tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+    z = loc + scale * tf.random.stateless_normal(tf.shape(loc), seed=eps_seed, alg="philox")
     rec = -likelihood(models["decoder"](z)).log_prob(x)
     kl = tfd.kl_divergence(q, prior(cfg.latent_dim))
     return LossOutput(rec + kl, metrics={"reconstruction": rec, "kl": kl})
@@ -401,7 +406,7 @@ def objectives(cfg: VAEConfig) -> list[Objective]:
 
 def prior_samples(cfg: VAEConfig, decoder, n: int, seed) -> tf.Tensor:
     """Decoder means (pixel probabilities) of n prior draws."""
-    z = tf.random.stateless_normal([n, cfg.latent_dim], seed=seed)
+    z = tf.random.stateless_normal([n, cfg.latent_dim], seed=seed, alg="philox")
     return tf.sigmoid(decoder(z))
 
 
@@ -458,7 +463,9 @@ def vae_bundle(
     summary_x = binarize(summary_x, tf.constant([seed, 0x5B])) if cfg.binarize else summary_x
 
     def dataset_fn(batch_size, ctx, start_batch):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(data_seed, ctx.input_pipeline_id)
+        pipeline_seed = tf.random.experimental.stateless_fold_in(
+            data_seed, ctx.input_pipeline_id, alg="philox"
+        )
         return data.image_training_dataset(
             images,
             batch_size,
@@ -527,7 +534,7 @@ def _ais_pass(
     n = num_chains * b
     x_rep = _tile_batch(x, num_chains)
     num_t = betas.shape[0] - 1
-    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     p_z = prior(latent_dim)
     z = p_z.sample(n, seed=init_seed)
 
@@ -551,7 +558,7 @@ def _ais_pass(
         z, results = kernel.one_step(
             z,
             kernel.bootstrap_results(z),
-            seed=tf.random.experimental.stateless_fold_in(loop_seed, t),
+            seed=tf.random.experimental.stateless_fold_in(loop_seed, t, alg="philox"),
         )
         p_accept = tf.exp(tf.minimum(results.log_accept_ratio, 0.0))
         p_accept = tf.where(tf.math.is_finite(p_accept), p_accept, 0.0)
@@ -610,7 +617,7 @@ def ais_log_likelihood(
     """
     x = tf.convert_to_tensor(x, tf.float32)
     betas = tf.constant(sigmoid_schedule(num_temperatures))
-    pilot_seed, run_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    pilot_seed, run_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     pilot = pilot_chains or max(2, num_chains // 4)
     adapt = dict(
         init_step_size=init_step_size, target_accept=target_accept, adaptation_rate=adaptation_rate
