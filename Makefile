@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench vae-compare clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_bench.py --out=runs/bench/bench.json --precisions=float32
+
+## Score-entropy VAE vs Gaussian VAE on MNIST, same budget, AIS NLL (STEPS=..., DATA_DIR=...).
+vae-compare: $(STAMP)
+	PY=$(BIN)/python bash benchmarks/vae_compare.sh
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -61,7 +61,7 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    objective = f"a {cfg['vae_encoder']} encoder" if cfg["model"] == "vae" else cfg["loss"]
+    objective = f"the {cfg['vae_encoder']} encoder" if cfg["model"] == "vae" else cfg["loss"]
     print(
         f"training {cfg['model']} on {cfg['dataset']} with {objective} "
         f"for {train_cfg.num_steps} steps -> {workdir}",

@@ -202,7 +202,7 @@ def test_vae_train_sample_evaluate(encoder, repo_root, tmp_path):
         "--steps_per_loop=20",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"with a {encoder} encoder" in proc.stdout
+    assert f"with the {encoder} encoder" in proc.stdout
     proc = _run(
         repo_root,
         "run_sample.py",

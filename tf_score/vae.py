@@ -651,6 +651,5 @@ def iwae_bound(encoder: GaussianEncoder, decoder, x, num_samples: int, seed) -> 
         likelihood(decoder(tf.reshape(z, [k * b, -1]))).log_prob(_tile_batch(x, k)), [k, b]
     )
     log_w = log_px_z + prior(encoder.latent_dim).log_prob(z) - q.log_prob(z)
-    return IWAEResult(
-        tf.reduce_logsumexp(log_w, axis=0) - math.log(num_samples), tf.reduce_mean(log_w, axis=0)
-    )
+    log_k = tf.math.log(tf.cast(num_samples, tf.float32))
+    return IWAEResult(tf.reduce_logsumexp(log_w, axis=0) - log_k, tf.reduce_mean(log_w, axis=0))

@@ -1,0 +1,227 @@
+"""SavedModel export: every signature called the way TF Serving loads it (saved_model_cli run,
+a separate process) and with tf.saved_model.load, against the in-process result."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_score import data, export, score_model, train, vae
+from tf_score.networks import ConditionalResNet
+from tf_score.sigmas import geometric_sigmas
+
+TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
+CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def _cli_run(path, signature, tmp_path, **inputs):
+    """saved_model_cli run with .npy inputs; returns (returncode, outputs dict, stderr)."""
+    files = []
+    for name, value in inputs.items():
+        f = tmp_path / f"in_{signature}_{name}.npy"
+        np.save(f, value)
+        files.append(f"{name}={f}")
+    out = tmp_path / f"out_{signature}_{len(os.listdir(tmp_path))}"
+    proc = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            signature,
+            "--inputs",
+            ";".join(files),
+            "--outdir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    outputs = {}
+    if proc.returncode == 0:
+        outputs = {f[:-4]: np.load(out / f) for f in os.listdir(out)}
+    return proc.returncode, outputs, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def toy_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    bundle = score_model.toy_bundle(
+        data.get_toy("two_mode"),
+        TOY_SIGMAS,
+        score_model.ToyModelConfig(hidden_units=(32, 32)),
+        score_model.ScoreLossConfig(),
+        learning_rate=1e-3,
+        seed=0,
+        sample_steps_each=2,
+    )
+    cfg = train.TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30, progress=False)
+    result = train.train(bundle, cfg, str(root / "run"))
+    model = result.ema_models["score"]
+    path = export.version_dir(str(root / "export"), "toy", result.step)
+    export.export_score_model(
+        model,
+        TOY_SIGMAS,
+        (2,),
+        path,
+        step_lr=0.05,
+        n_steps_each=5,
+        init_range=(-8, 8),
+        max_samples=64,
+    )
+    return model, path
+
+
+def test_toy_export_layout_and_signatures(toy_export):
+    _, path = toy_export
+    assert path.endswith(os.path.join("export", "toy", "60"))
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "sample",
+        "sample_with_steps",
+        "score",
+        "score_at_sigma",
+    }
+
+
+def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
+    model, path = toy_export
+    seed = np.array([3, 4], np.int32)
+    expected, evals = export.sample_fn(model, TOY_SIGMAS, (2,), 16, seed, 5, 0.05, (-8, 8))
+    rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(16), seed=seed)
+    assert rc == 0, err[-2000:]
+    np.testing.assert_allclose(out["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert int(out["num_evals"]) == int(evals) == 10 * 5 + 1
+    loaded = tf.saved_model.load(path)
+    r = loaded.signatures["sample_with_steps"](
+        num_samples=tf.constant(16),
+        seed=tf.constant(seed),
+        n_steps_each=tf.constant(5),
+        step_lr=tf.constant(0.05),
+    )
+    np.testing.assert_allclose(r["samples"].numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_toy_score_endpoints_match_the_model(toy_export, tmp_path):
+    model, path = toy_export
+    x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32) * 5
+    level = np.array([0, 1, 2, 7, 8, 9], np.int32)
+    expected = model(x, level).numpy()
+    rc, out, err = _cli_run(path, "score", tmp_path, x=x, noise_level=level)
+    assert rc == 0, err[-2000:]
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-5, atol=1e-6)
+    loaded = tf.saved_model.load(path)
+    sigma = TOY_SIGMAS[level] * np.float32(1.05)  # nearest level in log space is `level`
+    r = loaded.signatures["score_at_sigma"](x=tf.constant(x), sigma=tf.constant(sigma))
+    np.testing.assert_array_equal(r["noise_level"].numpy(), level)
+    np.testing.assert_allclose(r["score"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "signature, inputs, message",
+    [
+        ("sample", {"num_samples": np.int32(0)}, "num_samples must be >= 1"),
+        ("sample", {"num_samples": np.int32(10**6)}, "num_samples must be <= 64"),
+        ("sample", {"num_samples": np.array("five")}, "invalid literal"),
+        (
+            "score",
+            {"x": np.zeros((2, 2), np.float32), "noise_level": np.array([0, 10], np.int32)},
+            "noise_level must be <= 9",
+        ),
+    ],
+)
+def test_bad_requests_fail_with_a_message(toy_export, tmp_path, signature, inputs, message):
+    _, path = toy_export
+    if signature == "sample":
+        inputs = {**inputs, "seed": np.array([0, 0], np.int32)}
+    rc, _, err = _cli_run(path, signature, tmp_path, **inputs)
+    assert rc != 0
+    assert message in err
+
+
+def test_wrong_dtype_is_rejected_by_the_signature(toy_export):
+    _, path = toy_export
+    loaded = tf.saved_model.load(path)
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        loaded.signatures["sample"](num_samples=tf.constant(4.0), seed=tf.constant([0, 0]))
+
+
+def test_tfsm_layer_reuses_the_score_endpoint_in_a_new_keras_model(toy_export):
+    model, path = toy_export
+    layer = keras.layers.TFSMLayer(path, call_endpoint="score")
+    x_in = keras.Input((2,), name="x")
+    lvl_in = keras.Input((), dtype="int32", name="noise_level")
+    out = layer({"x": x_in, "noise_level": lvl_in})["score"]
+    wrapper = keras.Model([x_in, lvl_in], keras.layers.Lambda(lambda s: -s)(out))
+    x = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
+    level = np.array([0, 3, 5, 9], np.int32)
+    np.testing.assert_allclose(
+        wrapper([x, level]).numpy(), -model(x, level).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_image_model_export_samples_uint8_in_graph(tmp_path):
+    keras.utils.set_random_seed(0)
+    sigmas = geometric_sigmas(1.0, 0.01, 4)
+    model = ConditionalResNet((8, 8, 1), sigmas, ngf=8, channel_mults=(1, 2), num_blocks=1)
+    model.build()
+    path = export.version_dir(str(tmp_path / "export"), "mnist", 1)
+    export.export_score_model(model, sigmas, (8, 8, 1), path, step_lr=2e-5, n_steps_each=3)
+    seed = np.array([5, 6], np.int32)
+    expected, _ = export.sample_fn(model, sigmas, (8, 8, 1), 4, seed, 3, 2e-5)
+    rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(4), seed=seed)
+    assert rc == 0, err[-2000:]
+    clipped = np.clip(expected.numpy(), 0, 1)
+    np.testing.assert_allclose(out["samples"], clipped, rtol=1e-4, atol=1e-5)
+    assert out["samples_uint8"].dtype == np.uint8 and out["samples_uint8"].shape == (4, 8, 8, 1)
+    np.testing.assert_array_equal(out["samples_uint8"], np.round(out["samples"] * 255))
+    assert int(out["num_evals"]) == 4 * 3 + 1
+
+
+@pytest.mark.parametrize("encoder", ["implicit", "gaussian"])
+def test_vae_export_every_endpoint(encoder, tmp_path):
+    keras.utils.set_random_seed(0)
+    cfg = vae.VAEConfig(image_shape=(28, 28, 1), encoder=encoder, latent_dim=4, hidden_units=(32,))
+    models = {k: fn() for k, fn in vae.model_fns(cfg).items()}
+    path = export.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
+    export.export_vae(models, cfg, path)
+    loaded = tf.saved_model.load(path)
+    expected_sigs = {"serving_default", "sample", "encode", "decode"}
+    if encoder == "gaussian":
+        expected_sigs.add("log_likelihood_bound")
+    assert set(loaded.signatures) == expected_sigs
+    seed = np.array([1, 2], np.int32)
+    x = (np.random.default_rng(0).random((3, 28, 28, 1)) < 0.2).astype(np.float32)
+
+    rc, out, err = _cli_run(path, "encode", tmp_path, x=x, seed=seed)
+    assert rc == 0, err[-2000:]
+    np.testing.assert_allclose(out["z"], models["encoder"].sample(x, seed).numpy(), atol=1e-5)
+    z = out["z"]
+    rc, out, err = _cli_run(path, "decode", tmp_path, z=z)
+    assert rc == 0, err[-2000:]
+    np.testing.assert_allclose(out["probs"], tf.sigmoid(models["decoder"](z)).numpy(), atol=1e-5)
+    rc, out, err = _cli_run(path, "sample", tmp_path, num_samples=np.int32(5), seed=seed)
+    assert rc == 0, err[-2000:]
+    np.testing.assert_allclose(
+        out["samples"], vae.prior_samples(cfg, models["decoder"], 5, seed).numpy(), atol=1e-5
+    )
+    assert out["samples_uint8"].shape == (5, 28, 28, 1)
+    rc, _, err = _cli_run(path, "sample", tmp_path, num_samples=np.int32(0), seed=seed)
+    assert rc != 0 and "num_samples must be >= 1" in err
+    if encoder == "gaussian":
+        r = loaded.signatures["log_likelihood_bound"](
+            x=tf.constant(x), num_samples=tf.constant(50), seed=tf.constant(seed)
+        )
+        ref = vae.iwae_bound(models["encoder"], models["decoder"], x, 50, seed)
+        np.testing.assert_allclose(r["iwae"].numpy(), ref.iwae.numpy(), rtol=1e-5)
+        assert np.all(r["iwae"].numpy() >= r["elbo"].numpy() - 1e-4)

@@ -1,0 +1,246 @@
+"""SavedModel export for TF Serving (``keras.export.ExportArchive``), with in-graph sampling.
+
+Layout: ``EXPORT_DIR/<model_name>/<version>/`` (TF Serving serves the highest version).
+
+Score models (``export_score_model``):
+  - ``serving_default`` = ``sample``: (num_samples int32 [], seed int32 [2]) -> samples float32
+    [N, *shape] (images clipped to [0, 1]) and, for images, ``samples_uint8``; the whole
+    annealed Langevin loop (with the final denoise step) runs in the graph, with the noise
+    schedule, step size and steps per level of the export baked in.
+  - ``sample_with_steps``: the same plus n_steps_each int32 [] and step_lr float32 [].
+  - ``score``: (x [B, *shape], noise_level int32 [B], an index into the schedule) -> score.
+  - ``score_at_sigma``: (x, sigma float32 [B]) -> the score at the level nearest to sigma
+    (in log space), and that level.
+VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian encoder,
+``log_likelihood_bound`` (the IWAE bound).
+
+Every request is validated in the graph before any allocation: counts must be >= 1 and at
+most the export-time caps, levels in range, so one request cannot exhaust the server.
+``sample_fn`` / the VAE functions are the exact in-process equivalents of the endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_score import samplers
+
+SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
+NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
+
+
+def version_dir(export_dir: str, model_name: str, version: int) -> str:
+    if version < 1:
+        raise ValueError(f"export version must be >= 1 (TF Serving ignores 0), got {version}")
+    return os.path.join(export_dir, model_name, str(int(version)))
+
+
+def _in_range(value, name: str, low, high):
+    """Assert low <= value <= high in the graph, with a message naming the input."""
+    return [
+        tf.debugging.assert_greater_equal(
+            value, tf.cast(low, value.dtype), message=f"{name} must be >= {low}"
+        ),
+        tf.debugging.assert_less_equal(
+            value,
+            tf.cast(high, value.dtype),
+            message=f"{name} must be <= {high} (the cap set when this model was exported)",
+        ),
+    ]
+
+
+def _checked(value, checks):
+    """``value`` (a tensor or a tuple of them) computed only after ``checks`` pass: every op
+    of the request must consume it, or it may run before the assertions."""
+    with tf.control_dependencies(checks):
+        if isinstance(value, tuple):
+            return tuple(tf.identity(v) for v in value)
+        return tf.identity(value)
+
+
+def sample_fn(
+    model,
+    sigmas,
+    data_shape,
+    num_samples,
+    seed,
+    n_steps_each,
+    step_lr,
+    init_range=(0.0, 1.0),
+    denoise: bool = True,
+):
+    """Annealed Langevin from U[init_range]: x0 from fold_in(seed, 0), the chain from
+    fold_in(seed, 1). What the ``sample`` endpoints run, callable in-process."""
+    seed = tf.cast(seed, tf.int32)
+    shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
+    x0 = samplers.uniform_init(
+        shape,
+        tf.random.experimental.stateless_fold_in(seed, 0, alg="philox"),
+        init_range[0],
+        init_range[1],
+    )
+    out = samplers.annealed_langevin(
+        model,
+        x0,
+        sigmas,
+        step_lr,
+        n_steps_each,
+        tf.random.experimental.stateless_fold_in(seed, 1, alg="philox"),
+        denoise=denoise,
+    )
+    return out.samples, out.num_evals
+
+
+def _image_outputs(x, is_image: bool) -> dict:
+    if not is_image:
+        return {"samples": x}
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    return {"samples": x, "samples_uint8": tf.cast(tf.round(x * 255.0), tf.uint8)}
+
+
+def export_score_model(
+    model: keras.Model,
+    sigmas,
+    data_shape,
+    path: str,
+    step_lr: float,
+    n_steps_each: int,
+    init_range=(0.0, 1.0),
+    denoise: bool = True,
+    max_samples: int = 256,
+    max_steps_each: int = 1000,
+    max_score_batch: int = 1024,
+) -> str:
+    """Write a servable SavedModel of a noise-conditional score network to ``path``."""
+    sigmas = np.asarray(sigmas, np.float32)
+    data_shape = tuple(int(d) for d in data_shape)
+    is_image = len(data_shape) == 3
+    num_levels = len(sigmas)
+    sig = tf.constant(sigmas)
+    log_sig = tf.math.log(sig)
+    default_steps, default_lr = int(n_steps_each), float(step_lr)
+    if not 1 <= default_steps <= max_steps_each:
+        raise ValueError(f"n_steps_each must be in [1, max_steps_each={max_steps_each}]")
+
+    def sample_impl(num_samples, seed, steps, lr):
+        checks = _in_range(num_samples, "num_samples", 1, max_samples)
+        checks += _in_range(steps, "n_steps_each", 1, max_steps_each)
+        checks.append(tf.debugging.assert_positive(lr, message="step_lr must be > 0"))
+        num_samples = _checked(num_samples, checks)
+        x, evals = sample_fn(
+            model, sig, data_shape, num_samples, seed, steps, lr, init_range, denoise
+        )
+        return {**_image_outputs(x, is_image), "num_evals": evals}
+
+    @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
+    def sample(num_samples, seed):
+        return sample_impl(num_samples, seed, tf.constant(default_steps), tf.constant(default_lr))
+
+    @tf.function(
+        input_signature=[
+            NUM_SAMPLES_SPEC,
+            SEED_SPEC,
+            tf.TensorSpec([], tf.int32, name="n_steps_each"),
+            tf.TensorSpec([], tf.float32, name="step_lr"),
+        ]
+    )
+    def sample_with_steps(num_samples, seed, n_steps_each, step_lr):
+        return sample_impl(num_samples, seed, n_steps_each, step_lr)
+
+    x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
+
+    def score_impl(x, level):
+        checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
+        checks += _in_range(level, "noise_level", 0, num_levels - 1)
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(level)[0], tf.shape(x)[0], message="noise_level needs one entry per x"
+            )
+        )
+        x, level = _checked((x, level), checks)
+        return tf.cast(model(x, level), tf.float32)
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="noise_level")])
+    def score(x, noise_level):
+        return {"score": score_impl(x, noise_level)}
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.float32, name="sigma")])
+    def score_at_sigma(x, sigma):
+        sigma = _checked(sigma, [tf.debugging.assert_positive(sigma, message="sigma must be > 0")])
+        level = tf.argmin(
+            tf.abs(tf.math.log(sigma)[:, None] - log_sig[None, :]), axis=1, output_type=tf.int32
+        )
+        return {"score": score_impl(x, level), "noise_level": level}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
+    archive.add_endpoint("sample_with_steps", sample_with_steps)
+    archive.add_endpoint("score", score)
+    archive.add_endpoint("score_at_sigma", score_at_sigma)
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def export_vae(
+    models: dict,
+    cfg,
+    path: str,
+    max_samples: int = 1024,
+    max_batch: int = 1024,
+    max_iwae_samples: int = 5000,
+) -> str:
+    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
+    from tf_score import vae
+
+    enc, dec = models["encoder"], models["decoder"]
+    shape = tuple(cfg.image_shape)
+    x_spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
+
+    def batch_checked(x):
+        return _checked(x, _in_range(tf.shape(x)[0], "batch size", 1, max_batch))
+
+    @tf.function(input_signature=[x_spec, SEED_SPEC])
+    def encode(x, seed):
+        x = batch_checked(x)
+        out = {"z": enc.sample(x, seed)}
+        if cfg.encoder == "gaussian":
+            out["loc"], out["scale"] = enc(x)
+        return out
+
+    @tf.function(input_signature=[tf.TensorSpec([None, cfg.latent_dim], tf.float32, name="z")])
+    def decode(z):
+        z = batch_checked(z)
+        probs = tf.sigmoid(dec(z))
+        return {"probs": probs, "images_uint8": tf.cast(tf.round(probs * 255.0), tf.uint8)}
+
+    @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
+    def sample(num_samples, seed):
+        num_samples = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_samples))
+        probs = vae.prior_samples(cfg, dec, num_samples, seed)
+        return {"samples": probs, "samples_uint8": tf.cast(tf.round(probs * 255.0), tf.uint8)}
+
+    archive = keras.export.ExportArchive()
+    for m in models.values():
+        archive.track(m)
+    archive.add_endpoint("sample", sample)
+    archive.add_endpoint("encode", encode)
+    archive.add_endpoint("decode", decode)
+    if cfg.encoder == "gaussian":
+
+        @tf.function(
+            input_signature=[x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), SEED_SPEC]
+        )
+        def log_likelihood_bound(x, num_samples, seed):
+            x = batch_checked(x)
+            k = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_iwae_samples))
+            r = vae.iwae_bound(enc, dec, x, k, seed)
+            return {"iwae": r.iwae, "elbo": r.elbo}
+
+        archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
+    archive.write_out(path, verbose=False)
+    return path
