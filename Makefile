@@ -18,7 +18,8 @@ install: $(STAMP)
 
 ## The main job: train the noise-conditional MLP on the two-mode mixture, sample, evaluate, plot.
 demo: $(STAMP)
-	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
+	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture \
+		--export_dir=runs/toy_mixture/export
 	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
 
 lint: $(STAMP)

@@ -389,10 +389,40 @@ def _vae_main(workdir: str, cfg: dict) -> None:
         print(f"wrote {os.path.join(workdir, 'metrics.json')}")
 
 
+def _export(workdir: str) -> None:
+    """SavedModel of the latest (or --checkpoint) EMA weights for TF Serving."""
+    from tf_score import train
+
+    cfg = _read_config(workdir)
+    if cfg.get("model") == "vae":
+        from tf_score import vae
+
+        model_fns = vae.model_fns(vae.config_from_experiment(cfg, cfg["data_shape"]))
+    else:
+        import keras
+
+        from tf_score import score_model
+
+        keras.mixed_precision.set_global_policy(cfg.get("precision", "float32"))
+        shape = tuple(cfg.get("data_shape", (2,)))
+        model_fns = {"score": score_model.model_fn_from_config(cfg, shape)}
+    try:
+        models, step = train.load_ema_models(
+            model_fns, os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
+        )
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e)) from e
+    path = F.export_run(cfg, models, step)
+    print(f"exported step {step} for TF Serving: {path}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = F.WORKDIR.value
+    if F.EXPORT_DIR.value:
+        _export(workdir)
+        return
     if _read_config(workdir).get("model") == "vae":
         _vae_main(workdir, _read_config(workdir))
         return

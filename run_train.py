@@ -40,6 +40,7 @@ def main(argv):
     _check_resume(workdir, cfg)
 
     import keras
+    import tensorflow as tf
 
     from tf_score import data, score_model, train
 
@@ -78,6 +79,9 @@ def main(argv):
         f"checkpoint {result.checkpoint}",
         flush=True,
     )
+    if F.EXPORT_DIR.value and train.is_chief(tf.distribute.get_strategy()):
+        path = F.export_run(cfg, result.ema_models, result.step)
+        print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,23 @@ EVAL_EXAMPLES = flags.DEFINE_integer(
 EVAL_BATCH = flags.DEFINE_integer("eval_batch", 100, "Test examples per AIS batch.")
 IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 1000, "Samples of the IWAE bound.")
 
+# --- export (TF Serving) ------------------------------------------------------------------
+EXPORT_DIR = flags.DEFINE_string(
+    "export_dir",
+    None,
+    "Write a SavedModel for TF Serving to EXPORT_DIR/<export_model_name>/<step>/: at the end "
+    "of run_train.py, or from the latest checkpoint with run_sample.py (which then exits).",
+)
+EXPORT_MODEL_NAME = flags.DEFINE_string(
+    "export_model_name", None, "Model name in the export layout (default: the workdir's name)."
+)
+EXPORT_MAX_SAMPLES = flags.DEFINE_integer(
+    "export_max_samples", 256, "Largest num_samples one request to the export may ask for."
+)
+EXPORT_MAX_STEPS = flags.DEFINE_integer(
+    "export_max_steps", 1000, "Largest n_steps_each one request to the export may ask for."
+)
+
 # --- noise schedule and loss -------------------------------------------------------------
 SIGMA_BEGIN = flags.DEFINE_float("sigma_begin", 20.0, "Largest noise level sigma_1.")
 SIGMA_END = flags.DEFINE_float("sigma_end", 1.0, "Smallest noise level sigma_L.")
@@ -188,6 +205,8 @@ for _h in (
 ):
     _positive(_h)
 _positive(NGF)
+_positive(EXPORT_MAX_SAMPLES)
+_positive(EXPORT_MAX_STEPS)
 for _h in (
     LATENT_DIM,
     AIS_CHAINS,
@@ -307,4 +326,24 @@ def train_config():
         jit_compile=JIT.value,
         steps_per_loop=STEPS_PER_LOOP.value,
         progress=PROGRESS.value,
+    )
+
+
+def export_run(cfg: dict, models: dict, step: int) -> str:
+    """Export per the --export_* flags (and the sampling flags baked into ``sample``)."""
+    import os
+
+    from tf_score import export
+
+    name = EXPORT_MODEL_NAME.value or os.path.basename(os.path.normpath(WORKDIR.value))
+    return export.export_run(
+        cfg,
+        models,
+        step,
+        EXPORT_DIR.value,
+        name,
+        step_lr=STEP_LR.value,
+        n_steps_each=min(N_STEPS_EACH.value, EXPORT_MAX_STEPS.value),
+        max_samples=EXPORT_MAX_SAMPLES.value,
+        max_steps_each=EXPORT_MAX_STEPS.value,
     )

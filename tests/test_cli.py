@@ -88,9 +88,30 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
         "--checkpoint_every=200",
         "--sample_every=400",
         "--hidden_units=32,32",
+        f"--export_dir={tmp_path / 'export'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained to step 400" in proc.stdout
+    # The export at the end of training: EXPORT_DIR/<workdir name>/<step>/, servable.
+    version = tmp_path / "export" / "toy" / "400"
+    assert (version / "saved_model.pb").exists(), proc.stdout
+    # ... and again from the checkpoint, under another name, with run_sample.py.
+    proc = _run(
+        repo_root,
+        "run_sample.py",
+        f"--workdir={workdir}",
+        f"--export_dir={tmp_path / 'e2'}",
+        "--export_model_name=two_mode",
+        "--export_max_samples=8",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(tmp_path / "e2" / "two_mode" / "400"))
+    out = loaded.signatures["serving_default"](num_samples=tf.constant(8), seed=tf.constant([0, 1]))
+    assert out["samples"].shape == (8, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be <= 8"):
+        loaded.signatures["serving_default"](num_samples=tf.constant(9), seed=tf.constant([0, 1]))
     # Resuming with different model flags is refused, naming the flag.
     proc = _run(repo_root, "run_train.py", *common, "--num_steps=800", "--hidden_units=64,64")
     assert proc.returncode != 0 and "--hidden_units" in proc.stderr

@@ -244,3 +244,43 @@ def export_vae(
         archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
     archive.write_out(path, verbose=False)
     return path
+
+
+def export_run(
+    cfg: dict,
+    models: dict,
+    step: int,
+    export_dir: str,
+    model_name: str,
+    step_lr: float,
+    n_steps_each: int,
+    max_samples: int = 256,
+    max_steps_each: int = 1000,
+) -> str:
+    """Export a training run's (EMA) models, described by its config.json, to
+    ``export_dir/model_name/step``. Returns the version directory."""
+    path = version_dir(export_dir, model_name, max(int(step), 1))
+    if cfg["model"] == "vae":
+        from tf_score import vae
+
+        vcfg = vae.config_from_experiment(cfg, cfg["data_shape"])
+        return export_vae(models, vcfg, path, max_samples=max_samples)
+    from tf_score import data, score_model
+
+    shape = tuple(cfg.get("data_shape", (2,)))
+    if len(shape) == 3:
+        init_range = (0.0, 1.0)
+    else:
+        extent = data.get_toy(cfg["dataset"]).extent
+        init_range = (-extent, extent)
+    return export_score_model(
+        models["score"],
+        score_model.sigmas_from_config(cfg),
+        shape,
+        path,
+        step_lr=step_lr,
+        n_steps_each=n_steps_each,
+        init_range=init_range,
+        max_samples=max_samples,
+        max_steps_each=max_steps_each,
+    )
