@@ -85,3 +85,33 @@ def save_gif(frames: list[np.ndarray], path: str, scale: int = 1, ms_per_frame: 
             f = f.repeat(scale, axis=0).repeat(scale, axis=1)
         ims.append(Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f))
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms_per_frame, loop=0)
+
+
+def read_scalars(logdir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar written by ``tf.summary.scalar`` under ``logdir``."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    events = acc.Tensors(tag)
+    steps = np.array([e.step for e in events])
+    values = np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events])
+    return steps, values
+
+
+def loss_curves(logdir: str, tags: list[str], path: str, title: str = "", logy=True) -> None:
+    """Plot TensorBoard scalars of one run against the step and save a PNG."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for tag in tags:
+        steps, values = read_scalars(logdir, tag)
+        ax.plot(steps, values, label=tag, lw=1.2)
+    ax.set_xlabel("step")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
