@@ -332,6 +332,11 @@ def evaluate_vae(workdir: str, cfg: dict, vcfg, models: dict, x: np.ndarray, ste
         out["neg_elbo"] = _mean_se(-np.concatenate(elbo))
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2)
+    # Per-example values: two models evaluated on the same images compare pairwise.
+    per_example = {"ais_nll": -np.concatenate(log_px)}
+    if iwae:
+        per_example["iwae_nll"] = -np.concatenate(iwae)
+    np.savez(os.path.join(workdir, "nll_per_example.npz"), **per_example)
     return out
 
 

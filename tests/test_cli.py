@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags as absl_flags
 from absl.testing import flagsaver
@@ -187,7 +188,6 @@ def test_image_train_sample_snapshots_inpaint(repo_root, tmp_path):
         assert os.path.exists(os.path.join(workdir, name)), name
     proc = _run(repo_root, "run_sample.py", *sample, "--inpaint")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import numpy as np
 
     with np.load(os.path.join(workdir, "inpaint.npz")) as f:
         observed, mask, samples = f["observed"], f["mask"], f["samples"]
@@ -242,6 +242,9 @@ def test_vae_train_sample_evaluate(encoder, repo_root, tmp_path):
         m = json.load(f)
     assert m["encoder"] == encoder and m["n_examples"] == 8 and m["step"] == 40
     assert 50 < m["ais_nll"]["mean"] < 600 and m["ais_nll"]["se"] > 0
+    with np.load(os.path.join(workdir, "nll_per_example.npz")) as f:
+        assert f["ais_nll"].shape == (8,)
+        assert np.isclose(f["ais_nll"].mean(), m["ais_nll"]["mean"], rtol=1e-6)
     if encoder == "gaussian":
         assert m["iwae_nll"]["mean"] <= m["neg_elbo"]["mean"] + 1e-3
     else:

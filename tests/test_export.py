@@ -161,7 +161,8 @@ def test_tfsm_layer_reuses_the_score_endpoint_in_a_new_keras_model(toy_export):
     layer = keras.layers.TFSMLayer(path, call_endpoint="score")
     x_in = keras.Input((2,), name="x")
     lvl_in = keras.Input((), dtype="int32", name="noise_level")
-    out = layer({"x": x_in, "noise_level": lvl_in})["score"]
+    # TFSMLayer passes its first input positionally and the rest as keyword arguments.
+    out = layer(x_in, noise_level=lvl_in)["score"]
     wrapper = keras.Model([x_in, lvl_in], keras.layers.Lambda(lambda s: -s)(out))
     x = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
     level = np.array([0, 3, 5, 9], np.int32)
