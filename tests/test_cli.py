@@ -197,10 +197,11 @@ def test_image_train_sample_snapshots_inpaint(repo_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ["implicit", "gaussian"])
+@pytest.mark.parametrize("encoder", ["implicit"])
 def test_vae_train_sample_evaluate(encoder, repo_root, tmp_path):
-    """Both VAE presets train from flags; run_sample writes the figures and AIS metrics, and
-    for the Gaussian encoder the IWAE bound is at least as tight as the ELBO."""
+    """The VAE preset trains from flags; run_sample writes the figures and AIS metrics (and,
+    for --encoder=gaussian, IWAE <= ELBO NLLs: the Gaussian variant is left out of the suite
+    for time; tests/test_vae.py trains it and test_export checks its IWAE >= ELBO)."""
     from conftest import MNIST_DATA_DIR
 
     workdir = str(tmp_path / encoder)
