@@ -91,8 +91,10 @@ class ConditionalResNet(ImageScoreNetwork):
             for b in range(self.num_blocks):
                 h = getattr(self, f"up_{s}_{b}")(h, labels)
             if s > 0:
-                size = tf.shape(h)[1:3] * 2
-                h = getattr(self, f"upconv_{s}")(tf.image.resize(h, size, method="nearest"))
+                # 2x nearest up-sampling by repetition: the same values as a nearest resize,
+                # and its gradient compiles under XLA (ResizeNearestNeighborGrad does not).
+                h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
+                h = getattr(self, f"upconv_{s}")(h)
         return self._head(h, labels)
 
     def get_config(self):
