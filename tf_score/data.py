@@ -409,3 +409,28 @@ def image_training_dataset(
             .skip(int(start_batch))
         )
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def image_dataset_fn(images, seed, random_flip: bool = False, cache: bool = True):
+    """A ``ModelBundle.dataset_fn`` over ``images``: each input pipeline gets its shard and
+    its own stream seeded by fold_in(seed, pipeline id); batch k depends only on (seed, k)."""
+    num_examples = count_examples(images)
+    seed = tf.cast(seed, tf.int32)
+
+    def dataset_fn(batch_size, ctx, start_batch):
+        pipeline_seed = tf.random.experimental.stateless_fold_in(
+            seed, ctx.input_pipeline_id, alg="philox"
+        )
+        return image_training_dataset(
+            images,
+            batch_size,
+            pipeline_seed,
+            start_batch=start_batch,
+            random_flip=random_flip,
+            cache=cache,
+            num_shards=ctx.num_input_pipelines,
+            shard_index=ctx.input_pipeline_id,
+            num_examples=num_examples,
+        )
+
+    return dataset_fn

@@ -95,11 +95,16 @@ def sample_fn(
     return out.samples, out.num_evals
 
 
+def _to_uint8(x):
+    """Images in [0, 1] -> uint8 0..255."""
+    return tf.cast(tf.round(x * 255.0), tf.uint8)
+
+
 def _image_outputs(x, is_image: bool) -> dict:
     if not is_image:
         return {"samples": x}
     x = tf.clip_by_value(x, 0.0, 1.0)
-    return {"samples": x, "samples_uint8": tf.cast(tf.round(x * 255.0), tf.uint8)}
+    return {"samples": x, "samples_uint8": _to_uint8(x)}
 
 
 def export_score_model(
@@ -216,13 +221,13 @@ def export_vae(
     def decode(z):
         z = batch_checked(z)
         probs = tf.sigmoid(dec(z))
-        return {"probs": probs, "images_uint8": tf.cast(tf.round(probs * 255.0), tf.uint8)}
+        return {"probs": probs, "images_uint8": _to_uint8(probs)}
 
     @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
     def sample(num_samples, seed):
         num_samples = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_samples))
         probs = vae.prior_samples(cfg, dec, num_samples, seed)
-        return {"samples": probs, "samples_uint8": tf.cast(tf.round(probs * 255.0), tf.uint8)}
+        return {"samples": probs, "samples_uint8": _to_uint8(probs)}
 
     archive = keras.export.ExportArchive()
     for m in models.values():

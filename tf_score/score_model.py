@@ -268,24 +268,9 @@ def image_bundle(
 ) -> ModelBundle:
     """Train a noise-conditional image score network on dequantised images in [0, 1]."""
     sigmas = np.asarray(sigmas, np.float32)
-    data_seed = tf.constant([seed, 0x1A6E], tf.int32)
-    num_examples = data.count_examples(images)
-
-    def dataset_fn(batch_size, ctx, start_batch):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(
-            data_seed, ctx.input_pipeline_id, alg="philox"
-        )
-        return data.image_training_dataset(
-            images,
-            batch_size,
-            pipeline_seed,
-            start_batch=start_batch,
-            random_flip=random_flip,
-            cache=cache,
-            num_shards=ctx.num_input_pipelines,
-            shard_index=ctx.input_pipeline_id,
-            num_examples=num_examples,
-        )
+    dataset_fn = data.image_dataset_fn(
+        images, tf.constant([seed, 0x1A6E], tf.int32), random_flip=random_flip, cache=cache
+    )
 
     def image_summaries(ema_models, step):
         x0 = samplers.uniform_init([num_summary_samples, *image_shape], [seed, 1])

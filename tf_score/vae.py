@@ -462,20 +462,7 @@ def vae_bundle(
     )
     summary_x = binarize(summary_x, tf.constant([seed, 0x5B])) if cfg.binarize else summary_x
 
-    def dataset_fn(batch_size, ctx, start_batch):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(
-            data_seed, ctx.input_pipeline_id, alg="philox"
-        )
-        return data.image_training_dataset(
-            images,
-            batch_size,
-            pipeline_seed,
-            start_batch=start_batch,
-            cache=cache,
-            num_shards=ctx.num_input_pipelines,
-            shard_index=ctx.input_pipeline_id,
-            num_examples=num_examples,
-        )
+    dataset_fn = data.image_dataset_fn(images, data_seed, cache=cache)
 
     def image_summaries(ema_models, step):
         rec = reconstructions(cfg, ema_models, summary_x, tf.constant([seed, 3])).numpy()
