@@ -31,6 +31,15 @@ def _check_resume(workdir: str, cfg: dict) -> None:
         )
 
 
+def _plain_copies(model_fns: dict, models: dict) -> dict:
+    """The models rebuilt outside any strategy scope, with ``models``' weights (an export of
+    plain variables, readable by every worker without collectives)."""
+    copies = {name: fn() for name, fn in model_fns.items()}
+    for name, model in copies.items():
+        model.set_weights(models[name].get_weights())
+    return copies
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -42,8 +51,15 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from tf_score import data, score_model, train
+    from tf_score import data, distribute, score_model, train
 
+    try:
+        # First: a multi-worker strategy must exist before any other TensorFlow work.
+        strategy = F.strategy()
+    except distribute.StrategyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    chief = distribute.is_chief(strategy)
     keras.mixed_precision.set_global_policy(cfg["precision"])
     try:
         if cfg["model"] == "vae":
@@ -54,33 +70,50 @@ def main(argv):
             bundle, data_shape = score_model.bundle_from_config(
                 cfg, sample_eps=F.STEP_LR.value, sample_steps_each=F.N_STEPS_EACH.value
             )
+        replicas = strategy.num_replicas_in_sync * train_cfg.grad_accum_steps
+        if train_cfg.batch_size % replicas:
+            raise ValueError(
+                f"--batch_size={train_cfg.batch_size} must be divisible by the "
+                f"{strategy.num_replicas_in_sync} replica(s) x --grad_accum_steps="
+                f"{train_cfg.grad_accum_steps}"
+            )
     except (data.DataUnavailableError, data.BadImagesError, ValueError) as e:
         # Data problems are reported before anything is written.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     cfg["data_shape"] = list(data_shape)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        train.write_json_atomic(os.path.join(workdir, "config.json"), cfg)
     objective = f"the {cfg['vae_encoder']} encoder" if cfg["model"] == "vae" else cfg["loss"]
     print(
         f"training {cfg['model']} on {cfg['dataset']} with {objective} "
-        f"for {train_cfg.num_steps} steps -> {workdir}",
+        f"for {train_cfg.num_steps} steps on {strategy.num_replicas_in_sync} replica(s) "
+        f"({F.STRATEGY.value}, {distribute.task_name(strategy)}) -> {workdir}",
         flush=True,
     )
     try:
-        result = train.train(bundle, train_cfg, workdir)
+        result = train.train(bundle, train_cfg, workdir, strategy)
     except train.NonFiniteLossError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except train.WorkerLostError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(4)
+    except train.TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + int(e.signum))
     print(
         f"trained to step {result.step}: loss {result.loss:.4f} in {result.seconds:.1f} s; "
         f"checkpoint {result.checkpoint}",
         flush=True,
     )
-    if F.EXPORT_DIR.value and train.is_chief(tf.distribute.get_strategy()):
-        path = F.export_run(cfg, result.ema_models, result.step)
+    if F.EXPORT_DIR.value and chief:
+        models = result.ema_models
+        if strategy is not tf.distribute.get_strategy():
+            models = _plain_copies(bundle.model_fns, models)
+        path = F.export_run(cfg, models, result.step)
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 
 

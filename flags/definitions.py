@@ -144,6 +144,37 @@ SAMPLE_EVERY = flags.DEFINE_integer(
 )
 STEPS_PER_LOOP = flags.DEFINE_integer("steps_per_loop", 100, "Steps per compiled call.")
 
+# --- distribution -------------------------------------------------------------------------
+STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+    "tf.distribute strategy: default (one device), mirrored (all local GPUs, or --devices), "
+    "multi_worker_mirrored (workers from TF_CONFIG), tpu (--tpu).",
+)
+DEVICES = flags.DEFINE_list(
+    "devices", [], "Devices of --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs)."
+)
+TPU = flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
+CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "Split the host CPU into this many logical devices (0: leave it whole); with "
+    "--strategy=mirrored, one replica each (multi-replica runs without accelerators).",
+)
+GRAD_ACCUM_STEPS = flags.DEFINE_integer(
+    "grad_accum_steps",
+    1,
+    "Micro-batches per replica per step, gradients summed: --batch_size is still the global "
+    "batch. R replicas x A micro-batches train exactly like 1 replica x R*A.",
+)
+COLLECTIVE_TIMEOUT = flags.DEFINE_float(
+    "collective_timeout",
+    0.0,
+    "Multi-worker: seconds a collective waits for the other workers before failing "
+    "(0: no limit; the coordination service still reports a dead worker).",
+)
+
 # --- sampling ----------------------------------------------------------------------------
 SAMPLER = flags.DEFINE_enum(
     "sampler", "annealed_langevin", ["annealed_langevin", "langevin"], "Sampler for run_sample.py."
@@ -218,6 +249,11 @@ for _h in (
 ):
     _positive(_h)
 _positive(NUM_RES_BLOCKS)
+_positive(GRAD_ACCUM_STEPS)
+_positive(CPU_DEVICES, 0)
+flags.register_validator(
+    COLLECTIVE_TIMEOUT, lambda v: v >= 0, message="--collective_timeout must be >= 0"
+)
 _positive(SAMPLE_EVERY, 0)
 _positive(IMAGE_SIZE, 0)
 flags.register_validator(
@@ -245,6 +281,25 @@ def _check_schedule(f):
     if f["num_levels"] == 1:
         return f["sigma_begin"] == f["sigma_end"]
     return f["sigma_begin"] > f["sigma_end"]
+
+
+@flags.multi_flags_validator(
+    ["strategy", "devices", "tpu"],
+    message="--devices is for --strategy=mirrored, and --tpu (a Cloud TPU name, grpc://host:port "
+    "or local) is needed by --strategy=tpu and only by it",
+)
+def _check_strategy_flags(f):
+    return (not f["devices"] or f["strategy"] == "mirrored") and (
+        bool(f["tpu"]) == (f["strategy"] == "tpu")
+    )
+
+
+@flags.multi_flags_validator(
+    ["batch_size", "grad_accum_steps"],
+    message="--batch_size must be divisible by --grad_accum_steps (and by the replicas)",
+)
+def _check_accum(f):
+    return f["batch_size"] % f["grad_accum_steps"] == 0
 
 
 @flags.multi_flags_validator(
@@ -325,7 +380,22 @@ def train_config():
         ema_warmup=EMA_WARMUP.value,
         jit_compile=JIT.value,
         steps_per_loop=STEPS_PER_LOOP.value,
+        grad_accum_steps=GRAD_ACCUM_STEPS.value,
         progress=PROGRESS.value,
+    )
+
+
+def strategy():
+    """The tf.distribute strategy the flags ask for (call before any other TF work)."""
+    from tf_score import distribute
+
+    if CPU_DEVICES.value:
+        distribute.split_cpu(CPU_DEVICES.value)
+    return distribute.make_strategy(
+        STRATEGY.value,
+        devices=DEVICES.value or None,
+        tpu=TPU.value,
+        collective_timeout=COLLECTIVE_TIMEOUT.value or None,
     )
 
 

@@ -37,13 +37,26 @@ def _run(repo_root, script, *args, timeout=300):
         (["--dataset=mnist"], "--model=mlp is for the 2-D toys"),
         (["--dataset=folder", "--model=resnet"], "--dataset=folder / npz needs --data_path"),
         (["--model=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
+        (["--strategy=tpu"], "--tpu (a Cloud TPU name"),
+        (["--devices=/gpu:0"], "--devices is for --strategy=mirrored"),
+        (["--batch_size=100", "--grad_accum_steps=3"], "divisible by --grad_accum_steps"),
     ],
 )
-def test_bad_flags_fail_before_any_work(repo_root, tmp_path, args, message):
+def test_bad_flags_are_rejected_when_parsed(args, message):
+    """The validators run as the flags are parsed (in-process here; the CLI parses the same
+    way before main() runs, see the next test)."""
+    with flagsaver.flagsaver():
+        with pytest.raises(absl_flags.IllegalFlagValueError) as err:
+            absl_flags.FLAGS(["run_train.py", "--workdir=/nonexistent", *args])
+        assert message in str(err.value), str(err.value)
+    absl_flags.FLAGS.mark_as_parsed()
+
+
+def test_bad_flags_fail_before_any_work(repo_root, tmp_path):
     workdir = tmp_path / "w"
-    proc = _run(repo_root, "run_train.py", f"--workdir={workdir}", *args, timeout=120)
+    proc = _run(repo_root, "run_train.py", f"--workdir={workdir}", "--num_steps=-5", timeout=120)
     assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "--num_steps must be >= 1" in proc.stderr, proc.stderr[-2000:]
     assert not workdir.exists()
 
 

@@ -98,7 +98,7 @@ def test_real_mnist_pipeline_is_dequantised_deterministic_and_resumable():
     assert np.mean(np.abs(x * 256 - np.round(x * 256)) > 1e-3) > 0.9
     # epochs are reshuffled, and a resume anywhere replays the same batches
     assert not np.array_equal(batches[0], batches[937])
-    again = data.image_training_dataset(ds, 64, [1, 2], start_batch=938, num_examples=60_000)
+    again = data.image_training_dataset(ds, 64, [1, 2], start_step=938, num_examples=60_000)
     np.testing.assert_array_equal(next(iter(again)).numpy(), batches[938])
     other_seed = next(iter(data.image_training_dataset(ds, 64, [1, 3], num_examples=60_000)))
     assert not np.array_equal(other_seed.numpy(), x)

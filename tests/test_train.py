@@ -58,20 +58,6 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert resumed.loss == pytest.approx(full.loss, rel=1e-4)
 
 
-def test_two_replica_mirrored_run_trains_and_resumes_exactly(tmp_path):
-    """2 logical CPUs (conftest): the loop, EMA, NaN guard and checkpoints under Mirrored."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2
-    make = lambda: tf.distribute.MirroredStrategy(devices)
-    full = train.train(_bundle(), _config(60), str(tmp_path / "full"), make())
-    part = str(tmp_path / "part")
-    train.train(_bundle(), _config(30), part, make())
-    resumed = train.train(_bundle(), _config(60), part, make())
-    assert resumed.step == 60 and np.isfinite(resumed.loss)
-    for a, b in zip(_weights(full.models), _weights(resumed.models), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 def test_load_ema_models_restores_the_ema_weights(tmp_path):
     b = _bundle()
     result = train.train(b, _config(40), str(tmp_path))

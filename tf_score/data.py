@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -123,21 +124,74 @@ def get_toy(name: str) -> GaussianMixtureToy:
     return TOYS[name]()
 
 
-def toy_dataset(toy: GaussianMixtureToy, batch_size: int, seed, start_step: int = 0):
-    """Infinite tf.data stream of fresh batches; batch k is drawn with fold_in(seed, k).
+class BatchShare(NamedTuple):
+    """The rows of every global batch that one input pipeline feeds, and to how many replicas.
 
-    Starting at ``start_step`` replays exactly the batches an uninterrupted run would see.
+    Global batch k is the same examples in the same order whatever the topology: pipeline p
+    of P feeds rows [p * B / P, (p + 1) * B / P), split in order between its local replicas
+    (replica r of R gets rows [r * B / R, (r + 1) * B / R) when replicas are numbered
+    worker-major, as tf.distribute numbers them).
+    """
+
+    start: int
+    rows: int
+    local_replicas: int = 1
+
+    @property
+    def per_replica(self) -> int:
+        return self.rows // self.local_replicas
+
+
+def batch_share(global_batch: int, ctx: tf.distribute.InputContext) -> BatchShare:
+    """This input pipeline's ``BatchShare`` of a ``global_batch`` under ``ctx``."""
+    pipelines, replicas = ctx.num_input_pipelines, ctx.num_replicas_in_sync
+    if global_batch % replicas or replicas % pipelines:
+        raise ValueError(
+            f"batch_size {global_batch} must be divisible by the number of replicas {replicas}"
+        )
+    rows = global_batch // pipelines
+    return BatchShare(ctx.input_pipeline_id * rows, rows, replicas // pipelines)
+
+
+def split_for_replicas(ds: tf.data.Dataset, share: BatchShare) -> tf.data.Dataset:
+    """Turn a stream of ``share.rows``-row batches into per-replica batches, in replica order
+    (one pipeline feeding L local replicas hands them L consecutive elements per step)."""
+    if share.local_replicas == 1:
+        return ds
+    per = share.per_replica
+
+    def split(batch):
+        return tf.nest.map_structure(
+            lambda t: tf.reshape(t, tf.concat([[share.local_replicas, per], tf.shape(t)[1:]], 0)),
+            batch,
+        )
+
+    return ds.map(split).unbatch()
+
+
+def toy_dataset(
+    toy: GaussianMixtureToy,
+    batch_size: int,
+    seed,
+    start_step: int = 0,
+    share: BatchShare | None = None,
+):
+    """Infinite tf.data stream of fresh batches; global batch k is drawn with fold_in(seed, k).
+
+    ``share`` picks this input pipeline's rows (default: all of them, one replica). Starting at
+    ``start_step`` replays exactly the batches an uninterrupted run would see.
     """
     seed = tf.cast(seed, tf.int32)
+    share = share or BatchShare(0, batch_size)
 
     def draw(k):
-        return toy.sample(batch_size, seed=tf.random.experimental.stateless_fold_in(seed, k))
+        x = toy.sample(batch_size, seed=tf.random.experimental.stateless_fold_in(seed, k))
+        return x[share.start : share.start + share.rows]
 
-    return (
-        tf.data.Dataset.counter(start=start_step)
-        .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.counter(start=start_step).map(
+        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    return split_for_replicas(ds, share).prefetch(tf.data.AUTOTUNE)
 
 
 # --- images ------------------------------------------------------------------------------
@@ -331,35 +385,34 @@ def image_training_dataset(
     images: tf.data.Dataset,
     batch_size: int,
     seed,
-    start_batch: int = 0,
+    start_step: int = 0,
     random_flip: bool = False,
     shuffle_buffer: int = 10_000,
     cache: bool = True,
-    num_shards: int = 1,
-    shard_index: int = 0,
+    share: BatchShare | None = None,
+    num_pipelines: int = 1,
+    pipeline_id: int = 0,
     num_examples: int | None = None,
 ) -> tf.data.Dataset:
     """Infinite, deterministic batches of dequantised images in [0, 1] for training.
 
     x = (pixel + u) / 256 with u ~ U(0, 1) (= x*255/256 + U(0, 1/256) for x = pixel/255).
+    ``batch_size`` is the global batch; ``share`` picks this input pipeline's rows of it and
+    splits them between its local replicas (default: all rows, one replica).
 
-    With ``cache`` (data sets that fit in memory) the images are held as one tensor and epoch
-    e visits them in the order of a stateless permutation seeded by fold_in(seed, e), with
-    element noise a function of (seed, e, index): a resume at ``start_batch`` skips at most
-    one epoch. Without it a seeded shuffle buffer over the repeated stream is used and a
-    resume skips ``start_batch`` batches (exact, slower for long runs).
+    With ``cache`` (data sets that fit in memory) every pipeline holds the images as one
+    tensor, and epoch e visits them in the order of a stateless permutation seeded by
+    fold_in(seed, e), element noise a function of (seed, e, index): global batch k is then
+    the same images with the same noise for any number of replicas and workers, and a resume
+    at ``start_step`` skips nothing. Without it (streams too big for memory) pipeline
+    ``pipeline_id`` of ``num_pipelines`` reads its own shard through a seeded shuffle buffer
+    and a resume skips ``start_step`` batches: reproducible for a given number of workers.
     """
     seed = tf.cast(seed, tf.int32)
+    share = share or BatchShare(0, batch_size)
     # Sizes must be Python numbers (a strategy may trace this function): pass
     # ``num_examples`` (see ``count_examples``) or it is taken from the data once, eagerly.
     total = int(num_examples) if num_examples is not None else count_examples(images)
-    n = total // num_shards  # shards differ by at most one image; use the common part
-    if num_shards > 1:
-        images = images.shard(num_shards, shard_index)
-    images = images.take(n)
-    per_epoch = n // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
 
     def prep(s, img):
         s_noise, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 2))
@@ -370,15 +423,23 @@ def image_training_dataset(
         return x
 
     if cache:
+        n = total
+        per_epoch = n // batch_size
+        if per_epoch < 1:
+            raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
         with tf.init_scope():  # materialise eagerly even when traced
             table = tf.constant(next(iter(images.batch(n))).numpy())
-        first_epoch, skip = divmod(int(start_batch), per_epoch)
+        first_epoch, skip = divmod(int(start_step), per_epoch)
 
         def epoch(e):
             e_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(e, tf.int32))
             order = tf.random.experimental.stateless_shuffle(tf.range(n), e_seed)
+            # [steps, this pipeline's rows] of the epoch's global batches (remainder dropped)
+            rows = tf.reshape(order[: per_epoch * batch_size], [per_epoch, batch_size])
+            first = tf.where(e == first_epoch, skip, 0)
+            rows = rows[first:, share.start : share.start + share.rows]
             return (
-                tf.data.Dataset.from_tensor_slices(order)
+                tf.data.Dataset.from_tensor_slices(tf.reshape(rows, [-1]))
                 .map(
                     lambda i: prep(
                         tf.random.experimental.stateless_fold_in(e_seed, i), tf.gather(table, i)
@@ -386,11 +447,17 @@ def image_training_dataset(
                     num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True,
                 )
-                .batch(batch_size, drop_remainder=True)
+                .batch(share.per_replica, drop_remainder=True)
             )
 
-        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch).skip(skip)
+        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch)
     else:
+        n = total // num_pipelines  # shards differ by at most one image; use the common part
+        if num_pipelines > 1:
+            images = images.shard(num_pipelines, pipeline_id)
+        images = images.take(n)
+        if n < share.rows:
+            raise ValueError(f"the data set has {n} images, fewer than one batch of {share.rows}")
         shuffle_seed = int(tf.random.stateless_uniform([], seed, maxval=2**31 - 1, dtype=tf.int32))
         ds = (
             images.shuffle(
@@ -405,31 +472,34 @@ def image_training_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-            .batch(batch_size, drop_remainder=True)
-            .skip(int(start_batch))
+            .batch(share.rows, drop_remainder=True)
+            .skip(int(start_step))
         )
+        ds = split_for_replicas(ds, share)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def image_dataset_fn(images, seed, random_flip: bool = False, cache: bool = True):
-    """A ``ModelBundle.dataset_fn`` over ``images``: each input pipeline gets its shard and
-    its own stream seeded by fold_in(seed, pipeline id); batch k depends only on (seed, k)."""
+    """A ``ModelBundle.dataset_fn`` over ``images`` (see ``image_training_dataset``): in
+    memory, global batch k depends only on (seed, k); streamed, each input pipeline reads its
+    shard with its own seed fold_in(seed, pipeline id)."""
     num_examples = count_examples(images)
     seed = tf.cast(seed, tf.int32)
 
-    def dataset_fn(batch_size, ctx, start_batch):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(
-            seed, ctx.input_pipeline_id, alg="philox"
-        )
+    def dataset_fn(global_batch, ctx, start_step):
+        # In memory every pipeline follows the one global stream (that of pipeline 0).
+        pipeline_id = ctx.input_pipeline_id if not cache else 0
+        pipeline_seed = tf.random.experimental.stateless_fold_in(seed, pipeline_id, alg="philox")
         return image_training_dataset(
             images,
-            batch_size,
+            global_batch,
             pipeline_seed,
-            start_batch=start_batch,
+            start_step=start_step,
             random_flip=random_flip,
             cache=cache,
-            num_shards=ctx.num_input_pipelines,
-            shard_index=ctx.input_pipeline_id,
+            share=batch_share(global_batch, ctx),
+            num_pipelines=ctx.num_input_pipelines,
+            pipeline_id=ctx.input_pipeline_id,
             num_examples=num_examples,
         )
 

@@ -139,11 +139,12 @@ def toy_bundle(
     sigmas = np.asarray(sigmas, np.float32)
     data_seed = tf.constant([seed, 0xDA7A], tf.int32)
 
-    def dataset_fn(batch_size, ctx, start_step):
-        pipeline_seed = tf.random.experimental.stateless_fold_in(
-            data_seed, ctx.input_pipeline_id, alg="philox"
-        )
-        return data.toy_dataset(toy, batch_size, pipeline_seed, start_step=start_step)
+    # One global stream (pipeline 0's seed): global batch k is the same for any topology.
+    stream_seed = tf.random.experimental.stateless_fold_in(data_seed, 0, alg="philox")
+
+    def dataset_fn(global_batch, ctx, start_step):
+        share = data.batch_share(global_batch, ctx)
+        return data.toy_dataset(toy, global_batch, stream_seed, start_step, share)
 
     def image_summaries(ema_models, step):
         model = ema_models["score"]

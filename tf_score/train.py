@@ -7,9 +7,19 @@ step (several steps per ``tf.function`` call), EMA copies of the weights, the Na
 checkpoints (``tf.train.CheckpointManager``, resumable), TensorBoard summaries and the
 progress bar. It knows nothing of which loss it runs.
 
-Randomness is stateless: the seed of step k is ``fold_in(seed, k)`` (then folded with the
-replica and the objective), and batch k of the data is a function of k, so a run resumed at
-step k replays exactly what an uninterrupted run would have done.
+Randomness is stateless: the seed of step k is ``fold_in(seed, k)``, then folded with the
+*shard* (replica r's micro-batch a is shard ``r * grad_accum_steps + a``) and the objective,
+and global batch k of the data is a function of k, split in order between the shards. So a
+run resumed at step k replays exactly what an uninterrupted run would have done, and a run
+on R replicas is reproduced on one device with ``grad_accum_steps=R`` (same global batch,
+same shards, same seeds).
+
+Interrupts: SIGINT (Ctrl-C) and SIGTERM (pre-emption) stop the run at the end of the current
+compiled loop (all workers agree on the step), save a checkpoint and raise
+``TrainingInterrupted``; a second Ctrl-C stops at once, leaving the last checkpoint.
+Checkpoints are written by ``tf.train.CheckpointManager``, which records a checkpoint only
+after its files are complete, so a process killed at any moment resumes from the last
+complete one.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,6 +39,9 @@ import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
 
+from tf_score import distribute
+from tf_score.distribute import is_chief
+
 
 class LossOutput(NamedTuple):
     """A loss callable's result: per-example loss [B] and, optionally, the level per example
@@ -36,6 +51,35 @@ class LossOutput(NamedTuple):
     loss: tf.Tensor
     levels: tf.Tensor | None = None
     metrics: dict[str, tf.Tensor] | None = None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped the run after ``step``, with a checkpoint saved there."""
+
+    def __init__(self, step: int, checkpoint: str | None, signum: int):
+        self.step = step
+        self.checkpoint = checkpoint
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name} at step {step}: saved checkpoint "
+            f"{checkpoint or 'none'}; run the same command again to resume"
+        )
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost a worker (killed, pre-empted, unreachable). Collectives cannot
+    recover in-process: restart every worker with the same command to resume from
+    ``checkpoint`` (the pattern of Keras' BackupAndRestore)."""
+
+    def __init__(self, step: int, checkpoint: str | None, cause: Exception):
+        self.step = step
+        self.checkpoint = checkpoint
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        super().__init__(
+            f"lost contact with another worker after step {step} ({type(cause).__name__}: "
+            f"{first_line}). Restart all workers with the same command to resume from "
+            f"{checkpoint or 'the start'}"
+        )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,6 +116,10 @@ class TrainConfig:
     jit_compile: bool = False
     #: steps run inside one compiled call (cuts Python overhead for small models)
     steps_per_loop: int = 100
+    #: micro-batches per replica per step, run one after another with their gradients summed
+    #: (a global batch larger than fits on the devices; R replicas x A micro-batches give the
+    #: same run as 1 replica x R*A)
+    grad_accum_steps: int = 1
     progress: bool = True
 
     def __post_init__(self):
@@ -82,6 +130,7 @@ class TrainConfig:
             "checkpoint_every",
             "keep_checkpoints",
             "steps_per_loop",
+            "grad_accum_steps",
         )
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -116,9 +165,11 @@ class ModelBundle:
     Attributes:
       model_fns: name -> factory of a built Keras model (called twice: live and EMA copy).
       objectives: the losses to minimise, in order, each step.
-      dataset_fn: ``(per_replica_batch, input_context, start) -> tf.data.Dataset`` of
-        per-replica batches, starting at batch index ``start`` of this input pipeline; batch k
-        must depend only on (seed, k, input pipeline) so that a resumed run replays exactly.
+      dataset_fn: ``(global_batch, input_context, start_step) -> tf.data.Dataset`` of this
+        input pipeline's per-replica batches from step ``start_step`` on (see
+        ``data.batch_share``): for each step, one batch per local replica, in replica order,
+        the pipeline's rows of global batch k. Global batch k must depend only on (seed, k)
+        (and for streamed data the input pipeline), so that a resumed run replays exactly.
       num_levels: noise levels, for per-level loss summaries (0: none).
       image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
       custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
@@ -143,19 +194,48 @@ class TrainResult:
     checkpoint: str | None
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the worker that writes checkpoints, summaries and exports.
+__all__ = ["is_chief"]  # re-exported from distribute, where it lives
 
-    That is the "chief" task, or worker 0 when the cluster has no chief; single-process
-    strategies are always chief.
+
+class _StopSignals:
+    """While active (main thread only): SIGINT / SIGTERM ask the loop to stop and save.
+
+    A second SIGINT raises KeyboardInterrupt at once (no save; the last checkpoint stays).
     """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning(
+            "%s: stopping after the current loop of steps and saving a checkpoint "
+            "(Ctrl-C again to stop now without saving)",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
@@ -224,33 +304,38 @@ def train(
     """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible."""
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
+    accum = int(config.grad_accum_steps)
+    if config.batch_size % (replicas * accum):
         raise ValueError(
             f"batch_size ({config.batch_size}) must be divisible by the number of replicas "
-            f"({replicas})"
+            f"({replicas}) x grad_accum_steps ({accum})"
         )
+    micro_batch = config.batch_size // (replicas * accum)
     # Seeds Keras' initialisers (and Python/NumPy/TF global RNGs), so the same seed gives
     # the same initial weights: a fresh run and a resumed one start from identical states.
     keras.utils.set_random_seed(config.seed)
     models, ema_models, optimizers, step_var = build_models(bundle, strategy)
     ckpt = make_checkpoint(models, ema_models, optimizers, step_var)
+    # Every worker resumes from the chief's checkpoints (a directory they all can read).
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    manager = tf.train.CheckpointManager(
-        ckpt, ckpt_dir, max_to_keep=config.keep_checkpoints, step_counter=step_var
+    manager = (
+        tf.train.CheckpointManager(
+            ckpt, ckpt_dir, max_to_keep=config.keep_checkpoints, step_counter=step_var
+        )
+        if chief
+        else None
     )
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
     start_step = int(step_var.numpy())
     if start_step:
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, start_step)
+        logging.info("resumed from %s at step %d", latest, start_step)
 
     def input_fn(ctx: tf.distribute.InputContext):
-        # One pipeline may feed several local replicas, one batch each per step.
-        batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return bundle.dataset_fn(
-            ctx.get_per_replica_batch_size(config.batch_size), ctx, start_step * batches_per_step
-        )
+        return bundle.dataset_fn(config.batch_size, ctx, start_step)
 
     dist_ds = strategy.distribute_datasets_from_function(input_fn)
     iterator = iter(dist_ds)
@@ -282,16 +367,38 @@ def train(
     if config.jit_compile:
         local_grads = tf.function(local_grads, jit_compile=True)
 
+    def shard_grads(i, batch, step, replica_id):
+        """Objective i on this replica's micro-batches, one after another: summed gradients
+        and loss, concatenated per-example statistics."""
+        step_seed = tf.random.experimental.stateless_fold_in(base_seed, step, alg="philox")
+        outs = []
+        for a in range(accum):
+            part = batch
+            if accum > 1:
+                part = tf.nest.map_structure(
+                    lambda t, a=a: t[a * micro_batch : (a + 1) * micro_batch], batch
+                )
+                if outs:  # start micro-batch a after a - 1: one micro-batch in memory at a time
+                    with tf.control_dependencies(outs[-1][0]):
+                        part = tf.nest.map_structure(tf.identity, part)
+            shard = tf.cast(replica_id, tf.int32) * accum + a
+            seed = tf.random.experimental.stateless_fold_in(step_seed, shard, alg="philox")
+            seed = tf.random.experimental.stateless_fold_in(seed, i, alg="philox")
+            outs.append(local_grads(i, part, seed))
+        if accum == 1:
+            return outs[0]
+        grads = [tf.add_n(list(g)) for g in zip(*[o[0] for o in outs], strict=True)]
+        loss = tf.add_n([o[1] for o in outs])
+        per_example, levels = (tf.concat([o[k] for o in outs], 0) for k in (2, 3))
+        metrics = [tf.concat(list(m), 0) for m in zip(*[o[4] for o in outs], strict=True)]
+        return grads, loss, per_example, levels, metrics
+
     def compute_grads(i, batch, step):
         """Replica fn: loss and global gradient of objective i, plus summary statistics."""
         obj = bundle.objectives[i]
         ctx = tf.distribute.get_replica_context()
-        seed = tf.random.experimental.stateless_fold_in(base_seed, step, alg="philox")
-        seed = tf.random.experimental.stateless_fold_in(
-            seed, ctx.replica_id_in_sync_group, alg="philox"
-        )
-        grads, loss, per_example, levels, metrics = local_grads(
-            i, batch, tf.random.experimental.stateless_fold_in(seed, i, alg="philox")
+        grads, loss, per_example, levels, metrics = shard_grads(
+            i, batch, step, ctx.replica_id_in_sync_group
         )
         # The global gradient (summed over replicas) gives the true norm for the NaN guard,
         # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside apply(),
@@ -392,13 +499,53 @@ def train(
                 img = np.asarray(img)
                 tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
 
+    def write_scalars(step, out, done, dt):
+        losses = out["loss"].numpy()
+        last_loss = float(losses.sum())
+        with writer.as_default(step=step):
+            tf.summary.scalar("loss", last_loss)
+            tf.summary.scalar("steps_per_sec", done / max(dt, 1e-9))
+            tf.summary.scalar("examples_per_sec", done * global_batch / max(dt, 1e-9))
+            for i, obj in enumerate(bundle.objectives):
+                prefix = obj.name
+                tf.summary.scalar(f"{prefix}/loss", losses[i])
+                tf.summary.scalar(f"{prefix}/grad_norm", out["grad_norm"][i])
+                lr = optimizers[obj.name].learning_rate
+                tf.summary.scalar(f"{prefix}/learning_rate", float(np.asarray(lr)))
+                for name, value in zip(obj.metric_names, out["metrics"][i], strict=True):
+                    tf.summary.scalar(f"{prefix}/{name}", value)
+                if bundle.num_levels > 1:
+                    for lvl in range(bundle.num_levels):
+                        tf.summary.scalar(
+                            f"{prefix}/loss_per_level/{lvl:02d}", out["level_loss"][i, lvl]
+                        )
+        # The progress bar already shows this; log lines are for runs without it.
+        logging.log(
+            logging.DEBUG if not bar.disable else logging.INFO,
+            "step %d loss %.5g (%.1f steps/s)",
+            step,
+            last_loss,
+            done / max(dt, 1e-9),
+        )
+
     def save(step):
+        """Every worker saves (saving may need collectives); only the chief's is kept."""
         if chief:
             path = manager.save(checkpoint_number=step)
             logging.info("saved checkpoint %s", path)
-        else:
-            path = None
-        return path
+            return path
+        with distribute.write_dir(ckpt_dir, strategy) as tmp:
+            ckpt.write(os.path.join(tmp, f"ckpt-{step}"))
+        return None
+
+    @tf.function
+    def any_worker(flag):
+        """True on every worker if any worker passed True (so all stop at the same step)."""
+        value = strategy.run(lambda: tf.cast(flag, tf.int32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
+
+    def latest_path():
+        return manager.latest_checkpoint if chief else tf.train.latest_checkpoint(ckpt_dir)
 
     step = start_step
     last_loss = float("nan")
@@ -411,79 +558,58 @@ def train(
         disable=not (config.progress and chief),
         mininterval=1.0,
     )
-    try:
-        while step < config.num_steps:
-            nxt = min(
-                config.num_steps,
-                step + config.steps_per_loop,
-                _next_boundary(step, config.log_every),
-                _next_boundary(step, config.checkpoint_every),
-                _next_boundary(step, config.sample_every)
-                if config.sample_every
-                else config.num_steps,
-            )
-            t0 = time.time()
-            out = train_loop(tf.constant(nxt - step, tf.int64))
-            done = int(out["steps"])
-            dt = time.time() - t0
-            if int(out["bad_step"]) >= 0:
-                raise NonFiniteLossError(int(out["bad_step"]), manager.latest_checkpoint)
-            step += done
-            bar.update(done)
-            losses = out["loss"].numpy()
-            last_loss = float(losses.sum())
-            bar.set_postfix(loss=f"{last_loss:.4g}")
-            if step % config.log_every == 0 or step == config.num_steps:
-                with writer.as_default(step=step):
-                    tf.summary.scalar("loss", last_loss)
-                    tf.summary.scalar("steps_per_sec", done / max(dt, 1e-9))
-                    tf.summary.scalar("examples_per_sec", done * global_batch / max(dt, 1e-9))
-                    for i, obj in enumerate(bundle.objectives):
-                        prefix = obj.name
-                        tf.summary.scalar(f"{prefix}/loss", losses[i])
-                        tf.summary.scalar(f"{prefix}/grad_norm", out["grad_norm"][i])
-                        lr = optimizers[obj.name].learning_rate
-                        tf.summary.scalar(f"{prefix}/learning_rate", float(np.asarray(lr)))
-                        for name, value in zip(obj.metric_names, out["metrics"][i], strict=True):
-                            tf.summary.scalar(f"{prefix}/{name}", value)
-                        if bundle.num_levels > 1:
-                            for lvl in range(bundle.num_levels):
-                                tf.summary.scalar(
-                                    f"{prefix}/loss_per_level/{lvl:02d}",
-                                    out["level_loss"][i, lvl],
-                                )
-                # The progress bar already shows this; log lines are for runs without it.
-                logging.log(
-                    logging.DEBUG if not bar.disable else logging.INFO,
-                    "step %d loss %.5g (%.1f steps/s)",
-                    step,
-                    last_loss,
-                    done / max(dt, 1e-9),
+    with _StopSignals() as stop:
+        try:
+            while step < config.num_steps:
+                nxt = min(
+                    config.num_steps,
+                    step + config.steps_per_loop,
+                    _next_boundary(step, config.log_every),
+                    _next_boundary(step, config.checkpoint_every),
+                    _next_boundary(step, config.sample_every)
+                    if config.sample_every
+                    else config.num_steps,
                 )
-            if config.sample_every and step % config.sample_every == 0:
-                write_images(step)
-            if step % config.checkpoint_every == 0 or step == config.num_steps:
-                save(step)
-    except KeyboardInterrupt:
-        logging.warning("interrupted at step %d: saving a checkpoint before exiting", step)
-        save(step)
-        raise
-    finally:
-        bar.close()
+                t0 = time.time()
+                out = train_loop(tf.constant(nxt - step, tf.int64))
+                done = int(out["steps"])
+                dt = time.time() - t0
+                if int(out["bad_step"]) >= 0:
+                    raise NonFiniteLossError(int(out["bad_step"]), latest_path())
+                step += done
+                bar.update(done)
+                losses = out["loss"].numpy()
+                last_loss = float(losses.sum())
+                bar.set_postfix(loss=f"{last_loss:.4g}")
+                if step % config.log_every == 0 or step == config.num_steps:
+                    write_scalars(step, out, done, dt)
+                if config.sample_every and step % config.sample_every == 0 and chief:
+                    write_images(step)
+                stopping = stop.signum is not None
+                if multi_worker:
+                    stopping = bool(any_worker(tf.constant(stopping)))
+                if stopping or step % config.checkpoint_every == 0 or step == config.num_steps:
+                    save(step)
+                if stopping:
+                    raise TrainingInterrupted(step, latest_path(), stop.signum or signal.SIGTERM)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+            if not multi_worker:
+                raise
+            raise WorkerLostError(step, latest_path(), e) from e
+        finally:
+            bar.close()
     seconds = time.time() - t_start
-    if not config.sample_every or config.num_steps % config.sample_every:
+    if chief and (not config.sample_every or config.num_steps % config.sample_every):
         write_images(step)
     writer.flush()
     if chief:
-        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-            json.dump(
-                {
-                    "step": step,
-                    "final_loss": last_loss,
-                    "train_seconds": seconds,
-                    "start_step": start_step,
-                },
-                f,
-                indent=2,
-            )
-    return TrainResult(step, last_loss, seconds, models, ema_models, manager.latest_checkpoint)
+        summary = {
+            "step": step,
+            "final_loss": last_loss,
+            "train_seconds": seconds,
+            "start_step": start_step,
+            "replicas": replicas,
+            "grad_accum_steps": accum,
+        }
+        write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
+    return TrainResult(step, last_loss, seconds, models, ema_models, latest_path())

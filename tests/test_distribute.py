@@ -1,0 +1,191 @@
+"""tf.distribute: the global batch is split the same way on any topology, R replicas train
+exactly like one device with R micro-batches, strategies fail clearly when they cannot be set
+up. (Processes, signals and multi-worker clusters: test_faults.py.)"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import MNIST_DATA_DIR
+
+from tf_score import data, distribute, score_model, train, vae
+from tf_score.sigmas import geometric_sigmas
+
+SIGMAS = geometric_sigmas(20.0, 1.0, 10)
+
+
+def _mirrored():
+    assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest configures 2 logical CPUs"
+    return distribute.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+
+
+def _toy_bundle():
+    return score_model.toy_bundle(
+        data.get_toy("two_mode"),
+        SIGMAS,
+        score_model.ToyModelConfig(hidden_units=(32, 32)),
+        score_model.ScoreLossConfig(),
+        learning_rate=1e-3,
+        seed=0,
+        sample_steps_each=2,
+    )
+
+
+def _config(num_steps, **kw):
+    base = dict(
+        num_steps=num_steps,
+        batch_size=64,
+        log_every=20,
+        checkpoint_every=30,
+        steps_per_loop=15,
+        ema_rate=0.9,
+        progress=False,
+    )
+    return train.TrainConfig(**{**base, **kw})
+
+
+def _weights(models):
+    return [w.numpy() for m in models.values() for w in m.weights]
+
+
+def _step_batches(dataset_fn, global_batch, pipelines, replicas, start_step, steps):
+    """Per step, the concatenation of every replica's batch, in replica order."""
+    per_pipeline = replicas // pipelines
+    streams = [
+        iter(
+            dataset_fn(global_batch, tf.distribute.InputContext(pipelines, p, replicas), start_step)
+        )
+        for p in range(pipelines)
+    ]
+    out = []
+    for _ in range(steps):
+        parts = [next(it).numpy() for it in streams for _ in range(per_pipeline)]
+        assert all(len(p) == global_batch // replicas for p in parts)
+        out.append(np.concatenate(parts))
+    return out
+
+
+@pytest.mark.parametrize("pipelines, replicas", [(1, 2), (2, 2), (2, 4), (4, 8)])
+def test_every_topology_sees_the_same_global_batches(pipelines, replicas):
+    """Global batch k is the same examples (and dequantisation noise) for any number of
+    replicas and input pipelines (workers), also when resuming at a step."""
+    toy_fn = _toy_bundle().dataset_fn
+    rng = np.random.default_rng(0)
+    images = tf.data.Dataset.from_tensor_slices(rng.integers(0, 256, [100, 4, 4, 1], np.uint8))
+    image_fn = data.image_dataset_fn(images, [3, 4])
+    for fn, start, steps in [(toy_fn, 0, 3), (image_fn, 0, 14), (image_fn, 11, 3)]:
+        one = _step_batches(fn, 16, 1, 1, start, steps)
+        many = _step_batches(fn, 16, pipelines, replicas, start, steps)
+        for a, b in zip(one, many, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # 100 images, batch 16: 6 steps per epoch, then a new permutation
+    assert not np.array_equal(one[0], _step_batches(image_fn, 16, 1, 1, 0, 7)[6])
+    # A streamed data set (too big for memory) splits its one pipeline between replicas too.
+    stream_fn = data.image_dataset_fn(images, [3, 4], cache=False)
+    for a, b in zip(
+        _step_batches(stream_fn, 16, 1, 1, 2, 3),
+        _step_batches(stream_fn, 16, 1, 4, 2, 3),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_two_replicas_train_exactly_like_one_device_with_two_micro_batches(tmp_path):
+    """A 2-replica MirroredStrategy run (interrupted and resumed) equals one device with
+    grad_accum_steps=2 for the same global batch and seed: same data rows and noise seeds
+    per shard, and the global-batch gradient applied once. Tolerance rtol 1e-5 (float
+    summation order only)."""
+    one = train.train(_toy_bundle(), _config(60, grad_accum_steps=2), str(tmp_path / "one"))
+    part = str(tmp_path / "two")
+    first = train.train(_toy_bundle(), _config(30), part, _mirrored())
+    assert first.step == 30
+    two = train.train(_toy_bundle(), _config(60), part, _mirrored())
+    assert two.step == 60
+    assert two.loss == pytest.approx(one.loss, rel=1e-5)
+    for a, b in zip(_weights(one.models), _weights(two.models), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_weights(one.ema_models), _weights(two.ema_models), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with open(tmp_path / "two" / "train_summary.json") as f:
+        assert json.load(f)["replicas"] == 2
+    # Without accumulation the one-device run draws other noise (one shard, not two).
+    plain = train.train(_toy_bundle(), _config(60), str(tmp_path / "plain"))
+    assert plain.loss != pytest.approx(two.loss, rel=1e-5)
+
+
+def _mnist_images(n=512):
+    images, _ = data.load_tfds_images("mnist", "train[:512]", data_dir=MNIST_DATA_DIR)
+    return images
+
+
+@pytest.mark.parametrize("model", ["resnet", "vae"])
+def test_image_and_vae_bundles_under_mirrored_match_one_device(tmp_path, model):
+    """The NCSN image pipeline and the VAE's two objectives under MirroredStrategy."""
+    images = _mnist_images()
+    if model == "vae":
+        cfg = vae.VAEConfig(image_shape=(28, 28, 1), latent_dim=4, hidden_units=(32,))
+
+        def bundle():
+            return vae.vae_bundle(cfg, images, seed=0, num_summary_images=4)
+    else:
+        sigmas = geometric_sigmas(1.0, 0.01, 10)
+        model_fn = score_model.model_fn_from_config(
+            {
+                "sigma_begin": 1.0,
+                "sigma_end": 0.01,
+                "num_levels": 10,
+                "model": "resnet",
+                "ngf": 8,
+                "channel_mults": [1, 2],
+                "num_res_blocks": 1,
+                "scale_by_sigma": False,
+            },
+            (28, 28, 1),
+        )
+
+        def bundle():
+            return score_model.image_bundle(
+                model_fn,
+                images,
+                (28, 28, 1),
+                sigmas,
+                score_model.ScoreLossConfig(),
+                learning_rate=1e-3,
+                seed=0,
+                sample_steps_each=1,
+                num_summary_samples=4,
+            )
+
+    cfg_kw = dict(batch_size=16, steps_per_loop=4, checkpoint_every=4, log_every=4)
+    one = train.train(bundle(), _config(8, grad_accum_steps=2, **cfg_kw), str(tmp_path / "1"))
+    two = train.train(bundle(), _config(8, **cfg_kw), str(tmp_path / "2"), _mirrored())
+    assert two.step == 8 and two.loss == pytest.approx(one.loss, rel=1e-4)
+    for a, b in zip(_weights(one.models), _weights(two.models), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "2" / "tb").exists()
+
+
+def test_strategy_errors_name_the_flag_or_variable(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.StrategyError, match="needs TF_CONFIG"):
+        distribute.make_strategy("multi_worker_mirrored")
+    for bad, message in [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster"'),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps"}}', "must name a job"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "not in"),
+    ]:
+        monkeypatch.setenv("TF_CONFIG", bad)
+        with pytest.raises(distribute.StrategyError, match=message):
+            distribute.make_strategy("multi_worker_mirrored")
+    with pytest.raises(distribute.StrategyError, match=r"--devices: no such device"):
+        distribute.make_strategy("mirrored", devices=["/gpu:7"])
+    with pytest.raises(distribute.StrategyError, match="needs --tpu"):
+        distribute.make_strategy("tpu")
+    with pytest.raises(distribute.StrategyError, match="cannot connect"):
+        distribute.make_strategy("tpu", tpu="grpc://127.0.0.1:1")
+    assert (
+        distribute.make_strategy("mirrored", devices=["CPU:0", "/cpu:1"]).num_replicas_in_sync == 2
+    )
+    assert distribute.is_chief(distribute.make_strategy("default"))
