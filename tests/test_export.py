@@ -127,33 +127,43 @@ def test_toy_score_endpoints_match_the_model(toy_export, tmp_path):
     np.testing.assert_allclose(r["score"].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "signature, inputs, message",
-    [
-        ("sample", {"num_samples": np.int32(0)}, "num_samples must be >= 1"),
-        ("sample", {"num_samples": np.int32(10**6)}, "num_samples must be <= 64"),
-        ("sample", {"num_samples": np.array("five")}, "invalid literal"),
+def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
+    _, path = toy_export
+    seed = np.array([0, 0], np.int32)
+    # Through saved_model_cli (a separate process, as a server would run it) ...
+    rc, _, err = _cli_run(path, "sample", tmp_path, num_samples=np.int32(10**6), seed=seed)
+    assert rc != 0 and "num_samples must be <= 64" in err
+    # ... and the other checks in-process: the same in-graph assertions.
+    loaded = tf.saved_model.load(path)
+    bad = [
+        ("sample", {"num_samples": np.int32(0), "seed": seed}, "num_samples must be >= 1"),
         (
             "score",
             {"x": np.zeros((2, 2), np.float32), "noise_level": np.array([0, 10], np.int32)},
             "noise_level must be <= 9",
         ),
-    ],
-)
-def test_bad_requests_fail_with_a_message(toy_export, tmp_path, signature, inputs, message):
-    _, path = toy_export
-    if signature == "sample":
-        inputs = {**inputs, "seed": np.array([0, 0], np.int32)}
-    rc, _, err = _cli_run(path, signature, tmp_path, **inputs)
-    assert rc != 0
-    assert message in err
+        (
+            "sample_with_steps",
+            {
+                "num_samples": np.int32(4),
+                "seed": seed,
+                "n_steps_each": np.int32(0),
+                "step_lr": np.float32(0.01),
+            },
+            "n_steps_each must be >= 1",
+        ),
+    ]
+    for signature, inputs, message in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
 
 
 def test_wrong_dtype_is_rejected_by_the_signature(toy_export):
     _, path = toy_export
     loaded = tf.saved_model.load(path)
-    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
-        loaded.signatures["sample"](num_samples=tf.constant(4.0), seed=tf.constant([0, 0]))
+    for num_samples in (tf.constant(4.0), tf.constant("five")):
+        with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+            loaded.signatures["sample"](num_samples=num_samples, seed=tf.constant([0, 0]))
 
 
 def test_tfsm_layer_reuses_the_score_endpoint_in_a_new_keras_model(toy_export):

@@ -1,0 +1,219 @@
+"""Runs that are killed, interrupted or lose a worker resume to the uninterrupted result.
+
+Each test drives ``run_train.py`` processes (the toy preset) and compares the finished run
+with an uninterrupted in-process run of the same flags: the same step, and the same loss
+and weights within rtol 1e-5 (float summation order only; resuming replays data and noise).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_score import score_model, train
+
+pytestmark = pytest.mark.slow
+
+TOY = ["--flagfile=flags/presets/toy_mixture.cfg", "--noprogress", "--n_steps_each=1"]
+
+
+def _start(repo_root, workdir, *args, log, env=None):
+    out = open(log, "w")  # closed when the process ends (_finish)
+    proc = subprocess.Popen(
+        [sys.executable, "run_train.py", *TOY, f"--workdir={workdir}", *args],
+        cwd=repo_root,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+    proc.log = log
+    return proc
+
+
+def _finish(proc, timeout=240):
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"process did not finish in {timeout} s:\n{_text(proc)[-3000:]}")
+    return proc.returncode, _text(proc)
+
+
+def _text(proc):
+    with open(proc.log) as f:
+        return f.read()
+
+
+def _wait_for(predicate, procs, timeout=240, poll=0.0005):
+    """Poll ``predicate`` until true; fail if it never is or a process exits first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"process exited ({p.returncode}) early:\n{_text(p)[-3000:]}")
+        time.sleep(poll)
+    pytest.fail("timed out")
+
+
+def _recorded_step(ckpt_dir):
+    """Step of the checkpoint the state file records (-1: none yet)."""
+    path = tf.train.latest_checkpoint(ckpt_dir)
+    return int(path.rsplit("-", 1)[1]) if path else -1
+
+
+def _reference(workdir, num_steps, **kw):
+    """The uninterrupted run, in-process, from the config.json the CLI wrote."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        cfg = json.load(f)
+    bundle, _ = score_model.bundle_from_config(cfg, sample_eps=0.05, sample_steps_each=1)
+    base = dict(num_steps=num_steps, batch_size=128, ema_rate=0.999, progress=False)
+    return train.train(bundle, train.TrainConfig(**{**base, **kw}), str(workdir) + "_reference")
+
+
+def _final_weights(workdir, model_fns):
+    model = model_fns["score"]()
+    ckpt = tf.train.Checkpoint(model_score=model)
+    ckpt.restore(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))).expect_partial()
+    return [w.numpy() for w in model.weights]
+
+
+def _compare(workdir, text, ref, num_steps):
+    assert f"trained to step {num_steps}: loss {ref.loss:.4f}" in text, text[-2000:]
+    with open(os.path.join(workdir, "train_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["step"] == num_steps
+    assert summary["final_loss"] == pytest.approx(ref.loss, rel=1e-5)
+    weights = _final_weights(workdir, {"score": lambda: _clone(ref.models["score"])})
+    for a, b in zip(weights, [w.numpy() for w in ref.models["score"].weights], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _clone(model):
+    copy = model.__class__.from_config(model.get_config())
+    copy.build()
+    return copy
+
+
+def test_sigkill_during_a_checkpoint_write_then_ctrl_c_resume_exactly(repo_root, tmp_path):
+    workdir = tmp_path / "run"
+    ckpt_dir = str(workdir / "checkpoints")
+    # A 270k-parameter MLP: its checkpoints (4 copies of the weights: live, EMA, Adam's two
+    # moments; 4.3 MB) take milliseconds to write, long enough to kill the process inside.
+    args = [
+        "--hidden_units=512,512",
+        "--num_steps=200",
+        "--checkpoint_every=50",
+        "--log_every=50",
+        "--steps_per_loop=25",
+    ]
+
+    # 1. SIGKILL while ckpt-100 is being written (its temporary files exist).
+    p = _start(repo_root, workdir, *args, log=tmp_path / "1.log")
+    _wait_for(lambda: _recorded_step(ckpt_dir) == 50, [p])
+    writing = lambda: any(n.endswith("_temp") for n in os.listdir(ckpt_dir))
+    _wait_for(writing, [p])
+    p.send_signal(signal.SIGKILL)
+    assert _finish(p)[0] == -signal.SIGKILL
+    assert writing(), "the kill was meant to land inside the checkpoint write"
+    assert _recorded_step(ckpt_dir) == 50  # the half-written ckpt-100 was never recorded
+
+    # 2. Resume; Ctrl-C (SIGINT) stops at the end of a loop of steps, saving a checkpoint.
+    p = _start(repo_root, workdir, *args, log=tmp_path / "2.log")
+    _wait_for(lambda: _recorded_step(ckpt_dir) >= 100, [p])
+    p.send_signal(signal.SIGINT)
+    code, text = _finish(p)
+    assert "resumed from" in text and "ckpt-50 at step 50" in text, text[-2000:]
+    assert code == 128 + signal.SIGINT, text[-2000:]
+    stopped = _recorded_step(ckpt_dir)
+    assert f"SIGINT at step {stopped}: saved checkpoint" in text, text[-2000:]
+    assert 100 <= stopped < 200
+
+    # 3. Resume to the end: the same step, loss and weights as the uninterrupted run.
+    p = _start(repo_root, workdir, *args, log=tmp_path / "3.log")
+    code, text = _finish(p)
+    assert code == 0, text[-3000:]
+    assert f"at step {stopped}" in text
+    ref = _reference(workdir, 200, checkpoint_every=50, log_every=50, steps_per_loop=25)
+    _compare(workdir, text, ref, 200)
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _start_cluster(repo_root, workdir, tmp_path, tag, *args):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        tmp = tmp_path / f"{tag}tmp{i}"
+        tmp.mkdir(exist_ok=True)
+        procs.append(
+            _start(
+                repo_root,
+                workdir,
+                "--strategy=multi_worker_mirrored",
+                *args,
+                log=tmp_path / f"{tag}{i}.log",
+                env={"TF_CONFIG": tf_config, "TMPDIR": str(tmp)},
+            )
+        )
+    return procs
+
+
+def test_two_workers_train_checkpoint_lose_a_worker_and_resume(repo_root, tmp_path):
+    """Two local processes on loopback ports (TF_CONFIG): worker 0 is the chief. The run
+    equals one device with two micro-batches (same global batch, same per-shard seeds)."""
+    workdir = tmp_path / "run"
+    ckpt_dir = str(workdir / "checkpoints")
+    args = ["--checkpoint_every=100", "--log_every=100", "--steps_per_loop=50"]
+
+    # 1. Train towards 400 and SIGKILL worker 1 after the checkpoint at 300: the chief stops
+    #    with an error that says how to resume (it cannot continue without its peer).
+    procs = _start_cluster(repo_root, workdir, tmp_path, "a", "--num_steps=400", *args)
+    _wait_for(lambda: _recorded_step(ckpt_dir) == 300, procs)
+    procs[1].send_signal(signal.SIGKILL)
+    assert _finish(procs[1])[0] == -signal.SIGKILL
+    code, text = _finish(procs[0], timeout=180)
+    assert code == 4, text[-3000:]
+    assert "lost contact with another worker" in text and "Restart all workers" in text
+    resume_from = _recorded_step(ckpt_dir)
+    assert resume_from >= 300
+
+    # 2. Restart both: they resume from the chief's checkpoint and finish.
+    procs = _start_cluster(repo_root, workdir, tmp_path, "b", "--num_steps=400", *args)
+    results = [_finish(p) for p in procs]
+    for code, text in results:
+        assert code == 0, text[-3000:]
+        assert f"at step {resume_from}" in text and "trained to step 400" in text
+    assert "worker0" in results[0][1] and "worker1" in results[1][1]
+    # Only the chief wrote: one TensorBoard event file per launch (the chief's), and the
+    # other worker's temporary checkpoints were deleted.
+    assert len(os.listdir(workdir / "tb")) == 2
+    assert not [n for n in os.listdir(tmp_path / "btmp1") if n.startswith("tf_score_")]
+    ref = _reference(
+        workdir,
+        400,
+        grad_accum_steps=2,
+        checkpoint_every=100,
+        log_every=100,
+        steps_per_loop=50,
+    )
+    _compare(workdir, results[0][1], ref, 400)
