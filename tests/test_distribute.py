@@ -108,7 +108,9 @@ def test_two_replicas_train_exactly_like_one_device_with_two_micro_batches(tmp_p
     for a, b in zip(_weights(one.ema_models), _weights(two.ema_models), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with open(tmp_path / "two" / "train_summary.json") as f:
-        assert json.load(f)["replicas"] == 2
+        summary = json.load(f)
+    assert summary["replicas"] == 2 and summary["global_batch"] == 64
+    assert summary["examples_per_sec"] > 0 and summary["peak_rss_mb"] > 0
     # Without accumulation the one-device run draws other noise (one shard, not two).
     plain = train.train(_toy_bundle(), _config(60), str(tmp_path / "plain"))
     assert plain.loss != pytest.approx(two.loss, rel=1e-5)

@@ -229,6 +229,14 @@ class _StopSignals:
         return False
 
 
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -548,6 +556,7 @@ def train(
         return manager.latest_checkpoint if chief else tf.train.latest_checkpoint(ckpt_dir)
 
     step = start_step
+    steady_steps, steady_seconds = 0, 0.0
     last_loss = float("nan")
     t_start = time.time()
     bar = tqdm(
@@ -574,6 +583,9 @@ def train(
                 out = train_loop(tf.constant(nxt - step, tf.int64))
                 done = int(out["steps"])
                 dt = time.time() - t0
+                if step > start_step:  # the first call also traces and compiles
+                    steady_steps += done
+                    steady_seconds += dt
                 if int(out["bad_step"]) >= 0:
                     raise NonFiniteLossError(int(out["bad_step"]), latest_path())
                 step += done
@@ -610,6 +622,12 @@ def train(
             "start_step": start_step,
             "replicas": replicas,
             "grad_accum_steps": accum,
+            "global_batch": global_batch,
+            # throughput after the first compiled call (tracing and compilation excluded)
+            "examples_per_sec": steady_steps * global_batch / steady_seconds
+            if steady_seconds
+            else None,
+            "peak_rss_mb": _peak_rss_mb(),
         }
         write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
     return TrainResult(step, last_loss, seconds, models, ema_models, latest_path())
