@@ -17,10 +17,12 @@ import flags.definitions as F
 
 
 def _check_resume(workdir: str, cfg: dict) -> None:
+    import tensorflow as tf
+
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         old = json.load(f)
     changed = sorted(k for k in cfg if k in old and old[k] != cfg[k] and k not in F.PORTABLE_KEYS)
     if changed:
@@ -83,7 +85,7 @@ def main(argv):
         sys.exit(2)
     cfg["data_shape"] = list(data_shape)
     if chief:
-        os.makedirs(workdir, exist_ok=True)
+        tf.io.gfile.makedirs(workdir)
         train.write_json_atomic(os.path.join(workdir, "config.json"), cfg)
     objective = f"the {cfg['vae_encoder']} encoder" if cfg["model"] == "vae" else cfg["loss"]
     print(

@@ -5,7 +5,7 @@ multi-worker processes, each a ``run_train.py`` run of the same preset.
 
 Throughput is ``train_summary.json``'s ``examples_per_sec``: images (or points) per second
 after the first compiled call, so tracing and compilation are excluded; wall time includes
-start-up and compilation. Peak RSS is per process (the largest worker for multi-worker).
+start-up and compilation. Peak RSS is the chief's (worker 0's for multi-worker).
 On a machine without accelerators ``--cpu_devices=2`` splits the CPU into two logical
 devices that share the same cores: the figures show the overhead of the distribution
 machinery, not a speed-up.
@@ -133,15 +133,17 @@ def main(argv):
     del argv
     results = []
     for preset in PRESETS.value:
-        base = None
-        for mode in MODES.value:
-            r = run(preset, mode)
-            base = base or r["examples_per_sec"]
-            r["relative_to_default"] = r["examples_per_sec"] / base
+        rows = [run(preset, mode) for mode in MODES.value]
+        base = next((r["examples_per_sec"] for r in rows if r["mode"] == "default"), None)
+        for r in rows:
+            rate = r["examples_per_sec"]
+            r["relative_to_default"] = rate / base if rate and base else None
             results.append(r)
+            ratio = f"{r['relative_to_default']:.2f}x" if r["relative_to_default"] else "n/a"
             print(
-                f"{preset:11s} {mode:15s} {r['replicas']} replica(s) x {r['grad_accum_steps']}: "
-                f"{r['examples_per_sec']:9.1f} examples/s ({r['relative_to_default']:.2f}x), "
+                f"{preset:11s} {r['mode']:15s} {r['replicas']} replica(s) x "
+                f"{r['grad_accum_steps']}: "
+                f"{rate or float('nan'):9.1f} examples/s ({ratio}), "
                 f"wall {r['wall_seconds']:.1f} s, peak RSS {r['peak_rss_mb_chief']:.0f} MB",
                 flush=True,
             )

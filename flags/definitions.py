@@ -295,6 +295,15 @@ def _check_strategy_flags(f):
 
 
 @flags.multi_flags_validator(
+    ["strategy", "cpu_devices"],
+    message="--cpu_devices is for --strategy=mirrored or default (a multi-worker strategy must "
+    "set up TensorFlow's devices itself)",
+)
+def _check_cpu_devices(f):
+    return not f["cpu_devices"] or f["strategy"] in ("mirrored", "default")
+
+
+@flags.multi_flags_validator(
     ["batch_size", "grad_accum_steps"],
     message="--batch_size must be divisible by --grad_accum_steps (and by the replicas)",
 )

@@ -126,9 +126,18 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
     assert out["samples"].shape == (8, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be <= 8"):
         loaded.signatures["serving_default"](num_samples=tf.constant(9), seed=tf.constant([0, 1]))
-    # Resuming with different model flags is refused, naming the flag.
-    proc = _run(repo_root, "run_train.py", *common, "--num_steps=800", "--hidden_units=64,64")
-    assert proc.returncode != 0 and "--hidden_units" in proc.stderr
+    # Resuming with different model flags is refused, naming the flag (the check run_train
+    # makes before any work, called directly).
+    from absl import app
+
+    import run_train
+
+    with flagsaver.flagsaver(hidden_units=["64", "64"]):
+        changed = F.experiment_config()
+    with open(os.path.join(workdir, "config.json")) as f:
+        changed = {**json.load(f), "hidden_units": changed["hidden_units"]}
+    with pytest.raises(app.UsageError, match="--hidden_units"):
+        run_train._check_resume(workdir, changed)
     proc = _run(
         repo_root,
         "run_sample.py",

@@ -232,9 +232,11 @@ def test_training_lowers_the_loss_on_real_mnist(tmp_path):
 
 
 def test_image_run_resumes_to_the_same_state(tmp_path):
-    full = train.train(_small_resnet_bundle(), _cfg(30), str(tmp_path / "full"))
-    train.train(_small_resnet_bundle(), _cfg(20), str(tmp_path / "part"))
-    resumed = train.train(_small_resnet_bundle(), _cfg(30), str(tmp_path / "part"))
+    full = train.train(_small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "full"))
+    train.train(_small_resnet_bundle(), _cfg(8, steps_per_loop=4), str(tmp_path / "part"))
+    resumed = train.train(
+        _small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "part")
+    )
     assert resumed.loss == pytest.approx(full.loss, rel=1e-5)
     for a, b in zip(full.models["score"].weights, resumed.models["score"].weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

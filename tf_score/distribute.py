@@ -6,7 +6,8 @@
 * ``mirrored``: ``MirroredStrategy`` over all local GPUs, or the ``devices`` listed.
 * ``multi_worker_mirrored``: ``MultiWorkerMirroredStrategy``; the cluster and this process's
   role come from the ``TF_CONFIG`` environment variable (checked here, before TF starts).
-* ``tpu``: ``TPUStrategy`` on the TPU at ``tpu`` (a name, or grpc:// address; "" = local).
+* ``tpu``: ``TPUStrategy`` on the TPU at ``tpu`` (a Cloud TPU name, grpc://host:port, or
+  ``local`` on a TPU VM).
 
 Multi-worker runs share one ``workdir`` (a file system every worker sees: GCS, NFS). Only the
 chief writes there; the others do the same work (saving may involve collectives) into a
@@ -102,14 +103,15 @@ def make_strategy(
                 return (spec.device_type or "").upper(), spec.device_index or 0
 
             local = tf.config.list_logical_devices()
-            known = {key(d.name) for d in local}
+            known = {key(d.name): d.name for d in local}
             bad = [d for d in devices if key(d) not in known]
             if bad:
                 raise StrategyError(
                     f"--devices: no such device(s) {bad}; this machine has "
                     f"{sorted(d.name for d in local)}"
                 )
-            return _mirrored(tuple(d if d.startswith("/") else f"/{d}" for d in devices))
+            # canonical names, so "CPU:0" and "/cpu:0" share one cached strategy
+            return _mirrored(tuple(known[key(d)] for d in devices))
         return _mirrored(None)
     if name == "multi_worker_mirrored":
         if tf_config() is None:

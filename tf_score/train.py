@@ -40,7 +40,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from tf_score import distribute
-from tf_score.distribute import is_chief
+from tf_score.distribute import is_chief  # also re-exported: train.is_chief
 
 
 class LossOutput(NamedTuple):
@@ -194,38 +194,66 @@ class TrainResult:
     checkpoint: str | None
 
 
-__all__ = ["is_chief"]  # re-exported from distribute, where it lives
-
-
 class _StopSignals:
     """While active (main thread only): SIGINT / SIGTERM ask the loop to stop and save.
 
-    A second SIGINT raises KeyboardInterrupt at once (no save; the last checkpoint stays).
+    Python runs signal handlers only between bytecodes, not while a compiled loop or a
+    collective is running, so the first signal takes effect at the end of the current loop
+    of steps. A second SIGINT exits the process at once (exit code 130, no save; the last
+    checkpoint stays): a watcher thread sees it through ``signal.set_wakeup_fd`` even while
+    the main thread is inside TensorFlow.
     """
 
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._wakeup = None
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logging.warning(
-            "%s: stopping after the current loop of steps and saving a checkpoint "
-            "(Ctrl-C again to stop now without saving)",
-            signal.Signals(signum).name,
-        )
+        if self.signum is None:
+            self.signum = signum
+            logging.warning(
+                "%s: stopping after the current loop of steps and saving a checkpoint "
+                "(Ctrl-C again to stop now without saving)",
+                signal.Signals(signum).name,
+            )
+
+    def _watch(self, fd):
+        seen = 0
+        try:
+            while data := os.read(fd, 64):  # b"" (EOF) once __exit__ closes the write end
+                seen += sum(b == signal.SIGINT for b in data)
+                if seen >= 2:
+                    logging.warning("second SIGINT: exiting now; the last checkpoint stays")
+                    os._exit(128 + signal.SIGINT)
+        finally:
+            os.close(fd)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        self._wakeup = (write_fd, previous_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
         return self
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: installed from C, cannot be restored
+                signal.signal(sig, handler)
+        if self._wakeup:
+            write_fd, previous_fd = self._wakeup
+            signal.set_wakeup_fd(previous_fd)
+            os.close(write_fd)  # EOF ends the watcher, which closes the read end
         return False
 
 
@@ -238,12 +266,11 @@ def _peak_rss_mb() -> float | None:
 
 
 def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to a temporary name, then rename over ``path`` (local paths, GCS, HDFS)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
@@ -259,6 +286,9 @@ def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
             opt = obj.optimizer_fn()
             # Build slots now: a Keras 3 optimizer built lazily inside a distributed step fails.
             opt.build(obj.variables(models))
+            # The loop all-reduces each gradient once itself (it needs the global gradient's
+            # norm first); stop the Keras optimizer summing it over replicas a second time.
+            opt._all_reduce_sum_gradients = list
             optimizers[obj.name] = opt
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     return models, ema_models, optimizers, step
@@ -409,8 +439,7 @@ def train(
             i, batch, step, ctx.replica_id_in_sync_group
         )
         # The global gradient (summed over replicas) gives the true norm for the NaN guard,
-        # clipping and summaries. Keras 3 optimizers all-reduce (sum) again inside apply(),
-        # so apply_grads hands them grads / replicas: exactly the global gradient is applied.
+        # clipping and summaries; the optimizers apply it as it is (see build_models).
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         norm = tf.linalg.global_norm(grads)
         ok = tf.math.is_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss))
@@ -428,7 +457,7 @@ def train(
 
     def apply_grads(i, grads):
         obj = bundle.objectives[i]
-        optimizers[obj.name].apply([g / replicas for g in grads], obj.variables(models))
+        optimizers[obj.name].apply(grads, obj.variables(models))
 
     n_obj = len(bundle.objectives)
     ema_pairs = [
@@ -552,6 +581,20 @@ def train(
         value = strategy.run(lambda: tf.cast(flag, tf.int32))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
 
+    def collective(fn, *args):
+        """Run a function with collectives; a lost peer becomes WorkerLostError."""
+        try:
+            return fn(*args)
+        except (
+            tf.errors.UnavailableError,
+            tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError,
+            tf.errors.CancelledError,
+        ) as e:
+            if not multi_worker:
+                raise
+            raise WorkerLostError(step, latest_path(), e) from e
+
     def latest_path():
         return manager.latest_checkpoint if chief else tf.train.latest_checkpoint(ckpt_dir)
 
@@ -580,7 +623,7 @@ def train(
                     else config.num_steps,
                 )
                 t0 = time.time()
-                out = train_loop(tf.constant(nxt - step, tf.int64))
+                out = collective(train_loop, tf.constant(nxt - step, tf.int64))
                 done = int(out["steps"])
                 dt = time.time() - t0
                 if step > start_step:  # the first call also traces and compiles
@@ -599,15 +642,11 @@ def train(
                     write_images(step)
                 stopping = stop.signum is not None
                 if multi_worker:
-                    stopping = bool(any_worker(tf.constant(stopping)))
+                    stopping = bool(collective(any_worker, tf.constant(stopping)))
                 if stopping or step % config.checkpoint_every == 0 or step == config.num_steps:
                     save(step)
                 if stopping:
                     raise TrainingInterrupted(step, latest_path(), stop.signum or signal.SIGTERM)
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-            if not multi_worker:
-                raise
-            raise WorkerLostError(step, latest_path(), e) from e
         finally:
             bar.close()
     seconds = time.time() - t_start
