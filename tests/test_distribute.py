@@ -199,3 +199,27 @@ def test_strategy_errors_name_the_flag_or_variable(monkeypatch):
         distribute.make_strategy("mirrored", devices=["CPU:0", "/cpu:1"]).num_replicas_in_sync == 2
     )
     assert distribute.is_chief(distribute.make_strategy("default"))
+
+
+def test_a_nan_on_one_replica_stops_every_replica_before_the_update(tmp_path):
+    """Replica 1's batch at step 37 is NaN: the run stops at step 37 on both replicas, no
+    update of that step is applied, and the last checkpoint (30) is the last good state."""
+    bad_at = 37
+    good, poisoned = _toy_bundle(), _toy_bundle()
+
+    def dataset_fn(batch, ctx, start):
+        # one pipeline feeding 2 replicas: element j is replica j % 2's batch of step j // 2
+        ds = tf.data.Dataset.zip(good.dataset_fn(batch, ctx, start), tf.data.Dataset.counter())
+        return ds.map(
+            lambda x, j: tf.where(
+                tf.logical_and(start + j // 2 + 1 == bad_at, j % 2 == 1), x * np.nan, x
+            )
+        )
+
+    poisoned.dataset_fn = dataset_fn
+    workdir = tmp_path / "nan"
+    with pytest.raises(train.NonFiniteLossError, match=f"step {bad_at}") as err:
+        train.train(poisoned, _config(60), str(workdir), _mirrored())
+    assert err.value.step == bad_at and err.value.checkpoint.endswith("ckpt-30")
+    models, step = train.load_ema_models(good.model_fns, str(workdir / "checkpoints"))
+    assert step == 30 and all(np.all(np.isfinite(w)) for w in _weights(models))
