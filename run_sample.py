@@ -53,7 +53,47 @@ def _run_sampler(model, sigmas, x0, seed, snapshots=False):
     """The sampler chosen by --sampler, with the sampling flags."""
     from tf_score import samplers
 
-    if F.SAMPLER.value == "langevin":
+    name = F.SAMPLER.value
+    if name in ("consistent_annealed", "predictor_corrector", "heun"):
+        # These start from the data perturbed to the first level: x0 (data-like) + sigma_1 z.
+        import numpy as np
+        import tensorflow as tf
+
+        z_seed = tf.random.experimental.stateless_fold_in(seed, -3, alg="philox")
+        x0 = x0 + float(sigmas[0]) * tf.random.stateless_normal(tf.shape(x0), z_seed, alg="philox")
+        if name == "consistent_annealed":
+            sig = np.asarray(sigmas, np.float64)
+            eta = F.CAS_ETA.value or float(np.max(1.0 - sig[1:] / sig[:-1]))
+            try:
+                return samplers.consistent_annealed(
+                    model,
+                    x0,
+                    sigmas,
+                    eta * sig[-1] ** 2,
+                    seed,
+                    denoise=F.DENOISE.value,
+                    jit_compile=F.JIT.value,
+                )
+            except ValueError as e:
+                raise app.UsageError(
+                    f"--cas_eta={eta:g} is too small for this schedule ({e}; divide by "
+                    f"sigma_L^2 = {sig[-1] ** 2:g} for eta), or pass --cas_eta=0"
+                ) from e
+        if name == "predictor_corrector":
+            return samplers.predictor_corrector(
+                model,
+                x0,
+                sigmas,
+                seed,
+                snr=F.SNR.value,
+                n_corrector=F.N_CORRECTOR.value,
+                denoise=F.DENOISE.value,
+                jit_compile=F.JIT.value,
+            )
+        return samplers.heun(
+            model, x0, sigmas, num_steps=F.HEUN_STEPS.value or None, jit_compile=F.JIT.value
+        )
+    if name == "langevin":
         return samplers.langevin(
             _at_level(model, len(sigmas) - 1),
             x0,

@@ -177,7 +177,25 @@ COLLECTIVE_TIMEOUT = flags.DEFINE_float(
 
 # --- sampling ----------------------------------------------------------------------------
 SAMPLER = flags.DEFINE_enum(
-    "sampler", "annealed_langevin", ["annealed_langevin", "langevin"], "Sampler for run_sample.py."
+    "sampler",
+    "annealed_langevin",
+    ["annealed_langevin", "langevin", "consistent_annealed", "predictor_corrector", "heun"],
+    "Sampler for run_sample.py: annealed_langevin (L x T evaluations), langevin (plain, at the "
+    "last level), consistent_annealed (L), predictor_corrector (L x (1 + --n_corrector)), "
+    "heun (probability-flow ODE, 2K - 1 for K = --heun_steps levels).",
+)
+CAS_ETA = flags.DEFINE_float(
+    "cas_eta",
+    0.0,
+    "consistent_annealed: step eta = eps / sigma_L^2 (0: the smallest consistent value, "
+    "1 - min sigma_(i+1) / sigma_i).",
+)
+SNR = flags.DEFINE_float("snr", 0.16, "predictor_corrector: corrector signal-to-noise ratio.")
+N_CORRECTOR = flags.DEFINE_integer(
+    "n_corrector", 1, "predictor_corrector: Langevin corrector steps per level."
+)
+HEUN_STEPS = flags.DEFINE_integer(
+    "heun_steps", 0, "heun: levels of the network used as the ODE grid (0: all)."
 )
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Samples per chain batch.")
 EVAL_REPEATS = flags.DEFINE_integer(
@@ -249,6 +267,12 @@ for _h in (
 ):
     _positive(_h)
 _positive(NUM_RES_BLOCKS)
+_positive(N_CORRECTOR, 0)
+flags.register_validator(
+    HEUN_STEPS, lambda v: v == 0 or v >= 2, message="--heun_steps must be 0 (all) or >= 2"
+)
+flags.register_validator(SNR, lambda v: v > 0, message="--snr must be > 0")
+flags.register_validator(CAS_ETA, lambda v: 0 <= v <= 1, message="--cas_eta must be in [0, 1]")
 _positive(GRAD_ACCUM_STEPS)
 _positive(CPU_DEVICES, 0)
 flags.register_validator(

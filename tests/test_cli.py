@@ -290,3 +290,31 @@ def test_vae_rejects_a_conv_arch_for_28_pixel_images(repo_root, tmp_path):
     assert proc.returncode == 2
     assert "divisible by 8" in proc.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize(
+    "sampler, flags_, evals",
+    [
+        ("consistent_annealed", {}, 11),  # + the denoise step (--denoise is on by default)
+        ("predictor_corrector", {"n_corrector": 2}, 30),
+        ("heun", {"heun_steps": 4}, 7),
+    ],
+)
+def test_run_sample_picks_the_fast_samplers_from_flags(sampler, flags_, evals):
+    import tensorflow as tf
+
+    import run_sample
+    from tf_score import data
+    from tf_score.sigmas import geometric_sigmas
+
+    sigmas = geometric_sigmas(20.0, 1.0, 10)
+    score = data.get_toy("two_mode").conditional_score_fn(sigmas)
+    x0 = tf.zeros([64, 2])
+    with flagsaver.flagsaver(sampler=sampler, **flags_):
+        out = run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))
+    assert int(out.num_evals) == evals and np.all(np.isfinite(out.samples.numpy()))
+    from absl import app
+
+    with flagsaver.flagsaver(sampler="consistent_annealed", cas_eta=0.01):
+        with pytest.raises(app.UsageError, match=r"--cas_eta=0\.01 is too small"):
+            run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))

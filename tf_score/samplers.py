@@ -319,8 +319,10 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise):
             z = _step_noise(seed, i * steps_per_level + j, tf.shape(x))
             # one step for the batch, from its mean norms (per-example ratios are too noisy
             # in low dimension; the score SDE reference does the same)
-            ratio = snr * tf.reduce_mean(_per_example_norm(z)) / tf.maximum(
-                tf.reduce_mean(_per_example_norm(g)), 1e-12
+            ratio = (
+                snr
+                * tf.reduce_mean(_per_example_norm(z))
+                / tf.maximum(tf.reduce_mean(_per_example_norm(g)), 1e-12)
             )
             a = 2.0 * tf.square(ratio)
             return j + 1, x + a * g + tf.sqrt(2.0 * a) * z
