@@ -242,3 +242,51 @@ def test_fast_samplers_recover_the_two_mode_weights_with_exact_scores(sampler):
         out = samplers.heun(score, x0, sigmas)
     w, _ = metrics.mode_weight(out.samples.numpy())
     assert abs(w - 0.8) < 0.04, w
+
+
+def test_probability_flow_ode_samples_and_its_likelihood_is_exact_on_a_gaussian():
+    """Continuous-sigma exact score of N(MU, C^2 I). The ODE carries N(MU, C^2 + 20^2) to the
+    data (variance within 5 SE + 1%); log p_sigma_min(x) by the instantaneous change of
+    variables matches the closed form to 1e-3 nats, with the exact trace and with Hutchinson's
+    estimator (exact in expectation; here the Jacobian is diagonal, so exact per probe)."""
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+
+    def score(x, sigma):
+        return -(x - MU) / (C**2 + tf.square(tf.cast(sigma, tf.float32)))
+
+    smax, smin = 20.0, 0.01
+    n = 4000
+    x0 = MU + np.sqrt(C**2 + smax**2) * tf.random.stateless_normal([n, 2], [3, 4], alg="philox")
+    out = samplers.probability_flow_ode(score, x0, smax, smin)
+    x = out.samples.numpy()
+    assert np.all(np.abs(x.var(0) - C**2) < 5 * np.sqrt(2 / n) + 0.01), x.var(0)
+    assert 20 < int(out.num_evals) < 1000  # adaptive: the solver's own count (+1 denoise)
+
+    def gauss(scale):
+        return tfd.MultivariateNormalDiag(MU, tf.fill([2], np.float32(scale)))
+
+    pts = tf.constant(np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32) + MU)
+    exact = gauss(np.sqrt(C**2 + smin**2)).log_prob(pts).numpy()
+    prior = gauss(np.sqrt(C**2 + smax**2)).log_prob
+    for kw in ({"exact_trace": True}, {"seed": tf.constant([1, 2])}):
+        ll, evals = samplers.ode_log_likelihood(score, pts, smin, smax, prior, **kw)
+        np.testing.assert_allclose(ll.numpy(), exact, atol=1e-3)
+        assert int(evals) > 10
+
+
+def test_interpolated_score_is_linear_in_log_sigma_between_levels():
+    sig = geometric_sigmas(10.0, 0.1, 5)  # 10, 3.16, 1, 0.316, 0.1
+
+    def by_level(x, labels):  # a "network" whose output is its level index
+        return tf.cast(labels, tf.float32)[:, None] + 0.0 * x
+
+    score = samplers.interpolated_score(by_level, sig)
+    x = tf.zeros([3, 2])
+    for sigma, expected in [(10.0, 0.0), (1.0, 2.0), (0.1, 4.0), (np.sqrt(10.0), 1.0)]:
+        np.testing.assert_allclose(score(x, sigma).numpy(), expected, atol=1e-5)
+    mid = float(np.sqrt(sig[1] * sig[2]))  # halfway in log sigma between levels 1 and 2
+    np.testing.assert_allclose(score(x, mid).numpy(), 1.5, atol=1e-5)
+    np.testing.assert_allclose(score(x, 50.0).numpy(), 0.0)  # clamped outside the schedule
+    np.testing.assert_allclose(score(x, 0.01).numpy(), 4.0)
