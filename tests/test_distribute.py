@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
+from test_train import _bundle as _toy_bundle
+from test_train import _config as _train_config
+from test_train import _weights
 
 from tf_score import data, distribute, score_model, train, vae
 from tf_score.sigmas import geometric_sigmas
-
-SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 
 
 def _mirrored():
@@ -20,33 +21,9 @@ def _mirrored():
     return distribute.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 
 
-def _toy_bundle():
-    return score_model.toy_bundle(
-        data.get_toy("two_mode"),
-        SIGMAS,
-        score_model.ToyModelConfig(hidden_units=(32, 32)),
-        score_model.ScoreLossConfig(),
-        learning_rate=1e-3,
-        seed=0,
-        sample_steps_each=2,
-    )
-
-
 def _config(num_steps, **kw):
-    base = dict(
-        num_steps=num_steps,
-        batch_size=64,
-        log_every=20,
-        checkpoint_every=30,
-        steps_per_loop=15,
-        ema_rate=0.9,
-        progress=False,
-    )
-    return train.TrainConfig(**{**base, **kw})
-
-
-def _weights(models):
-    return [w.numpy() for m in models.values() for w in m.weights]
+    """test_train's loop settings, with a checkpoint at step 30 (the resume point here)."""
+    return _train_config(num_steps, **{"checkpoint_every": 30, **kw})
 
 
 def _step_batches(dataset_fn, global_batch, pipelines, replicas, start_step, steps):
