@@ -49,11 +49,39 @@ def _at_level(model, level: int):
     return lambda x: model(x, tf.fill([tf.shape(x)[0]], level))
 
 
+_INTERPOLATED: dict = {}
+
+
+def _interpolated(model, sigmas):
+    """One continuous-sigma score per model (a new closure per call would retrace the ODE)."""
+    from tf_score import samplers
+
+    if id(model) not in _INTERPOLATED:
+        _INTERPOLATED[id(model)] = samplers.interpolated_score(model, sigmas)
+    return _INTERPOLATED[id(model)]
+
+
 def _run_sampler(model, sigmas, x0, seed, snapshots=False):
     """The sampler chosen by --sampler, with the sampling flags."""
     from tf_score import samplers
 
     name = F.SAMPLER.value
+    if name == "ode":
+        # The adaptive ODE starts from the prior N(0, sigma_1^2) around data-like x0.
+        import tensorflow as tf
+
+        z_seed = tf.random.experimental.stateless_fold_in(seed, -3, alg="philox")
+        x0 = x0 + float(sigmas[0]) * tf.random.stateless_normal(tf.shape(x0), z_seed, alg="philox")
+        return samplers.probability_flow_ode(
+            _interpolated(model, sigmas),
+            x0,
+            float(sigmas[0]),
+            float(sigmas[-1]),
+            rtol=F.ODE_TOL.value,
+            atol=F.ODE_TOL.value,
+            denoise=F.DENOISE.value,
+            jit_compile=F.JIT.value,
+        )
     if name in ("consistent_annealed", "predictor_corrector", "heun"):
         # These start from the data perturbed to the first level: x0 (data-like) + sigma_1 z.
         import numpy as np
@@ -269,16 +297,13 @@ def _sample_images(workdir, cfg, sigmas, model, step) -> None:
             "(rows: occluded, samples, original)"
         )
         return
-    x0 = samplers.uniform_init([n, *shape], tf.constant([F.SEED.value, 0]))
-    out = _run_sampler(model, sigmas, x0, seed, snapshots=F.SNAPSHOTS.value)
+    quality = _quality_setup(cfg, n)  # checks and loads everything first
+    t0 = time.time()
+    out, x = _sample_in_batches(model, sigmas, shape, n)
     seconds = time.time() - t0
-    x = out.samples.numpy()
-    plotting.save_png(plotting.image_grid(x), os.path.join(workdir, "samples.png"), scale=2)
-    np.savez(
-        os.path.join(workdir, "samples.npz"),
-        samples=x,
-        images=np.round(np.clip(x, 0, 1) * 255).astype(np.uint8),
-    )
+    images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(workdir, "samples.png"), scale=2)
+    np.savez(os.path.join(workdir, "samples.npz"), samples=x, images=images)
     if out.snapshots is not None:
         snaps = out.snapshots.numpy()  # [L + 1, N, H, W, C]
         k = min(8, n)
@@ -297,6 +322,144 @@ def _sample_images(workdir, cfg, sigmas, model, step) -> None:
         f"checkpoint step {step} -> {workdir}/samples.png, samples.npz"
         + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
     )
+    if quality is not None:
+        _report_quality(workdir, quality, images, int(out.num_evals), seconds, step)
+
+
+def _sample_in_batches(model, sigmas, shape, n):
+    """--num_samples chains, --sample_batch_size at a time (one batch keeps the seeds of a
+    single call: x0 from (seed, 0), the chain from (seed, 1)). Returns (last output, samples)."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from tf_score import samplers
+
+    bs = F.SAMPLE_BATCH_SIZE.value or n
+    starts = range(0, n, bs)
+    xs, out = [], None
+    for i in tqdm(starts, desc=F.SAMPLER.value, unit="batch", disable=len(starts) < 2):
+        init_seed, chain_seed = tf.constant([F.SEED.value, 0]), tf.constant([F.SEED.value, 1])
+        if i:
+            fold = tf.random.experimental.stateless_fold_in
+            init_seed, chain_seed = fold(init_seed, i, "philox"), fold(chain_seed, i, "philox")
+        x0 = samplers.uniform_init([min(bs, n - i), *shape], init_seed)
+        out = _run_sampler(model, sigmas, x0, chain_seed, snapshots=F.SNAPSHOTS.value and not i)
+        xs.append(out.samples.numpy())
+        if i == 0:
+            first = out
+    return first._replace(num_evals=out.num_evals), np.concatenate(xs)
+
+
+def _images_array(cfg, split):
+    from tf_score import score_model
+
+    images, *_ = score_model.load_training_images(cfg, split=split)
+    return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
+
+
+def _quality_setup(cfg, n):
+    """For --metrics: the feature extractor, the training set's features (cached in the
+    workdir) and the held-out images of the floor; every error before any sampling."""
+    if not F.METRICS.value:
+        return None
+    from tf_score import classifier, data, metrics
+
+    if F.FEATURE_EXTRACTOR.value == "classifier":
+        if not F.CLASSIFIER.value:
+            raise app.UsageError(
+                "--metrics with --feature_extractor=classifier needs --classifier=PATH (train "
+                "it: run_train.py --flagfile=flags/presets/mnist_classifier.cfg "
+                "--workdir=runs/mnist_classifier), or use --feature_extractor=inception"
+            )
+        try:
+            net = classifier.load_classifier(F.CLASSIFIER.value)
+        except (FileNotFoundError, ValueError) as e:
+            raise app.UsageError(f"--classifier={F.CLASSIFIER.value}: {e}") from e
+        if tuple(net.image_shape) != tuple(cfg["data_shape"]):
+            raise app.UsageError(
+                f"--classifier={F.CLASSIFIER.value} takes images {net.image_shape}, but this "
+                f"model makes {tuple(cfg['data_shape'])}"
+            )
+        extractor = metrics.classifier_extractor(net)
+        path = net_path = os.path.realpath(
+            os.path.join(F.CLASSIFIER.value, classifier.CLASSIFIER_FILE)
+            if os.path.isdir(F.CLASSIFIER.value)
+            else F.CLASSIFIER.value
+        )
+        key = f"classifier:{path}:{os.path.getmtime(path)}"
+    else:
+        try:
+            extractor = metrics.inception_extractor(F.INCEPTION_WEIGHTS.value)
+        except metrics.MetricUnavailableError as e:
+            raise app.UsageError(str(e)) from e
+        net_path, key = None, f"inception:{F.INCEPTION_WEIGHTS.value}"
+    if cfg["dataset"] in ("folder", "npz"):
+        raise app.UsageError(
+            f"--metrics needs a tfds data set with train and test splits, not --dataset="
+            f"{cfg['dataset']}"
+        )
+    try:
+        held = _images_array(cfg, "test")
+    except data.DataUnavailableError as e:
+        raise app.UsageError(str(e)) from e
+    if len(held) < n:
+        raise app.UsageError(
+            f"--num_samples={n} is more than the {len(held)} test images of the floor"
+        )
+    key += f":{cfg['dataset']}:train"
+    cache = os.path.join(F.WORKDIR.value, f"reference_features_{extractor.name}.npz")
+    ref = None
+    if os.path.exists(cache):
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                ref = z["features"]
+    if ref is None:
+        t0 = time.time()
+        ref, _ = extractor(_images_array(cfg, "train").astype(np.float32) / 255.0)
+        np.savez(cache + ".tmp.npz", features=ref, key=key)
+        os.replace(cache + ".tmp.npz", cache)
+        print(f"features of {len(ref)} training images in {time.time() - t0:.1f} s -> {cache}")
+    return extractor, ref, held.astype(np.float32) / 255.0, net_path
+
+
+def _report_quality(workdir, quality, images, num_evals, seconds, step) -> dict:
+    """FID/KID of the (8-bit, as saved) samples, printed and written as JSON."""
+    from tf_score import classifier, metrics
+
+    extractor, ref, held, net_path = quality
+    x = images.astype(np.float32) / 255.0
+    t0 = time.time()
+    q = metrics.image_quality(x, None, held, extractor, seed=F.SEED.value, reference_features=ref)
+    q.update(
+        sampler=F.SAMPLER.value,
+        num_evals=num_evals,
+        sample_seconds=seconds,
+        metric_seconds=time.time() - t0,
+        checkpoint_step=step,
+        denoise=F.DENOISE.value,
+        seed=F.SEED.value,
+    )
+    if net_path:
+        q["classifier"] = net_path
+        q["classifier_test_accuracy"] = classifier.test_accuracy_of(net_path)
+    path = F.METRICS_FILE.value or os.path.join(workdir, f"quality_{F.SAMPLER.value}.json")
+    from tf_score.train import write_json_atomic
+
+    write_json_atomic(path, q)
+    print(
+        f"FID {q['fid']:.3f} (real test images: {q['fid_floor']:.3f}), KID "
+        f"{q['kid']:.5f} ± {q['kid_std']:.5f} (real: {q['kid_floor']:.5f}); n = {q['n']} "
+        f"samples vs {q['n_reference']} training images, {q['feature_extractor']} features"
+    )
+    if "label_histogram" in q:
+        fmt = " ".join
+        print("labels, samples: " + fmt(f"{i}:{p:.3f}" for i, p in enumerate(q["label_histogram"])))
+        print(
+            "labels, test:    "
+            + fmt(f"{i}:{p:.3f}" for i, p in enumerate(q["label_histogram_floor"]))
+        )
+    print(f"wrote {path}")
+    return q
 
 
 def _read_config(workdir: str) -> dict:
@@ -304,7 +467,10 @@ def _read_config(workdir: str) -> dict:
     if not os.path.exists(path):
         raise app.UsageError(f"--workdir={workdir} has no config.json: train there first")
     with open(path) as f:
-        return json.load(f)
+        cfg = json.load(f)
+    if F.DATA_DIR.value:  # the data may have moved since training
+        cfg["data_dir"] = F.DATA_DIR.value
+    return cfg
 
 
 def _mean_se(values) -> dict:
@@ -471,8 +637,14 @@ def main(argv):
     if _read_config(workdir).get("model") == "vae":
         _vae_main(workdir, _read_config(workdir))
         return
+    is_image = len(_read_config(workdir).get("data_shape", (2,))) == 3
+    if F.METRICS.value and (not is_image or F.INPAINT.value):
+        raise app.UsageError(
+            "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
+            "mode weights, MMD and a two-sample test with --evaluate"
+        )
     cfg, sigmas, model, step = _load(workdir)
-    if "data_shape" in cfg and len(cfg["data_shape"]) == 3:
+    if is_image:
         _sample_images(workdir, cfg, sigmas, model, step)
         return
     if F.EVALUATE.value:

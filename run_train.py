@@ -42,6 +42,44 @@ def _plain_copies(model_fns: dict, models: dict) -> dict:
     return copies
 
 
+def _train_classifier(workdir: str, cfg: dict, train_cfg) -> None:
+    """The feature extractor of classifier FID/KID: a supervised Keras fit on one device."""
+    from tf_score import classifier, data, train
+
+    if F.STRATEGY.value != "default":
+        raise app.UsageError("--model=classifier trains on one device: leave --strategy unset")
+    try:
+        x_train, y_train = data.load_tfds_labelled(cfg["dataset"], "train", cfg["data_dir"])
+        x_test, y_test = data.load_tfds_labelled(cfg["dataset"], "test", cfg["data_dir"])
+    except data.DataUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(workdir, exist_ok=True)
+    cfg["data_shape"] = list(x_train.shape[1:])
+    train.write_json_atomic(os.path.join(workdir, "config.json"), cfg)
+    print(
+        f"training the {cfg['dataset']} classifier on {len(x_train)} images for about "
+        f"{train_cfg.num_steps} steps of {train_cfg.batch_size} -> {workdir}",
+        flush=True,
+    )
+    r = classifier.train_classifier(
+        (x_train, y_train),
+        (x_test, y_test),
+        workdir,
+        num_steps=train_cfg.num_steps,
+        batch_size=train_cfg.batch_size,
+        learning_rate=cfg["learning_rate"],
+        seed=cfg["seed"],
+        verbose=2 if train_cfg.progress else 0,
+    )
+    print(
+        f"classifier: test accuracy {r.test_accuracy:.4f} on {len(x_test)} images "
+        f"({r.epochs} epochs, {r.steps} steps, {r.seconds:.1f} s, {r.params:,} parameters) "
+        f"-> {r.path}",
+        flush=True,
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -49,6 +87,9 @@ def main(argv):
     cfg = F.experiment_config()
     train_cfg = F.train_config()
     _check_resume(workdir, cfg)
+    if cfg["model"] == "classifier":
+        _train_classifier(workdir, cfg, train_cfg)
+        return
 
     import keras
     import tensorflow as tf

@@ -37,9 +37,10 @@ RANDOM_FLIP = flags.DEFINE_boolean(
 MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    ["mlp", *score_model.IMAGE_MODELS, "vae"],
-    "Model: score network mlp (2-D), refinenet (NCSN), resnet; or vae (score-entropy VAE "
-    "or its Gaussian baseline, --vae_encoder).",
+    ["mlp", *score_model.IMAGE_MODELS, "vae", "classifier"],
+    "Model: score network mlp (2-D), refinenet (NCSN), resnet; vae (score-entropy VAE "
+    "or its Gaussian baseline, --vae_encoder); or classifier (the digit classifier whose "
+    "features give classifier FID/KID, run_sample.py --metrics).",
 )
 NGF = flags.DEFINE_integer("ngf", 64, "Base width of the image networks.")
 CHANNEL_MULTS = flags.DEFINE_list(
@@ -179,10 +180,49 @@ COLLECTIVE_TIMEOUT = flags.DEFINE_float(
 SAMPLER = flags.DEFINE_enum(
     "sampler",
     "annealed_langevin",
-    ["annealed_langevin", "langevin", "consistent_annealed", "predictor_corrector", "heun"],
+    ["annealed_langevin", "langevin", "consistent_annealed", "predictor_corrector", "heun", "ode"],
     "Sampler for run_sample.py: annealed_langevin (L x T evaluations), langevin (plain, at the "
     "last level), consistent_annealed (L), predictor_corrector (L x (1 + --n_corrector)), "
-    "heun (probability-flow ODE, 2K - 1 for K = --heun_steps levels).",
+    "heun (probability-flow ODE, 2K - 1 for K = --heun_steps levels), ode (adaptive RK45 "
+    "probability-flow ODE, --ode_tol; 2 evaluations per solver call for level networks).",
+)
+ODE_TOL = flags.DEFINE_float(
+    "ode_tol", 1e-5, "ode: relative and absolute tolerance of the Dormand-Prince solver."
+)
+METRICS = flags.DEFINE_list(
+    "metrics",
+    [],
+    "run_sample.py on an image model: fid and/or kid of --num_samples samples against the "
+    "training set, with the real-vs-real floor (as many test images) and the label histogram, "
+    "in the --feature_extractor space; written to --metrics_file.",
+)
+FEATURE_EXTRACTOR = flags.DEFINE_enum(
+    "feature_extractor",
+    "classifier",
+    ["classifier", "inception"],
+    "--metrics feature space: classifier (the 128-d features of --classifier, for MNIST-like "
+    "data) or inception (Inception-v3 pool features, RGB data; needs --inception_weights).",
+)
+CLASSIFIER = flags.DEFINE_string(
+    "classifier",
+    None,
+    "--metrics with --feature_extractor=classifier: the saved classifier (.keras file or its "
+    "workdir, from run_train.py --flagfile=flags/presets/mnist_classifier.cfg).",
+)
+INCEPTION_WEIGHTS = flags.DEFINE_string(
+    "inception_weights",
+    "imagenet",
+    "--feature_extractor=inception: 'imagenet' (Keras downloads them once) or the path of "
+    "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.",
+)
+METRICS_FILE = flags.DEFINE_string(
+    "metrics_file", None, "Where --metrics writes its JSON (default WORKDIR/quality_SAMPLER.json)."
+)
+SAMPLE_BATCH_SIZE = flags.DEFINE_integer(
+    "sample_batch_size",
+    0,
+    "Chains run at once by run_sample.py on image models (0: all --num_samples together); "
+    "batch i uses seed fold_in(seed, i).",
 )
 CAS_ETA = flags.DEFINE_float(
     "cas_eta",
@@ -272,6 +312,13 @@ flags.register_validator(
     HEUN_STEPS, lambda v: v == 0 or v >= 2, message="--heun_steps must be 0 (all) or >= 2"
 )
 flags.register_validator(SNR, lambda v: v > 0, message="--snr must be > 0")
+flags.register_validator(ODE_TOL, lambda v: 0 < v < 1, message="--ode_tol must be in (0, 1)")
+flags.register_validator(
+    METRICS,
+    lambda v: set(v) <= {"fid", "kid"},
+    message="--metrics takes a comma-separated subset of: fid, kid",
+)
+_positive(SAMPLE_BATCH_SIZE, 0)
 flags.register_validator(CAS_ETA, lambda v: 0 <= v <= 1, message="--cas_eta must be in [0, 1]")
 _positive(GRAD_ACCUM_STEPS)
 _positive(CPU_DEVICES, 0)
@@ -344,11 +391,19 @@ def _check_dsm(f):
 
 @flags.multi_flags_validator(
     ["model", "dataset"],
-    message="--model=mlp is for the 2-D toys; image data sets need --model=refinenet, resnet "
-    "or vae (and the toys need --model=mlp)",
+    message="--model=mlp is for the 2-D toys; image data sets need --model=refinenet, resnet, "
+    "vae or classifier (and the toys need --model=mlp)",
 )
 def _check_model_matches_data(f):
     return (f["model"] == "mlp") == (f["dataset"] in data.TOYS)
+
+
+@flags.multi_flags_validator(
+    ["model", "dataset"],
+    message="--model=classifier needs labelled images: --dataset=mnist, fashion_mnist or cifar10",
+)
+def _check_classifier_data(f):
+    return f["model"] != "classifier" or f["dataset"] in ("mnist", "fashion_mnist", "cifar10")
 
 
 @flags.multi_flags_validator(

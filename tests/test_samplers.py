@@ -223,7 +223,7 @@ def test_consistent_annealed_sampling_matches_its_recursion():
         samplers.consistent_annealed(_iso_score, x0, FAST_SIGMAS, eps / 3, tf.constant([9, 10]))
 
 
-@pytest.mark.parametrize("sampler", ["pc", "cas", "heun"])
+@pytest.mark.parametrize("sampler", ["pc", "cas", "heun", "ode"])
 def test_fast_samplers_recover_the_two_mode_weights_with_exact_scores(sampler):
     """The two-mode mixture (weights 0.2 / 0.8), exact noise-conditional scores, chains from
     p_sigma_1 (data + sigma_1 z, what these samplers assume): the heavy mode's weight within
@@ -238,8 +238,12 @@ def test_fast_samplers_recover_the_two_mode_weights_with_exact_scores(sampler):
     elif sampler == "cas":
         eps = float((1 - sigmas[1] / sigmas[0]) * sigmas[-1] ** 2) * 1.2
         out = samplers.consistent_annealed(score, x0, sigmas, eps, tf.constant([0, 2]))
-    else:
+    elif sampler == "heun":
         out = samplers.heun(score, x0, sigmas)
+    else:  # the adaptive ODE on the level-conditioned score, interpolated in log sigma
+        interp = samplers.interpolated_score(score, sigmas)
+        out = samplers.probability_flow_ode(interp, x0, sigmas[0], sigmas[-1], 1e-4, 1e-4)
+        assert 10 < int(out.num_evals) < 1000
     w, _ = metrics.mode_weight(out.samples.numpy())
     assert abs(w - 0.8) < 0.04, w
 
@@ -290,3 +294,7 @@ def test_interpolated_score_is_linear_in_log_sigma_between_levels():
     np.testing.assert_allclose(score(x, mid).numpy(), 1.5, atol=1e-5)
     np.testing.assert_allclose(score(x, 50.0).numpy(), 0.0)  # clamped outside the schedule
     np.testing.assert_allclose(score(x, 0.01).numpy(), 4.0)
+    # Adaptive solvers probe past the end, even sigma <= 0: clamped too, not NaN (a NaN here
+    # made the ODE solver loop forever on NaN step sizes).
+    for past in (0.0, -0.05):
+        np.testing.assert_allclose(score(x, past).numpy(), 4.0)

@@ -232,13 +232,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
 }
 
 
-def load_tfds_images(
-    name: str, split: str, data_dir: str | None = None, download: bool = False
-) -> tuple[tf.data.Dataset, ImageDatasetSpec]:
-    """The uint8 images of a tfds data set (no shuffling), resized and cropped per its spec.
-
-    Fails with ``DataUnavailableError`` saying how to prepare the data when it is missing.
-    """
+def _tfds_examples(name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds
 
     if name not in IMAGE_DATASETS:
@@ -259,7 +253,10 @@ def load_tfds_images(
     base_split = split.split("[")[0]
     if splits and base_split not in splits:
         raise ValueError(f"{name} has no split {split!r}; available: {sorted(splits)}")
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    return builder.as_dataset(split=split, shuffle_files=False), spec
+
+
+def _image_of(spec: ImageDatasetSpec):
     h, w, _ = spec.image_shape
 
     def image(example):
@@ -270,7 +267,35 @@ def load_tfds_images(
             img = tf.cast(tf.round(tf.image.resize(img, [h, w], antialias=True)), tf.uint8)
         return img
 
-    return ds.map(image, num_parallel_calls=tf.data.AUTOTUNE), spec
+    return image
+
+
+def load_tfds_images(
+    name: str, split: str, data_dir: str | None = None, download: bool = False
+) -> tuple[tf.data.Dataset, ImageDatasetSpec]:
+    """The uint8 images of a tfds data set (no shuffling), resized and cropped per its spec.
+
+    Fails with ``DataUnavailableError`` saying how to prepare the data when it is missing.
+    """
+    ds, spec = _tfds_examples(name, split, data_dir, download)
+    return ds.map(_image_of(spec), num_parallel_calls=tf.data.AUTOTUNE), spec
+
+
+def load_tfds_labelled(
+    name: str, split: str, data_dir: str | None = None, download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, H, W, C], int64 labels [N]) of a labelled tfds image data set, in
+    memory, in the data set's order (for classifiers and label histograms)."""
+    ds, spec = _tfds_examples(name, split, data_dir, download)
+    if "label" not in ds.element_spec:
+        raise ValueError(f"{name} has no 'label' feature")
+    image = _image_of(spec)
+    ds = ds.map(lambda e: (image(e), e["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+    xs, ys = [], []
+    for x, y in ds.batch(4096).as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:

@@ -430,12 +430,15 @@ def interpolated_score(score_fn, sigmas):
     """A continuous-sigma score ``(x, sigma) -> s`` from a network conditioned on the discrete
     ``sigmas`` (decreasing): linear in log sigma between the two nearest levels (2 network
     evaluations per call; clamped outside [sigma_L, sigma_1])."""
-    log_s = tf.math.log(tf.constant(sigmas, tf.float32))
+    sig = tf.constant(sigmas, tf.float32)
+    log_s = tf.math.log(sig)
     num_levels = len(sigmas)
 
     def score(x, sigma):
         batch = tf.shape(x)[0]
-        t = tf.clip_by_value(tf.math.log(tf.cast(sigma, tf.float32)), log_s[-1], log_s[0])
+        # Clamp before the log: adaptive solvers may probe just past sigma_min, even at
+        # sigma <= 0, where log gives NaN (and the solver then never finishes).
+        t = tf.math.log(tf.clip_by_value(tf.cast(sigma, tf.float32), sig[-1], sig[0]))
         # index i with log_s[i] >= t >= log_s[i + 1]
         i = tf.clip_by_value(
             tf.reduce_sum(tf.cast(log_s > t, tf.int32)) - 1, 0, max(num_levels - 2, 0)
@@ -457,16 +460,26 @@ def probability_flow_ode(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     denoise: bool = True,
+    jit_compile: bool = False,
 ) -> SamplerOutput:
     """Integrate the VE probability-flow ODE dx/dsigma = -sigma s(x, sigma) from ``sigma_max``
     down to ``sigma_min`` with the adaptive Dormand-Prince (RK45) solver of
     ``tfp.math.ode``. ``score_fn(x, sigma)`` takes a continuous sigma (for a level-conditioned
     network use ``interpolated_score``). ``num_evals`` is the solver's count of ODE function
     evaluations (times 2 for ``interpolated_score``), plus 1 for ``denoise`` (Tweedie at
-    sigma_min)."""
+    sigma_min). Compiled as one ``tf.function`` (the solver's adaptive loop is a graph loop).
+    Start from ``gaussian_init`` with sigma = ``sigma_max``."""
+    _check("sigma_min", sigma_min, lambda v: 0 < v < float(sigma_max), f"in (0, {sigma_max})")
+    fn = _compiled("probability_flow_ode", _ode_impl, jit_compile)
+    return fn(
+        score_fn, tf.convert_to_tensor(x0, tf.float32), float(sigma_max), float(sigma_min),
+        float(rtol), float(atol), bool(denoise),
+    )  # fmt: skip
+
+
+def _ode_impl(score_fn, x0, sigma_max, sigma_min, rtol, atol, denoise):
     import tensorflow_probability as tfp
 
-    x0 = tf.convert_to_tensor(x0, tf.float32)
     solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol)
 
     # integrate in tau = -sigma so that time increases
@@ -474,11 +487,11 @@ def probability_flow_ode(
         sigma = -tau
         return sigma * tf.cast(score_fn(x, sigma), tf.float32)  # dx/dtau = -dx/dsigma
 
-    result = solver.solve(ode_fn, -float(sigma_max), x0, solution_times=[-float(sigma_min)])
+    result = solver.solve(ode_fn, -sigma_max, x0, solution_times=[-sigma_min])
     x = result.states[-1]
     num_evals = tf.cast(result.diagnostics.num_ode_fn_evaluations, tf.int32)
     if denoise:
-        x = x + float(sigma_min) ** 2 * tf.cast(score_fn(x, float(sigma_min)), tf.float32)
+        x = x + sigma_min**2 * tf.cast(score_fn(x, sigma_min), tf.float32)
         num_evals += 1
     return SamplerOutput(x, None, num_evals)
 
