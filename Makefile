@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint bench vae-compare clean
+.PHONY: install demo test lint bench vae-compare quality clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ bench: $(STAMP)
 ## Score-entropy VAE vs Gaussian VAE on MNIST, same budget, AIS NLL (STEPS=..., DATA_DIR=...).
 vae-compare: $(STAMP)
 	PY=$(BIN)/python bash benchmarks/vae_compare.sh
+
+## Classifier FID/KID against network evaluations for each sampler on a trained image model
+## (MODEL=runs/mnist_cpu, SINGLE=runs/mnist_single_dsm optional, DATA_DIR=..., N=500).
+MODEL ?= runs/mnist_cpu
+N ?= 500
+quality: $(STAMP)
+	test -f runs/mnist_classifier/classifier.keras || $(BIN)/python run_train.py \
+		--flagfile=flags/presets/mnist_classifier.cfg --workdir=runs/mnist_classifier \
+		$(if $(DATA_DIR),--data_dir=$(DATA_DIR))
+	$(BIN)/python benchmarks/sampler_quality.py --workdir=$(MODEL) --num_samples=$(N) \
+		--classifier=runs/mnist_classifier $(if $(DATA_DIR),--data_dir=$(DATA_DIR)) \
+		$(if $(SINGLE),--single_dsm_workdir=$(SINGLE))
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -199,6 +199,10 @@ def evaluate_two_mode(workdir, cfg, sigmas, model, step) -> dict:
         out[f"{name}_mode_weight"] = w
         out[f"{name}_mode_weight_se"] = se
         out[f"{name}_mmd"] = metrics.mmd_rbf(xs[0], exact)
+        # p-value of the kernel two-sample test of "these samples come from the mixture"
+        out[f"{name}_two_sample_p"] = metrics.kernel_two_sample_test(
+            xs[0], exact, num_permutations=F.NUM_PERMUTATIONS.value, seed=seed
+        )[1]
     out["exact_samples_mode_weight"] = metrics.mode_weight(exact)[0]
     out["exact_vs_exact_mmd"] = metrics.mmd_rbf(exact_ref, exact)
     out["sample_seconds"] = seconds["plain_langevin"] + seconds["annealed_langevin"]
@@ -227,9 +231,11 @@ def print_table(m: dict) -> None:
     print(
         f"\nmode weight = fraction with x1 + x2 > 0 (target 0.80), n = {n} "
         f"({m['num_batches']} x {m['num_samples_per_batch']}); MMD^2 vs exact samples, "
-        f"n = {m['num_samples_per_batch']} (exact vs exact: {m['exact_vs_exact_mmd']:.4f})"
+        f"n = {m['num_samples_per_batch']} (exact vs exact: {m['exact_vs_exact_mmd']:.4f}); "
+        f"p: kernel two-sample test against exact samples ({F.NUM_PERMUTATIONS.value} "
+        "permutations)"
     )
-    print(f"{'sampler':<28}{'score':<9}{'mode weight':>18}{'MMD^2':>10}")
+    print(f"{'sampler':<28}{'score':<9}{'mode weight':>18}{'MMD^2':>10}{'p':>8}")
     rows = [
         ("plain Langevin", "learned", "plain_langevin"),
         ("plain Langevin", "exact", "exact_plain_langevin"),
@@ -238,7 +244,8 @@ def print_table(m: dict) -> None:
     ]
     for label, score, key in rows:
         w, se = m[f"{key}_mode_weight"], m[f"{key}_mode_weight_se"]
-        print(f"{label:<28}{score:<9}{w:>11.3f} ± {se:.3f}{m[f'{key}_mmd']:>10.4f}")
+        p = m.get(f"{key}_two_sample_p", float("nan"))
+        print(f"{label:<28}{score:<9}{w:>11.3f} ± {se:.3f}{m[f'{key}_mmd']:>10.4f}{p:>8.3f}")
     if "train_seconds" in m:
         print(
             f"train {m['train_seconds']:.1f} s ({m['train_loss']}), "

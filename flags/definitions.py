@@ -189,6 +189,9 @@ SAMPLER = flags.DEFINE_enum(
 ODE_TOL = flags.DEFINE_float(
     "ode_tol", 1e-5, "ode: relative and absolute tolerance of the Dormand-Prince solver."
 )
+NUM_PERMUTATIONS = flags.DEFINE_integer(
+    "num_permutations", 500, "--evaluate on the 2-D toys: permutations of the two-sample test."
+)
 METRICS = flags.DEFINE_list(
     "metrics",
     [],
@@ -319,6 +322,7 @@ flags.register_validator(
     message="--metrics takes a comma-separated subset of: fid, kid",
 )
 _positive(SAMPLE_BATCH_SIZE, 0)
+_positive(NUM_PERMUTATIONS)
 flags.register_validator(CAS_ETA, lambda v: 0 <= v <= 1, message="--cas_eta must be in [0, 1]")
 _positive(GRAD_ACCUM_STEPS)
 _positive(CPU_DEVICES, 0)

@@ -157,6 +157,8 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
         "exact_annealed_langevin_mode_weight",
         "annealed_langevin_mmd",
         "plain_langevin_mmd",
+        "annealed_langevin_two_sample_p",
+        "exact_annealed_langevin_two_sample_p",
         "train_seconds",
         "sample_seconds",
     ]:
@@ -298,6 +300,7 @@ def test_vae_rejects_a_conv_arch_for_28_pixel_images(repo_root, tmp_path):
         ("consistent_annealed", {}, 11),  # + the denoise step (--denoise is on by default)
         ("predictor_corrector", {"n_corrector": 2}, 30),
         ("heun", {"heun_steps": 4}, 7),
+        ("ode", {"ode_tol": 1e-3}, None),  # adaptive: 2 network calls per solver call
     ],
 )
 def test_run_sample_picks_the_fast_samplers_from_flags(sampler, flags_, evals):
@@ -312,9 +315,59 @@ def test_run_sample_picks_the_fast_samplers_from_flags(sampler, flags_, evals):
     x0 = tf.zeros([64, 2])
     with flagsaver.flagsaver(sampler=sampler, **flags_):
         out = run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))
-    assert int(out.num_evals) == evals and np.all(np.isfinite(out.samples.numpy()))
+    if evals is None:
+        assert int(out.num_evals) % 2 == 0 and int(out.num_evals) > 10, int(out.num_evals)
+    else:
+        assert int(out.num_evals) == evals
+    assert np.all(np.isfinite(out.samples.numpy()))
     from absl import app
 
     with flagsaver.flagsaver(sampler="consistent_annealed", cas_eta=0.01):
         with pytest.raises(app.UsageError, match=r"--cas_eta=0\.01 is too small"):
             run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))
+
+
+def test_metrics_flags_report_fid_kid_floor_histogram_and_fail_early(tmp_path):
+    """The plumbing of run_sample.py --metrics, with a saved random-weight classifier (the
+    values mean nothing; test_metrics checks the metrics): every error before any sampling,
+    the training-set features cached, and the JSON with n, the floor and label histograms."""
+    from absl import app
+    from conftest import MNIST_DATA_DIR
+
+    import run_sample
+    from tf_score import classifier
+
+    if not os.path.isdir(MNIST_DATA_DIR):
+        pytest.skip("needs the MNIST tfds data_dir")
+    net = classifier.DigitClassifier()
+    net.build()
+    os.makedirs(tmp_path / "clf")
+    net.save(str(tmp_path / "clf" / "classifier.keras"))
+    cfg = {"dataset": "mnist", "data_dir": MNIST_DATA_DIR, "download": False}
+    cfg["data_shape"] = [28, 28, 1]
+    base = dict(metrics=["fid", "kid"], workdir=str(tmp_path))
+    with flagsaver.flagsaver(**base):
+        with pytest.raises(app.UsageError, match="needs --classifier=PATH"):
+            run_sample._quality_setup(cfg, 50)
+    with flagsaver.flagsaver(**base, classifier=str(tmp_path / "none")):
+        with pytest.raises(app.UsageError, match="no classifier at"):
+            run_sample._quality_setup(cfg, 50)
+    with flagsaver.flagsaver(**base, classifier=str(tmp_path / "clf")):
+        with pytest.raises(app.UsageError, match="takes images"):
+            run_sample._quality_setup({**cfg, "data_shape": [32, 32, 3]}, 50)
+        with pytest.raises(app.UsageError, match="more than the 10000 test images"):
+            run_sample._quality_setup(cfg, 10001)
+        setup = run_sample._quality_setup(cfg, 50)
+        cache = tmp_path / "reference_features_classifier.npz"
+        stamp = os.path.getmtime(cache)
+        setup = run_sample._quality_setup(cfg, 50)  # reused, not recomputed
+        assert os.path.getmtime(cache) == stamp
+        images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+        q = run_sample._report_quality(str(tmp_path), setup, images, 7, 1.5, 3)
+    assert q["n"] == 50 and q["n_reference"] == 60000 and q["num_evals"] == 7
+    assert q["checkpoint_step"] == 3 and q["feature_extractor"] == "classifier"
+    assert q["fid"] > q["fid_floor"] > 0 and len(q["label_histogram"]) == 10
+    assert sum(q["label_histogram_floor"]) == pytest.approx(1.0)
+    assert q["classifier_test_accuracy"] is None  # no classifier.json beside this one
+    with open(tmp_path / "quality_annealed_langevin.json") as f:
+        assert json.load(f)["fid"] == q["fid"]

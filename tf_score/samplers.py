@@ -449,6 +449,7 @@ def interpolated_score(score_fn, sigmas):
         s_j = tf.cast(score_fn(x, tf.fill([batch], j)), tf.float32)
         return (1.0 - w) * s_i + w * s_j
 
+    score.network_evals_per_call = 2  # read by probability_flow_ode's evaluation count
     return score
 
 
@@ -465,16 +466,19 @@ def probability_flow_ode(
     """Integrate the VE probability-flow ODE dx/dsigma = -sigma s(x, sigma) from ``sigma_max``
     down to ``sigma_min`` with the adaptive Dormand-Prince (RK45) solver of
     ``tfp.math.ode``. ``score_fn(x, sigma)`` takes a continuous sigma (for a level-conditioned
-    network use ``interpolated_score``). ``num_evals`` is the solver's count of ODE function
-    evaluations (times 2 for ``interpolated_score``), plus 1 for ``denoise`` (Tweedie at
-    sigma_min). Compiled as one ``tf.function`` (the solver's adaptive loop is a graph loop).
+    network use ``interpolated_score``). ``num_evals`` counts network evaluations: the
+    solver's count of ODE function evaluations, plus 1 for ``denoise`` (Tweedie at
+    sigma_min), each times ``score_fn.network_evals_per_call`` (2 for ``interpolated_score``,
+    else 1). Compiled as one ``tf.function`` (the solver's adaptive loop is a graph loop).
     Start from ``gaussian_init`` with sigma = ``sigma_max``."""
     _check("sigma_min", sigma_min, lambda v: 0 < v < float(sigma_max), f"in (0, {sigma_max})")
     fn = _compiled("probability_flow_ode", _ode_impl, jit_compile)
-    return fn(
+    out = fn(
         score_fn, tf.convert_to_tensor(x0, tf.float32), float(sigma_max), float(sigma_min),
         float(rtol), float(atol), bool(denoise),
     )  # fmt: skip
+    per_call = int(getattr(score_fn, "network_evals_per_call", 1))
+    return out._replace(num_evals=out.num_evals * per_call)
 
 
 def _ode_impl(score_fn, x0, sigma_max, sigma_min, rtol, atol, denoise):
