@@ -56,9 +56,10 @@ def _interpolated(model, sigmas):
     """One continuous-sigma score per model (a new closure per call would retrace the ODE)."""
     from tf_score import samplers
 
-    if id(model) not in _INTERPOLATED:
-        _INTERPOLATED[id(model)] = samplers.interpolated_score(model, sigmas)
-    return _INTERPOLATED[id(model)]
+    key = (id(model), tuple(float(v) for v in sigmas))
+    if key not in _INTERPOLATED:
+        _INTERPOLATED[key] = samplers.interpolated_score(model, sigmas)
+    return _INTERPOLATED[key]
 
 
 def _run_sampler(model, sigmas, x0, seed, snapshots=False):
@@ -335,7 +336,10 @@ def _sample_images(workdir, cfg, sigmas, model, step) -> None:
 
 def _sample_in_batches(model, sigmas, shape, n):
     """--num_samples chains, --sample_batch_size at a time (one batch keeps the seeds of a
-    single call: x0 from (seed, 0), the chain from (seed, 1)). Returns (last output, samples)."""
+    single call: x0 from (seed, 0), the chain from (seed, 1); the batch starting at chain i
+    folds i into both). Returns (output of the first batch with ``num_evals`` the mean per
+    sample over all batches, samples): the adaptive ODE's step control is per batch, so
+    its count differs between batches and depends on the batch size."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
@@ -343,7 +347,7 @@ def _sample_in_batches(model, sigmas, shape, n):
 
     bs = F.SAMPLE_BATCH_SIZE.value or n
     starts = range(0, n, bs)
-    xs, out = [], None
+    xs, evals = [], 0.0
     for i in tqdm(starts, desc=F.SAMPLER.value, unit="batch", disable=len(starts) < 2):
         init_seed, chain_seed = tf.constant([F.SEED.value, 0]), tf.constant([F.SEED.value, 1])
         if i:
@@ -352,9 +356,10 @@ def _sample_in_batches(model, sigmas, shape, n):
         x0 = samplers.uniform_init([min(bs, n - i), *shape], init_seed)
         out = _run_sampler(model, sigmas, x0, chain_seed, snapshots=F.SNAPSHOTS.value and not i)
         xs.append(out.samples.numpy())
+        evals += float(out.num_evals) * len(xs[-1])
         if i == 0:
             first = out
-    return first._replace(num_evals=out.num_evals), np.concatenate(xs)
+    return first._replace(num_evals=round(evals / n)), np.concatenate(xs)
 
 
 def _images_array(cfg, split):

@@ -77,13 +77,16 @@ def _run(name: str, workdir: str, extra: list[str], out_dir: str) -> dict:
         *extra,
     ]
     t0 = time.time()
-    if not (REUSE.value and os.path.exists(path)):
+    ran = not (REUSE.value and os.path.exists(path))
+    if ran:
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
     with open(path) as f:
         row = json.load(f)
-    wall = time.time() - t0 if not REUSE.value else None
-    row.update(name=name, flags=extra, wall_seconds=row.get("wall_seconds", wall), workdir=workdir)
+    wall = time.time() - t0 if ran else None
+    row.update(
+        name=name, flags=extra, wall_seconds=wall or row.get("wall_seconds"), workdir=workdir
+    )
     with open(path, "w") as f:
         json.dump(row, f, indent=2)
     return row

@@ -225,7 +225,8 @@ SAMPLE_BATCH_SIZE = flags.DEFINE_integer(
     "sample_batch_size",
     0,
     "Chains run at once by run_sample.py on image models (0: all --num_samples together); "
-    "batch i uses seed fold_in(seed, i).",
+    "the batch starting at chain i uses seeds fold_in(seed, i); the adaptive ODE's "
+    "evaluation count (and result) depends on the batch.",
 )
 CAS_ETA = flags.DEFINE_float(
     "cas_eta",

@@ -132,7 +132,7 @@ def train_classifier(
         raise ValueError(f"num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
     keras.utils.set_random_seed(seed)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    epochs = max(1, round(num_steps / steps_per_epoch))
+    epochs = math.ceil(num_steps / steps_per_epoch)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     model = DigitClassifier(x_train.shape[1:], num_classes=num_classes)
     model.build()

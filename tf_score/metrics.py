@@ -123,7 +123,9 @@ def kid_from_features(
 ) -> tuple[float, float]:
     """Kernel inception distance (Bińkowski et al. 2018): the unbiased MMD^2 with the cubic
     kernel k(a, b) = (a.b / d + 1)^3, averaged over random subsets of
-    min(subset_size, n1, n2) points from each set. Returns (mean, std over subsets)."""
+    min(subset_size, n1, n2) points from each set. Returns (mean, std over subsets).
+    When a set has no more than ``subset_size`` points every subset of it is the whole set,
+    and the std reflects only the other set's subsets, not the uncertainty of the mean."""
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     d = f1.shape[1]
     s = min(subset_size, len(f1), len(f2))
