@@ -67,12 +67,14 @@ def _run_sampler(model, sigmas, x0, seed, snapshots=False):
     from tf_score import samplers
 
     name = F.SAMPLER.value
-    if name == "ode":
-        # The adaptive ODE starts from the prior N(0, sigma_1^2) around data-like x0.
+    if name in ("consistent_annealed", "predictor_corrector", "heun", "ode"):
+        # These start from the data perturbed to the first level: x0 (data-like) + sigma_1 z.
+        import numpy as np
         import tensorflow as tf
 
         z_seed = tf.random.experimental.stateless_fold_in(seed, -3, alg="philox")
         x0 = x0 + float(sigmas[0]) * tf.random.stateless_normal(tf.shape(x0), z_seed, alg="philox")
+    if name == "ode":
         return samplers.probability_flow_ode(
             _interpolated(model, sigmas),
             x0,
@@ -84,12 +86,6 @@ def _run_sampler(model, sigmas, x0, seed, snapshots=False):
             jit_compile=F.JIT.value,
         )
     if name in ("consistent_annealed", "predictor_corrector", "heun"):
-        # These start from the data perturbed to the first level: x0 (data-like) + sigma_1 z.
-        import numpy as np
-        import tensorflow as tf
-
-        z_seed = tf.random.experimental.stateless_fold_in(seed, -3, alg="philox")
-        x0 = x0 + float(sigmas[0]) * tf.random.stateless_normal(tf.shape(x0), z_seed, alg="philox")
         if name == "consistent_annealed":
             sig = np.asarray(sigmas, np.float64)
             eta = F.CAS_ETA.value or float(np.max(1.0 - sig[1:] / sig[:-1]))
