@@ -7,6 +7,10 @@ step (several steps per ``tf.function`` call), EMA copies of the weights, the Na
 checkpoints (``tf.train.CheckpointManager``, resumable), TensorBoard summaries and the
 progress bar. It knows nothing of which loss it runs.
 
+The step (models, EMA, optimizers, gradients, updates, the compiled loop of steps and a
+held-out loss) is ``train_step.TrainStep``; ``train()`` here is the loop around it:
+checkpoints, the input pipeline, summaries, signals and the workers' agreement.
+
 Randomness is stateless: the seed of step k is ``fold_in(seed, k)``, then folded with the
 *shard* (replica r's micro-batch a is shard ``r * grad_accum_steps + a``) and the objective,
 and global batch k of the data is a function of k, split in order between the shards. So a
@@ -41,6 +45,9 @@ from tqdm.auto import tqdm
 
 from tf_score import distribute
 from tf_score.distribute import is_chief  # also re-exported: train.is_chief
+
+# The step itself (models, gradients, updates); build_models and ema_decay re-exported here.
+from tf_score.train_step import TrainStep, build_models, ema_decay  # noqa: F401
 
 
 class LossOutput(NamedTuple):
@@ -273,39 +280,6 @@ def write_json_atomic(path: str, obj) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
-    """Create the live models, their EMA copies and the optimizers inside the strategy scope."""
-    with strategy.scope():
-        models = {name: fn() for name, fn in bundle.model_fns.items()}
-        ema_models = {name: fn() for name, fn in bundle.model_fns.items()}
-        for name, model in models.items():
-            for ema_w, w in zip(ema_models[name].weights, model.weights, strict=True):
-                ema_w.assign(w)
-        optimizers = {}
-        for obj in bundle.objectives:
-            opt = obj.optimizer_fn()
-            # Build slots now: a Keras 3 optimizer built lazily inside a distributed step fails.
-            opt.build(obj.variables(models))
-            # The loop all-reduces each gradient once itself (it needs the global gradient's
-            # norm first); stop the Keras optimizer summing it over replicas a second time.
-            opt._all_reduce_sum_gradients = list
-            optimizers[obj.name] = opt
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    return models, ema_models, optimizers, step
-
-
-def ema_decay(step, rate: float, warmup: bool = True) -> tf.Tensor:
-    """EMA decay used at 1-based ``step``: ``rate``, or min(rate, (1 + t) / (10 + t)) with warm-up.
-
-    The warm-up is the ``num_updates`` rule of ``tf.train.ExponentialMovingAverage``.
-    """
-    rate = tf.constant(rate, tf.float32)
-    if not warmup:
-        return rate
-    t = tf.cast(step, tf.float32)
-    return tf.minimum(rate, (1.0 + t) / (10.0 + t))
-
-
 def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint:
     items = {"step": step}
     items.update({f"model_{k}": v for k, v in models.items()})
@@ -329,225 +303,126 @@ def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None
     return models, int(step.numpy())
 
 
-def _next_boundary(step: int, every: int) -> int:
-    return (step // every + 1) * every
+# --- the loop around the step ----------------------------------------------------------------
 
 
-def train(
-    bundle: ModelBundle,
-    config: TrainConfig,
-    workdir: str,
-    strategy: tf.distribute.Strategy | None = None,
-) -> TrainResult:
-    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible."""
-    strategy = strategy or tf.distribute.get_strategy()
-    chief = is_chief(strategy)
-    multi_worker = distribute.is_multi_worker(strategy)
-    replicas = strategy.num_replicas_in_sync
-    accum = int(config.grad_accum_steps)
-    if config.batch_size % (replicas * accum):
-        raise ValueError(
-            f"batch_size ({config.batch_size}) must be divisible by the number of replicas "
-            f"({replicas}) x grad_accum_steps ({accum})"
+class _Checkpoints:
+    """``workdir/checkpoints``: every worker restores the chief's latest checkpoint; every
+    worker saves, but only the chief's files are kept."""
+
+    def __init__(self, step: TrainStep, config: TrainConfig, workdir: str, strategy):
+        self.chief = is_chief(strategy)
+        self._strategy = strategy
+        self.ckpt = make_checkpoint(step.models, step.ema_models, step.optimizers, step.step_var)
+        # Every worker resumes from the chief's checkpoints (a directory they all can read).
+        self.dir = os.path.join(workdir, "checkpoints")
+        self.manager = (
+            tf.train.CheckpointManager(
+                self.ckpt, self.dir, max_to_keep=config.keep_checkpoints, step_counter=step.step_var
+            )
+            if self.chief
+            else None
         )
-    micro_batch = config.batch_size // (replicas * accum)
-    # Seeds Keras' initialisers (and Python/NumPy/TF global RNGs), so the same seed gives
-    # the same initial weights: a fresh run and a resumed one start from identical states.
-    keras.utils.set_random_seed(config.seed)
-    models, ema_models, optimizers, step_var = build_models(bundle, strategy)
-    ckpt = make_checkpoint(models, ema_models, optimizers, step_var)
-    # Every worker resumes from the chief's checkpoints (a directory they all can read).
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    manager = (
-        tf.train.CheckpointManager(
-            ckpt, ckpt_dir, max_to_keep=config.keep_checkpoints, step_counter=step_var
+
+    def restore(self) -> str | None:
+        """Restore the latest checkpoint, if there is one; its path."""
+        latest = tf.train.latest_checkpoint(self.dir)
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def save(self, step: int) -> str | None:
+        """Every worker saves (saving may need collectives); only the chief's is kept."""
+        if self.chief:
+            path = self.manager.save(checkpoint_number=step)
+            logging.info("saved checkpoint %s", path)
+            return path
+        with distribute.write_dir(self.dir, self._strategy) as tmp:
+            self.ckpt.write(os.path.join(tmp, f"ckpt-{step}"))
+        return None
+
+    def latest(self) -> str | None:
+        if self.chief:
+            return self.manager.latest_checkpoint
+        return tf.train.latest_checkpoint(self.dir)
+
+
+class _Workers:
+    """The loop's own collectives: agreeing when to stop, a lost peer as ``WorkerLostError``."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, checkpoints: _Checkpoints):
+        self.multi_worker = distribute.is_multi_worker(strategy)
+        self._checkpoints = checkpoints
+
+        @tf.function
+        def any_worker(flag):
+            value = strategy.run(lambda: tf.cast(flag, tf.int32))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
+
+        self._any_worker = any_worker
+
+    def collective(self, step: int, fn, *args):
+        """Run a function with collectives; a lost peer becomes WorkerLostError (after ``step``)."""
+        try:
+            return fn(*args)
+        except (
+            tf.errors.UnavailableError,
+            tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError,
+            tf.errors.CancelledError,
+        ) as e:
+            if not self.multi_worker:
+                raise
+            raise WorkerLostError(step, self._checkpoints.latest(), e) from e
+
+    def any(self, step: int, flag: bool) -> bool:
+        """True on every worker if any worker passed True (so all stop at the same step)."""
+        if not self.multi_worker:
+            return flag
+        return bool(self.collective(step, self._any_worker, tf.constant(flag)))
+
+
+class _Summaries:
+    """TensorBoard summaries in ``workdir/tb`` (a no-op writer off the chief)."""
+
+    def __init__(self, bundle: ModelBundle, step: TrainStep, workdir: str, chief: bool):
+        self._bundle = bundle
+        self._step = step
+        self.writer = (
+            tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+            if chief
+            else tf.summary.create_noop_writer()
         )
-        if chief
-        else None
-    )
-    latest = tf.train.latest_checkpoint(ckpt_dir)
-    if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
-    start_step = int(step_var.numpy())
-    if start_step:
-        logging.info("resumed from %s at step %d", latest, start_step)
 
-    def input_fn(ctx: tf.distribute.InputContext):
-        return bundle.dataset_fn(config.batch_size, ctx, start_step)
-
-    dist_ds = strategy.distribute_datasets_from_function(input_fn)
-    iterator = iter(dist_ds)
-    base_seed = tf.constant([config.seed, 0x5C0E], tf.int32)
-    num_levels = max(int(bundle.num_levels), 1)
-    global_batch = config.batch_size
-
-    def local_grads(i, batch, seed):
-        """This replica's share of the loss of objective i and its gradient (no communication,
-        so it can be XLA-compiled)."""
-        obj = bundle.objectives[i]
-        variables = obj.variables(models)
-        with tf.GradientTape() as tape:
-            out = obj.loss_fn(models, batch, seed)
-            per_example = tf.cast(out.loss, tf.float32)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        grads = tape.gradient(loss, variables)
-        grads = [
-            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, variables, strict=True)
-        ]
-        levels = out.levels if out.levels is not None else tf.zeros_like(per_example, tf.int32)
-        metrics = out.metrics or {}
-        missing = [n for n in obj.metric_names if n not in metrics]
-        if missing:
-            raise KeyError(f"objective {obj.name!r}: loss_fn returned no metrics {missing}")
-        return grads, loss, per_example, levels, [metrics[n] for n in obj.metric_names]
-
-    if config.jit_compile:
-        local_grads = tf.function(local_grads, jit_compile=True)
-
-    def shard_grads(i, batch, step, replica_id):
-        """Objective i on this replica's micro-batches, one after another: summed gradients
-        and loss, concatenated per-example statistics."""
-        step_seed = tf.random.experimental.stateless_fold_in(base_seed, step, alg="philox")
-        outs = []
-        for a in range(accum):
-            part = batch
-            if accum > 1:
-                part = tf.nest.map_structure(
-                    lambda t, a=a: t[a * micro_batch : (a + 1) * micro_batch], batch
-                )
-                if outs:  # start micro-batch a after a - 1: one micro-batch in memory at a time
-                    with tf.control_dependencies(outs[-1][0]):
-                        part = tf.nest.map_structure(tf.identity, part)
-            shard = tf.cast(replica_id, tf.int32) * accum + a
-            seed = tf.random.experimental.stateless_fold_in(step_seed, shard, alg="philox")
-            seed = tf.random.experimental.stateless_fold_in(seed, i, alg="philox")
-            outs.append(local_grads(i, part, seed))
-        if accum == 1:
-            return outs[0]
-        grads = [tf.add_n(list(g)) for g in zip(*[o[0] for o in outs], strict=True)]
-        loss = tf.add_n([o[1] for o in outs])
-        per_example, levels = (tf.concat([o[k] for o in outs], 0) for k in (2, 3))
-        metrics = [tf.concat(list(m), 0) for m in zip(*[o[4] for o in outs], strict=True)]
-        return grads, loss, per_example, levels, metrics
-
-    def compute_grads(i, batch, step):
-        """Replica fn: loss and global gradient of objective i, plus summary statistics."""
-        obj = bundle.objectives[i]
-        ctx = tf.distribute.get_replica_context()
-        grads, loss, per_example, levels, metrics = shard_grads(
-            i, batch, step, ctx.replica_id_in_sync_group
-        )
-        # The global gradient (summed over replicas) gives the true norm for the NaN guard,
-        # clipping and summaries; the optimizers apply it as it is (see build_models).
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        norm = tf.linalg.global_norm(grads)
-        ok = tf.math.is_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss))
-        ok = tf.logical_and(ok, tf.math.is_finite(norm))
-        if obj.grad_clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, obj.grad_clip_norm, use_norm=norm)
-        lsum = tf.math.unsorted_segment_sum(per_example, levels, num_levels)
-        lcnt = tf.math.unsorted_segment_sum(tf.ones_like(per_example), levels, num_levels)
-        # Each replica's share of the global-batch mean; the SUM over replicas is the mean.
-        msum = tf.reshape(
-            [tf.reduce_sum(tf.cast(m, tf.float32)) / global_batch for m in metrics],
-            [len(obj.metric_names)],
-        )
-        return grads, loss, lsum, lcnt, norm, msum, 1.0 - tf.cast(ok, tf.float32)
-
-    def apply_grads(i, grads):
-        obj = bundle.objectives[i]
-        optimizers[obj.name].apply(grads, obj.variables(models))
-
-    n_obj = len(bundle.objectives)
-    ema_pairs = [
-        (e, w)
-        for name in models
-        for e, w in zip(ema_models[name].weights, models[name].weights, strict=True)
-    ]
-    sum_op = tf.distribute.ReduceOp.SUM
-
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
-    def train_loop(n_steps):
-        loss_acc = tf.zeros([n_obj])
-        level_sum = tf.zeros([n_obj, num_levels])
-        level_cnt = tf.zeros([n_obj, num_levels])
-        gnorm_acc = tf.zeros([n_obj])
-        metric_acc = [tf.zeros([len(obj.metric_names)]) for obj in bundle.objectives]
-        done = tf.constant(0, tf.int64)
-        bad_step = tf.constant(-1, tf.int64)
-        for _ in tf.range(n_steps):
-            step = step_var + 1  # 1-based step being taken
-            batch = next(iterator)
-            stats = []
-            bad = tf.constant(0.0)
-            for i in range(n_obj):  # objectives run in order; each sees the previous update
-                grads, *rest = strategy.run(compute_grads, args=(i, batch, step))
-                rest = [strategy.reduce(sum_op, t, axis=None) for t in rest]
-                bad += rest[-1]
-                stats.append(rest[:-1])
-
-                def apply(i=i, grads=grads):
-                    strategy.run(apply_grads, args=(i, grads))
-                    return tf.constant(True)
-
-                # The branch is taken in cross-replica context, not inside the replica fn,
-                # where the optimizer's all-reduce could not cross it. A non-finite update
-                # is never applied, so the weights stay the last good ones.
-                tf.cond(bad > 0, lambda: tf.constant(False), apply)
-            if bad > 0:
-                bad_step = step
-                break
-            decay = ema_decay(step, config.ema_rate, config.ema_warmup)
-            for e, w in ema_pairs:
-                e.assign(decay * e + (1.0 - decay) * w)
-            step_var.assign(step)
-            loss_acc += tf.stack([st[0] for st in stats])
-            level_sum += tf.stack([st[1] for st in stats])
-            level_cnt += tf.stack([st[2] for st in stats])
-            gnorm_acc += tf.stack([st[3] for st in stats]) / replicas
-            metric_acc = [acc + st[4] for acc, st in zip(metric_acc, stats, strict=True)]
-            done += 1
-        denom = tf.cast(tf.maximum(done, 1), tf.float32)
-        return {
-            "loss": loss_acc / denom,
-            "level_loss": level_sum / tf.maximum(level_cnt, 1.0),
-            "grad_norm": gnorm_acc / denom,
-            "metrics": [acc / denom for acc in metric_acc],
-            "steps": done,
-            "bad_step": bad_step,
-        }
-
-    writer = (
-        tf.summary.create_file_writer(os.path.join(workdir, "tb"))
-        if chief
-        else tf.summary.create_noop_writer()
-    )
-
-    def write_images(step):
+    def images(self, step: int) -> None:
+        """The bundle's custom and image summaries of the EMA models."""
+        bundle, ema_models = self._bundle, self._step.ema_models
         if bundle.custom_summaries is not None:
-            with writer.as_default(step=step):
+            with self.writer.as_default(step=step):
                 bundle.custom_summaries(ema_models, step)
         if bundle.image_summaries is None:
             return
         images = bundle.image_summaries(ema_models, step)
-        with writer.as_default(step=step):
+        with self.writer.as_default(step=step):
             for tag, img in images.items():
                 img = np.asarray(img)
                 tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
 
-    def write_scalars(step, out, done, dt):
+    def scalars(self, step: int, out: dict, done: int, dt: float, bar_shown: bool) -> None:
+        """A compiled loop's statistics (``TrainStep.make_train_loop``), ``done`` steps in
+        ``dt`` seconds; also logged unless the progress bar shows them."""
+        bundle = self._bundle
         losses = out["loss"].numpy()
         last_loss = float(losses.sum())
-        with writer.as_default(step=step):
+        with self.writer.as_default(step=step):
             tf.summary.scalar("loss", last_loss)
             tf.summary.scalar("steps_per_sec", done / max(dt, 1e-9))
-            tf.summary.scalar("examples_per_sec", done * global_batch / max(dt, 1e-9))
+            tf.summary.scalar("examples_per_sec", done * self._step.global_batch / max(dt, 1e-9))
             for i, obj in enumerate(bundle.objectives):
                 prefix = obj.name
                 tf.summary.scalar(f"{prefix}/loss", losses[i])
                 tf.summary.scalar(f"{prefix}/grad_norm", out["grad_norm"][i])
-                lr = optimizers[obj.name].learning_rate
+                lr = self._step.optimizers[obj.name].learning_rate
                 tf.summary.scalar(f"{prefix}/learning_rate", float(np.asarray(lr)))
                 for name, value in zip(obj.metric_names, out["metrics"][i], strict=True):
                     tf.summary.scalar(f"{prefix}/{name}", value)
@@ -558,49 +433,113 @@ def train(
                         )
         # The progress bar already shows this; log lines are for runs without it.
         logging.log(
-            logging.DEBUG if not bar.disable else logging.INFO,
+            logging.DEBUG if bar_shown else logging.INFO,
             "step %d loss %.5g (%.1f steps/s)",
             step,
             last_loss,
             done / max(dt, 1e-9),
         )
 
-    def save(step):
-        """Every worker saves (saving may need collectives); only the chief's is kept."""
-        if chief:
-            path = manager.save(checkpoint_number=step)
-            logging.info("saved checkpoint %s", path)
-            return path
-        with distribute.write_dir(ckpt_dir, strategy) as tmp:
-            ckpt.write(os.path.join(tmp, f"ckpt-{step}"))
-        return None
 
-    @tf.function
-    def any_worker(flag):
-        """True on every worker if any worker passed True (so all stop at the same step)."""
-        value = strategy.run(lambda: tf.cast(flag, tf.int32))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
+@dataclasses.dataclass
+class _Progress:
+    """How far the loop got: the step, the last loss, throughput after the first call."""
 
-    def collective(fn, *args):
-        """Run a function with collectives; a lost peer becomes WorkerLostError."""
-        try:
-            return fn(*args)
-        except (
-            tf.errors.UnavailableError,
-            tf.errors.DeadlineExceededError,
-            tf.errors.AbortedError,
-            tf.errors.CancelledError,
-        ) as e:
-            if not multi_worker:
-                raise
-            raise WorkerLostError(step, latest_path(), e) from e
+    start_step: int
+    step: int
+    last_loss: float = float("nan")
+    steady_steps: int = 0
+    steady_seconds: float = 0.0
 
-    def latest_path():
-        return manager.latest_checkpoint if chief else tf.train.latest_checkpoint(ckpt_dir)
 
-    step = start_step
-    steady_steps, steady_seconds = 0, 0.0
-    last_loss = float("nan")
+def _next_boundary(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _loop_end(step: int, config: TrainConfig) -> int:
+    """Where the compiled loop starting after ``step`` stops: after at most ``steps_per_loop``
+    steps, at the next log, checkpoint or sample step, at the end."""
+    return min(
+        config.num_steps,
+        step + config.steps_per_loop,
+        _next_boundary(step, config.log_every),
+        _next_boundary(step, config.checkpoint_every),
+        _next_boundary(step, config.sample_every) if config.sample_every else config.num_steps,
+    )
+
+
+def _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, workers):
+    """Call the compiled loop until ``config.num_steps``; summaries and checkpoints at the
+    steps they are due; stop (saved) on a signal, a non-finite step or a lost worker."""
+    while progress.step < config.num_steps:
+        step = progress.step
+        end = _loop_end(step, config)
+        t0 = time.time()
+        out = workers.collective(step, train_loop, tf.constant(end - step, tf.int64))
+        done = int(out["steps"])
+        dt = time.time() - t0
+        if step > progress.start_step:  # the first call also traces and compiles
+            progress.steady_steps += done
+            progress.steady_seconds += dt
+        if int(out["bad_step"]) >= 0:
+            raise NonFiniteLossError(int(out["bad_step"]), checkpoints.latest())
+        progress.step = step = step + done
+        bar.update(done)
+        progress.last_loss = float(out["loss"].numpy().sum())
+        bar.set_postfix(loss=f"{progress.last_loss:.4g}")
+        if step % config.log_every == 0 or step == config.num_steps:
+            summaries.scalars(step, out, done, dt, bar_shown=not bar.disable)
+        if config.sample_every and step % config.sample_every == 0 and checkpoints.chief:
+            summaries.images(step)
+        stopping = workers.any(step, stop.signum is not None)
+        if stopping or step % config.checkpoint_every == 0 or step == config.num_steps:
+            checkpoints.save(step)
+        if stopping:
+            raise TrainingInterrupted(step, checkpoints.latest(), stop.signum or signal.SIGTERM)
+
+
+def _train_summary(progress: _Progress, seconds: float, step: TrainStep) -> dict:
+    """What ``train_summary.json`` records."""
+    return {
+        "step": progress.step,
+        "final_loss": progress.last_loss,
+        "train_seconds": seconds,
+        "start_step": progress.start_step,
+        "replicas": step.replicas,
+        "grad_accum_steps": step.accum,
+        "global_batch": step.global_batch,
+        # throughput after the first compiled call (tracing and compilation excluded)
+        "examples_per_sec": progress.steady_steps * step.global_batch / progress.steady_seconds
+        if progress.steady_seconds
+        else None,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def train(
+    bundle: ModelBundle,
+    config: TrainConfig,
+    workdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+) -> TrainResult:
+    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible."""
+    strategy = strategy or tf.distribute.get_strategy()
+    step_fn = TrainStep(bundle, config, strategy)  # checks the batch split, seeds, builds
+    checkpoints = _Checkpoints(step_fn, config, workdir, strategy)
+    chief = checkpoints.chief
+    latest = checkpoints.restore()
+    start_step = int(step_fn.step_var.numpy())
+    if start_step:
+        logging.info("resumed from %s at step %d", latest, start_step)
+
+    def input_fn(ctx: tf.distribute.InputContext):
+        return bundle.dataset_fn(config.batch_size, ctx, start_step)
+
+    iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+    train_loop = step_fn.make_train_loop(iterator)
+    summaries = _Summaries(bundle, step_fn, workdir, chief)
+    workers = _Workers(strategy, checkpoints)
+    progress = _Progress(start_step=start_step, step=start_step)
     t_start = time.time()
     bar = tqdm(
         total=config.num_steps,
@@ -612,61 +551,21 @@ def train(
     )
     with _StopSignals() as stop:
         try:
-            while step < config.num_steps:
-                nxt = min(
-                    config.num_steps,
-                    step + config.steps_per_loop,
-                    _next_boundary(step, config.log_every),
-                    _next_boundary(step, config.checkpoint_every),
-                    _next_boundary(step, config.sample_every)
-                    if config.sample_every
-                    else config.num_steps,
-                )
-                t0 = time.time()
-                out = collective(train_loop, tf.constant(nxt - step, tf.int64))
-                done = int(out["steps"])
-                dt = time.time() - t0
-                if step > start_step:  # the first call also traces and compiles
-                    steady_steps += done
-                    steady_seconds += dt
-                if int(out["bad_step"]) >= 0:
-                    raise NonFiniteLossError(int(out["bad_step"]), latest_path())
-                step += done
-                bar.update(done)
-                losses = out["loss"].numpy()
-                last_loss = float(losses.sum())
-                bar.set_postfix(loss=f"{last_loss:.4g}")
-                if step % config.log_every == 0 or step == config.num_steps:
-                    write_scalars(step, out, done, dt)
-                if config.sample_every and step % config.sample_every == 0 and chief:
-                    write_images(step)
-                stopping = stop.signum is not None
-                if multi_worker:
-                    stopping = bool(collective(any_worker, tf.constant(stopping)))
-                if stopping or step % config.checkpoint_every == 0 or step == config.num_steps:
-                    save(step)
-                if stopping:
-                    raise TrainingInterrupted(step, latest_path(), stop.signum or signal.SIGTERM)
+            _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, workers)
         finally:
             bar.close()
     seconds = time.time() - t_start
     if chief and (not config.sample_every or config.num_steps % config.sample_every):
-        write_images(step)
-    writer.flush()
+        summaries.images(progress.step)
+    summaries.writer.flush()
     if chief:
-        summary = {
-            "step": step,
-            "final_loss": last_loss,
-            "train_seconds": seconds,
-            "start_step": start_step,
-            "replicas": replicas,
-            "grad_accum_steps": accum,
-            "global_batch": global_batch,
-            # throughput after the first compiled call (tracing and compilation excluded)
-            "examples_per_sec": steady_steps * global_batch / steady_seconds
-            if steady_seconds
-            else None,
-            "peak_rss_mb": _peak_rss_mb(),
-        }
+        summary = _train_summary(progress, seconds, step_fn)
         write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
-    return TrainResult(step, last_loss, seconds, models, ema_models, latest_path())
+    return TrainResult(
+        progress.step,
+        progress.last_loss,
+        seconds,
+        step_fn.models,
+        step_fn.ema_models,
+        checkpoints.latest(),
+    )
