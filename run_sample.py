@@ -1,22 +1,20 @@
-"""Sample a trained score model, plot, and evaluate.
+"""Sample a trained run, plot, evaluate or export: flags -> tf_score.runs / evaluate -> files.
 
     python run_sample.py --workdir=runs/toy_mixture                 # samples.npz + samples.png
-    python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture \
-        --evaluate                                                   # the two-mode comparison
-
+    python run_sample.py --workdir=runs/toy_mixture --evaluate      # the two-mode comparison
+    python run_sample.py --workdir=runs/mnist_cpu --sampler=heun --metrics=fid,kid \
+        --classifier=runs/mnist_classifier                          # FID/KID with the floor
     python run_sample.py --workdir=runs/mnist_vae_ssm --evaluate      # VAE: AIS test NLL
 
-The model is rebuilt from workdir/config.json and the EMA weights of the latest checkpoint.
-For a VAE run it writes prior samples and reconstructions, and with --evaluate the test
-negative log-likelihood by AIS (and, for the Gaussian encoder, the IWAE bound and the ELBO).
+The run is rebuilt from workdir/config.json and the EMA weights of the latest checkpoint; its
+sampler settings are the workdir's, except those given on the command line.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
-import time
 
 import numpy as np
 from absl import app
@@ -24,224 +22,29 @@ from absl import app
 import flags.definitions as F
 
 
-def _load(workdir: str):
-    from tf_score import score_model, train
+def _write_json(path, obj):
+    from tf_score.train import write_json_atomic
 
-    cfg = _read_config(workdir)
-    import keras
-
-    keras.mixed_precision.set_global_policy(cfg.get("precision", "float32"))
-    sigmas = score_model.sigmas_from_config(cfg)
-    model_fn = score_model.model_fn_from_config(cfg, tuple(cfg.get("data_shape", (2,))))
-    try:
-        models, step = train.load_ema_models(
-            {"score": model_fn}, os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
-        )
-    except FileNotFoundError as e:
-        raise app.UsageError(str(e)) from e
-    return cfg, sigmas, models["score"], step
-
-
-def _at_level(model, level: int):
-    """Unconditional score x -> s(x, level) from a noise-conditional network."""
-    import tensorflow as tf
-
-    return lambda x: model(x, tf.fill([tf.shape(x)[0]], level))
-
-
-_INTERPOLATED: dict = {}
-
-
-def _interpolated(model, sigmas):
-    """One continuous-sigma score per model (a new closure per call would retrace the ODE)."""
-    from tf_score import samplers
-
-    key = (id(model), tuple(float(v) for v in sigmas))
-    if key not in _INTERPOLATED:
-        _INTERPOLATED[key] = samplers.interpolated_score(model, sigmas)
-    return _INTERPOLATED[key]
-
-
-def _run_sampler(model, sigmas, x0, seed, snapshots=False):
-    """The sampler chosen by --sampler, with the sampling flags."""
-    from tf_score import samplers
-
-    name = F.SAMPLER.value
-    if name in ("consistent_annealed", "predictor_corrector", "heun", "ode"):
-        # These start from the data perturbed to the first level: x0 (data-like) + sigma_1 z.
-        import numpy as np
-        import tensorflow as tf
-
-        z_seed = tf.random.experimental.stateless_fold_in(seed, -3, alg="philox")
-        x0 = x0 + float(sigmas[0]) * tf.random.stateless_normal(tf.shape(x0), z_seed, alg="philox")
-    if name == "ode":
-        return samplers.probability_flow_ode(
-            _interpolated(model, sigmas),
-            x0,
-            float(sigmas[0]),
-            float(sigmas[-1]),
-            rtol=F.ODE_TOL.value,
-            atol=F.ODE_TOL.value,
-            denoise=F.DENOISE.value,
-            jit_compile=F.JIT.value,
-        )
-    if name in ("consistent_annealed", "predictor_corrector", "heun"):
-        if name == "consistent_annealed":
-            sig = np.asarray(sigmas, np.float64)
-            eta = F.CAS_ETA.value or float(np.max(1.0 - sig[1:] / sig[:-1]))
-            try:
-                return samplers.consistent_annealed(
-                    model,
-                    x0,
-                    sigmas,
-                    eta * sig[-1] ** 2,
-                    seed,
-                    denoise=F.DENOISE.value,
-                    jit_compile=F.JIT.value,
-                )
-            except ValueError as e:
-                raise app.UsageError(
-                    f"--cas_eta={eta:g} is too small for this schedule ({e}; divide by "
-                    f"sigma_L^2 = {sig[-1] ** 2:g} for eta), or pass --cas_eta=0"
-                ) from e
-        if name == "predictor_corrector":
-            return samplers.predictor_corrector(
-                model,
-                x0,
-                sigmas,
-                seed,
-                snr=F.SNR.value,
-                n_corrector=F.N_CORRECTOR.value,
-                denoise=F.DENOISE.value,
-                jit_compile=F.JIT.value,
-            )
-        return samplers.heun(
-            model, x0, sigmas, num_steps=F.HEUN_STEPS.value or None, jit_compile=F.JIT.value
-        )
-    if name == "langevin":
-        return samplers.langevin(
-            _at_level(model, len(sigmas) - 1),
-            x0,
-            F.LANGEVIN_STEP_SIZE.value,
-            F.LANGEVIN_STEPS.value,
-            seed,
-            jit_compile=F.JIT.value,
-        )
-    return samplers.annealed_langevin(
-        model,
-        x0,
-        sigmas,
-        F.STEP_LR.value,
-        F.N_STEPS_EACH.value,
-        seed,
-        denoise=F.DENOISE.value,
-        snapshots=snapshots,
-        jit_compile=F.JIT.value,
-    )
-
-
-def evaluate_two_mode(workdir, cfg, sigmas, model, step) -> dict:
-    """Plain vs annealed Langevin, learned vs exact score; metrics.json and samples.png."""
-    import tensorflow as tf
-
-    from tf_score import data, metrics, plotting, samplers
-
-    toy = data.get_toy(cfg["dataset"])
-    n, repeats, seed = F.NUM_SAMPLES.value, F.EVAL_REPEATS.value, F.SEED.value
-    last = len(sigmas) - 1
-    # Score functions are made once: a new Python callable per call would retrace the sampler.
-    exact_cond = toy.conditional_score_fn(sigmas)
-    exact_score = toy.score_fn()
-    learned_last = _at_level(model, last)
-    plain = functools.partial(
-        samplers.langevin,
-        step_size=F.LANGEVIN_STEP_SIZE.value,
-        n_steps=F.LANGEVIN_STEPS.value,
-        jit_compile=F.JIT.value,
-    )
-    annealed = functools.partial(
-        samplers.annealed_langevin,
-        sigmas=sigmas,
-        eps=F.STEP_LR.value,
-        n_steps_each=F.N_STEPS_EACH.value,
-        denoise=F.DENOISE.value,
-        jit_compile=F.JIT.value,
-    )
-    score_fns = {
-        "plain_langevin": (plain, learned_last),
-        "exact_plain_langevin": (plain, exact_score),
-        "annealed_langevin": (annealed, model),
-        "exact_annealed_langevin": (annealed, exact_cond),
-    }
-    runs = {
-        name: (lambda x0, s, run=run, fn=fn: run(fn, x0, seed=s))
-        for name, (run, fn) in score_fns.items()
-    }
-    samples = {k: [] for k in runs}
-    seconds = {k: 0.0 for k in runs}
-    for r in range(repeats):
-        x0 = samplers.uniform_init([n, 2], tf.constant([seed, 2 * r]), -toy.extent, toy.extent)
-        chain_seed = tf.constant([seed, 2 * r + 1])
-        for name, run in runs.items():
-            t0 = time.time()
-            samples[name].append(run(x0, chain_seed).samples.numpy())
-            seconds[name] += time.time() - t0
-    exact = toy.sample(n, seed=tf.constant([seed, 99991])).numpy()
-    exact_ref = toy.sample(n, seed=tf.constant([seed, 99992])).numpy()
-
-    out = {"num_samples_per_batch": n, "num_batches": repeats, "checkpoint_step": step}
-    for name, xs in samples.items():
-        pooled = np.concatenate(xs)
-        w, se = metrics.mode_weight(pooled)
-        out[f"{name}_mode_weight"] = w
-        out[f"{name}_mode_weight_se"] = se
-        out[f"{name}_mmd"] = metrics.mmd_rbf(xs[0], exact)
-        # p-value of the kernel two-sample test of "these samples come from the mixture"
-        out[f"{name}_two_sample_p"] = metrics.kernel_two_sample_test(
-            xs[0], exact, num_permutations=F.NUM_PERMUTATIONS.value, seed=seed
-        )[1]
-    out["exact_samples_mode_weight"] = metrics.mode_weight(exact)[0]
-    out["exact_vs_exact_mmd"] = metrics.mmd_rbf(exact_ref, exact)
-    out["sample_seconds"] = seconds["plain_langevin"] + seconds["annealed_langevin"]
-    summary_path = os.path.join(workdir, "train_summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            out["train_seconds"] = json.load(f)["train_seconds"]
-    out["train_loss"] = cfg["loss"]
-
-    titles = {
-        "plain_langevin": "plain Langevin, learned s",
-        "exact_annealed_langevin": "annealed Langevin, exact s",
-        "annealed_langevin": "annealed Langevin, learned s",
-    }
-    panels = {"exact samples": exact}
-    for key, title in titles.items():
-        panels[f"{title} (w={out[key + '_mode_weight']:.2f})"] = samples[key][0]
-    plotting.scatter_panels(panels, toy.extent, path=os.path.join(workdir, "samples.png"))
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    return out
+    write_json_atomic(path, obj)
 
 
 def print_table(m: dict) -> None:
+    """The two-mode table (``evaluate.two_mode`` metrics)."""
+    from tf_score.evaluate import TWO_MODE_ROWS
+
     n = m["num_samples_per_batch"] * m["num_batches"]
     print(
         f"\nmode weight = fraction with x1 + x2 > 0 (target 0.80), n = {n} "
         f"({m['num_batches']} x {m['num_samples_per_batch']}); MMD^2 vs exact samples, "
         f"n = {m['num_samples_per_batch']} (exact vs exact: {m['exact_vs_exact_mmd']:.4f}); "
-        f"p: kernel two-sample test against exact samples ({F.NUM_PERMUTATIONS.value} "
+        f"p: kernel two-sample test against exact samples ({m['num_permutations']} "
         "permutations)"
     )
     print(f"{'sampler':<28}{'score':<9}{'mode weight':>18}{'MMD^2':>10}{'p':>8}")
-    rows = [
-        ("plain Langevin", "learned", "plain_langevin"),
-        ("plain Langevin", "exact", "exact_plain_langevin"),
-        ("annealed Langevin", "learned", "annealed_langevin"),
-        ("annealed Langevin", "exact", "exact_annealed_langevin"),
-    ]
-    for label, score, key in rows:
+    for key, sampler, score in TWO_MODE_ROWS:
+        label = "plain Langevin" if sampler == "langevin" else "annealed Langevin"
         w, se = m[f"{key}_mode_weight"], m[f"{key}_mode_weight_se"]
-        p = m.get(f"{key}_two_sample_p", float("nan"))
+        p = m[f"{key}_two_sample_p"]
         print(f"{label:<28}{score:<9}{w:>11.3f} ± {se:.3f}{m[f'{key}_mmd']:>10.4f}{p:>8.3f}")
     if "train_seconds" in m:
         print(
@@ -250,308 +53,132 @@ def print_table(m: dict) -> None:
         )
 
 
-def _sample_images(workdir, cfg, sigmas, model, step) -> None:
-    """Sample an image model: PNG grid + npz; optionally level snapshots and inpainting."""
-    import tensorflow as tf
+def _toy(run) -> None:
+    from tf_score import data, evaluate, plotting, runs
 
-    from tf_score import plotting, samplers, score_model
-
-    shape = tuple(cfg["data_shape"])
-    n, seed = F.NUM_SAMPLES.value, tf.constant([F.SEED.value, 1])
-    t0 = time.time()
-    if F.INPAINT.value:
-        images, _, _, _ = score_model.load_training_images(cfg, split="test")
-        x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
-        w = shape[1]
-        mask = tf.concat(
-            [tf.ones([*shape[:1], w // 2, shape[2]]), tf.zeros([*shape[:1], w - w // 2, shape[2]])],
-            axis=1,
-        )
-        out = samplers.annealed_langevin_inpaint(
-            model,
-            x_obs,
-            mask,
-            sigmas,
-            F.STEP_LR.value,
-            F.N_STEPS_EACH.value,
-            seed,
-            denoise=F.DENOISE.value,
+    extent = data.get_toy(run.config.data.dataset).extent
+    if F.EVALUATE.value:
+        r = evaluate.two_mode(
+            run,
+            num_samples=F.NUM_SAMPLES.value,
+            num_batches=F.EVAL_REPEATS.value,
+            seed=F.SEED.value,
+            num_permutations=F.NUM_PERMUTATIONS.value,
             jit_compile=F.JIT.value,
         )
-        occluded = x_obs * mask + 0.5 * (1 - mask)
-        rows = [
-            plotting.image_grid(a, ncols=min(n, 16))
-            for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())
-        ]
-        gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
-        plotting.save_png(
-            np.concatenate([rows[0], gap, rows[1], gap, rows[2]]),
-            os.path.join(workdir, "inpaint.png"),
-            scale=2,
-        )
-        np.savez(
-            os.path.join(workdir, "inpaint.npz"),
-            observed=x_obs.numpy(),
-            mask=mask.numpy(),
-            samples=out.samples.numpy(),
-        )
-        print(
-            f"inpainted {n} test images in {time.time() - t0:.1f} s "
-            f"({int(out.num_evals)} evaluations each): {workdir}/inpaint.png "
-            "(rows: occluded, samples, original)"
-        )
+        evaluate.plot_two_mode(r, extent, os.path.join(run.workdir, "samples.png"))
+        _write_json(os.path.join(run.workdir, "metrics.json"), r.metrics)
+        print_table(r.metrics)
+        print(f"wrote {run.workdir}/metrics.json and samples.png")
         return
-    quality = _quality_setup(cfg, n)  # checks and loads everything first
-    t0 = time.time()
-    out, x = _sample_in_batches(model, sigmas, shape, n)
-    seconds = time.time() - t0
-    images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(workdir, "samples.png"), scale=2)
-    np.savez(os.path.join(workdir, "samples.npz"), samples=x, images=images)
-    if out.snapshots is not None:
-        snaps = out.snapshots.numpy()  # [L + 1, N, H, W, C]
-        k = min(8, n)
-        strip = snaps[:, :k].transpose(1, 0, 2, 3, 4).reshape(-1, *shape)
-        plotting.save_png(
-            plotting.image_grid(strip, ncols=len(snaps)),
-            os.path.join(workdir, "snapshots.png"),
-            scale=2,
-        )
-        plotting.save_gif(
-            [plotting.image_grid(f) for f in snaps], os.path.join(workdir, "snapshots.gif"), scale=2
-        )
+    out = runs.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
+    np.savez(os.path.join(run.workdir, "samples.npz"), samples=out.samples)
+    title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
+    plotting.scatter_panels(
+        {title: out.samples}, extent, path=os.path.join(run.workdir, "samples.png")
+    )
+    print(f"wrote {len(out.samples)} samples to {run.workdir}/samples.npz and samples.png")
+
+
+def _inpaint(run) -> None:
+    import tensorflow as tf
+
+    from tf_score import plotting, runs, score_model
+
+    shape, n = run.data_shape, F.NUM_SAMPLES.value
+    images, *_ = score_model.load_training_images(run.config.data, split="test")
+    x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
+    w = shape[1]
+    left = tf.ones([shape[0], w // 2, shape[2]])
+    mask = tf.concat([left, tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)
+    out = runs.inpaint(run, x_obs, mask, F.SEED.value, jit_compile=F.JIT.value)
+    occluded = x_obs * mask + 0.5 * (1 - mask)
+    rows = [
+        plotting.image_grid(a, ncols=min(n, 16))
+        for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())
+    ]
+    gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
+    grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
+    plotting.save_png(grid, os.path.join(run.workdir, "inpaint.png"), scale=2)
+    np.savez(
+        os.path.join(run.workdir, "inpaint.npz"),
+        observed=x_obs.numpy(),
+        mask=mask.numpy(),
+        samples=out.samples.numpy(),
+    )
     print(
-        f"{F.SAMPLER.value}: {n} samples, {int(out.num_evals)} evaluations each, "
-        f"{seconds:.1f} s ({n * int(out.num_evals) / seconds:.0f} evaluations/s), "
-        f"checkpoint step {step} -> {workdir}/samples.png, samples.npz"
+        f"inpainted {n} test images ({int(out.num_evals)} evaluations each): "
+        f"{run.workdir}/inpaint.png (rows: occluded, samples, original)"
+    )
+
+
+def _save_snapshots(workdir, snaps, shape) -> None:
+    from tf_score import plotting
+
+    k = min(8, snaps.shape[1])
+    strip = snaps[:, :k].transpose(1, 0, 2, 3, 4).reshape(-1, *shape)
+    plotting.save_png(
+        plotting.image_grid(strip, ncols=len(snaps)), os.path.join(workdir, "snapshots.png"), 2
+    )
+    frames = [plotting.image_grid(f) for f in snaps]
+    plotting.save_gif(frames, os.path.join(workdir, "snapshots.gif"), scale=2)
+
+
+def _images(run) -> None:
+    from tf_score import evaluate, plotting, runs
+
+    n, name = F.NUM_SAMPLES.value, run.config.sampler.sampler
+    reference = None
+    if F.METRICS.value:  # every check and load before any sampling
+        reference = evaluate.quality_reference(
+            run, n, F.FEATURE_EXTRACTOR.value, F.CLASSIFIER.value, F.INCEPTION_WEIGHTS.value
+        )
+    out = runs.generate(
+        run,
+        n,
+        F.SEED.value,
+        batch_size=F.SAMPLE_BATCH_SIZE.value,
+        jit_compile=F.JIT.value,
+        snapshots=F.SNAPSHOTS.value,
+        progress=F.PROGRESS.value,
+    )
+    x = out.samples
+    images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(run.workdir, "samples.png"), 2)
+    np.savez(os.path.join(run.workdir, "samples.npz"), samples=x, images=images)
+    if out.snapshots is not None:
+        _save_snapshots(run.workdir, out.snapshots, run.data_shape)
+    print(
+        f"{name}: {n} samples, {out.num_evals} evaluations each, {out.seconds:.1f} s "
+        f"({n * out.num_evals / out.seconds:.0f} evaluations/s), checkpoint step {run.step} "
+        f"-> {run.workdir}/samples.png, samples.npz"
         + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
     )
-    if quality is not None:
-        _report_quality(workdir, quality, images, int(out.num_evals), seconds, step)
-
-
-def _sample_in_batches(model, sigmas, shape, n):
-    """--num_samples chains, --sample_batch_size at a time (one batch keeps the seeds of a
-    single call: x0 from (seed, 0), the chain from (seed, 1); the batch starting at chain i
-    folds i into both). Returns (output of the first batch with ``num_evals`` the mean per
-    sample over all batches, samples): the adaptive ODE's step control is per batch, so
-    its count differs between batches and depends on the batch size."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    from tf_score import samplers
-
-    bs = F.SAMPLE_BATCH_SIZE.value or n
-    starts = range(0, n, bs)
-    xs, evals = [], 0.0
-    for i in tqdm(starts, desc=F.SAMPLER.value, unit="batch", disable=len(starts) < 2):
-        init_seed, chain_seed = tf.constant([F.SEED.value, 0]), tf.constant([F.SEED.value, 1])
-        if i:
-            fold = tf.random.experimental.stateless_fold_in
-            init_seed, chain_seed = fold(init_seed, i, "philox"), fold(chain_seed, i, "philox")
-        x0 = samplers.uniform_init([min(bs, n - i), *shape], init_seed)
-        out = _run_sampler(model, sigmas, x0, chain_seed, snapshots=F.SNAPSHOTS.value and not i)
-        xs.append(out.samples.numpy())
-        evals += float(out.num_evals) * len(xs[-1])
-        if i == 0:
-            first = out
-    return first._replace(num_evals=round(evals / n)), np.concatenate(xs)
-
-
-def _images_array(cfg, split):
-    from tf_score import score_model
-
-    images, *_ = score_model.load_training_images(cfg, split=split)
-    return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
-
-
-def _quality_setup(cfg, n):
-    """For --metrics: the feature extractor, the training set's features (cached in the
-    workdir) and the held-out images of the floor; every error before any sampling."""
-    if not F.METRICS.value:
-        return None
-    from tf_score import classifier, data, metrics
-
-    if F.FEATURE_EXTRACTOR.value == "classifier":
-        if not F.CLASSIFIER.value:
-            raise app.UsageError(
-                "--metrics with --feature_extractor=classifier needs --classifier=PATH (train "
-                "it: run_train.py --flagfile=flags/presets/mnist_classifier.cfg "
-                "--workdir=runs/mnist_classifier), or use --feature_extractor=inception"
-            )
-        try:
-            net = classifier.load_classifier(F.CLASSIFIER.value)
-        except (FileNotFoundError, ValueError) as e:
-            raise app.UsageError(f"--classifier={F.CLASSIFIER.value}: {e}") from e
-        if tuple(net.image_shape) != tuple(cfg["data_shape"]):
-            raise app.UsageError(
-                f"--classifier={F.CLASSIFIER.value} takes images {net.image_shape}, but this "
-                f"model makes {tuple(cfg['data_shape'])}"
-            )
-        extractor = metrics.classifier_extractor(net)
-        path = net_path = os.path.realpath(
-            os.path.join(F.CLASSIFIER.value, classifier.CLASSIFIER_FILE)
-            if os.path.isdir(F.CLASSIFIER.value)
-            else F.CLASSIFIER.value
+    if reference is not None:
+        q = evaluate.image_quality(images, reference, seed=F.SEED.value)
+        q.update(
+            sampler=name,
+            num_evals=out.num_evals,
+            sample_seconds=out.seconds,
+            checkpoint_step=run.step,
+            denoise=run.config.sampler.denoise,
+            seed=F.SEED.value,
         )
-        key = f"classifier:{path}:{os.path.getmtime(path)}"
-    else:
-        try:
-            extractor = metrics.inception_extractor(F.INCEPTION_WEIGHTS.value)
-        except metrics.MetricUnavailableError as e:
-            raise app.UsageError(str(e)) from e
-        net_path, key = None, f"inception:{F.INCEPTION_WEIGHTS.value}"
-    if cfg["dataset"] in ("folder", "npz"):
-        raise app.UsageError(
-            f"--metrics needs a tfds data set with train and test splits, not --dataset="
-            f"{cfg['dataset']}"
-        )
-    try:
-        held = _images_array(cfg, "test")
-    except data.DataUnavailableError as e:
-        raise app.UsageError(str(e)) from e
-    if len(held) < n:
-        raise app.UsageError(
-            f"--num_samples={n} is more than the {len(held)} test images of the floor"
-        )
-    key += f":{cfg['dataset']}:train"
-    cache = os.path.join(F.WORKDIR.value, f"reference_features_{extractor.name}.npz")
-    ref = None
-    if os.path.exists(cache):
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                ref = z["features"]
-    if ref is None:
-        t0 = time.time()
-        ref, _ = extractor(_images_array(cfg, "train").astype(np.float32) / 255.0)
-        np.savez(cache + ".tmp.npz", features=ref, key=key)
-        os.replace(cache + ".tmp.npz", cache)
-        print(f"features of {len(ref)} training images in {time.time() - t0:.1f} s -> {cache}")
-    return extractor, ref, held.astype(np.float32) / 255.0, net_path
+        path = F.METRICS_FILE.value or os.path.join(run.workdir, f"quality_{name}.json")
+        _write_json(path, q)
+        print_quality(q)
+        print(f"wrote {path}")
 
 
-def _report_quality(workdir, quality, images, num_evals, seconds, step) -> dict:
-    """FID/KID of the (8-bit, as saved) samples, printed and written as JSON."""
-    from tf_score import classifier, metrics
-
-    extractor, ref, held, net_path = quality
-    x = images.astype(np.float32) / 255.0
-    t0 = time.time()
-    q = metrics.image_quality(x, None, held, extractor, seed=F.SEED.value, reference_features=ref)
-    q.update(
-        sampler=F.SAMPLER.value,
-        num_evals=num_evals,
-        sample_seconds=seconds,
-        metric_seconds=time.time() - t0,
-        checkpoint_step=step,
-        denoise=F.DENOISE.value,
-        seed=F.SEED.value,
-    )
-    if net_path:
-        q["classifier"] = net_path
-        q["classifier_test_accuracy"] = classifier.test_accuracy_of(net_path)
-    path = F.METRICS_FILE.value or os.path.join(workdir, f"quality_{F.SAMPLER.value}.json")
-    from tf_score.train import write_json_atomic
-
-    write_json_atomic(path, q)
+def print_quality(q: dict) -> None:
     print(
         f"FID {q['fid']:.3f} (real test images: {q['fid_floor']:.3f}), KID "
         f"{q['kid']:.5f} ± {q['kid_std']:.5f} (real: {q['kid_floor']:.5f}); n = {q['n']} "
         f"samples vs {q['n_reference']} training images, {q['feature_extractor']} features"
     )
     if "label_histogram" in q:
-        fmt = " ".join
-        print("labels, samples: " + fmt(f"{i}:{p:.3f}" for i, p in enumerate(q["label_histogram"])))
-        print(
-            "labels, test:    "
-            + fmt(f"{i}:{p:.3f}" for i, p in enumerate(q["label_histogram_floor"]))
-        )
-    print(f"wrote {path}")
-    return q
-
-
-def _read_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise app.UsageError(f"--workdir={workdir} has no config.json: train there first")
-    with open(path) as f:
-        cfg = json.load(f)
-    if F.DATA_DIR.value:  # the data may have moved since training
-        cfg["data_dir"] = F.DATA_DIR.value
-    return cfg
-
-
-def _mean_se(values) -> dict:
-    v = np.asarray(values, np.float64)
-    return {
-        "mean": float(v.mean()),
-        "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-    }
-
-
-def evaluate_vae(workdir: str, cfg: dict, vcfg, models: dict, x: np.ndarray, step: int) -> dict:
-    """Test NLL by AIS for either encoder; IWAE and ELBO for the Gaussian one. metrics.json."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    from tf_score import vae
-
-    seed = F.SEED.value
-    ais = tf.function(
-        lambda xb, s: vae.ais_log_likelihood(
-            vae.decoder_log_likelihood_fn(models["decoder"]),
-            xb,
-            vcfg.latent_dim,
-            s,
-            num_chains=F.AIS_CHAINS.value,
-            num_temperatures=F.AIS_TEMPERATURES.value,
-            num_leapfrog_steps=F.AIS_LEAPFROG_STEPS.value,
-        )
-    )
-    bs = F.EVAL_BATCH.value
-    log_px, accept, iwae, elbo = [], [], [], []
-    t0 = time.time()
-    for i in tqdm(range(0, len(x), bs), desc="AIS", unit="batch", disable=not F.PROGRESS.value):
-        xb = tf.constant(x[i : i + bs])
-        res = ais(xb, tf.constant([seed, 100 + i]))
-        log_px.append(res.log_likelihood.numpy())
-        accept.append(float(res.accept_rate))
-    ais_seconds = time.time() - t0
-    out = {
-        "step": step,
-        "encoder": vcfg.encoder,
-        "latent_dim": vcfg.latent_dim,
-        "n_examples": len(x),
-        "ais_nll": {
-            **_mean_se(-np.concatenate(log_px)),
-            "chains": F.AIS_CHAINS.value,
-            "temperatures": F.AIS_TEMPERATURES.value,
-            "leapfrog_steps": F.AIS_LEAPFROG_STEPS.value,
-            "accept_rate": float(np.mean(accept)),
-            "seconds": ais_seconds,
-        },
-    }
-    if vcfg.encoder == "gaussian":
-        for i in range(0, len(x), bs):
-            r = vae.iwae_bound(
-                models["encoder"],
-                models["decoder"],
-                tf.constant(x[i : i + bs]),
-                F.IWAE_SAMPLES.value,
-                tf.constant([seed, 200 + i]),
-            )
-            iwae.append(r.iwae.numpy())
-            elbo.append(r.elbo.numpy())
-        out["iwae_nll"] = {**_mean_se(-np.concatenate(iwae)), "samples": F.IWAE_SAMPLES.value}
-        out["neg_elbo"] = _mean_se(-np.concatenate(elbo))
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    # Per-example values: two models evaluated on the same images compare pairwise.
-    per_example = {"ais_nll": -np.concatenate(log_px)}
-    if iwae:
-        per_example["iwae_nll"] = -np.concatenate(iwae)
-    np.savez(os.path.join(workdir, "nll_per_example.npz"), **per_example)
-    return out
+        for who, key in (("samples", "label_histogram"), ("test:   ", "label_histogram_floor")):
+            print(f"labels, {who}: " + " ".join(f"{i}:{p:.3f}" for i, p in enumerate(q[key])))
 
 
 def print_vae_table(m: dict) -> None:
@@ -571,117 +198,89 @@ def print_vae_table(m: dict) -> None:
         print(f"  -ELBO     {e['mean']:8.2f} ± {e['se']:.2f} nats")
 
 
-def _vae_main(workdir: str, cfg: dict) -> None:
+def _vae(run) -> None:
     import tensorflow as tf
 
-    from tf_score import data, plotting, score_model, train, vae
+    from tf_score import evaluate, plotting, vae
 
-    vcfg = vae.config_from_experiment(cfg, cfg["data_shape"])
-    try:
-        models, step = train.load_ema_models(
-            vae.model_fns(vcfg), os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
-        )
-    except FileNotFoundError as e:
-        raise app.UsageError(str(e)) from e
-    seed = F.SEED.value
-    prior_x = vae.prior_samples(vcfg, models["decoder"], F.NUM_SAMPLES.value, [seed, 0]).numpy()
-    plotting.save_png(plotting.image_grid(prior_x), os.path.join(workdir, "prior_samples.png"), 2)
-    # folder / npz data have no test split: their own images are used
-    split = "train" if cfg["dataset"] in ("folder", "npz") else "test"
-    try:
-        test, *_ = score_model.load_training_images(cfg, split=split)
-    except data.DataUnavailableError as e:
-        raise app.UsageError(str(e)) from e
+    vcfg, seed, wd = vae.vae_config(run.config), F.SEED.value, run.workdir
+    prior_x = vae.prior_samples(vcfg, run.models["decoder"], F.NUM_SAMPLES.value, [seed, 0])
+    plotting.save_png(plotting.image_grid(prior_x.numpy()), f"{wd}/prior_samples.png", 2)
     n_eval = F.EVAL_EXAMPLES.value if F.EVALUATE.value else 32
-    x = np.stack(list(test.take(max(n_eval, 32)).as_numpy_iterator())).astype(np.float32) / 255.0
-    # One fixed binarisation of the test images, the same for every model and seed.
-    x = vae.binarize(x, tf.constant([0, 0xB1])).numpy() if vcfg.binarize else x
-    rec = vae.reconstructions(vcfg, models, x[:32], tf.constant([seed, 1])).numpy()
+    x = evaluate.vae_test_images(run, max(n_eval, 32))
+    rec = vae.reconstructions(vcfg, run.models, x[:32], tf.constant([seed, 1])).numpy()
     pairs = np.concatenate([x[:32], rec], axis=2)
-    plotting.save_png(
-        plotting.image_grid(pairs, ncols=4), os.path.join(workdir, "reconstructions.png"), 2
+    plotting.save_png(plotting.image_grid(pairs, ncols=4), f"{wd}/reconstructions.png", 2)
+    print(f"wrote {wd}/prior_samples.png and reconstructions.png (data | reconstruction)")
+    if not F.EVALUATE.value:
+        return
+    m, per_example = evaluate.vae_likelihood(
+        run,
+        x[:n_eval],
+        seed,
+        ais_chains=F.AIS_CHAINS.value,
+        ais_temperatures=F.AIS_TEMPERATURES.value,
+        ais_leapfrog_steps=F.AIS_LEAPFROG_STEPS.value,
+        eval_batch=F.EVAL_BATCH.value,
+        iwae_samples=F.IWAE_SAMPLES.value,
+        progress=F.PROGRESS.value,
     )
-    print(f"wrote {workdir}/prior_samples.png and reconstructions.png (data | reconstruction)")
-    if F.EVALUATE.value:
-        m = evaluate_vae(workdir, cfg, vcfg, models, x[:n_eval], step)
-        print_vae_table(m)
-        print(f"wrote {os.path.join(workdir, 'metrics.json')}")
+    with open(os.path.join(wd, "metrics.json"), "w") as f:
+        json.dump(m, f, indent=2)
+    # Per-example values: two models evaluated on the same images compare pairwise.
+    np.savez(os.path.join(wd, "nll_per_example.npz"), **per_example)
+    print_vae_table(m)
+    print(f"wrote {os.path.join(wd, 'metrics.json')}")
 
 
-def _export(workdir: str) -> None:
-    """SavedModel of the latest (or --checkpoint) EMA weights for TF Serving."""
-    from tf_score import train
+def _load(workdir):
+    """The run with this command line's sampler settings over the workdir's."""
+    from tf_score import runs
 
-    cfg = _read_config(workdir)
-    if cfg.get("model") == "vae":
-        from tf_score import vae
+    data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
+    run = runs.load(workdir, F.CHECKPOINT.value, data_dir=data_dir)
+    cfg = run.config.replace(sampler=F.sampler_overrides())
+    return dataclasses.replace(run, config=cfg)
 
-        model_fns = vae.model_fns(vae.config_from_experiment(cfg, cfg["data_shape"]))
-    else:
-        import keras
 
-        from tf_score import score_model
-
-        keras.mixed_precision.set_global_policy(cfg.get("precision", "float32"))
-        shape = tuple(cfg.get("data_shape", (2,)))
-        model_fns = {"score": score_model.model_fn_from_config(cfg, shape)}
-    try:
-        models, step = train.load_ema_models(
-            model_fns, os.path.join(workdir, "checkpoints"), F.CHECKPOINT.value
+def _check_request(run) -> None:
+    if F.METRICS.value and (not run.config.is_image or F.INPAINT.value):
+        raise app.UsageError(
+            "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
+            "mode weights, MMD and a two-sample test with --evaluate"
         )
-    except FileNotFoundError as e:
-        raise app.UsageError(str(e)) from e
-    path = F.export_run(cfg, models, step)
-    print(f"exported step {step} for TF Serving: {path}")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = F.WORKDIR.value
-    if F.EXPORT_DIR.value:
-        _export(workdir)
-        return
-    if _read_config(workdir).get("model") == "vae":
-        _vae_main(workdir, _read_config(workdir))
-        return
-    is_image = len(_read_config(workdir).get("data_shape", (2,))) == 3
-    if F.METRICS.value and (not is_image or F.INPAINT.value):
-        raise app.UsageError(
-            "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
-            "mode weights, MMD and a two-sample test with --evaluate"
-        )
-    cfg, sigmas, model, step = _load(workdir)
-    if is_image:
-        _sample_images(workdir, cfg, sigmas, model, step)
-        return
-    if F.EVALUATE.value:
-        m = evaluate_two_mode(workdir, cfg, sigmas, model, step)
-        print_table(m)
-        print(
-            f"wrote {os.path.join(workdir, 'metrics.json')} and "
-            f"{os.path.join(workdir, 'samples.png')}"
-        )
-        return
+    from tf_score import config, evaluate, runs, samplers
 
-    import tensorflow as tf
-
-    from tf_score import data, plotting, samplers
-
-    toy = data.get_toy(cfg["dataset"])
-    x0 = samplers.uniform_init(
-        [F.NUM_SAMPLES.value, 2], tf.constant([F.SEED.value, 0]), -toy.extent, toy.extent
-    )
-    seed = tf.constant([F.SEED.value, 1])
-    out = _run_sampler(model, sigmas, x0, seed)
-    x = out.samples.numpy()
-    np.savez(os.path.join(workdir, "samples.npz"), samples=x)
-    plotting.scatter_panels(
-        {f"{F.SAMPLER.value} ({int(out.num_evals)} evaluations)": x},
-        toy.extent,
-        path=os.path.join(workdir, "samples.png"),
-    )
-    print(f"wrote {len(x)} samples to {workdir}/samples.npz and samples.png")
+    try:
+        run = _load(F.WORKDIR.value)
+        _check_request(run)
+        if F.EXPORT_DIR.value:
+            path = runs.export(
+                run,
+                F.EXPORT_DIR.value,
+                F.EXPORT_MODEL_NAME.value,
+                max_samples=F.EXPORT_MAX_SAMPLES.value,
+                max_steps_each=F.EXPORT_MAX_STEPS.value,
+            )
+            print(f"exported step {run.step} for TF Serving: {path}")
+        elif run.family == "vae":
+            _vae(run)
+        elif run.config.is_image:
+            _inpaint(run) if F.INPAINT.value else _images(run)
+        else:
+            _toy(run)
+    except (
+        config.ConfigError,
+        runs.RunError,
+        evaluate.EvaluationError,
+        samplers.SamplerError,
+    ) as e:
+        raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -61,9 +61,9 @@ def measure(
 
     @tf.function(jit_compile=jit)
     def step(x, seed):
-        labels = losses.sample_levels(train_batch, len(sigmas), seed)
+        levels = losses.sample_levels(train_batch, len(sigmas), seed)
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(losses.anneal_dsm(model, x, sigmas, labels, seed))
+            loss = tf.reduce_mean(losses.anneal_dsm(model, x, sigmas, levels, seed))
         opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
         return loss
 
@@ -74,7 +74,14 @@ def measure(
     one_level = sigmas[-1:]
     sample_s, sample_warm = _median_time(
         lambda: samplers.annealed_langevin(
-            model, x0, one_level, 2e-5, sample_steps, tf.constant([0, 3]), jit_compile=jit
+            model,
+            x0,
+            one_level,
+            tf.constant([0, 3]),
+            2e-5,
+            sample_steps,
+            denoise=False,
+            jit_compile=jit,
         ).samples.numpy(),
         repeats,
     )

@@ -1,6 +1,7 @@
 """Sample quality against network evaluations: classifier FID/KID of each sampler on one
-trained image model (run_sample.py --metrics for every setting), collected into a JSON and a
-PNG plot of FID against evaluations.
+trained image model, collected into a JSON and a PNG plot of FID against evaluations. Runs
+in process through the library (``runs.generate``, ``evaluate.image_quality``): each model
+and the reference features are loaded once.
 
     python benchmarks/sampler_quality.py --workdir=runs/mnist_cpu \\
         --classifier=runs/mnist_classifier --data_dir=DIR --num_samples=500 \\
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,56 +41,57 @@ REUSE = flags.DEFINE_boolean(
     "reuse", False, "Keep the rows whose per-setting JSON exists; run only the missing ones."
 )
 
-# name -> run_sample.py flags. The 1000-evaluation row is the NCSN paper's MNIST sampler
+# name -> sampler options. The 1000-evaluation row is the NCSN paper's MNIST sampler
 # (T = 100, eps = 2e-5); the others spend 10 to 200 evaluations on the same 10 levels.
 SETTINGS = {
-    "annealed_T20": ["--sampler=annealed_langevin", "--n_steps_each=20", "--step_lr=5e-5"],
-    "annealed_T10": ["--sampler=annealed_langevin", "--n_steps_each=10", "--step_lr=5e-5"],
-    "annealed_T9": ["--sampler=annealed_langevin", "--n_steps_each=9", "--step_lr=5e-5"],
-    "annealed_T5": ["--sampler=annealed_langevin", "--n_steps_each=5", "--step_lr=5e-5"],
-    "pc_c4": ["--sampler=predictor_corrector", "--n_corrector=4"],
-    "pc_c9": ["--sampler=predictor_corrector", "--n_corrector=9"],
-    "cas": ["--sampler=consistent_annealed"],
-    "heun": ["--sampler=heun"],
-    "ode_1e-3": ["--sampler=ode", "--ode_tol=1e-3"],
-    "annealed_T100": ["--sampler=annealed_langevin", "--n_steps_each=100", "--step_lr=2e-5"],
+    "annealed_T20": dict(sampler="annealed_langevin", n_steps_each=20, step_lr=5e-5),
+    "annealed_T10": dict(sampler="annealed_langevin", n_steps_each=10, step_lr=5e-5),
+    "annealed_T9": dict(sampler="annealed_langevin", n_steps_each=9, step_lr=5e-5),
+    "annealed_T5": dict(sampler="annealed_langevin", n_steps_each=5, step_lr=5e-5),
+    "pc_c4": dict(sampler="predictor_corrector", n_corrector=4),
+    "pc_c9": dict(sampler="predictor_corrector", n_corrector=9),
+    "cas": dict(sampler="consistent_annealed"),
+    "heun": dict(sampler="heun"),
+    "ode_1e-3": dict(sampler="ode", ode_tol=1e-3),
+    "annealed_T100": dict(sampler="annealed_langevin", n_steps_each=100, step_lr=2e-5),
 }
-SINGLE_SETTING = [
-    "--sampler=langevin",
-    "--langevin_steps=1000",
-    "--langevin_step_size=2e-5",
-]
+SINGLE_SETTING = dict(sampler="langevin", langevin_steps=1000, langevin_step_size=2e-5)
 
 
-def _run(name: str, workdir: str, extra: list[str], out_dir: str) -> dict:
+def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
+    """One setting: generate, score against the reference, write its JSON (or reuse it)."""
+    from tf_score import evaluate, runs, samplers
+
     path = os.path.join(out_dir, f"{name}.json")
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "run_sample.py"),
-        f"--workdir={workdir}",
-        "--metrics=fid,kid",
-        f"--classifier={CLASSIFIER.value}",
-        f"--num_samples={NUM_SAMPLES.value}",
-        f"--sample_batch_size={BATCH.value}",
-        f"--metrics_file={path}",
-        "--denoise",
-        *([f"--data_dir={DATA_DIR.value}"] if DATA_DIR.value else []),
-        *extra,
-    ]
+    if REUSE.value and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    print(f"{name}: {options}", flush=True)
     t0 = time.time()
-    ran = not (REUSE.value and os.path.exists(path))
-    if ran:
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
-    with open(path) as f:
-        row = json.load(f)
-    wall = time.time() - t0 if ran else None
+    if "denoise" in samplers.get_sampler(options["sampler"]).options:
+        options = {"denoise": True, **options}  # every sampler that has it ends with Tweedie
+    out = runs.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
+                        **options)  # fmt: skip
+    images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
+    row = evaluate.image_quality(images, reference, seed=0)
     row.update(
-        name=name, flags=extra, wall_seconds=wall or row.get("wall_seconds"), workdir=workdir
-    )
+        name=name, options=options, num_evals=out.num_evals, sample_seconds=out.seconds,
+        wall_seconds=time.time() - t0, workdir=run.workdir, checkpoint_step=run.step,
+    )  # fmt: skip
     with open(path, "w") as f:
         json.dump(row, f, indent=2)
     return row
+
+
+def _setting_rows(workdir: str, settings: dict, out_dir: str) -> list[dict]:
+    from tf_score import evaluate, runs
+
+    wanted = {k: v for k, v in settings.items() if not ONLY.value or k in ONLY.value}
+    if not wanted:
+        return []
+    run = runs.load(workdir, data_dir=DATA_DIR.value)
+    reference = evaluate.quality_reference(run, NUM_SAMPLES.value, classifier=CLASSIFIER.value)
+    return [_run(name, run, reference, opts, out_dir) for name, opts in wanted.items()]
 
 
 def _plot(rows: list[dict], path: str) -> None:
@@ -120,12 +122,9 @@ def main(argv):
     del argv
     out_dir = os.path.splitext(OUT.value)[0]
     os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    for name, extra in SETTINGS.items():
-        if not ONLY.value or name in ONLY.value:
-            rows.append(_run(name, WORKDIR.value, extra, out_dir))
-    if SINGLE.value and (not ONLY.value or "single_dsm_langevin" in ONLY.value):
-        rows.append(_run("single_dsm_langevin", SINGLE.value, SINGLE_SETTING, out_dir))
+    rows = _setting_rows(WORKDIR.value, SETTINGS, out_dir)
+    if SINGLE.value:
+        rows += _setting_rows(SINGLE.value, {"single_dsm_langevin": SINGLE_SETTING}, out_dir)
     with open(OUT.value, "w") as f:
         json.dump({"num_samples": NUM_SAMPLES.value, "rows": rows}, f, indent=2)
     _plot(rows, os.path.splitext(OUT.value)[0] + ".png")

@@ -28,26 +28,33 @@ def _run(repo_root, script, *args, timeout=300):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--num_steps=-5"], "--num_steps must be >= 1"),
-        (["--sigma_begin=0.5", "--sigma_end=1"], "--sigma_begin must be > --sigma_end"),
+        (["--num_steps=-5"], "num_steps must be an integer >= 1, got -5"),
+        (["--sigma_max=0.5", "--sigma_min=1"], "sigma_max (0.5) must be > sigma_min (1.0)"),
         (["--dataset=imagenet"], "flag --dataset=imagenet: value should be one of"),
         (["--loss=mle"], "flag --loss=mle: value should be one of"),
-        (["--loss=dsm"], "--loss=dsm is single-level"),
-        (["--ema_rate=1.5"], "--ema_rate must be in [0, 1)"),
-        (["--dataset=mnist"], "--model=mlp is for the 2-D toys"),
-        (["--dataset=folder", "--model=resnet"], "--dataset=folder / npz needs --data_path"),
-        (["--model=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
+        (["--loss=dsm"], "loss=dsm is single-level"),
+        (["--ema_rate=1.5"], "ema_rate must be < 1.0"),
+        (["--learning_rate=inf"], "learning_rate must be finite"),
+        (["--dataset=mnist"], "network=mlp does not fit dataset=mnist"),
+        (["--dataset=folder", "--network=resnet"], "dataset=folder needs data_path"),
+        (["--network=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
+        (["--model=vae", "--network=refinenet"], "network must be one of mlp, conv"),
         (["--strategy=tpu"], "--tpu (a Cloud TPU name"),
         (["--devices=/gpu:0"], "--devices is for --strategy=mirrored"),
-        (["--batch_size=100", "--grad_accum_steps=3"], "divisible by --grad_accum_steps"),
+        (["--batch_size=100", "--grad_accum_steps=3"], "divisible by grad_accum_steps"),
+        (["--sampler=heun", "--heun_steps=1"], "heun_steps must be 0 (all levels) or >= 2"),
     ],
 )
-def test_bad_flags_are_rejected_when_parsed(args, message):
-    """The validators run as the flags are parsed (in-process here; the CLI parses the same
-    way before main() runs, see the next test)."""
+def test_bad_settings_are_rejected_before_any_work(args, message):
+    """Flag-level checks run as the flags are parsed (absl); the run's settings are checked
+    by the library when the flags become an ExperimentConfig, before run_*.py does any work
+    (in-process here; the CLIs parse the same way, see the next test)."""
+    from tf_score.config import ConfigError
+
     with flagsaver.flagsaver():
-        with pytest.raises(absl_flags.IllegalFlagValueError) as err:
+        with pytest.raises((absl_flags.IllegalFlagValueError, ConfigError)) as err:
             absl_flags.FLAGS(["run_train.py", "--workdir=/nonexistent", *args])
+            F.experiment_config()
         assert message in str(err.value), str(err.value)
     absl_flags.FLAGS.mark_as_parsed()
 
@@ -56,7 +63,8 @@ def test_bad_flags_fail_before_any_work(repo_root, tmp_path):
     workdir = tmp_path / "w"
     proc = _run(repo_root, "run_train.py", f"--workdir={workdir}", "--num_steps=-5", timeout=120)
     assert proc.returncode != 0
-    assert "--num_steps must be >= 1" in proc.stderr, proc.stderr[-2000:]
+    assert "num_steps must be an integer >= 1" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
     assert not workdir.exists()
 
 
@@ -67,7 +75,7 @@ def test_missing_image_data_fails_before_writing(repo_root, tmp_path):
         "run_train.py",
         f"--workdir={workdir}",
         "--dataset=fashion_mnist",
-        "--model=resnet",
+        "--network=resnet",
         f"--data_dir={tmp_path / 'empty'}",
         "--nodownload",
         timeout=120,
@@ -83,11 +91,20 @@ def test_missing_workdir(repo_root):
     assert proc.returncode != 0 and "--workdir" in proc.stderr
 
 
-def test_experiment_config_follows_flags():
-    with flagsaver.flagsaver(num_levels=5, sigma_begin=3.0, hidden_units=["8", "4"]):
+def test_experiment_config_follows_flags_and_round_trips():
+    from tf_score.config import ExperimentConfig
+
+    with flagsaver.flagsaver(num_levels=5, sigma_max=3.0, hidden_units=["8", "4"], seed=7):
         cfg = F.experiment_config()
-    assert cfg["num_levels"] == 5 and cfg["sigma_begin"] == 3.0 and cfg["hidden_units"] == [8, 4]
+    assert cfg.noise.num_levels == 5 and cfg.noise.sigma_max == 3.0 and cfg.seed == 7
+    assert cfg.network.hidden_units == (8, 4) and cfg.network.network == "mlp"
+    assert ExperimentConfig.from_json(cfg.to_json()) == cfg
     assert absl_flags.FLAGS.num_levels == 10  # restored
+    # run_sample.py keeps the workdir's sampler settings except those on its command line
+    with flagsaver.flagsaver():
+        absl_flags.FLAGS(["run_sample.py", "--sampler=heun", "--heun_steps=4"])
+        assert F.sampler_overrides() == {"sampler": "heun", "heun_steps": 4}
+    absl_flags.FLAGS.mark_as_parsed()
 
 
 @pytest.mark.slow
@@ -126,18 +143,25 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
     assert out["samples"].shape == (8, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be <= 8"):
         loaded.signatures["serving_default"](num_samples=tf.constant(9), seed=tf.constant([0, 1]))
-    # Resuming with different model flags is refused, naming the flag (the check run_train
-    # makes before any work, called directly).
-    from absl import app
+    # Resuming with different model settings is refused, naming the setting (the check
+    # run_train.py makes before any work).
+    from tf_score import runs
 
-    import run_train
-
-    with flagsaver.flagsaver(hidden_units=["64", "64"]):
-        changed = F.experiment_config()
-    with open(os.path.join(workdir, "config.json")) as f:
-        changed = {**json.load(f), "hidden_units": changed["hidden_units"]}
-    with pytest.raises(app.UsageError, match="--hidden_units"):
-        run_train._check_resume(workdir, changed)
+    run = runs.load(workdir)  # a workdir trained by run_train.py, loaded from Python
+    with pytest.raises(runs.RunError, match=r"hidden_units \(was \(32, 32\), now \(64, 64\)\)"):
+        runs.check_resume(workdir, run.config.replace(network={"hidden_units": (64, 64)}))
+    # One seeding convention: the same seed gives the same samples from the Python API,
+    # run_sample.py and the exported serving_default (served seed (s, 0) = batch 0 of s).
+    proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", "--num_samples=8", "--seed=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(os.path.join(workdir, "samples.npz")) as f:
+        cli = f["samples"]
+    api = runs.generate(run, 8, seed=3).samples
+    served = loaded.signatures["serving_default"](
+        num_samples=tf.constant(8), seed=tf.constant([3, 0])
+    )["samples"].numpy()
+    np.testing.assert_allclose(api, cli, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(api, served, rtol=1e-5, atol=1e-5)
     proc = _run(
         repo_root,
         "run_sample.py",
@@ -248,7 +272,7 @@ def test_vae_train_sample_evaluate(encoder, repo_root, tmp_path):
         "--steps_per_loop=20",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"with the {encoder} encoder" in proc.stdout
+    assert "training vae (mlp)" in proc.stdout
     proc = _run(
         repo_root,
         "run_sample.py",
@@ -287,87 +311,48 @@ def test_vae_rejects_a_conv_arch_for_28_pixel_images(repo_root, tmp_path):
         f"--workdir={tmp_path / 'w'}",
         f"--data_dir={MNIST_DATA_DIR}",
         "--nodownload",
-        "--vae_arch=conv",
+        "--network=conv",
     )
     assert proc.returncode == 2
     assert "divisible by 8" in proc.stderr
     assert not os.path.exists(tmp_path / "w")
 
 
-@pytest.mark.parametrize(
-    "sampler, flags_, evals",
-    [
-        ("consistent_annealed", {}, 11),  # + the denoise step (--denoise is on by default)
-        ("predictor_corrector", {"n_corrector": 2}, 30),
-        ("heun", {"heun_steps": 4}, 7),
-        ("ode", {"ode_tol": 1e-3}, None),  # adaptive: 2 network calls per solver call
-    ],
-)
-def test_run_sample_picks_the_fast_samplers_from_flags(sampler, flags_, evals):
-    import tensorflow as tf
-
-    import run_sample
-    from tf_score import data
-    from tf_score.sigmas import geometric_sigmas
-
-    sigmas = geometric_sigmas(20.0, 1.0, 10)
-    score = data.get_toy("two_mode").conditional_score_fn(sigmas)
-    x0 = tf.zeros([64, 2])
-    with flagsaver.flagsaver(sampler=sampler, **flags_):
-        out = run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))
-    if evals is None:
-        assert int(out.num_evals) % 2 == 0 and int(out.num_evals) > 10, int(out.num_evals)
-    else:
-        assert int(out.num_evals) == evals
-    assert np.all(np.isfinite(out.samples.numpy()))
-    from absl import app
-
-    with flagsaver.flagsaver(sampler="consistent_annealed", cas_eta=0.01):
-        with pytest.raises(app.UsageError, match=r"--cas_eta=0\.01 is too small"):
-            run_sample._run_sampler(score, sigmas, x0, tf.constant([0, 1]))
-
-
-def test_metrics_flags_report_fid_kid_floor_histogram_and_fail_early(tmp_path):
-    """The plumbing of run_sample.py --metrics, with a saved random-weight classifier (the
-    values mean nothing; test_metrics checks the metrics): every error before any sampling,
-    the training-set features cached, and the JSON with n, the floor and label histograms."""
-    from absl import app
+def test_image_quality_reference_fails_early_caches_and_reports_the_floor(tmp_path):
+    """The plumbing of run_sample.py --metrics (``evaluate.quality_reference`` and
+    ``image_quality``), with a saved random-weight classifier (the values mean nothing;
+    test_metrics checks the metrics): every error before any sampling, the training-set
+    features cached, and the result with n, the floor and label histograms."""
     from conftest import MNIST_DATA_DIR
 
-    import run_sample
-    from tf_score import classifier
+    from tf_score import classifier, config, evaluate, runs
 
-    if not os.path.isdir(MNIST_DATA_DIR):
-        pytest.skip("needs the MNIST tfds data_dir")
     net = classifier.DigitClassifier()
     net.build()
     os.makedirs(tmp_path / "clf")
     net.save(str(tmp_path / "clf" / "classifier.keras"))
-    cfg = {"dataset": "mnist", "data_dir": MNIST_DATA_DIR, "download": False}
-    cfg["data_shape"] = [28, 28, 1]
-    base = dict(metrics=["fid", "kid"], workdir=str(tmp_path))
-    with flagsaver.flagsaver(**base):
-        with pytest.raises(app.UsageError, match="needs --classifier=PATH"):
-            run_sample._quality_setup(cfg, 50)
-    with flagsaver.flagsaver(**base, classifier=str(tmp_path / "none")):
-        with pytest.raises(app.UsageError, match="no classifier at"):
-            run_sample._quality_setup(cfg, 50)
-    with flagsaver.flagsaver(**base, classifier=str(tmp_path / "clf")):
-        with pytest.raises(app.UsageError, match="takes images"):
-            run_sample._quality_setup({**cfg, "data_shape": [32, 32, 3]}, 50)
-        with pytest.raises(app.UsageError, match="more than the 10000 test images"):
-            run_sample._quality_setup(cfg, 10001)
-        setup = run_sample._quality_setup(cfg, 50)
-        cache = tmp_path / "reference_features_classifier.npz"
-        stamp = os.path.getmtime(cache)
-        setup = run_sample._quality_setup(cfg, 50)  # reused, not recomputed
-        assert os.path.getmtime(cache) == stamp
-        images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
-        q = run_sample._report_quality(str(tmp_path), setup, images, 7, 1.5, 3)
-    assert q["n"] == 50 and q["n_reference"] == 60000 and q["num_evals"] == 7
-    assert q["checkpoint_step"] == 3 and q["feature_extractor"] == "classifier"
+    cfg = config.from_flat(
+        dict(dataset="mnist", network="resnet", data_dir=MNIST_DATA_DIR, download=False)
+    ).replace(data={"data_shape": (28, 28, 1)})
+    run = runs.Run(str(tmp_path), cfg, {}, 3)
+    clf = str(tmp_path / "clf")
+    with pytest.raises(evaluate.EvaluationError, match="need a trained classifier"):
+        evaluate.quality_reference(run, 50)
+    with pytest.raises(evaluate.EvaluationError, match="no classifier at"):
+        evaluate.quality_reference(run, 50, classifier=str(tmp_path / "none"))
+    wrong = runs.Run(str(tmp_path), cfg.replace(data={"data_shape": (32, 32, 3)}), {}, 3)
+    with pytest.raises(evaluate.EvaluationError, match="takes images"):
+        evaluate.quality_reference(wrong, 50, classifier=clf)
+    with pytest.raises(evaluate.EvaluationError, match="more than the 10000 test images"):
+        evaluate.quality_reference(run, 10001, classifier=clf)
+    ref = evaluate.quality_reference(run, 50, classifier=clf)
+    cache = tmp_path / "reference_features_classifier.npz"
+    stamp = os.path.getmtime(cache)
+    ref = evaluate.quality_reference(run, 50, classifier=clf)  # reused, not recomputed
+    assert os.path.getmtime(cache) == stamp
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+    q = evaluate.image_quality(images, ref)
+    assert q["n"] == 50 and q["n_reference"] == 60000 and q["feature_extractor"] == "classifier"
     assert q["fid"] > q["fid_floor"] > 0 and len(q["label_histogram"]) == 10
     assert sum(q["label_histogram_floor"]) == pytest.approx(1.0)
     assert q["classifier_test_accuracy"] is None  # no classifier.json beside this one
-    with open(tmp_path / "quality_annealed_langevin.json") as f:
-        assert json.load(f)["fid"] == q["fid"]

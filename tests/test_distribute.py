@@ -12,8 +12,7 @@ from test_train import _bundle as _toy_bundle
 from test_train import _config as _train_config
 from test_train import _weights
 
-from tf_score import data, distribute, score_model, train, vae
-from tf_score.sigmas import geometric_sigmas
+from tf_score import config, data, distribute, score_model, train, vae
 
 
 def _mirrored():
@@ -111,33 +110,15 @@ def test_image_and_vae_bundles_under_mirrored_match_one_device(tmp_path, model):
         def bundle():
             return vae.vae_bundle(cfg, images, seed=0, num_summary_images=4)
     else:
-        sigmas = geometric_sigmas(1.0, 0.01, 10)
-        model_fn = score_model.model_fn_from_config(
-            {
-                "sigma_begin": 1.0,
-                "sigma_end": 0.01,
-                "num_levels": 10,
-                "model": "resnet",
-                "ngf": 4,
-                "channel_mults": [1],
-                "num_res_blocks": 1,
-                "scale_by_sigma": False,
-            },
-            (28, 28, 1),
-        )
+        scfg = config.from_flat(
+            dict(
+                dataset="mnist", network="resnet", sigma_max=1.0, sigma_min=0.01, ngf=4,
+                channel_mults=(1,), num_res_blocks=1, n_steps_each=1,
+            )
+        )  # fmt: skip
 
         def bundle():
-            return score_model.image_bundle(
-                model_fn,
-                images,
-                (28, 28, 1),
-                sigmas,
-                score_model.ScoreLossConfig(),
-                learning_rate=1e-3,
-                seed=0,
-                sample_steps_each=1,
-                num_summary_samples=4,
-            )
+            return score_model.image_bundle(scfg, images, (28, 28, 1), num_summary_samples=4)
 
     def quiet_bundle():  # no sample images: this test is about the updates
         b = bundle()

@@ -10,11 +10,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import data, export, score_model, train, vae
+from tf_score import config, export, samplers, score_model, train, vae
 from tf_score.networks import ConditionalResNet
 from tf_score.sigmas import geometric_sigmas
 
 TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
+#: the toy export's sampler: annealed Langevin, T = 5, eps 0.05, final denoise
+TOY_SAMPLER = config.SamplerConfig(step_lr=0.05, n_steps_each=5)
+
+
+def _toy_samples(model, n, seed):
+    """In-process equivalent of the toy export's serving_default."""
+    out = samplers.draw(
+        "annealed_langevin", model, TOY_SIGMAS, [n, 2], seed, (-8, 8), **TOY_SAMPLER.options()
+    )
+    return out.samples, out.num_evals
+
+
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
@@ -55,15 +67,7 @@ def _cli_run(path, signature, tmp_path, **inputs):
 @pytest.fixture(scope="module")
 def toy_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    bundle = score_model.toy_bundle(
-        data.get_toy("two_mode"),
-        TOY_SIGMAS,
-        score_model.ToyModelConfig(hidden_units=(32, 32)),
-        score_model.ScoreLossConfig(),
-        learning_rate=1e-3,
-        seed=0,
-        sample_steps_each=2,
-    )
+    bundle = score_model.toy_bundle(config.from_flat(dict(hidden_units=(32, 32), n_steps_each=2)))
     cfg = train.TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30, progress=False)
     result = train.train(bundle, cfg, str(root / "run"))
     model = result.ema_models["score"]
@@ -73,8 +77,7 @@ def toy_export(tmp_path_factory):
         TOY_SIGMAS,
         (2,),
         path,
-        step_lr=0.05,
-        n_steps_each=5,
+        sampler=TOY_SAMPLER,
         init_range=(-8, 8),
         max_samples=64,
     )
@@ -97,7 +100,7 @@ def test_toy_export_layout_and_signatures(toy_export):
 def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
     model, path = toy_export
     seed = np.array([3, 4], np.int32)
-    expected, evals = export.sample_fn(model, TOY_SIGMAS, (2,), 16, seed, 5, 0.05, (-8, 8))
+    expected, evals = _toy_samples(model, 16, seed)
     rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(16), seed=seed)
     assert rc == 0, err[-2000:]
     np.testing.assert_allclose(out["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)
@@ -117,13 +120,13 @@ def test_toy_score_endpoints_match_the_model(toy_export, tmp_path):
     x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32) * 5
     level = np.array([0, 1, 2, 7, 8, 9], np.int32)
     expected = model(x, level).numpy()
-    rc, out, err = _cli_run(path, "score", tmp_path, x=x, noise_level=level)
+    rc, out, err = _cli_run(path, "score", tmp_path, x=x, levels=level)
     assert rc == 0, err[-2000:]
     np.testing.assert_allclose(out["score"], expected, rtol=1e-5, atol=1e-6)
     loaded = tf.saved_model.load(path)
     sigma = TOY_SIGMAS[level] * np.float32(1.05)  # nearest level in log space is `level`
     r = loaded.signatures["score_at_sigma"](x=tf.constant(x), sigma=tf.constant(sigma))
-    np.testing.assert_array_equal(r["noise_level"].numpy(), level)
+    np.testing.assert_array_equal(r["levels"].numpy(), level)
     np.testing.assert_allclose(r["score"].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -139,8 +142,8 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
         ("sample", {"num_samples": np.int32(0), "seed": seed}, "num_samples must be >= 1"),
         (
             "score",
-            {"x": np.zeros((2, 2), np.float32), "noise_level": np.array([0, 10], np.int32)},
-            "noise_level must be <= 9",
+            {"x": np.zeros((2, 2), np.float32), "levels": np.array([0, 10], np.int32)},
+            "levels must be <= 9",
         ),
         (
             "sample_with_steps",
@@ -170,9 +173,9 @@ def test_tfsm_layer_reuses_the_score_endpoint_in_a_new_keras_model(toy_export):
     model, path = toy_export
     layer = keras.layers.TFSMLayer(path, call_endpoint="score")
     x_in = keras.Input((2,), name="x")
-    lvl_in = keras.Input((), dtype="int32", name="noise_level")
+    lvl_in = keras.Input((), dtype="int32", name="levels")
     # TFSMLayer passes its first input positionally and the rest as keyword arguments.
-    out = layer(x_in, noise_level=lvl_in)["score"]
+    out = layer(x_in, levels=lvl_in)["score"]
     wrapper = keras.Model([x_in, lvl_in], keras.layers.Lambda(lambda s: -s)(out))
     x = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
     level = np.array([0, 3, 5, 9], np.int32)
@@ -187,9 +190,12 @@ def test_image_model_export_samples_uint8_in_graph(tmp_path):
     model = ConditionalResNet((8, 8, 1), sigmas, ngf=8, channel_mults=(1, 2), num_blocks=1)
     model.build()
     path = export.version_dir(str(tmp_path / "export"), "mnist", 1)
-    export.export_score_model(model, sigmas, (8, 8, 1), path, step_lr=2e-5, n_steps_each=3)
+    sampler = config.SamplerConfig(step_lr=2e-5, n_steps_each=3)
+    export.export_score_model(model, sigmas, (8, 8, 1), path, sampler=sampler)
     seed = np.array([5, 6], np.int32)
-    expected, _ = export.sample_fn(model, sigmas, (8, 8, 1), 4, seed, 3, 2e-5)
+    expected = samplers.draw(
+        "annealed_langevin", model, sigmas, [4, 8, 8, 1], seed, **sampler.options()
+    ).samples
     rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(4), seed=seed)
     assert rc == 0, err[-2000:]
     clipped = np.clip(expected.numpy(), 0, 1)
@@ -293,9 +299,7 @@ def test_grpc_client_against_a_prediction_service_on_loopback(toy_export, repo_r
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             out = grpc_client.predict(channel, grpc_client.sample_request("toy", 8, [3, 4]))
-            expected, _ = export.sample_fn(
-                model, TOY_SIGMAS, (2,), 8, np.array([3, 4], np.int32), 5, 0.05, (-8, 8)
-            )
+            expected, _ = _toy_samples(model, 8, np.array([3, 4], np.int32))
             np.testing.assert_allclose(out["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)
             with pytest.raises(grpc.RpcError, match="num_samples must be <= 64"):
                 grpc_client.predict(channel, grpc_client.sample_request("toy", 65, [0, 0]))

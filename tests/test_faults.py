@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import score_model, train
+from tf_score import runs, score_model, train
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +74,8 @@ def _recorded_step(ckpt_dir):
 
 def _reference(workdir, num_steps, **kw):
     """The uninterrupted run, in-process, from the config.json the CLI wrote."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        cfg = json.load(f)
-    bundle, _ = score_model.bundle_from_config(cfg, sample_eps=0.05, sample_steps_each=1)
+    cfg = runs.read_config(str(workdir)).replace(sampler={"n_steps_each": 1})
+    bundle, _ = score_model.bundle(cfg)
     base = dict(num_steps=num_steps, batch_size=128, ema_rate=0.999, progress=False)
     return train.train(bundle, train.TrainConfig(**{**base, **kw}), str(workdir) + "_reference")
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
-from tf_score import data, samplers, score_model, train
+from tf_score import config, data, samplers, score_model, train
 from tf_score.networks import ConditionalResNet, CondRefineNetDilated
 from tf_score.networks.layers import ConditionalInstanceNormPlus
 from tf_score.sigmas import geometric_sigmas
@@ -36,19 +36,19 @@ def test_image_networks_round_trip_config_keras_file_and_checkpoint(tmp_path, sh
         m = cls(shape, SIGMAS, **kw)
         m.build()
         x = tf.random.uniform([3, *shape], seed=2)
-        labels = tf.constant([0, 4, 9])
-        y = m(x, labels).numpy()
+        levels = tf.constant([0, 4, 9])
+        y = m(x, levels).numpy()
         assert y.shape == (3, *shape) and np.all(np.isfinite(y))
         path = str(tmp_path / f"{cls.__name__}{shape[-1]}.keras")
         m.save(path)
         np.testing.assert_allclose(
-            keras.saving.load_model(path)(x, labels).numpy(), y, rtol=1e-5, atol=1e-5
+            keras.saving.load_model(path)(x, levels).numpy(), y, rtol=1e-5, atol=1e-5
         )
         other = cls.from_config(m.get_config())
         other.build()
         ckpt = tf.train.Checkpoint(model=m).save(str(tmp_path / f"c{cls.__name__}{shape[-1]}"))
         tf.train.Checkpoint(model=other).restore(ckpt).assert_consumed()
-        np.testing.assert_allclose(other(x, labels).numpy(), y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(other(x, levels).numpy(), y, rtol=1e-5, atol=1e-5)
 
 
 def test_conditional_instance_norm_plus_uses_the_level_and_normalises():
@@ -166,29 +166,19 @@ def _mnist_subset(n=512):
     return ds.take(n)
 
 
+def _small_resnet_config(seed=0):
+    return config.from_flat(
+        dict(
+            dataset="mnist", network="resnet", sigma_max=1.0, sigma_min=0.01, num_levels=10,
+            ngf=8, channel_mults=(1, 2), num_res_blocks=1, learning_rate=2e-3, seed=seed,
+            n_steps_each=1,
+        )
+    )  # fmt: skip
+
+
 def _small_resnet_bundle(seed=0):
-    cfg = {
-        "sigma_begin": 1.0,
-        "sigma_end": 0.01,
-        "num_levels": 10,
-        "model": "resnet",
-        "ngf": 8,
-        "channel_mults": [1, 2],
-        "num_res_blocks": 1,
-        "scale_by_sigma": False,
-    }
-    model_fn = score_model.model_fn_from_config(cfg, (28, 28, 1))
-    return score_model.image_bundle(
-        model_fn,
-        _mnist_subset(),
-        (28, 28, 1),
-        SIGMAS,
-        score_model.ScoreLossConfig(),
-        2e-3,
-        seed,
-        sample_steps_each=1,
-        num_summary_samples=4,
-    )
+    cfg = _small_resnet_config(seed)
+    return score_model.image_bundle(cfg, _mnist_subset(), (28, 28, 1), num_summary_samples=4)
 
 
 def _cfg(steps, **kw):
@@ -220,7 +210,7 @@ def test_training_lowers_the_loss_on_real_mnist(tmp_path):
     trained = train.train(bundle, _cfg(80), str(tmp_path)).models["score"]
     test, _ = data.load_tfds_images("mnist", "test", data_dir=MNIST_DATA_DIR)
     x = tf.cast(next(iter(test.batch(256))), tf.float32) / 255.0
-    loss = score_model.make_score_loss(score_model.ScoreLossConfig(), SIGMAS)
+    loss = score_model.make_score_loss(config.LossConfig(), SIGMAS)
 
     def evaluate(model):
         return np.mean(
@@ -247,7 +237,7 @@ def test_image_sampling_is_reproducible():
     m.build()
     x0 = samplers.uniform_init([4, 28, 28, 1], [0, 0])
     run = lambda: samplers.annealed_langevin(
-        m, x0, SIGMAS, 2e-5, 3, tf.constant([1, 2]), denoise=True, snapshots=True
+        m, x0, SIGMAS, tf.constant([1, 2]), 2e-5, 3, denoise=True, snapshots=True
     )
     a, b = run(), run()
     np.testing.assert_array_equal(a.samples.numpy(), b.samples.numpy())
@@ -261,13 +251,13 @@ def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
     precs = tf.constant(
         np.stack([np.linalg.inv(cov + s**2 * np.eye(2)) for s in sigmas]), tf.float32
     )
-    score = lambda x, labels: -tf.einsum("bij,bj->bi", tf.gather(precs, labels), x)
+    score = lambda x, levels: -tf.einsum("bij,bj->bi", tf.gather(precs, levels), x)
     n = 8000
     x1 = tf.fill([n, 1], 1.5)
     x_obs = tf.concat([x1, tf.zeros([n, 1])], axis=1)
     mask = tf.constant([1.0, 0.0])
     out = samplers.annealed_langevin_inpaint(
-        score, x_obs, mask, sigmas, 2e-3, 300, tf.constant([3, 4]), denoise=False
+        score, x_obs, mask, sigmas, tf.constant([3, 4]), 2e-3, 300, denoise=False
     )
     x = out.samples.numpy()
     np.testing.assert_array_equal(x[:, 0], 1.5)
@@ -275,3 +265,27 @@ def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
     se_mean, se_var = np.sqrt(0.36 / n), 0.36 * np.sqrt(2 / n)
     assert abs(x[:, 1].mean() - 1.2) < 5 * se_mean + 0.02, x[:, 1].mean()
     assert abs(x[:, 1].var() - 0.36) < 5 * se_var + 0.03, x[:, 1].var()
+
+
+def test_tensorboard_sample_grid_is_what_generate_draws(tmp_path):
+    """One seeding convention: the grid training writes to TensorBoard at its last step is
+    ``runs.generate(run, 16, seed=cfg.seed)`` of the loaded run (same EMA weights)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from tf_score import plotting, runs
+
+    cfg = _small_resnet_config().replace(
+        data={"data_dir": MNIST_DATA_DIR, "download": False},
+        train=dict(num_steps=10, batch_size=32, log_every=10, checkpoint_every=10),
+    )
+    runs.train(cfg, str(tmp_path), progress=False)
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    event = acc.Tensors("samples/annealed_langevin")[-1]
+    assert event.step == 10
+    png = tf.make_ndarray(event.tensor_proto)[2]  # [width, height, encoded image]
+    logged = tf.io.decode_png(png).numpy()
+    run = runs.load(str(tmp_path))
+    grid = plotting.image_grid(runs.generate(run, 16, seed=cfg.seed).samples)
+    assert logged.shape == grid.shape
+    assert np.abs(logged.astype(int) - grid.astype(int)).max() <= 1  # rounding at .5 only

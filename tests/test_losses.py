@@ -112,25 +112,25 @@ def _perturbed_gaussian_score(sigmas):
     precisions = tf.constant(
         np.stack([np.linalg.inv(C + s**2 * np.eye(D)) for s in sigmas]), tf.float32
     )
-    return lambda x, labels: -tf.einsum("bij,bj->bi", tf.gather(precisions, labels), x - M)
+    return lambda x, levels: -tf.einsum("bij,bj->bi", tf.gather(precisions, levels), x - M)
 
 
 def test_anneal_dsm_at_the_optimum_matches_closed_form_per_level():
     """At the true perturbed score, E[DSM_i] = 1/2 (D / sigma^2 - tr((C + sigma^2 I)^-1))."""
     sigmas = np.array([3.0, 1.0, 0.3], np.float32)
     x = data()
-    labels = losses.sample_levels(N, 3, seed=[1, 1])
-    per_example = losses.anneal_dsm(_perturbed_gaussian_score(sigmas), x, sigmas, labels, [2, 2])
+    levels = losses.sample_levels(N, 3, seed=[1, 1])
+    per_example = losses.anneal_dsm(_perturbed_gaussian_score(sigmas), x, sigmas, levels, [2, 2])
     for i, s in enumerate(sigmas):
         prec = np.linalg.inv(C + s**2 * np.eye(D))
         expected = s**2 * 0.5 * (D / s**2 - np.trace(prec))
-        assert_mc_close(tf.boolean_mask(per_example, labels == i), expected)
+        assert_mc_close(tf.boolean_mask(per_example, levels == i), expected)
 
 
 def test_sample_levels_is_uniform():
-    labels = losses.sample_levels(100_000, 10, seed=[0, 3]).numpy()
-    counts = np.bincount(labels, minlength=10)
-    assert labels.min() == 0 and labels.max() == 9
+    levels = losses.sample_levels(100_000, 10, seed=[0, 3]).numpy()
+    counts = np.bincount(levels, minlength=10)
+    assert levels.min() == 0 and levels.max() == 9
     # each count ~ Binomial(1e5, 0.1): sd ~ 95
     assert np.all(np.abs(counts - 10_000) < 400)
 
@@ -140,13 +140,13 @@ def test_anneal_ssm_at_the_optimum_matches_closed_form(vr):
     """At the true perturbed score, exact SM = -1/2 tr(Sigma_sigma^-1), weighted by sigma^2."""
     sigmas = np.array([2.0, 0.5], np.float32)
     x = data()
-    labels = losses.sample_levels(N, 2, seed=[4, 4])
+    levels = losses.sample_levels(N, 2, seed=[4, 4])
     per_example = losses.anneal_ssm(
-        _perturbed_gaussian_score(sigmas), x, sigmas, labels, [5, 5], variance_reduction=vr
+        _perturbed_gaussian_score(sigmas), x, sigmas, levels, [5, 5], variance_reduction=vr
     )
     for i, s in enumerate(sigmas):
         expected = s**2 * -0.5 * np.trace(np.linalg.inv(C + s**2 * np.eye(D)))
-        assert_mc_close(tf.boolean_mask(per_example, labels == i), expected)
+        assert_mc_close(tf.boolean_mask(per_example, levels == i), expected)
 
 
 def test_losses_are_reproducible_for_a_seed():

@@ -16,14 +16,14 @@ def _model(**kw):
 
 def _inputs():
     x = tf.random.stateless_normal([16, 2], seed=[0, 1])
-    labels = tf.range(16) % 10
-    return x, labels
+    levels = tf.range(16) % 10
+    return x, levels
 
 
 def test_shapes_and_parameter_count():
     m = _model()
-    x, labels = _inputs()
-    assert m(x, labels).shape == (16, 2)
+    x, levels = _inputs()
+    assert m(x, levels).shape == (16, 2)
     # 3->128 (+bias) and 128->128 (+bias), each with a 10x128 level scale; 128->2 output.
     expected = (3 * 128 + 128 + 10 * 128) + (128 * 128 + 128 + 10 * 128) + (128 * 2 + 2)
     assert m.count_params() == expected
@@ -41,9 +41,9 @@ def test_scale_by_sigma():
     ref = NoiseConditionalMLP.from_config({**m.get_config(), "scale_by_sigma": False})
     ref.build()
     ref.set_weights(m.get_weights())
-    x, labels = _inputs()
-    sig = tf.gather(SIGMAS, labels)[:, None]
-    np.testing.assert_allclose(m(x, labels).numpy(), (ref(x, labels) / sig).numpy(), rtol=1e-5)
+    x, levels = _inputs()
+    sig = tf.gather(SIGMAS, levels)[:, None]
+    np.testing.assert_allclose(m(x, levels).numpy(), (ref(x, levels) / sig).numpy(), rtol=1e-5)
 
 
 def test_config_and_keras_file_round_trip(tmp_path):
@@ -54,17 +54,17 @@ def test_config_and_keras_file_round_trip(tmp_path):
     path = str(tmp_path / "m.keras")
     m.save(path)
     loaded = keras.saving.load_model(path)
-    x, labels = _inputs()
-    np.testing.assert_allclose(loaded(x, labels).numpy(), m(x, labels).numpy(), rtol=1e-6)
+    x, levels = _inputs()
+    np.testing.assert_allclose(loaded(x, levels).numpy(), m(x, levels).numpy(), rtol=1e-6)
 
 
 def test_checkpoint_round_trip_covers_every_variable(tmp_path):
     """tf.train.Checkpoint must see every weight (layers kept in lists would be missed)."""
     m, other = _model(), _model()
-    x, labels = _inputs()
-    assert not np.allclose(m(x, labels).numpy(), other(x, labels).numpy())
+    x, levels = _inputs()
+    assert not np.allclose(m(x, levels).numpy(), other(x, levels).numpy())
     path = tf.train.Checkpoint(model=m).save(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(model=other).restore(path).assert_consumed()
-    np.testing.assert_array_equal(m(x, labels).numpy(), other(x, labels).numpy())
+    np.testing.assert_array_equal(m(x, levels).numpy(), other(x, levels).numpy())
     saved = {name for name, _ in tf.train.list_variables(path) if "model/" in name}
     assert len(saved) == len(m.weights)

@@ -21,13 +21,13 @@ def test_single_level():
 @pytest.mark.parametrize(
     "args, match",
     [
-        ((1.0, 2.0, 10), "sigma_begin must be > sigma_end"),
-        ((1.0, 1.0, 10), "sigma_begin must be > sigma_end"),
-        ((1.0, 0.0, 10), "sigma_end must be > 0"),
-        ((1.0, -1.0, 10), "sigma_end must be > 0"),
+        ((1.0, 2.0, 10), "sigma_max must be > sigma_min"),
+        ((1.0, 1.0, 10), "sigma_max must be > sigma_min"),
+        ((1.0, 0.0, 10), "sigma_min must be > 0"),
+        ((1.0, -1.0, 10), "sigma_min must be > 0"),
         ((1.0, 0.1, 0), "num_levels must be an integer >= 1"),
         ((1.0, 0.1, 2.5), "num_levels must be an integer >= 1"),
-        ((1.0, 0.1, 1), "must equal sigma_end"),
+        ((1.0, 0.1, 1), "must equal sigma_min"),
     ],
 )
 def test_invalid_schedules_name_the_argument(args, match):
@@ -61,9 +61,9 @@ def test_sigma_begin_is_the_largest_pairwise_distance():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5))
     brute = max(np.linalg.norm(a - b) for a in x for b in x)
-    assert sigmas.sigma_begin_from_data(x) == pytest.approx(brute, rel=1e-9)
+    assert sigmas.sigma_max_from_data(x) == pytest.approx(brute, rel=1e-9)
     # above max_examples a seeded subset gives a lower bound
-    sub = sigmas.sigma_begin_from_data(x, max_examples=50)
-    assert sub <= brute and sub == sigmas.sigma_begin_from_data(x, max_examples=50)
+    sub = sigmas.sigma_max_from_data(x, max_examples=50)
+    assert sub <= brute and sub == sigmas.sigma_max_from_data(x, max_examples=50)
     with pytest.raises(ValueError, match="at least 2"):
-        sigmas.sigma_begin_from_data(x[:1])
+        sigmas.sigma_max_from_data(x[:1])

@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from tf_score import data, score_model, train
-from tf_score.sigmas import geometric_sigmas
+from tf_score import config, score_model, train
 
 
 def _free_port():
@@ -28,13 +27,7 @@ def _get(url):
 @pytest.mark.slow
 def test_tensorboard_serves_the_scalars_and_images(tmp_path):
     bundle = score_model.toy_bundle(
-        data.get_toy("two_mode"),
-        geometric_sigmas(20.0, 1.0, 10),
-        score_model.ToyModelConfig(hidden_units=(16,)),
-        score_model.ScoreLossConfig(),
-        1e-3,
-        0,
-        sample_steps_each=2,
+        config.from_flat(dict(hidden_units=(16,), n_steps_each=2, denoise=False))
     )
     cfg = train.TrainConfig(
         num_steps=40,

@@ -9,22 +9,17 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from tf_score import data, score_model, train
+from tf_score import config, data, score_model, train
 from tf_score.sigmas import geometric_sigmas
 
 SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 
 
 def _bundle(seed=0, lr=1e-3):
-    return score_model.toy_bundle(
-        data.get_toy("two_mode"),
-        SIGMAS,
-        score_model.ToyModelConfig(hidden_units=(32, 32)),
-        score_model.ScoreLossConfig(),
-        learning_rate=lr,
-        seed=seed,
-        sample_steps_each=2,
+    cfg = config.from_flat(
+        dict(hidden_units=(32, 32), learning_rate=lr, seed=seed, n_steps_each=2, denoise=False)
     )
+    return score_model.toy_bundle(cfg)
 
 
 def _config(num_steps, **kw):
@@ -159,8 +154,8 @@ def test_xla_compiled_step_computes_the_same_updates(tmp_path):
     exact = toy.conditional_score_fn(SIGMAS)
 
     def regression(models, x, seed):
-        labels = tf.fill([tf.shape(x)[0]], 3)
-        err = models["score"](x, labels) - exact(x, labels)
+        levels = tf.fill([tf.shape(x)[0]], 3)
+        err = models["score"](x, levels) - exact(x, levels)
         return train.LossOutput(tf.reduce_sum(tf.square(err), axis=1))
 
     def bundle():

@@ -4,11 +4,11 @@ Layout: ``EXPORT_DIR/<model_name>/<version>/`` (TF Serving serves the highest ve
 
 Score models (``export_score_model``):
   - ``serving_default`` = ``sample``: (num_samples int32 [], seed int32 [2]) -> samples float32
-    [N, *shape] (images clipped to [0, 1]) and, for images, ``samples_uint8``; the whole
-    annealed Langevin loop (with the final denoise step) runs in the graph, with the noise
-    schedule, step size and steps per level of the export baked in.
-  - ``sample_with_steps``: the same plus n_steps_each int32 [] and step_lr float32 [].
-  - ``score``: (x [B, *shape], noise_level int32 [B], an index into the schedule) -> score.
+    [N, *shape] (images clipped to [0, 1]) and, for images, ``samples_uint8``: the run's
+    sampler with its options (``SamplerConfig``) runs in the graph, seeded as
+    ``runs.generate``: serving seed (s, 0) gives the samples of ``generate(run, N, seed=s)``.
+  - ``sample_with_steps``: annealed Langevin with n_steps_each int32 [] and step_lr float32 [].
+  - ``score``: (x [B, *shape], levels int32 [B], indices into the schedule) -> score.
   - ``score_at_sigma``: (x, sigma float32 [B]) -> the score at the level nearest to sigma
     (in log space), and that level.
 VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian encoder,
@@ -16,7 +16,7 @@ VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian 
 
 Every request is validated in the graph before any allocation: counts must be >= 1 and at
 most the export-time caps, levels in range, so one request cannot exhaust the server.
-``sample_fn`` / the VAE functions are the exact in-process equivalents of the endpoints.
+``samplers.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
 """
 
 from __future__ import annotations
@@ -62,39 +62,6 @@ def _checked(value, checks):
         return tf.identity(value)
 
 
-def sample_fn(
-    model,
-    sigmas,
-    data_shape,
-    num_samples,
-    seed,
-    n_steps_each,
-    step_lr,
-    init_range=(0.0, 1.0),
-    denoise: bool = True,
-):
-    """Annealed Langevin from U[init_range]: x0 from fold_in(seed, 0), the chain from
-    fold_in(seed, 1). What the ``sample`` endpoints run, callable in-process."""
-    seed = tf.cast(seed, tf.int32)
-    shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
-    x0 = samplers.uniform_init(
-        shape,
-        tf.random.experimental.stateless_fold_in(seed, 0, alg="philox"),
-        init_range[0],
-        init_range[1],
-    )
-    out = samplers.annealed_langevin(
-        model,
-        x0,
-        sigmas,
-        step_lr,
-        n_steps_each,
-        tf.random.experimental.stateless_fold_in(seed, 1, alg="philox"),
-        denoise=denoise,
-    )
-    return out.samples, out.num_evals
-
-
 def _to_uint8(x):
     """Images in [0, 1] -> uint8 0..255."""
     return tf.cast(tf.round(x * 255.0), tf.uint8)
@@ -107,43 +74,77 @@ def _image_outputs(x, is_image: bool) -> dict:
     return {"samples": x, "samples_uint8": _to_uint8(x)}
 
 
+def _score_endpoints(model, sigmas, data_shape, max_score_batch):
+    """The ``score`` (by level index) and ``score_at_sigma`` (nearest level) endpoints."""
+    num_levels = len(sigmas)
+    log_sig = tf.math.log(tf.constant(sigmas))
+    x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
+
+    def score_impl(x, level):
+        checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
+        checks += _in_range(level, "levels", 0, num_levels - 1)
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(level)[0], tf.shape(x)[0], message="levels needs one entry per x"
+            )
+        )
+        x, level = _checked((x, level), checks)
+        return tf.cast(model(x, level), tf.float32)
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="levels")])
+    def score(x, levels):
+        return {"score": score_impl(x, levels)}
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.float32, name="sigma")])
+    def score_at_sigma(x, sigma):
+        sigma = _checked(sigma, [tf.debugging.assert_positive(sigma, message="sigma must be > 0")])
+        level = tf.argmin(
+            tf.abs(tf.math.log(sigma)[:, None] - log_sig[None, :]), axis=1, output_type=tf.int32
+        )
+        return {"score": score_impl(x, level), "levels": level}
+
+    return score, score_at_sigma
+
+
 def export_score_model(
     model: keras.Model,
     sigmas,
     data_shape,
     path: str,
-    step_lr: float,
-    n_steps_each: int,
+    sampler=None,
     init_range=(0.0, 1.0),
-    denoise: bool = True,
     max_samples: int = 256,
     max_steps_each: int = 1000,
     max_score_batch: int = 1024,
 ) -> str:
-    """Write a servable SavedModel of a noise-conditional score network to ``path``."""
+    """Write a servable SavedModel of a noise-conditional score network to ``path``.
+
+    ``serving_default`` runs ``sampler`` (a ``SamplerConfig``: the registered sampler and its
+    options, baked in) through ``samplers.draw``, seeded exactly as ``runs.generate``.
+    """
+    from tf_score.config import SamplerConfig
+
+    sampler = sampler or SamplerConfig()
     sigmas = np.asarray(sigmas, np.float32)
     data_shape = tuple(int(d) for d in data_shape)
     is_image = len(data_shape) == 3
-    num_levels = len(sigmas)
     sig = tf.constant(sigmas)
-    log_sig = tf.math.log(sig)
-    default_steps, default_lr = int(n_steps_each), float(step_lr)
-    if not 1 <= default_steps <= max_steps_each:
-        raise ValueError(f"n_steps_each must be in [1, max_steps_each={max_steps_each}]")
-
-    def sample_impl(num_samples, seed, steps, lr):
-        checks = _in_range(num_samples, "num_samples", 1, max_samples)
-        checks += _in_range(steps, "n_steps_each", 1, max_steps_each)
-        checks.append(tf.debugging.assert_positive(lr, message="step_lr must be > 0"))
-        num_samples = _checked(num_samples, checks)
-        x, evals = sample_fn(
-            model, sig, data_shape, num_samples, seed, steps, lr, init_range, denoise
+    if not 1 <= sampler.n_steps_each <= max_steps_each:
+        raise ValueError(
+            f"n_steps_each ({sampler.n_steps_each}) must be in [1, max_steps_each={max_steps_each}]"
         )
-        return {**_image_outputs(x, is_image), "num_evals": evals}
+    init_range = tuple(float(v) for v in init_range)
+
+    def draw(name, num_samples, seed, **options):
+        shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
+        out = samplers.draw(name, model, sig, shape, seed, init_range, **options)
+        return {**_image_outputs(out.samples, is_image), "num_evals": out.num_evals}
 
     @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
     def sample(num_samples, seed):
-        return sample_impl(num_samples, seed, tf.constant(default_steps), tf.constant(default_lr))
+        checks = _in_range(num_samples, "num_samples", 1, max_samples)
+        num_samples = _checked(num_samples, checks)
+        return draw(sampler.sampler, num_samples, seed, **sampler.options())
 
     @tf.function(
         input_signature=[
@@ -154,33 +155,20 @@ def export_score_model(
         ]
     )
     def sample_with_steps(num_samples, seed, n_steps_each, step_lr):
-        return sample_impl(num_samples, seed, n_steps_each, step_lr)
-
-    x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
-
-    def score_impl(x, level):
-        checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
-        checks += _in_range(level, "noise_level", 0, num_levels - 1)
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.shape(level)[0], tf.shape(x)[0], message="noise_level needs one entry per x"
-            )
+        checks = _in_range(num_samples, "num_samples", 1, max_samples)
+        checks += _in_range(n_steps_each, "n_steps_each", 1, max_steps_each)
+        checks.append(tf.debugging.assert_positive(step_lr, message="step_lr must be > 0"))
+        num_samples = _checked(num_samples, checks)
+        return draw(
+            "annealed_langevin",
+            num_samples,
+            seed,
+            step_lr=step_lr,
+            n_steps_each=n_steps_each,
+            denoise=sampler.denoise,
         )
-        x, level = _checked((x, level), checks)
-        return tf.cast(model(x, level), tf.float32)
 
-    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="noise_level")])
-    def score(x, noise_level):
-        return {"score": score_impl(x, noise_level)}
-
-    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.float32, name="sigma")])
-    def score_at_sigma(x, sigma):
-        sigma = _checked(sigma, [tf.debugging.assert_positive(sigma, message="sigma must be > 0")])
-        level = tf.argmin(
-            tf.abs(tf.math.log(sigma)[:, None] - log_sig[None, :]), axis=1, output_type=tf.int32
-        )
-        return {"score": score_impl(x, level), "noise_level": level}
-
+    score, score_at_sigma = _score_endpoints(model, sigmas, data_shape, max_score_batch)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
@@ -249,43 +237,3 @@ def export_vae(
         archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
     archive.write_out(path, verbose=False)
     return path
-
-
-def export_run(
-    cfg: dict,
-    models: dict,
-    step: int,
-    export_dir: str,
-    model_name: str,
-    step_lr: float,
-    n_steps_each: int,
-    max_samples: int = 256,
-    max_steps_each: int = 1000,
-) -> str:
-    """Export a training run's (EMA) models, described by its config.json, to
-    ``export_dir/model_name/step``. Returns the version directory."""
-    path = version_dir(export_dir, model_name, max(int(step), 1))
-    if cfg["model"] == "vae":
-        from tf_score import vae
-
-        vcfg = vae.config_from_experiment(cfg, cfg["data_shape"])
-        return export_vae(models, vcfg, path, max_samples=max_samples)
-    from tf_score import data, score_model
-
-    shape = tuple(cfg.get("data_shape", (2,)))
-    if len(shape) == 3:
-        init_range = (0.0, 1.0)
-    else:
-        extent = data.get_toy(cfg["dataset"]).extent
-        init_range = (-extent, extent)
-    return export_score_model(
-        models["score"],
-        score_model.sigmas_from_config(cfg),
-        shape,
-        path,
-        step_lr=step_lr,
-        n_steps_each=n_steps_each,
-        init_range=init_range,
-        max_samples=max_samples,
-        max_steps_each=max_steps_each,
-    )

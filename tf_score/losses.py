@@ -6,7 +6,7 @@ under a distribution strategy), so the same loss serves one device or many.
 
 Conventions:
   * An unconditional score function is ``score_fn(x) -> s`` with ``s.shape == x.shape``.
-  * A noise-conditional one is ``score_fn(x, labels) -> s`` where ``labels`` are int32
+  * A noise-conditional one is ``score_fn(x, levels) -> s`` where ``levels`` are int32
     level indices into the schedule ``sigmas`` (sigma_1 > ... > sigma_L).
   * ``seed`` is a stateless seed, an int32/int64 tensor of shape [2]; the same seed gives the
     same noise, so a resumed run replays exactly.
@@ -74,19 +74,19 @@ def dsm(score_fn: ScoreFn, x: tf.Tensor, sigma: float, seed) -> tf.Tensor:
 
 
 def anneal_dsm(
-    score_fn: ScoreFn, x: tf.Tensor, sigmas, labels: tf.Tensor, seed, anneal_power: float = 2.0
+    score_fn: ScoreFn, x: tf.Tensor, sigmas, levels: tf.Tensor, seed, anneal_power: float = 2.0
 ) -> tf.Tensor:
     """NCSN objective: multi-level DSM weighted by lambda(sigma_i) = sigma_i^anneal_power.
 
     loss(x) = sigma_i^p / 2 || s(x~, i) + (x~ - x) / sigma_i^2 ||^2, x~ = x + sigma_i z, with the
-    level i = ``labels`` drawn per example by the caller (see ``sample_levels``). With p = 2 each
+    level i = ``levels`` drawn per example by the caller (see ``sample_levels``). With p = 2 each
     level contributes O(1) because ||sigma s|| ~ sqrt(D) at the optimum.
     """
     x = tf.convert_to_tensor(x, tf.float32)
-    sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), labels)
+    sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), levels)
     sigma_b = _per_example(sigma, x)
     z = tf.random.stateless_normal(tf.shape(x), seed=seed, alg="philox")
-    s = tf.cast(score_fn(x + sigma_b * z, labels), tf.float32)
+    s = tf.cast(score_fn(x + sigma_b * z, levels), tf.float32)
     return 0.5 * _flat_sum(tf.square(s + z / sigma_b)) * sigma**anneal_power
 
 
@@ -157,12 +157,12 @@ def anneal_ssm(
     score_fn: ScoreFn,
     x: tf.Tensor,
     sigmas,
-    labels: tf.Tensor,
+    levels: tf.Tensor,
     seed,
     anneal_power: float = 2.0,
     n_particles: int = 1,
     projection: str = "gaussian",
-    variance_reduction: bool = True,
+    variance_reduction: bool = False,
 ) -> tf.Tensor:
     """Noise-conditional SSM: sliced SM of s(., i) on x~ = x + sigma_i z, weighted by sigma_i^p.
 
@@ -171,13 +171,13 @@ def anneal_ssm(
     """
     x = tf.convert_to_tensor(x, tf.float32)
     noise_seed, proj_seed = _split(seed, 2)
-    sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), labels)
+    sigma = tf.gather(tf.convert_to_tensor(sigmas, tf.float32), levels)
     x_t = x + _per_example(sigma, x) * tf.random.stateless_normal(
         tf.shape(x), seed=noise_seed, alg="philox"
     )
-    labels_rep = tf.repeat(labels, n_particles, axis=0) if n_particles > 1 else labels
+    levels_rep = tf.repeat(levels, n_particles, axis=0) if n_particles > 1 else levels
     loss = _sliced(
-        lambda y: score_fn(y, labels_rep),
+        lambda y: score_fn(y, levels_rep),
         x_t,
         proj_seed,
         n_particles,
@@ -208,4 +208,17 @@ def exact_sm(score_fn: ScoreFn, x: tf.Tensor) -> tf.Tensor:
     return trace + 0.5 * tf.reduce_sum(tf.square(s), axis=1)
 
 
-LOSSES = ("dsm", "anneal_dsm", "ssm", "ssm_vr", "anneal_ssm", "anneal_ssm_vr", "exact_sm")
+def anneal_ssm_vr(
+    score_fn: ScoreFn,
+    x: tf.Tensor,
+    sigmas,
+    levels: tf.Tensor,
+    seed,
+    anneal_power: float = 2.0,
+    n_particles: int = 1,
+    projection: str = "gaussian",
+) -> tf.Tensor:
+    """``anneal_ssm`` with the variance-reduced second term 1/2 ||s||^2 (SSM-VR)."""
+    return anneal_ssm(
+        score_fn, x, sigmas, levels, seed, anneal_power, n_particles, projection, True
+    )

@@ -18,6 +18,8 @@ The chain state is float32 even when the network computes in bfloat16/float16.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -47,14 +49,15 @@ def _step_noise(seed, step, shape):
     )
 
 
-def _langevin_impl(score_fn, x0, step_size, n_steps, seed):
+def _langevin_impl(score_fn, x0, level, step_size, n_steps, seed):
     x0 = tf.convert_to_tensor(x0, tf.float32)
     step_size = tf.cast(step_size, tf.float32)
     n_steps = tf.cast(n_steps, tf.int32)
     noise_scale = tf.sqrt(2.0 * step_size)
+    levels = tf.fill([tf.shape(x0)[0]], tf.cast(level, tf.int32))
 
     def body(k, x):
-        s = tf.cast(score_fn(x), tf.float32)
+        s = tf.cast(score_fn(x, levels), tf.float32)
         x = x + step_size * s + noise_scale * _step_noise(seed, k, tf.shape(x))
         return k + 1, x
 
@@ -84,14 +87,14 @@ def _annealed_impl(
     def level_body(level, x, snaps):
         a = eps * tf.square(sigmas[level] / sigma_last)
         noise_scale = tf.sqrt(2.0 * a)
-        labels = tf.fill([batch], level)
+        levels = tf.fill([batch], level)
         if inpaint:
             observed = x_obs + sigmas[level] * _step_noise(obs_seed, level, tf.shape(x_obs))
 
         def step_body(t, x):
             if inpaint:
                 x = mask * observed + (1.0 - mask) * x
-            s = tf.cast(score_fn(x, labels), tf.float32)
+            s = tf.cast(score_fn(x, levels), tf.float32)
             z = _step_noise(seed, level * n_steps_each + t, tf.shape(x))
             return t + 1, x + a * s + noise_scale * z
 
@@ -109,12 +112,16 @@ def _annealed_impl(
     num_evals = tf.cast(num_levels, tf.int32) * n_steps_each
     if denoise:
         # Tweedie: E[x | x~] = x~ + sigma^2 grad log p_sigma(x~), taken at the last level.
-        labels = tf.fill([batch], tf.cast(num_levels, tf.int32) - 1)
-        x = x + tf.square(sigma_last) * tf.cast(score_fn(x, labels), tf.float32)
+        levels = tf.fill([batch], tf.cast(num_levels, tf.int32) - 1)
+        x = x + tf.square(sigma_last) * tf.cast(score_fn(x, levels), tf.float32)
         num_evals += 1
     if inpaint:
         x = mask * x_obs + (1.0 - mask) * x
     return SamplerOutput(x, snaps.stack() if snapshots else None, num_evals)
+
+
+class SamplerError(ValueError):
+    """A sampler option is out of its range (raised before any sampling)."""
 
 
 def _check(name, value, ok, allowed):
@@ -123,7 +130,7 @@ def _check(name, value, ok, allowed):
     if v is None:
         return
     if not ok(v):
-        raise ValueError(f"{name} must be {allowed}, got {v!r}")
+        raise SamplerError(f"{name} must be {allowed}, got {v!r}")
 
 
 _COMPILED: dict[tuple[str, bool], tf.types.experimental.PolymorphicFunction] = {}
@@ -136,31 +143,43 @@ def _compiled(name, impl, jit_compile):
     return _COMPILED[key]
 
 
-def langevin(score_fn, x0, step_size, n_steps, seed, jit_compile: bool = False) -> SamplerOutput:
-    """Langevin dynamics with a fixed step: x <- x + a s(x) + sqrt(2a) z for ``n_steps`` steps.
+def langevin(
+    score_fn,
+    x0,
+    sigmas,
+    seed,
+    langevin_step_size: float = 0.05,
+    langevin_steps: int = 1000,
+    jit_compile: bool = False,
+) -> SamplerOutput:
+    """Plain Langevin dynamics at the last level: ``langevin_steps`` steps of
+    x <- x + a s(x, L) + sqrt(2a) z with a fixed a = ``langevin_step_size``.
 
-    Args:
-      score_fn: ``x -> s(x)``, an estimate of grad log p.
-      x0: initial state [B, ...].
-      step_size: a (see the module docstring for the convention).
-      n_steps: number of steps (= network evaluations).
-      seed: stateless seed, shape [2].
-      jit_compile: compile the loop with XLA.
+    For an unconditional score pass ``lambda x, levels: s(x)`` (made once: a new callable per
+    call retraces). ``langevin_steps`` evaluations.
     """
-    _check("step_size", step_size, lambda v: v > 0, "> 0")
-    _check("n_steps", n_steps, lambda v: v >= 0, ">= 0")
+    _check("langevin_step_size", langevin_step_size, lambda v: v > 0, "> 0")
+    _check("langevin_steps", langevin_steps, lambda v: v >= 0, ">= 0")
     fn = _compiled("langevin", _langevin_impl, jit_compile)
-    return fn(score_fn, x0, tf.cast(step_size, tf.float32), tf.cast(n_steps, tf.int32), seed)
+    level = len(np.atleast_1d(tf.get_static_value(tf.convert_to_tensor(sigmas)))) - 1
+    return fn(
+        score_fn,
+        x0,
+        tf.constant(level, tf.int32),
+        tf.cast(langevin_step_size, tf.float32),
+        tf.cast(langevin_steps, tf.int32),
+        seed,
+    )
 
 
 def annealed_langevin(
     score_fn,
     x0,
     sigmas,
-    eps: float,
-    n_steps_each: int,
     seed,
-    denoise: bool = False,
+    step_lr: float = 0.05,
+    n_steps_each: int = 100,
+    denoise: bool = True,
     snapshots: bool = False,
     jit_compile: bool = False,
 ) -> SamplerOutput:
@@ -168,28 +187,29 @@ def annealed_langevin(
 
     For each level i = 1..L, ``n_steps_each`` (T) steps of
 
-        x <- x + a_i s(x, i) + sqrt(2 a_i) z,   a_i = eps * sigma_i^2 / sigma_L^2,
+        x <- x + a_i s(x, i) + sqrt(2 a_i) z,   a_i = step_lr * sigma_i^2 / sigma_L^2,
 
     so that a_i / sigma_i^2 (the signal-to-noise of the step) is the same at every level.
     With ``denoise`` a final Tweedie step x <- x + sigma_L^2 s(x, L) removes the last level's
     noise (NCSNv2). ``snapshots`` also returns the chain at every level boundary.
+    L T evaluations (+1 with ``denoise``). Start from ``uniform_init`` (NCSN: U[0, 1] images).
 
     Args:
-      score_fn: ``(x, labels) -> s``, labels int32 [B] indexing ``sigmas``.
-      x0: initial state [B, ...] (NCSN: U[0, 1] for images).
+      score_fn: ``(x, levels) -> s``, levels int32 [B] indexing ``sigmas``.
+      x0: initial state [B, ...].
       sigmas: the decreasing schedule the network was trained on, shape [L].
-      eps: base step size (NCSN MNIST: 2e-5; two-mode toy: 0.05).
-      n_steps_each: T, steps per level.
       seed: stateless seed, shape [2].
+      step_lr: base step size eps (NCSN MNIST: 2e-5; two-mode toy: 0.05).
+      n_steps_each: T, steps per level.
     """
-    _check("eps", eps, lambda v: v > 0, "> 0")
+    _check("step_lr", step_lr, lambda v: v > 0, "> 0")
     _check("n_steps_each", n_steps_each, lambda v: v >= 1, ">= 1")
     fn = _compiled("annealed_langevin", _annealed_impl, jit_compile)
     return fn(
         score_fn,
         x0,
         tf.cast(sigmas, tf.float32),
-        tf.cast(eps, tf.float32),
+        tf.cast(step_lr, tf.float32),
         tf.cast(n_steps_each, tf.int32),
         seed,
         bool(denoise),
@@ -202,9 +222,9 @@ def annealed_langevin_inpaint(
     x_obs,
     mask,
     sigmas,
-    eps: float,
-    n_steps_each: int,
     seed,
+    step_lr: float = 0.05,
+    n_steps_each: int = 100,
     denoise: bool = True,
     snapshots: bool = False,
     jit_compile: bool = False,
@@ -216,7 +236,7 @@ def annealed_langevin_inpaint(
     once per level), so the free pixels are sampled from p_{sigma_i}(free | observed). The
     chain starts from U[0, 1] in the free pixels; the result keeps x_obs exactly where observed.
     """
-    _check("eps", eps, lambda v: v > 0, "> 0")
+    _check("step_lr", step_lr, lambda v: v > 0, "> 0")
     _check("n_steps_each", n_steps_each, lambda v: v >= 1, ">= 1")
     x_obs = tf.convert_to_tensor(x_obs, tf.float32)
     mask = tf.cast(tf.broadcast_to(mask, tf.shape(x_obs)), tf.float32)
@@ -227,7 +247,7 @@ def annealed_langevin_inpaint(
         score_fn,
         x0,
         tf.cast(sigmas, tf.float32),
-        tf.cast(eps, tf.float32),
+        tf.cast(step_lr, tf.float32),
         tf.cast(n_steps_each, tf.int32),
         seed,
         bool(denoise),
@@ -277,26 +297,39 @@ def _cas_impl(score_fn, x0, sigmas, eps, seed, denoise):
     return SamplerOutput(x, None, num_evals)
 
 
+def consistent_eta(sigmas) -> float:
+    """The smallest consistent eta of a schedule: max_i (1 - sigma_(i+1) / sigma_i)."""
+    sig = np.asarray(sigmas, np.float64)
+    return float(np.max(1.0 - sig[1:] / sig[:-1])) if len(sig) > 1 else 1.0
+
+
 def consistent_annealed(
-    score_fn, x0, sigmas, eps: float, seed, denoise: bool = False, jit_compile: bool = False
+    score_fn,
+    x0,
+    sigmas,
+    seed,
+    cas_eta: float = 0.0,
+    denoise: bool = True,
+    jit_compile: bool = False,
 ) -> SamplerOutput:
     """Consistent annealed sampling (Jolicoeur-Martineau et al. 2020): one step per level,
 
         x <- x + eta sigma_i^2 s(x, i) + sqrt(sigma_(i+1)^2 - (1 - eta)^2 sigma_i^2) z,
 
-    with eta = eps / sigma_L^2 (the same eps as ``annealed_langevin``) and sigma_(L+1) = 0,
-    so that a chain at noise level sigma_i is at sigma_(i+1) after the step. Needs
-    (1 - eta) sigma_i <= sigma_(i+1), i.e. eta >= 1 - sigma_(i+1) / sigma_i at every level.
-    L evaluations (+1 with ``denoise``). Start from ``gaussian_init``.
+    with eta = ``cas_eta`` (0: the smallest consistent value, ``consistent_eta``) and
+    sigma_(L+1) = 0, so that a chain at noise level sigma_i is at sigma_(i+1) after the step.
+    Needs (1 - eta) sigma_i <= sigma_(i+1), i.e. eta >= 1 - sigma_(i+1) / sigma_i at every
+    level. L evaluations (+1 with ``denoise``). Start from ``gaussian_init``.
     """
     sig = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float64)
-    _check("eps", eps, lambda v: v > 0, "> 0")
-    if sig.ndim == 1 and len(sig) > 1:
-        need = float(np.max(1.0 - sig[1:] / sig[:-1])) * sig[-1] ** 2
-        _check("eps", eps, lambda v: v >= need * (1 - 1e-6), f">= {need:.4g} for this schedule")
+    _check("cas_eta", cas_eta, lambda v: 0 <= v <= 1, "in [0, 1]")
+    need = consistent_eta(sig)
+    eta = float(cas_eta) or need
+    _check("cas_eta", eta, lambda v: v >= need * (1 - 1e-6), f">= {need:.4g} for this schedule")
     fn = _compiled("consistent_annealed", _cas_impl, jit_compile)
+    eps = eta * sig[-1] ** 2
     return fn(
-        score_fn, x0, tf.cast(sigmas, tf.float32), tf.cast(eps, tf.float32), seed, bool(denoise)
+        score_fn, x0, tf.cast(sigmas, tf.float32), tf.constant(eps, tf.float32), seed, bool(denoise)
     )
 
 
@@ -312,10 +345,10 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise):
     steps_per_level = n_corrector + 1
 
     def level_body(i, x):
-        labels = tf.fill([batch], i)
+        levels = tf.fill([batch], i)
 
         def corrector(j, x):
-            g = tf.cast(score_fn(x, labels), tf.float32)
+            g = tf.cast(score_fn(x, levels), tf.float32)
             z = _step_noise(seed, i * steps_per_level + j, tf.shape(x))
             # one step for the batch, from its mean norms (per-example ratios are too noisy
             # in low dimension; the score SDE reference does the same)
@@ -330,7 +363,7 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise):
         _, x = tf.while_loop(lambda j, _: j < n_corrector, corrector, (tf.constant(0), x))
         # reverse-diffusion predictor of the VE SDE, sigma_i -> sigma_(i+1)
         var = tf.square(sigmas[i]) - tf.square(nxt[i])
-        s = tf.cast(score_fn(x, labels), tf.float32)
+        s = tf.cast(score_fn(x, levels), tf.float32)
         z = _step_noise(seed, i * steps_per_level + n_corrector, tf.shape(x))
         keep_noise = tf.logical_or(i < num_levels - 1, tf.logical_not(denoise))
         x = x + var * s + tf.cast(keep_noise, tf.float32) * tf.sqrt(var) * z
@@ -408,17 +441,19 @@ def heun_levels(num_levels: int, num_steps: int | None = None) -> np.ndarray:
 
 
 def heun(
-    score_fn, x0, sigmas, num_steps: int | None = None, jit_compile: bool = False
+    score_fn, x0, sigmas, seed=None, heun_steps: int = 0, jit_compile: bool = False
 ) -> SamplerOutput:
     """Deterministic Heun integration of the probability-flow ODE (EDM, Karras et al. 2022,
     Algorithm 1 for the VE parameterisation sigma(t) = t, without churn).
 
-    The grid is the network's own levels (``num_steps`` of them, see ``heun_levels``) and
+    The grid is ``heun_steps`` of the network's own levels (0: all; see ``heun_levels``) and
     then 0: a Heun step between levels (2 evaluations) and a final Euler step to 0, so
-    2 K - 1 evaluations for K levels. Start from ``gaussian_init``.
+    2 K - 1 evaluations for K levels. ``seed`` is unused (deterministic). Start from
+    ``gaussian_init``.
     """
+    del seed
     sigmas = tf.cast(sigmas, tf.float32)
-    levels = heun_levels(int(sigmas.shape[0]), num_steps)
+    levels = heun_levels(int(sigmas.shape[0]), heun_steps or None)
     fn = _compiled("heun", _heun_impl, jit_compile)
     return fn(score_fn, x0, sigmas, tf.constant(levels))
 
@@ -552,3 +587,157 @@ def ode_log_likelihood(
     y_end, int_div = result.states[0][-1], result.states[1][-1]
     log_p = prior_log_prob(y_end) + int_div
     return log_p, tf.cast(result.diagnostics.num_ode_fn_evaluations, tf.int32)
+
+
+# --- the registry: one contract, one seeding convention --------------------------------------
+
+_INTERPOLATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _interpolated(score_fn, sigmas):
+    """One continuous-sigma score per (level network, schedule): a new closure per call would
+    retrace the compiled ODE."""
+    key = tuple(float(v) for v in np.asarray(sigmas, np.float64))
+    per_fn = _INTERPOLATED.setdefault(score_fn, {})
+    if key not in per_fn:
+        per_fn[key] = interpolated_score(score_fn, np.asarray(key, np.float32))
+    return per_fn[key]
+
+
+def ode(
+    score_fn,
+    x0,
+    sigmas,
+    seed=None,
+    ode_tol: float = 1e-5,
+    denoise: bool = True,
+    jit_compile: bool = False,
+) -> SamplerOutput:
+    """The adaptive probability-flow ODE (``probability_flow_ode``, rtol = atol = ``ode_tol``)
+    from sigma_1 to sigma_L on a level-conditioned score, interpolated in log sigma
+    (``interpolated_score``: 2 network evaluations per solver call). ``seed`` is unused
+    (deterministic). Start from ``gaussian_init``."""
+    del seed
+    sig = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
+    if len(sig) < 2:
+        raise SamplerError("the ODE sampler needs at least 2 noise levels")
+    return probability_flow_ode(
+        _interpolated(score_fn, sig),
+        x0,
+        float(sig[0]),
+        float(sig[-1]),
+        rtol=ode_tol,
+        atol=ode_tol,
+        denoise=denoise,
+        jit_compile=jit_compile,
+    )
+
+
+def _uniform_start(shape, seed, sigmas, init_range):
+    del sigmas
+    return uniform_init(shape, seed, *init_range)
+
+
+def _perturbed_start(shape, seed, sigmas, init_range):
+    return gaussian_init(shape, seed, tf.cast(sigmas, tf.float32)[0], *init_range)
+
+
+class Sampler(NamedTuple):
+    """A registered sampler: ``fn(score_fn, x0, sigmas, seed, **options) -> SamplerOutput``
+    with ``score_fn(x, levels)``, its own start ``init(shape, seed, sigmas, init_range)`` and
+    the names of its options (each a keyword of ``fn``, a ``SamplerConfig`` field and a flag)."""
+
+    name: str
+    fn: Callable[..., SamplerOutput]
+    init: Callable
+    options: tuple[str, ...]
+    #: network evaluations per sample, in words
+    cost: str
+
+
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in (
+        Sampler(
+            "annealed_langevin",
+            annealed_langevin,
+            _uniform_start,
+            ("step_lr", "n_steps_each", "denoise"),
+            "L x n_steps_each (+1 denoise)",
+        ),
+        Sampler(
+            "langevin",
+            langevin,
+            _uniform_start,
+            ("langevin_step_size", "langevin_steps"),
+            "langevin_steps, at the last level",
+        ),
+        Sampler(
+            "consistent_annealed",
+            consistent_annealed,
+            _perturbed_start,
+            ("cas_eta", "denoise"),
+            "L (+1 denoise)",
+        ),
+        Sampler(
+            "predictor_corrector",
+            predictor_corrector,
+            _perturbed_start,
+            ("snr", "n_corrector", "denoise"),
+            "L x (1 + n_corrector)",
+        ),
+        Sampler("heun", heun, _perturbed_start, ("heun_steps",), "2 K - 1 for K = heun_steps"),
+        Sampler("ode", ode, _perturbed_start, ("ode_tol", "denoise"), "adaptive, 2 per call"),
+    )
+}
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise SamplerError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sampler_names() -> list[str]:
+    return list(SAMPLERS)
+
+
+def batch_seeds(seed, batch_index=0):
+    """The seeding convention of every generation path (library, CLI, export, TensorBoard):
+    batch b of a run seeded s uses the pair (s, b); its start x0 is drawn from
+    fold_in((s, b), 0) and its chain from fold_in((s, b), 1). A served ``seed`` input is the
+    pair itself, so serving (s, 0) equals the first batch of seed s."""
+    pair = tf.cast(seed, tf.int32)
+    if pair.shape.rank == 0:
+        pair = tf.stack([pair, tf.cast(batch_index, tf.int32)])
+    fold = tf.random.experimental.stateless_fold_in
+    return fold(pair, 0, alg="philox"), fold(pair, 1, alg="philox")
+
+
+def draw(
+    name: str,
+    score_fn,
+    sigmas,
+    shape,
+    seed,
+    init_range=(0.0, 1.0),
+    jit_compile: bool = False,
+    snapshots: bool = False,
+    **options,
+) -> SamplerOutput:
+    """One batch of ``shape`` = [N, ...] from sampler ``name``, started by its own init,
+    seeded by ``batch_seeds(seed)`` (an int is batch 0); graph-compatible (export uses it)."""
+    spec = get_sampler(name)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise SamplerError(
+            f"sampler {name!r} takes options {', '.join(spec.options)}; not {sorted(unknown)}"
+        )
+    init_seed, chain_seed = batch_seeds(seed)
+    x0 = spec.init(shape, init_seed, sigmas, tuple(float(v) for v in init_range))
+    kwargs = dict(options, jit_compile=jit_compile)
+    if snapshots:
+        if name != "annealed_langevin":
+            raise SamplerError("snapshots are recorded by annealed_langevin only")
+        kwargs["snapshots"] = True
+    return spec.fn(score_fn, x0, sigmas, chain_seed, **kwargs)

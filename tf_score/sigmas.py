@@ -7,41 +7,39 @@ import math
 import numpy as np
 
 
-def geometric_sigmas(sigma_begin: float, sigma_end: float, num_levels: int) -> np.ndarray:
+def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:
     """Geometric schedule sigma_1 > ... > sigma_L with sigma_i = sigma_1 * r^(i-1).
 
-    r = (sigma_L / sigma_1)^(1/(L-1)). With L = 1 the schedule is [sigma_begin] and
-    sigma_end must equal it. Returned as float32 numpy so callers choose where it lives.
+    r = (sigma_L / sigma_1)^(1/(L-1)). With L = 1 the schedule is [sigma_max] and
+    sigma_min must equal it. Returned as float32 numpy so callers choose where it lives.
     """
     num_levels_int = int(num_levels)
     if num_levels_int != num_levels or num_levels_int < 1:
         raise ValueError(f"num_levels must be an integer >= 1, got {num_levels!r}")
-    if not (np.isfinite(sigma_begin) and np.isfinite(sigma_end)):
-        raise ValueError(
-            f"sigma_begin and sigma_end must be finite, got {sigma_begin}, {sigma_end}"
-        )
-    if sigma_end <= 0:
-        raise ValueError(f"sigma_end must be > 0, got {sigma_end}")
+    if not (np.isfinite(sigma_max) and np.isfinite(sigma_min)):
+        raise ValueError(f"sigma_max and sigma_min must be finite, got {sigma_max}, {sigma_min}")
+    if sigma_min <= 0:
+        raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
     if num_levels_int == 1:
-        if not np.isclose(sigma_begin, sigma_end):
+        if not np.isclose(sigma_max, sigma_min):
             raise ValueError(
-                f"with num_levels=1, sigma_begin ({sigma_begin}) must equal sigma_end ({sigma_end})"
+                f"with num_levels=1, sigma_max ({sigma_max}) must equal sigma_min ({sigma_min})"
             )
-        return np.array([sigma_begin], dtype=np.float32)
-    if sigma_begin <= sigma_end:
+        return np.array([sigma_max], dtype=np.float32)
+    if sigma_max <= sigma_min:
         raise ValueError(
-            f"sigma_begin must be > sigma_end for a decreasing schedule, "
-            f"got sigma_begin={sigma_begin}, sigma_end={sigma_end}"
+            f"sigma_max must be > sigma_min for a decreasing schedule, "
+            f"got sigma_max={sigma_max}, sigma_min={sigma_min}"
         )
     return np.exp(
-        np.linspace(np.log(sigma_begin), np.log(sigma_end), num_levels_int, dtype=np.float64)
+        np.linspace(np.log(sigma_max), np.log(sigma_min), num_levels_int, dtype=np.float64)
     ).astype(np.float32)
 
 
 # --- NCSNv2 rules (Song & Ermon 2020, "Improved techniques"), as functions --------------------
 
 
-def sigma_begin_from_data(x, max_examples: int = 10_000, seed: int = 0) -> float:
+def sigma_max_from_data(x, max_examples: int = 10_000, seed: int = 0) -> float:
     """Technique 1: sigma_1 about the largest pairwise Euclidean distance in the data.
 
     ``x`` is [N, ...] (flattened per example). Above ``max_examples`` a seeded random subset
@@ -89,12 +87,12 @@ def level_ratio_for_dim(dim: int, target: float = 0.5) -> float:
     return 0.5 * (lo + hi)
 
 
-def num_levels_for(dim: int, sigma_begin: float, sigma_end: float, target: float = 0.5) -> int:
-    """Technique 2: L for a geometric schedule sigma_begin -> sigma_end with the gamma rule."""
-    if not sigma_begin > sigma_end > 0:
-        raise ValueError(f"need sigma_begin > sigma_end > 0, got {sigma_begin}, {sigma_end}")
+def num_levels_for(dim: int, sigma_max: float, sigma_min: float, target: float = 0.5) -> int:
+    """Technique 2: L for a geometric schedule sigma_max -> sigma_min with the gamma rule."""
+    if not sigma_max > sigma_min > 0:
+        raise ValueError(f"need sigma_max > sigma_min > 0, got {sigma_max}, {sigma_min}")
     gamma = level_ratio_for_dim(dim, target)
-    return math.ceil(math.log(sigma_begin / sigma_end) / math.log(gamma)) + 1
+    return math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma)) + 1
 
 
 def step_size_for(n_steps_each: int, sigmas) -> float:

@@ -275,7 +275,7 @@ class VAEConfig:
     hidden_units: tuple = (256, 256)
     activation: str = "tanh"
     arch: str = "mlp"
-    ngf: int = 32
+    ngf: int = 64
     binarize: bool = True
     #: SSM-VR of the entropy score network
     n_particles: int = 1
@@ -415,32 +415,33 @@ def reconstructions(cfg: VAEConfig, models: dict, x, seed) -> tf.Tensor:
     return tf.sigmoid(models["decoder"](models["encoder"].sample(x, seed)))
 
 
-def config_from_experiment(cfg: dict, image_shape) -> VAEConfig:
-    """The VAEConfig of an experiment config (workdir/config.json, flags)."""
+def vae_config(cfg, image_shape=None) -> VAEConfig:
+    """The VAEConfig of an ``ExperimentConfig`` (``image_shape`` defaults to the config's)."""
+    net = cfg.network
     return VAEConfig(
-        image_shape=tuple(image_shape),
-        encoder=cfg.get("vae_encoder", "implicit"),
-        latent_dim=int(cfg.get("latent_dim", 8)),
-        hidden_units=tuple(cfg["hidden_units"]),
-        activation=cfg["activation"],
-        arch=cfg.get("vae_arch", "mlp"),
-        ngf=int(cfg.get("ngf", 32)),
-        binarize=bool(cfg.get("binarize", True)),
-        n_particles=int(cfg.get("n_particles", 1)),
-        projection=cfg.get("projection", "gaussian"),
-        learning_rate=float(cfg["learning_rate"]),
-        optimizer=cfg.get("vae_optimizer", "rmsprop"),
+        image_shape=tuple(image_shape or cfg.data.data_shape),
+        encoder=net.vae_encoder,
+        latent_dim=net.latent_dim,
+        hidden_units=tuple(net.hidden_units),
+        activation=net.activation,
+        arch=net.network,
+        ngf=net.ngf,
+        binarize=cfg.data.binarize,
+        n_particles=cfg.loss.n_particles,
+        projection=cfg.loss.projection,
+        learning_rate=cfg.optimizer.learning_rate,
+        optimizer=cfg.optimizer.optimizer,
     )
 
 
-def bundle_from_experiment(cfg: dict):
-    """(bundle, image shape) for a VAE experiment config."""
+def bundle(cfg):
+    """(bundle, image shape) of a VAE ``ExperimentConfig``; the images are loaded here."""
     from tf_score import score_model
 
-    images, shape, _, cache = score_model.load_training_images(cfg)
-    vcfg = config_from_experiment(cfg, shape)
+    images, shape, _, cache = score_model.load_training_images(cfg.data)
+    vcfg = vae_config(cfg, shape)
     model_fns(vcfg)["decoder"]()  # fail now, before anything is written, on a bad shape
-    return vae_bundle(vcfg, images, seed=int(cfg["seed"]), cache=cache), shape
+    return vae_bundle(vcfg, images, seed=int(cfg.seed), cache=cache), shape
 
 
 def vae_bundle(

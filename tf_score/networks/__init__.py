@@ -1,4 +1,4 @@
-"""Keras score networks: ``model(x, labels) -> score``, labels int32 level indices."""
+"""Keras score networks: ``model(x, levels) -> score``, levels int32 level indices."""
 
 from tf_score.networks.mlp import ConditionalDense, NoiseConditionalMLP
 from tf_score.networks.refinenet import CondRefineNetDilated

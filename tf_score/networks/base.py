@@ -11,7 +11,7 @@ from tf_score.networks.layers import ConditionalAffine, ConditionalInstanceNormP
 class ImageScoreNetwork(keras.Model):
     """Base of s(x, i) for images x [B, H, W, C] in [0, 1] and level indices i [B].
 
-    Subclasses build their body and call ``self._head(h, labels)`` on its output: conditional
+    Subclasses build their body and call ``self._head(h, levels)`` on its output: conditional
     norm -> activation -> 3x3 conv to C channels, divided by sigma_i with ``scale_by_sigma``
     (the NCSNv2 parameterisation). The output is float32 under any dtype policy.
     ``head_norm`` is "instance" (conditional instance norm++, as NCSN) or "affine" (a per-level
@@ -52,10 +52,10 @@ class ImageScoreNetwork(keras.Model):
         """Images in [0, 1] -> [-1, 1] in the compute dtype."""
         return tf.cast(2.0 * x - 1.0, self.compute_dtype)
 
-    def _head(self, h, labels):
-        s = tf.cast(self.end_conv(self._act(self.out_norm(h, labels))), tf.float32)
+    def _head(self, h, levels):
+        s = tf.cast(self.end_conv(self._act(self.out_norm(h, levels))), tf.float32)
         if self.scale_by_sigma:
-            s = s / tf.gather(tf.constant(self.sigmas, tf.float32), labels)[:, None, None, None]
+            s = s / tf.gather(tf.constant(self.sigmas, tf.float32), levels)[:, None, None, None]
         return s
 
     def get_config(self):

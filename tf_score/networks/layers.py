@@ -1,6 +1,6 @@
 """Building blocks of the NCSN image score networks (NHWC, noise-level conditional).
 
-Every conditional layer takes ``(x, labels)`` with int32 level indices. Normalisation
+Every conditional layer takes ``(x, levels)`` with int32 level indices. Normalisation
 statistics are computed in float32 whatever the compute dtype, so the networks are safe
 under ``mixed_bfloat16`` / ``mixed_float16`` policies.
 
@@ -77,7 +77,7 @@ class ConditionalInstanceNormPlus(keras.layers.Layer):
                 name="offset", shape=(self.num_levels, c), initializer="zeros"
             )
 
-    def call(self, x, labels):
+    def call(self, x, levels):
         dtype = x.dtype
         x = tf.cast(x, tf.float32)
         mu, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)  # [B, 1, 1, C]
@@ -87,11 +87,11 @@ class ConditionalInstanceNormPlus(keras.layers.Layer):
         v = v * c / tf.maximum(c - 1.0, 1.0)
         mu_hat = (mu - m) / tf.sqrt(v + self.epsilon)
         h = (x - mu) / tf.sqrt(var + self.epsilon)
-        gamma, alpha = tf.split(tf.gather(tf.cast(self.scale, tf.float32), labels), 2, axis=-1)
+        gamma, alpha = tf.split(tf.gather(tf.cast(self.scale, tf.float32), levels), 2, axis=-1)
         h = h + mu_hat * alpha[:, None, None, :]
         out = gamma[:, None, None, :] * h
         if self.bias:
-            out = out + tf.gather(tf.cast(self.offset, tf.float32), labels)[:, None, None, :]
+            out = out + tf.gather(tf.cast(self.offset, tf.float32), levels)[:, None, None, :]
         return tf.cast(out, dtype)
 
     def get_config(self):
@@ -127,9 +127,9 @@ class ConditionalAffine(keras.layers.Layer):
             name="offset", shape=(self.num_levels, c), initializer="zeros"
         )
 
-    def call(self, x, labels):
-        gamma = tf.gather(tf.cast(self.scale, x.dtype), labels)[:, None, None, :]
-        beta = tf.gather(tf.cast(self.offset, x.dtype), labels)[:, None, None, :]
+    def call(self, x, levels):
+        gamma = tf.gather(tf.cast(self.scale, x.dtype), levels)[:, None, None, :]
+        beta = tf.gather(tf.cast(self.offset, x.dtype), levels)[:, None, None, :]
         return gamma * x + beta
 
     def get_config(self):
@@ -189,9 +189,9 @@ class ConditionalResidualBlock(keras.layers.Layer):
     def _downsamples(self):
         return self.resample == "down" and not self.dilation
 
-    def call(self, x, labels):
-        h = self.conv1(self._act(self.norm1(x, labels)))
-        h = self.conv2(self._act(self.norm2(h, labels)))
+    def call(self, x, levels):
+        h = self.conv1(self._act(self.norm1(x, levels)))
+        h = self.conv2(self._act(self.norm2(h, levels)))
         skip = self.shortcut(x) if self.has_shortcut else x
         if self._downsamples:
             h, skip = mean_pool(h), mean_pool(skip)
@@ -222,12 +222,12 @@ class CondRCUBlock(_Indexed, keras.layers.Layer):
         for k in range(self.n_blocks * self.n_stages):
             self._norm_conv(k, input_shape)
 
-    def call(self, x, labels):
+    def call(self, x, levels):
         k = 0
         for _ in range(self.n_blocks):
             residual = x
             for _ in range(self.n_stages):
-                x = self._get("conv", k)(self._act(self._get("norm", k)(x, labels)))
+                x = self._get("conv", k)(self._act(self._get("norm", k)(x, levels)))
                 k += 1
             x = x + residual
         return x
@@ -255,11 +255,11 @@ class CondCRPBlock(_Indexed, keras.layers.Layer):
         for k in range(self.n_stages):
             self._norm_conv(k, input_shape)
 
-    def call(self, x, labels):
+    def call(self, x, levels):
         x = self._act(x)
         path = x
         for k in range(self.n_stages):
-            path = self._get("norm", k)(path, labels)
+            path = self._get("norm", k)(path, levels)
             # zero padding counted in the average (divide by 25 everywhere), as in NCSN
             path = tf.nn.avg_pool2d(tf.pad(path, [[0, 0], [2, 2], [2, 2], [0, 0]]), 5, 1, "VALID")
             path = self._get("conv", k)(path)
@@ -313,19 +313,19 @@ class CondRefineBlock(_Indexed, keras.layers.Layer):
         )
         self.out_rcu.build(fused)
 
-    def call(self, xs, labels):
-        hs = [self._get("adapt", i)(x, labels) for i, x in enumerate(xs)]
+    def call(self, xs, levels):
+        hs = [self._get("adapt", i)(x, levels) for i, x in enumerate(xs)]
         if self.num_inputs > 1:
             size = tf.shape(hs[0])[1:3]
             h = 0
             for i, hi in enumerate(hs):
-                hi = self._get("msf_conv", i)(self._get("msf_norm", i)(hi, labels))
+                hi = self._get("msf_conv", i)(self._get("msf_norm", i)(hi, levels))
                 if hi.shape[1:3] != hs[0].shape[1:3]:
                     hi = tf.cast(tf.image.resize(hi, size, method="bilinear"), hi.dtype)
                 h = h + hi
         else:
             h = hs[0]
-        return self.out_rcu(self.crp(h, labels), labels)
+        return self.out_rcu(self.crp(h, levels), levels)
 
     def get_config(self):
         return {

@@ -28,8 +28,8 @@ class ConditionalDense(keras.layers.Layer):
             initializer=keras.initializers.RandomUniform(0.0, 1.0),
         )
 
-    def call(self, x, labels):
-        gamma = tf.cast(tf.gather(self.gamma, labels), self.compute_dtype)
+    def call(self, x, levels):
+        gamma = tf.cast(tf.gather(self.gamma, levels), self.compute_dtype)
         return gamma * self.dense(x)
 
     def get_config(self):
@@ -90,15 +90,15 @@ class NoiseConditionalMLP(keras.Model):
         self.out.build(shape)
         super().build(input_shape)
 
-    def call(self, x, labels):
-        labels = tf.cast(labels, tf.int32)
-        sigma = tf.gather(tf.constant(self.sigmas, tf.float32), labels)[:, tf.newaxis]
+    def call(self, x, levels):
+        levels = tf.cast(levels, tf.int32)
+        sigma = tf.gather(tf.constant(self.sigmas, tf.float32), levels)[:, tf.newaxis]
         h = tf.cast(x, tf.float32)
         if self.log_sigma_input:
             h = tf.concat([h, tf.math.log(sigma)], axis=-1)
         h = tf.cast(h, self.compute_dtype)
         for layer in self.hidden:
-            h = self._act(layer(h, labels))
+            h = self._act(layer(h, levels))
         s = tf.cast(self.out(h), tf.float32)
         return s / sigma if self.scale_by_sigma else s
 

@@ -61,18 +61,18 @@ class CondRefineNetDilated(ImageScoreNetwork):
         self.refine3 = refine(2, n, "refine3")
         self.refine4 = refine(2, n, "refine4", end=True)
 
-    def call(self, x, labels):
-        labels = tf.cast(labels, tf.int32)
+    def call(self, x, levels):
+        levels = tf.cast(levels, tf.int32)
         h = self.begin_conv(self._input(x))
-        l1 = self.res1b(self.res1a(h, labels), labels)
-        l2 = self.res2b(self.res2a(l1, labels), labels)
-        l3 = self.res3b(self.res3a(l2, labels), labels)
-        l4 = self.res4b(self.res4a(l3, labels), labels)
-        r = self.refine1([l4], labels)
-        r = self.refine2([l3, r], labels)
-        r = self.refine3([l2, r], labels)
-        r = self.refine4([l1, r], labels)
-        return self._head(r, labels)
+        l1 = self.res1b(self.res1a(h, levels), levels)
+        l2 = self.res2b(self.res2a(l1, levels), levels)
+        l3 = self.res3b(self.res3a(l2, levels), levels)
+        l4 = self.res4b(self.res4a(l3, levels), levels)
+        r = self.refine1([l4], levels)
+        r = self.refine2([l3, r], levels)
+        r = self.refine3([l2, r], levels)
+        r = self.refine4([l1, r], levels)
+        return self._head(r, levels)
 
     def get_config(self):
         return {

@@ -75,8 +75,8 @@ class ConditionalResNet(ImageScoreNetwork):
                     ),
                 )
 
-    def call(self, x, labels):
-        labels = tf.cast(labels, tf.int32)
+    def call(self, x, levels):
+        levels = tf.cast(levels, tf.int32)
         h = self.begin_conv(self._input(x))
         skips = []
         n_stages = len(self.channel_mults)
@@ -84,18 +84,18 @@ class ConditionalResNet(ImageScoreNetwork):
             if s > 0:
                 h = tf.nn.avg_pool2d(h, 2, 2, "VALID")
             for b in range(self.num_blocks):
-                h = getattr(self, f"down_{s}_{b}")(h, labels)
+                h = getattr(self, f"down_{s}_{b}")(h, levels)
             skips.append(h)
         for s in reversed(range(n_stages)):
             h = h + skips[s] if s < n_stages - 1 else h
             for b in range(self.num_blocks):
-                h = getattr(self, f"up_{s}_{b}")(h, labels)
+                h = getattr(self, f"up_{s}_{b}")(h, levels)
             if s > 0:
                 # 2x nearest up-sampling by repetition: the same values as a nearest resize,
                 # and its gradient compiles under XLA (ResizeNearestNeighborGrad does not).
                 h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
                 h = getattr(self, f"upconv_{s}")(h)
-        return self._head(h, labels)
+        return self._head(h, levels)
 
     def get_config(self):
         return {

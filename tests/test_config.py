@@ -1,0 +1,76 @@
+"""The typed experiment config: defaults, validation before any work, JSON round trip, and
+the flat config.json of workdirs written before it."""
+
+import json
+
+import pytest
+
+from tf_score import config
+from tf_score.config import ConfigError, ExperimentConfig
+
+
+def test_defaults_round_trip_and_replace():
+    cfg = ExperimentConfig()
+    assert cfg.network.network == "mlp"  # the family's first network
+    assert config.ExperimentConfig.from_json(cfg.to_json()) == cfg
+    other = cfg.replace(noise={"num_levels": 5}, seed=3)
+    assert other.noise.num_levels == 5 and other.seed == 3 and other.noise.sigma_max == 20.0
+    assert [d[0] for d in cfg.model_differences(other)] == ["num_levels", "seed"]
+    # where the data live may change between a run and its resumption; the sampler too
+    moved = cfg.replace(data={"data_dir": "/elsewhere"}, sampler={"sampler": "heun"})
+    assert cfg.model_differences(moved) == []
+    assert json.loads(cfg.to_json())["network"]["hidden_units"] == [128, 128]
+
+
+def test_every_field_name_is_unique_and_from_flat_sets_it():
+    owner = config.field_names()
+    assert owner["sigma_max"] == "noise" and owner["step_lr"] == "sampler"
+    cfg = config.from_flat(dict(dataset="mnist", network="resnet", channel_mults=["1", "2"]))
+    assert cfg.network.channel_mults == (1, 2) and cfg.is_image
+    with pytest.raises(ConfigError, match="unknown config field 'sigma_begin'"):
+        config.from_flat(dict(sigma_begin=1.0))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(num_steps=0), "num_steps must be an integer >= 1, got 0"),
+        (dict(learning_rate=float("nan")), "learning_rate must be finite"),
+        (dict(step_lr=-1.0), "step_lr must be > 0.0"),
+        (dict(sigma_min=0.0), "sigma_min must be > 0.0"),
+        (dict(num_levels=1), "with num_levels=1, sigma_max (20.0) must equal sigma_min (1.0)"),
+        (dict(model="vae"), "model=vae needs image data, not dataset=two_mode"),
+        (dict(model="classifier", dataset="npz", data_path="x.npz"), "needs labelled images"),
+        (dict(sampler="euler"), "sampler must be one of annealed_langevin, langevin"),
+        (dict(cas_eta=1.5), "cas_eta must be < 1.0"),
+        (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),
+    ],
+)
+def test_invalid_settings_name_the_field(values, message):
+    with pytest.raises(ConfigError) as err:
+        config.from_flat(values)
+    assert message in str(err.value)
+
+
+def test_unknown_json_keys_are_refused():
+    d = ExperimentConfig().to_dict()
+    d["noise"]["sigma_begin"] = 1.0
+    with pytest.raises(ConfigError, match="unknown fields in config section 'noise'"):
+        ExperimentConfig.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "old, model, network",
+    [
+        ({"model": "mlp"}, "score", "mlp"),
+        ({"model": "resnet", "dataset": "mnist"}, "score", "resnet"),
+        ({"model": "vae", "dataset": "mnist", "vae_arch": "conv"}, "vae", "conv"),
+    ],
+)
+def test_flat_config_json_of_older_workdirs_is_read(old, model, network):
+    flat = {"dataset": "two_mode", "sigma_begin": 5.0, "sigma_end": 0.5, "num_levels": 4,
+            "loss": "anneal_dsm", "vae_optimizer": "rmsprop", "data_shape": [2], **old}  # fmt: skip
+    cfg = ExperimentConfig.from_dict(flat)
+    assert (cfg.network.model, cfg.network.network) == (model, network)
+    assert (cfg.noise.sigma_max, cfg.noise.sigma_min) == (5.0, 0.5)
+    assert cfg.optimizer.optimizer == ("rmsprop" if model == "vae" else "adam")

@@ -1,0 +1,449 @@
+"""The experiment config: typed, frozen, validated, and round-tripped through JSON.
+
+One ``ExperimentConfig`` describes a run completely: its data, network, noise schedule,
+loss, optimiser, training loop and default sampler. Every field has the same name as its
+command-line flag (``flags/`` maps flags to fields by name, in one place), as its JSON key
+in ``workdir/config.json`` and as the keyword of the library function that uses it.
+
+    cfg = ExperimentConfig(noise=NoiseConfig(sigma_max=20.0, sigma_min=1.0, num_levels=10))
+    ExperimentConfig.from_json(cfg.to_json()) == cfg
+
+Validation happens on construction and raises ``ConfigError`` naming the field and what is
+allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+
+#: model families -> the network architectures each accepts (the first is the default)
+FAMILY_NETWORKS = {
+    "score": ("mlp", "resnet", "refinenet"),
+    "vae": ("mlp", "conv"),
+    "classifier": ("conv",),
+}
+TOY_DATASETS = ("two_mode", "eight_gaussians", "rings")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
+LABELLED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = (*TOY_DATASETS, *TFDS_DATASETS, "folder", "npz")
+#: training objectives of score networks; every name is a function in ``tf_score.losses``
+SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm")
+PROJECTIONS = ("gaussian", "rademacher")
+OPTIMIZERS = ("adam", "rmsprop")
+PRECISIONS = ("float32", "mixed_bfloat16")
+ACTIVATIONS = ("softplus", "elu", "swish", "tanh")
+VAE_ENCODERS = ("implicit", "gaussian")
+#: data settings that may change between a run and its resumption (where the data lives)
+PORTABLE_FIELDS = ("data_dir", "data_path", "download")
+CONFIG_FILE = "config.json"
+
+
+class ConfigError(ValueError):
+    """An experiment setting is invalid; the message names the field and what is allowed."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_ints(obj, *names, minimum=1):
+    for name in names:
+        v = getattr(obj, name)
+        _require(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+            f"{name} must be an integer >= {minimum}, got {v!r}",
+        )
+
+
+def _finite(obj, name, low=None, high=None, low_open=True):
+    v = getattr(obj, name)
+    _require(isinstance(v, int | float) and math.isfinite(v), f"{name} must be finite, got {v!r}")
+    if low is not None:
+        ok = v > low if low_open else v >= low
+        _require(ok, f"{name} must be {'>' if low_open else '>='} {low}, got {v!r}")
+    if high is not None:
+        _require(v < high, f"{name} must be < {high}, got {v!r}")
+
+
+def _one_of(obj, name, allowed):
+    v = getattr(obj, name)
+    _require(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the training data come from. ``data_shape`` is filled in by training."""
+
+    dataset: str = "two_mode"
+    data_dir: str | None = None
+    download: bool = True
+    data_path: str | None = None
+    image_size: int = 0
+    random_flip: bool = False
+    #: dynamically binarise images for the VAE's Bernoulli decoder
+    binarize: bool = True
+    data_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        _one_of(self, "dataset", DATASETS)
+        _positive_ints(self, "image_size", minimum=0)
+        _require(
+            self.dataset not in ("folder", "npz") or bool(self.data_path),
+            f"dataset={self.dataset} needs data_path (the image folder or .npz file)",
+        )
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset in TOY_DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The model family (``model``) and its network architecture (``network``)."""
+
+    model: str = "score"
+    #: "" picks the family's first (score: mlp, vae: mlp, classifier: conv)
+    network: str = ""
+    ngf: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    hidden_units: tuple[int, ...] = (128, 128)
+    activation: str = "softplus"
+    log_sigma_input: bool = True
+    #: parameterise s(x, i) = f(x, i) / sigma_i (NCSNv2)
+    scale_by_sigma: bool = False
+    precision: str = "float32"
+    vae_encoder: str = "implicit"
+    latent_dim: int = 8
+
+    def __post_init__(self):
+        _one_of(self, "model", tuple(FAMILY_NETWORKS))
+        if not self.network:
+            object.__setattr__(self, "network", FAMILY_NETWORKS[self.model][0])
+        _one_of(self, "network", FAMILY_NETWORKS[self.model])
+        _positive_ints(self, "ngf", "num_res_blocks", "latent_dim")
+        _require(
+            len(self.channel_mults) > 0 and all(int(u) > 0 for u in self.channel_mults),
+            f"channel_mults must be positive integers, got {self.channel_mults!r}",
+        )
+        _require(
+            all(int(u) > 0 for u in self.hidden_units),
+            f"hidden_units must be positive integers, got {self.hidden_units!r}",
+        )
+        _one_of(self, "activation", ACTIVATIONS)
+        _one_of(self, "precision", PRECISIONS)
+        _one_of(self, "vae_encoder", VAE_ENCODERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """Geometric noise levels sigma_max = sigma_1 > ... > sigma_L = sigma_min."""
+
+    sigma_max: float = 20.0
+    sigma_min: float = 1.0
+    num_levels: int = 10
+
+    def __post_init__(self):
+        _finite(self, "sigma_max", 0.0)
+        _finite(self, "sigma_min", 0.0)
+        _positive_ints(self, "num_levels")
+        if self.num_levels == 1:
+            _require(
+                math.isclose(self.sigma_max, self.sigma_min),
+                f"with num_levels=1, sigma_max ({self.sigma_max}) must equal sigma_min "
+                f"({self.sigma_min})",
+            )
+        else:
+            _require(
+                self.sigma_max > self.sigma_min,
+                f"sigma_max ({self.sigma_max}) must be > sigma_min ({self.sigma_min})",
+            )
+
+    def sigmas(self):
+        """The schedule as float32 numpy [L]."""
+        from tf_score.sigmas import geometric_sigmas
+
+        return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The score-matching objective (``loss``, a function of ``tf_score.losses``) and knobs."""
+
+    loss: str = "anneal_dsm"
+    #: lambda(sigma) = sigma^anneal_power
+    anneal_power: float = 2.0
+    n_particles: int = 1
+    projection: str = "gaussian"
+
+    def __post_init__(self):
+        _one_of(self, "loss", SCORE_LOSSES)
+        _finite(self, "anneal_power")
+        _positive_ints(self, "n_particles")
+        _one_of(self, "projection", PROJECTIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    #: clip gradients by global norm (0: off)
+    grad_clip_norm: float = 0.0
+
+    def __post_init__(self):
+        _one_of(self, "optimizer", OPTIMIZERS)
+        _finite(self, "learning_rate", 0.0)
+        _finite(self, "grad_clip_norm", 0.0, low_open=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """The run's default sampler and every sampler option (each sampler reads its own; see
+    ``tf_score.samplers.SAMPLERS``). The same defaults serve the library, CLI and export."""
+
+    sampler: str = "annealed_langevin"
+    #: annealed Langevin eps: a_i = step_lr * sigma_i^2 / sigma_L^2
+    step_lr: float = 0.05
+    n_steps_each: int = 100
+    #: final Tweedie step x + sigma_L^2 s(x, L)
+    denoise: bool = True
+    langevin_steps: int = 1000
+    langevin_step_size: float = 0.05
+    #: consistent annealed eta (0: the smallest consistent value)
+    cas_eta: float = 0.0
+    snr: float = 0.16
+    n_corrector: int = 1
+    #: levels used by Heun (0: all)
+    heun_steps: int = 0
+    ode_tol: float = 1e-5
+
+    def __post_init__(self):
+        from tf_score.samplers import SAMPLERS
+
+        _one_of(self, "sampler", tuple(SAMPLERS))
+        _finite(self, "step_lr", 0.0)
+        _finite(self, "langevin_step_size", 0.0)
+        _finite(self, "snr", 0.0)
+        _finite(self, "cas_eta", 0.0, 1.0, low_open=False)
+        _finite(self, "ode_tol", 0.0, 1.0)
+        _positive_ints(self, "n_steps_each")
+        _positive_ints(self, "langevin_steps", "n_corrector", "heun_steps", minimum=0)
+        _require(
+            self.heun_steps == 0 or self.heun_steps >= 2,
+            f"heun_steps must be 0 (all levels) or >= 2, got {self.heun_steps}",
+        )
+
+    def options(self) -> dict:
+        """The options of ``sampler`` (the keywords its registry entry documents)."""
+        from tf_score.samplers import SAMPLERS
+
+        return {k: getattr(self, k) for k in SAMPLERS[self.sampler].options}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Training-loop settings (``tf_score.train.TrainConfig`` is built from these)."""
+
+    num_steps: int = 20000
+    batch_size: int = 128
+    log_every: int = 500
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    sample_every: int = 0
+    ema_rate: float = 0.999
+    ema_warmup: bool = True
+    jit: bool = False
+    steps_per_loop: int = 100
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        _positive_ints(
+            self,
+            "num_steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "steps_per_loop",
+            "grad_accum_steps",
+        )
+        _positive_ints(self, "sample_every", minimum=0)
+        _finite(self, "ema_rate", 0.0, 1.0, low_open=False)
+        _require(
+            self.batch_size % self.grad_accum_steps == 0,
+            f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
+            f"({self.grad_accum_steps})",
+        )
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "network": NetworkConfig,
+    "noise": NoiseConfig,
+    "loss": LossConfig,
+    "optimizer": OptimizerConfig,
+    "sampler": SamplerConfig,
+    "train": LoopConfig,
+}
+#: sections whose settings define the trained model (checked when a run resumes)
+MODEL_SECTIONS = ("data", "network", "noise", "loss", "optimizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = NetworkConfig()
+    noise: NoiseConfig = NoiseConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    train: LoopConfig = LoopConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        family, net, ds = self.network.model, self.network.network, self.data.dataset
+        if family == "score":
+            _require(
+                (net == "mlp") == self.data.is_toy,
+                f"network={net} does not fit dataset={ds}: the 2-D toys "
+                f"({', '.join(TOY_DATASETS)}) need network=mlp, image data sets need "
+                "network=resnet or refinenet",
+            )
+        else:
+            _require(not self.data.is_toy, f"model={family} needs image data, not dataset={ds}")
+        if family == "classifier":
+            _require(
+                ds in LABELLED_DATASETS,
+                f"model=classifier needs labelled images: dataset={' or '.join(LABELLED_DATASETS)}",
+            )
+        _require(
+            self.loss.loss != "dsm" or self.noise.num_levels == 1,
+            "loss=dsm is single-level: it needs num_levels=1 (anneal_dsm is the multi-level one)",
+        )
+
+    @property
+    def is_image(self) -> bool:
+        return not self.data.is_toy
+
+    def replace(self, **sections) -> ExperimentConfig:
+        """A copy with some fields changed: ``cfg.replace(noise={"num_levels": 5}, seed=1)``."""
+        changes = {}
+        for name, value in sections.items():
+            if name in SECTIONS and isinstance(value, dict):
+                value = dataclasses.replace(getattr(self, name), **value)
+            changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExperimentConfig:
+        """Read a config dict (``config.json``, also the flat one of tf_score before the typed
+        config); unknown keys are an error."""
+        _require(isinstance(d, dict), f"a config must be a JSON object, got {type(d).__name__}")
+        if "dataset" in d:  # a flat dict: the typed config nests it under "data"
+            return from_flat(_from_legacy(d))
+        unknown = set(d) - {*SECTIONS, "seed"}
+        _require(not unknown, f"unknown config sections: {', '.join(sorted(unknown))}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            sections[name] = _section_from_dict(section_cls, d.get(name, {}), name)
+        return cls(**sections, seed=int(d.get("seed", 0)))
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        return cls.from_dict(json.loads(text))
+
+    def model_differences(self, other: ExperimentConfig) -> list[tuple[str, object, object]]:
+        """(field, self's value, other's value) for the model-defining settings that differ
+        (the data's location may move between a run and its resumption)."""
+        diffs = []
+        for section in MODEL_SECTIONS:
+            a, b = getattr(self, section), getattr(other, section)
+            for f in dataclasses.fields(a):
+                if f.name in PORTABLE_FIELDS or f.name == "data_shape":
+                    continue
+                if getattr(a, f.name) != getattr(b, f.name):
+                    diffs.append((f.name, getattr(a, f.name), getattr(b, f.name)))
+        if self.seed != other.seed:
+            diffs.append(("seed", self.seed, other.seed))
+        return diffs
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _section_from_dict(section_cls, d: dict, name: str):
+    _require(isinstance(d, dict), f"config section {name!r} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(d) - set(fields)
+    _require(not unknown, f"unknown fields in config section {name!r}: {sorted(unknown)}")
+    hints = typing.get_type_hints(section_cls)
+    kwargs = {}
+    for key, value in d.items():
+        if value is not None and "tuple" in str(hints[key]):
+            value = tuple(int(v) for v in value)
+        elif hints[key] is float and isinstance(value, int | float):
+            value = float(value)
+        kwargs[key] = value
+    return section_cls(**kwargs)
+
+
+#: renamed settings of the flat config.json written before the typed config
+_LEGACY_NAMES = {"sigma_begin": "sigma_max", "sigma_end": "sigma_min"}
+
+
+def _from_legacy(d: dict) -> dict:
+    """The flat dict of an old workdir in today's field names: ``model`` was the architecture
+    (mlp, resnet, refinenet) or the family (vae, classifier)."""
+    d = {_LEGACY_NAMES.get(k, k): v for k, v in d.items()}
+    model = d.pop("model", "mlp")
+    arch, vae_optimizer = d.pop("vae_arch", "mlp"), d.pop("vae_optimizer", "rmsprop")
+    if model == "vae":
+        d.update(model="vae", network=arch, optimizer=vae_optimizer)
+    elif model == "classifier":
+        d.update(model="classifier")
+    else:
+        d.update(model="score", network=model)
+    return d
+
+
+def field_names() -> dict[str, str]:
+    """Every field name -> its section (names are unique across sections: one per quantity)."""
+    out = {}
+    for section, section_cls in SECTIONS.items():
+        for f in dataclasses.fields(section_cls):
+            assert f.name not in out, f"{f.name} is in two sections"
+            out[f.name] = section
+    return out
+
+
+def from_flat(values: dict) -> ExperimentConfig:
+    """Build a config from flat ``{field: value}`` (flags, a notebook's keyword arguments);
+    fields not given keep their defaults."""
+    owner = field_names()
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    seed = 0
+    for key, value in values.items():
+        if value is None:  # not given: the default
+            continue
+        if key == "seed":
+            seed = int(value)
+            continue
+        _require(key in owner, f"unknown config field {key!r}")
+        sections[owner[key]][key] = value
+    return ExperimentConfig.from_dict({**sections, "seed": seed})

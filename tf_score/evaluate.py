@@ -1,0 +1,313 @@
+"""Evaluations of trained runs: the two-mode experiment, image quality against the
+real-vs-real floor, and VAE test likelihood. ``metrics`` holds the pure formulas; this module
+loads what they need, samples and summarises. Errors are ``EvaluationError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from tf_score import metrics
+from tf_score.runs import Run, generate_from, sampler_config
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation cannot run as asked; the message says what is missing."""
+
+
+def _mean_se(values) -> dict:
+    v = np.asarray(values, np.float64)
+    return {
+        "mean": float(v.mean()),
+        "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+    }
+
+
+# --- the two-mode experiment -----------------------------------------------------------------
+
+#: (row key, sampler, score) of the seed's demonstration, in table order
+TWO_MODE_ROWS = (
+    ("plain_langevin", "langevin", "learned"),
+    ("exact_plain_langevin", "langevin", "exact"),
+    ("annealed_langevin", "annealed_langevin", "learned"),
+    ("exact_annealed_langevin", "annealed_langevin", "exact"),
+)
+
+
+class TwoModeResult(NamedTuple):
+    metrics: dict
+    #: row key -> samples [num_batches * n, 2]
+    samples: dict
+    exact: np.ndarray
+
+
+def two_mode(
+    run: Run,
+    num_samples: int = 1280,
+    num_batches: int = 4,
+    seed: int = 0,
+    num_permutations: int = 500,
+    jit_compile: bool = False,
+) -> TwoModeResult:
+    """Plain vs annealed Langevin with the learned and the exact score on a 2-D toy: mode
+    weight (fraction with x1 + x2 > 0) over ``num_batches`` batches of ``num_samples``,
+    MMD^2 and a kernel two-sample p-value of the first batch against exact samples. The
+    sampler options are the run's; batch b is seeded (seed, b) as in ``runs.generate``.
+    The exact plain-Langevin score is that of p itself (sigma = 0)."""
+    import tensorflow as tf
+
+    from tf_score import data
+
+    if not run.config.data.is_toy:
+        raise EvaluationError(f"the two-mode evaluation needs a 2-D toy run, not {run.workdir}")
+    toy = data.get_toy(run.config.data.dataset)
+    exact_p = toy.score_fn()
+    scores = {
+        "learned": {"langevin": run.score_fn, "annealed_langevin": run.score_fn},
+        "exact": {
+            "langevin": lambda x, levels: exact_p(x),
+            "annealed_langevin": toy.conditional_score_fn(run.sigmas),
+        },
+    }
+    samples, seconds = {}, {}
+    for key, sampler, score in TWO_MODE_ROWS:
+        out = generate_from(
+            scores[score][sampler],
+            run.sigmas,
+            (2,),
+            num_samples * num_batches,
+            seed,
+            sampler_config(run.config.sampler, sampler),
+            run.init_range,
+            batch_size=num_samples,
+            jit_compile=jit_compile,
+        )
+        samples[key], seconds[key] = out.samples, out.seconds
+    exact = toy.sample(num_samples, seed=tf.constant([seed, 99991])).numpy()
+    exact_ref = toy.sample(num_samples, seed=tf.constant([seed, 99992])).numpy()
+    out = {"num_samples_per_batch": num_samples, "num_batches": num_batches}
+    out["checkpoint_step"] = run.step
+    out["num_permutations"] = num_permutations
+    for key, x in samples.items():
+        first = x[:num_samples]
+        out[f"{key}_mode_weight"], out[f"{key}_mode_weight_se"] = metrics.mode_weight(x)
+        out[f"{key}_mmd"] = metrics.mmd_rbf(first, exact)
+        out[f"{key}_two_sample_p"] = metrics.kernel_two_sample_test(
+            first, exact, num_permutations=num_permutations, seed=seed
+        )[1]
+    out["exact_samples_mode_weight"] = metrics.mode_weight(exact)[0]
+    out["exact_vs_exact_mmd"] = metrics.mmd_rbf(exact_ref, exact)
+    out["sample_seconds"] = seconds["plain_langevin"] + seconds["annealed_langevin"]
+    summary = os.path.join(run.workdir, "train_summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            out["train_seconds"] = json.load(f)["train_seconds"]
+    out["train_loss"] = run.config.loss.loss
+    return TwoModeResult(out, samples, exact)
+
+
+def plot_two_mode(result: TwoModeResult, extent: float, path: str) -> None:
+    """Exact samples beside plain / annealed Langevin (first batch of each) as one PNG."""
+    from tf_score import plotting
+
+    n = result.metrics["num_samples_per_batch"]
+    titles = {
+        "plain_langevin": "plain Langevin, learned s",
+        "exact_annealed_langevin": "annealed Langevin, exact s",
+        "annealed_langevin": "annealed Langevin, learned s",
+    }
+    panels = {"exact samples": result.exact}
+    for key, title in titles.items():
+        w = result.metrics[f"{key}_mode_weight"]
+        panels[f"{title} (w={w:.2f})"] = result.samples[key][:n]
+    plotting.scatter_panels(panels, extent, path=path)
+
+
+# --- image quality ---------------------------------------------------------------------------
+
+
+class QualityReference(NamedTuple):
+    """What FID/KID of samples need: the feature extractor, the training set's features and
+    the held-out images of the real-vs-real floor (as many as the samples)."""
+
+    extractor: metrics.FeatureExtractor
+    features: np.ndarray
+    held_out: np.ndarray
+    classifier_path: str | None
+
+
+def _images_array(data_cfg, split: str) -> np.ndarray:
+    from tf_score import score_model
+
+    images, *_ = score_model.load_training_images(data_cfg, split=split)
+    return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
+
+
+def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
+    """(extractor, classifier path or None, cache key) for ``feature_extractor``."""
+    from tf_score import classifier as classifier_lib
+
+    if feature_extractor == "inception":
+        try:
+            ex = metrics.inception_extractor(inception_weights)
+        except metrics.MetricUnavailableError as e:
+            raise EvaluationError(str(e)) from e
+        return ex, None, f"inception:{inception_weights}"
+    if not classifier:
+        raise EvaluationError(
+            "classifier features need a trained classifier (train it: run_train.py "
+            "--flagfile=flags/presets/mnist_classifier.cfg --workdir=runs/mnist_classifier), "
+            "or use the inception feature extractor"
+        )
+    try:
+        net = classifier_lib.load_classifier(classifier)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvaluationError(f"classifier {classifier}: {e}") from e
+    if tuple(net.image_shape) != run.data_shape:
+        raise EvaluationError(
+            f"classifier {classifier} takes images {net.image_shape}, but this model makes "
+            f"{run.data_shape}"
+        )
+    path = classifier
+    if os.path.isdir(path):
+        path = os.path.join(path, classifier_lib.CLASSIFIER_FILE)
+    path = os.path.realpath(path)
+    return metrics.classifier_extractor(net), path, f"classifier:{path}:{os.path.getmtime(path)}"
+
+
+def quality_reference(
+    run: Run,
+    num_samples: int,
+    feature_extractor: str = "classifier",
+    classifier: str | None = None,
+    inception_weights: str = "imagenet",
+    cache_dir: str | None = None,
+) -> QualityReference:
+    """Load everything FID/KID of ``num_samples`` samples need, every error before sampling.
+    The training features are cached in ``cache_dir`` (default: the workdir), keyed by the
+    extractor (and the classifier file's mtime) and the data set."""
+    from tf_score import data
+
+    extractor, net_path, key = _extractor(run, feature_extractor, classifier, inception_weights)
+    dataset = run.config.data.dataset
+    if dataset in ("folder", "npz") or run.config.data.is_toy:
+        raise EvaluationError(
+            f"image quality needs a tfds data set with train and test splits, not {dataset}"
+        )
+    try:
+        held = _images_array(run.config.data, "test")
+    except data.DataUnavailableError as e:
+        raise EvaluationError(str(e)) from e
+    if len(held) < num_samples:
+        raise EvaluationError(
+            f"num_samples={num_samples} is more than the {len(held)} test images of the floor"
+        )
+    key += f":{dataset}:train"
+    cache = os.path.join(cache_dir or run.workdir, f"reference_features_{extractor.name}.npz")
+    ref = None
+    if os.path.exists(cache):
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                ref = z["features"]
+    if ref is None:
+        ref, _ = extractor(_images_array(run.config.data, "train").astype(np.float32) / 255.0)
+        np.savez(cache + ".tmp.npz", features=ref, key=key)
+        os.replace(cache + ".tmp.npz", cache)
+    return QualityReference(extractor, ref, held.astype(np.float32) / 255.0, net_path)
+
+
+def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: int = 0) -> dict:
+    """FID/KID of 8-bit samples (as saved) against the training features, with the floor of
+    as many held-out images, and label histograms for classifier features."""
+    from tf_score import classifier
+
+    x = np.asarray(images_uint8).astype(np.float32) / 255.0
+    t0 = time.time()
+    q = metrics.image_quality(
+        x, None, reference.held_out, reference.extractor, seed=seed,
+        reference_features=reference.features,
+    )  # fmt: skip
+    q["metric_seconds"] = time.time() - t0
+    if reference.classifier_path:
+        q["classifier"] = reference.classifier_path
+        q["classifier_test_accuracy"] = classifier.test_accuracy_of(reference.classifier_path)
+    return q
+
+
+# --- VAE likelihood --------------------------------------------------------------------------
+
+
+def vae_test_images(run: Run, n: int) -> np.ndarray:
+    """The first ``n`` test images in [0, 1] (training images for folder / npz data), with one
+    fixed binarisation (the same for every model and seed) when the VAE binarises."""
+    import tensorflow as tf
+
+    from tf_score import data, score_model, vae
+
+    split = "train" if run.config.data.dataset in ("folder", "npz") else "test"
+    try:
+        test, *_ = score_model.load_training_images(run.config.data, split=split)
+    except data.DataUnavailableError as e:
+        raise EvaluationError(str(e)) from e
+    x = np.stack(list(test.take(n).as_numpy_iterator())).astype(np.float32) / 255.0
+    if run.config.data.binarize:
+        x = vae.binarize(x, tf.constant([0, 0xB1])).numpy()
+    return x
+
+
+def vae_likelihood(
+    run: Run,
+    x: np.ndarray,
+    seed: int = 0,
+    ais_chains: int = 16,
+    ais_temperatures: int = 500,
+    ais_leapfrog_steps: int = 10,
+    eval_batch: int = 100,
+    iwae_samples: int = 1000,
+    progress: bool = False,
+) -> tuple[dict, dict]:
+    """Test NLL by AIS for either encoder; IWAE and -ELBO for the Gaussian one. Returns
+    (summary with mean and standard error, per-example values for paired comparisons)."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from tf_score import vae
+
+    vcfg, models = vae.vae_config(run.config), run.models
+    ais = tf.function(
+        lambda xb, s: vae.ais_log_likelihood(
+            vae.decoder_log_likelihood_fn(models["decoder"]), xb, vcfg.latent_dim, s,
+            num_chains=ais_chains, num_temperatures=ais_temperatures,
+            num_leapfrog_steps=ais_leapfrog_steps,
+        )
+    )  # fmt: skip
+    starts = range(0, len(x), eval_batch)
+    log_px, accept, iwae, elbo = [], [], [], []
+    t0 = time.time()
+    for i in tqdm(starts, desc="AIS", unit="batch", disable=not progress):
+        res = ais(tf.constant(x[i : i + eval_batch]), tf.constant([seed, 100 + i]))
+        log_px.append(res.log_likelihood.numpy())
+        accept.append(float(res.accept_rate))
+    per_example = {"ais_nll": -np.concatenate(log_px)}
+    out = {"step": run.step, "encoder": vcfg.encoder, "latent_dim": vcfg.latent_dim}
+    out["n_examples"] = len(x)
+    out["ais_nll"] = {
+        **_mean_se(per_example["ais_nll"]), "chains": ais_chains,
+        "temperatures": ais_temperatures, "leapfrog_steps": ais_leapfrog_steps,
+        "accept_rate": float(np.mean(accept)), "seconds": time.time() - t0,
+    }  # fmt: skip
+    if vcfg.encoder == "gaussian":
+        for i in starts:
+            xb, s = tf.constant(x[i : i + eval_batch]), tf.constant([seed, 200 + i])
+            r = vae.iwae_bound(models["encoder"], models["decoder"], xb, iwae_samples, s)
+            iwae.append(r.iwae.numpy())
+            elbo.append(r.elbo.numpy())
+        per_example["iwae_nll"] = -np.concatenate(iwae)
+        out["iwae_nll"] = {**_mean_se(per_example["iwae_nll"]), "samples": iwae_samples}
+        out["neg_elbo"] = _mean_se(-np.concatenate(elbo))
+    return out, per_example

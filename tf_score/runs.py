@@ -1,0 +1,440 @@
+"""The Python API of a run: train into a workdir, load it, generate, inpaint, export.
+
+    from tf_score import config, runs
+
+    cfg = config.from_flat(dict(dataset="two_mode", num_steps=500, sigma_max=20.0))
+    runs.train(cfg, "/tmp/toy")                       # writes config.json, resumes if present
+    run = runs.load("/tmp/toy")                       # config, EMA models, step, score
+    out = runs.generate(run, 1000, seed=0, sampler="heun")
+    runs.export(run, "/tmp/export")                   # SavedModel for TF Serving
+
+A workdir describes itself: ``config.json`` (the ``ExperimentConfig`` with the data shape)
+and ``checkpoints/``; whoever trained it (this API or ``run_train.py``), anything can load it.
+Model families (score networks, VAEs, the classifier) are chosen in one registry, ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from tf_score import config as config_lib
+from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
+
+
+class RunError(RuntimeError):
+    """A workdir cannot be used as asked (no config, no checkpoint, other settings)."""
+
+
+class Family(NamedTuple):
+    """A model family: how to make its training bundle and rebuild its models from a config
+    (or, for a family trained outside the loop, how to train and load it)."""
+
+    name: str
+    #: cfg -> (ModelBundle, data shape); loads the data
+    bundle: Callable | None
+    #: cfg (with data_shape) -> {name: factory of a built Keras model}
+    model_fns: Callable | None
+    #: (cfg, workdir, progress) -> result, replacing the training loop
+    train: Callable | None = None
+    #: workdir -> {name: model}, replacing the checkpoint restore
+    load: Callable | None = None
+
+
+def _score_bundle(cfg):
+    from tf_score import score_model
+
+    return score_model.bundle(cfg)
+
+
+def _score_model_fns(cfg):
+    from tf_score import score_model
+
+    return {"score": score_model.network_fn(cfg)}
+
+
+def _vae_bundle(cfg):
+    from tf_score import vae
+
+    return vae.bundle(cfg)
+
+
+def _vae_model_fns(cfg):
+    from tf_score import vae
+
+    return vae.model_fns(vae.vae_config(cfg))
+
+
+def _load_classifier(workdir):
+    from tf_score import classifier
+
+    return {"classifier": classifier.load_classifier(workdir)}
+
+
+FAMILIES: dict[str, Family] = {
+    "score": Family("score", _score_bundle, _score_model_fns),
+    "vae": Family("vae", _vae_bundle, _vae_model_fns),
+    # a supervised Keras fit, saved as a .keras file
+    "classifier": Family(
+        "classifier", None, None, train=lambda *a: _train_classifier(*a), load=_load_classifier
+    ),
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained workdir: its config, EMA models and the checkpoint step they come from."""
+
+    workdir: str
+    config: ExperimentConfig
+    models: dict
+    step: int
+    checkpoint: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.config.network.model
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.data.data_shape)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        return self.config.noise.sigmas()
+
+    @property
+    def score_fn(self):
+        """The EMA score network ``(x, levels) -> s`` (score family only)."""
+        if self.family != "score":
+            raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
+        return self.models["score"]
+
+    @property
+    def init_range(self) -> tuple[float, float]:
+        from tf_score import score_model
+
+        return score_model.init_range(self.config)
+
+
+# --- config.json ------------------------------------------------------------------------------
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, config_lib.CONFIG_FILE)
+
+
+def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
+    """The workdir's config (``data_dir``: where the data live now, if they moved)."""
+    import tensorflow as tf
+
+    path = config_path(workdir)
+    if not tf.io.gfile.exists(path):
+        raise RunError(f"{workdir} has no {config_lib.CONFIG_FILE}: train there first")
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        cfg = ExperimentConfig.from_dict(json.loads(text))
+    except (json.JSONDecodeError, ConfigError, TypeError) as e:
+        raise RunError(f"{path} cannot be read as a tf_score config: {e}") from e
+    if data_dir:
+        cfg = cfg.replace(data={"data_dir": data_dir})
+    return cfg
+
+
+def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
+    """Refuse to resume a run with other model settings (the data may have moved)."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(config_path(workdir)):
+        return
+    old = read_config(workdir)
+    changed = old.model_differences(cfg)
+    if changed:
+        raise RunError(
+            f"{workdir} holds a run with different settings for: "
+            + ", ".join(f"{k} (was {a!r}, now {b!r})" for k, a, b in changed)
+            + ". Use a new workdir or the original settings."
+        )
+
+
+def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
+    import tensorflow as tf
+
+    from tf_score.train import write_json_atomic
+
+    tf.io.gfile.makedirs(workdir)
+    write_json_atomic(config_path(workdir), cfg.to_dict())
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def loop_config(cfg: ExperimentConfig, progress: bool = True):
+    """The training loop's ``TrainConfig`` of an experiment."""
+    from tf_score.train import TrainConfig
+
+    t = cfg.train
+    return TrainConfig(
+        num_steps=t.num_steps,
+        batch_size=t.batch_size,
+        seed=cfg.seed,
+        log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every,
+        keep_checkpoints=t.keep_checkpoints,
+        sample_every=t.sample_every,
+        ema_rate=t.ema_rate,
+        ema_warmup=t.ema_warmup,
+        jit_compile=t.jit,
+        steps_per_loop=t.steps_per_loop,
+        grad_accum_steps=t.grad_accum_steps,
+        progress=progress,
+    )
+
+
+def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
+    """Everything ``train`` checks and loads before it writes: the resume check, the data and
+    the bundle. Returns (bundle, config with its data shape)."""
+    import keras
+
+    check_resume(workdir, cfg)
+    replicas = (strategy.num_replicas_in_sync if strategy else 1) * cfg.train.grad_accum_steps
+    if cfg.train.batch_size % replicas:
+        raise ConfigError(
+            f"batch_size ({cfg.train.batch_size}) must be divisible by the "
+            f"{replicas // cfg.train.grad_accum_steps} replica(s) x grad_accum_steps "
+            f"({cfg.train.grad_accum_steps})"
+        )
+    keras.mixed_precision.set_global_policy(cfg.network.precision)
+    try:
+        bundle, shape = FAMILIES[cfg.network.model].bundle(cfg)
+    except ValueError as e:  # bad images, a shape the network cannot take, ...
+        raise RunError(str(e)) from e
+    return bundle, cfg.replace(data={"data_shape": tuple(int(d) for d in shape)})
+
+
+def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = True):
+    """Train (or resume) ``cfg`` in ``workdir``: checks, loads the data, writes
+    ``config.json`` (chief only), runs the training loop. Returns ``train.TrainResult``
+    (``classifier.ClassifierResult`` for the classifier)."""
+    from tf_score import distribute
+    from tf_score import train as loop
+
+    family = FAMILIES[cfg.network.model]
+    if family.train is not None:
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            raise ConfigError(f"model={family.name} trains on one device: use no strategy")
+        return family.train(cfg, workdir, progress)
+    bundle, cfg = prepare(cfg, workdir, strategy)
+    if distribute.is_chief(strategy):
+        _write_config(workdir, cfg)
+    return loop.train(bundle, loop_config(cfg, progress), workdir, strategy)
+
+
+def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
+    """The feature extractor of classifier FID/KID: a supervised Keras fit on one device."""
+    from tf_score import classifier, data
+
+    check_resume(workdir, cfg)
+    x_train, y_train = data.load_tfds_labelled(cfg.data.dataset, "train", cfg.data.data_dir)
+    x_test, y_test = data.load_tfds_labelled(cfg.data.dataset, "test", cfg.data.data_dir)
+    _write_config(workdir, cfg.replace(data={"data_shape": tuple(x_train.shape[1:])}))
+    return classifier.train_classifier(
+        (x_train, y_train),
+        (x_test, y_test),
+        workdir,
+        num_steps=cfg.train.num_steps,
+        batch_size=cfg.train.batch_size,
+        learning_rate=cfg.optimizer.learning_rate,
+        seed=cfg.seed,
+        verbose=2 if progress else 0,
+    )
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None) -> Run:
+    """Load a trained workdir of any family: its config and the EMA weights of the latest
+    checkpoint (or ``checkpoint``, a prefix)."""
+    import keras
+
+    from tf_score import train as loop
+
+    cfg = read_config(workdir, data_dir)
+    family = FAMILIES[cfg.network.model]
+    if family.load is not None:
+        return Run(workdir, cfg, family.load(workdir), 0)
+    keras.mixed_precision.set_global_policy(cfg.network.precision)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    try:
+        models, step = loop.load_ema_models(family.model_fns(cfg), ckpt_dir, checkpoint)
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from e
+    return Run(workdir, cfg, models, step, checkpoint or _latest(ckpt_dir))
+
+
+def _latest(ckpt_dir):
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(ckpt_dir)
+
+
+# --- generate -----------------------------------------------------------------------------------
+
+
+class Generated(NamedTuple):
+    samples: np.ndarray
+    #: network evaluations per sample (mean over batches: the adaptive ODE's count varies)
+    num_evals: int
+    seconds: float
+    #: chain at every level boundary of the first batch (annealed Langevin), or None
+    snapshots: np.ndarray | None = None
+
+
+def sampler_config(base: SamplerConfig, sampler: str | None = None, **options) -> SamplerConfig:
+    """``base`` with another sampler and/or options (validated: ``ConfigError``)."""
+    changes = dict(options)
+    if sampler is not None:
+        changes["sampler"] = sampler
+    try:
+        return dataclasses.replace(base, **changes)
+    except TypeError as e:
+        raise ConfigError(f"unknown sampler option: {e}") from e
+
+
+def generate_from(
+    score_fn,
+    sigmas,
+    data_shape,
+    num_samples: int,
+    seed: int,
+    sampler: SamplerConfig,
+    init_range=(0.0, 1.0),
+    batch_size: int = 0,
+    jit_compile: bool = False,
+    snapshots: bool = False,
+    progress: bool = False,
+) -> Generated:
+    """``num_samples`` from a level-conditioned ``score_fn`` with ``sampler`` in batches of
+    ``batch_size`` (0: one batch); batch b is seeded (seed, b) (``samplers.batch_seeds``)."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from tf_score import samplers
+
+    if num_samples < 1 or batch_size < 0:
+        raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
+    bs = batch_size or num_samples
+    xs, evals, snaps = [], 0.0, None
+    t0 = time.time()
+    starts = range(0, num_samples, bs)
+    bar = tqdm(starts, desc=sampler.sampler, unit="batch", disable=not progress or len(starts) < 2)
+    for b, i in enumerate(bar):
+        out = samplers.draw(
+            sampler.sampler,
+            score_fn,
+            sigmas,
+            [min(bs, num_samples - i), *data_shape],
+            tf.constant([seed, b], tf.int32),
+            init_range,
+            jit_compile=jit_compile,
+            snapshots=snapshots and b == 0,
+            **sampler.options(),
+        )
+        xs.append(out.samples.numpy())
+        evals += float(out.num_evals) * len(xs[-1])
+        if out.snapshots is not None:
+            snaps = out.snapshots.numpy()
+    return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0, snaps)
+
+
+def generate(
+    run: Run,
+    num_samples: int,
+    seed: int = 0,
+    sampler: str | None = None,
+    batch_size: int = 0,
+    jit_compile: bool = False,
+    snapshots: bool = False,
+    progress: bool = False,
+    **options,
+) -> Generated:
+    """Samples from a loaded score run with any registered sampler (default: the run's own,
+    with its options; ``options`` override them, e.g. ``n_steps_each=10``). Images are in
+    [0, 1] before clipping; the same seed gives the same samples as ``run_sample.py``, the
+    exported ``serving_default`` (served seed (seed, 0), one batch) and TensorBoard."""
+    cfg = sampler_config(run.config.sampler, sampler, **options)
+    return generate_from(
+        run.score_fn,
+        run.sigmas,
+        run.data_shape,
+        num_samples,
+        seed,
+        cfg,
+        run.init_range,
+        batch_size=batch_size,
+        jit_compile=jit_compile,
+        snapshots=snapshots,
+        progress=progress,
+    )
+
+
+def inpaint(run: Run, x_obs, mask, seed: int = 0, jit_compile: bool = False, **options):
+    """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] by annealed Langevin (the run's
+    step_lr / n_steps_each / denoise unless overridden). Returns ``SamplerOutput``."""
+    import tensorflow as tf
+
+    from tf_score import samplers
+
+    cfg = sampler_config(run.config.sampler, "annealed_langevin", **options)
+    return samplers.annealed_langevin_inpaint(
+        run.score_fn,
+        x_obs,
+        mask,
+        run.sigmas,
+        tf.constant([seed, 1], tf.int32),
+        jit_compile=jit_compile,
+        **cfg.options(),
+    )
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(
+    run: Run,
+    export_dir: str,
+    model_name: str | None = None,
+    max_samples: int = 256,
+    max_steps_each: int = 1000,
+) -> str:
+    """Write the run's EMA models as a SavedModel for TF Serving to
+    ``export_dir/<model_name>/<step>/`` (``model_name`` defaults to the workdir's name);
+    ``serving_default`` samples with the run's sampler and its options. Returns the path."""
+    from tf_score import export as export_lib
+
+    name = model_name or os.path.basename(os.path.normpath(run.workdir))
+    path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
+    if run.family == "vae":
+        from tf_score import vae
+
+        return export_lib.export_vae(run.models, vae.vae_config(run.config), path, max_samples)
+    if run.family != "score":
+        raise RunError(f"a {run.family} run has no export; export score models or VAEs")
+    return export_lib.export_score_model(
+        run.score_fn,
+        run.sigmas,
+        run.data_shape,
+        path,
+        sampler=run.config.sampler,
+        init_range=run.init_range,
+        max_samples=max_samples,
+        max_steps_each=max_steps_each,
+    )
