@@ -48,32 +48,32 @@ class DigitClassifier(keras.Model):
         self.feature_dim = int(feature_dim)
         self.dropout_rate = float(dropout)
         conv = dict(kernel_size=3, activation="relu")
-        self.body = [
-            keras.layers.Conv2D(width, padding="same", **conv),
-            keras.layers.Conv2D(width, **conv),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(2 * width, padding="same", **conv),
-            keras.layers.Conv2D(2 * width, **conv),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(feature_dim, activation="relu"),
-        ]
+        # A Sequential, not a Python list: tf.train.Checkpoint does not track a list of Keras 3
+        # layers (its weights were silently missing from checkpoints; test_conformance).
+        self.body = keras.Sequential(
+            [
+                keras.layers.Conv2D(width, padding="same", **conv),
+                keras.layers.Conv2D(width, **conv),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(2 * width, padding="same", **conv),
+                keras.layers.Conv2D(2 * width, **conv),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(feature_dim, activation="relu"),
+            ],
+            name="body",
+        )
         self.drop = keras.layers.Dropout(dropout)
         self.head = keras.layers.Dense(num_classes)
 
     def build(self, input_shape=None):
         shape = (None, *self.image_shape)
-        for layer in self.body:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        self.head.build(shape)
+        self.body.build(shape)
+        self.head.build(self.body.compute_output_shape(shape))
         self.built = True
 
     def features(self, x):
-        h = tf.cast(x, self.compute_dtype) - 0.5
-        for layer in self.body:
-            h = layer(h)
-        return h
+        return self.body(tf.cast(x, self.compute_dtype) - 0.5)
 
     def call(self, x, training=False):
         return self.head(self.drop(self.features(x), training=training))
