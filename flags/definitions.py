@@ -61,8 +61,9 @@ flags.DEFINE_enum(
     "network",
     None,
     sorted({n for nets in C.FAMILY_NETWORKS.values() for n in nets}),
-    "Architecture: score: mlp (2-D toys, the default), resnet, refinenet (NCSN); vae: mlp "
-    "(default), conv; classifier: conv.",
+    "Architecture: score: mlp (2-D toys, the default), resnet, refinenet (NCSN), and the "
+    "continuous-sigma denoisers edm_mlp (2-D) and edm_unet (--loss=edm); vae: mlp (default), "
+    "conv; classifier: conv.",
 )
 _def("integer", N, "ngf", "Base width of the image networks.")
 _def("list", N, "channel_mults", "ResNet width multiplier per resolution stage.")
@@ -78,7 +79,24 @@ _def("integer", N, "latent_dim", "VAE latent dimension (paper: 8 or 32).")
 # --- noise schedule and loss (NoiseConfig, LossConfig) --------------------------------------
 _def("float", C.NoiseConfig, "sigma_max", "Largest noise level sigma_1.")
 _def("float", C.NoiseConfig, "sigma_min", "Smallest noise level sigma_L.")
-_def("integer", C.NoiseConfig, "num_levels", "Number of noise levels L (geometric).")
+_def("integer", C.NoiseConfig, "num_levels", "Noise levels L (continuous models: sampling grid).")
+_enum(
+    C.NoiseConfig,
+    "schedule",
+    C.SCHEDULES,
+    "Levels: geometric, or karras (EDM's rho grid; continuous models only).",
+)
+_def("float", C.NoiseConfig, "rho", "Exponent of the karras grid.")
+_def("float", C.NoiseConfig, "sigma_data", "Continuous: data std in the network's scale.")
+_enum(C.NoiseConfig, "sigma_dist", ("lognormal", "loguniform"), "Continuous: training sigmas.")
+_def("float", C.NoiseConfig, "p_mean", "Continuous, lognormal: mean of ln sigma (net scale).")
+_def("float", C.NoiseConfig, "p_std", "Continuous, lognormal: std of ln sigma.")
+_enum(
+    C.NoiseConfig,
+    "parameterization",
+    ("edm", "ncsnv2"),
+    "Continuous: edm preconditioning (c_skip, c_out, c_in) or ncsnv2 (s = F / sigma).",
+)
 _enum(
     C.LossConfig,
     "loss",
@@ -132,6 +150,10 @@ _def("float", S, "snr", "predictor_corrector: corrector signal-to-noise ratio.")
 _def("integer", S, "n_corrector", "predictor_corrector: Langevin corrector steps per level.")
 _def("integer", S, "heun_steps", "heun: levels of the network used as the ODE grid (0: all).")
 _def("float", S, "ode_tol", "ode: relative and absolute tolerance of the Dormand-Prince solver.")
+_def("float", S, "s_churn", "edm: stochasticity S_churn (0: the deterministic Heun sampler).")
+_def("float", S, "s_noise", "edm: noise inflation S_noise.")
+_def("float", S, "s_tmin", "edm: churn only for sigma >= s_tmin.")
+_def("float", S, "s_tmax", "edm: churn only for sigma <= s_tmax (0: no upper limit).")
 
 # --- sampling and evaluation, run_sample.py -------------------------------------------------
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Samples (toys: per batch of chains).")

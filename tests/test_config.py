@@ -44,6 +44,10 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(sampler="euler"), "sampler must be one of annealed_langevin, langevin"),
         (dict(cas_eta=1.5), "cas_eta must be < 1.0"),
         (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),
+        (dict(network="edm_mlp"), "network=edm_mlp needs loss=edm"),
+        (dict(loss="edm"), "network=mlp needs loss=anneal_dsm"),
+        (dict(schedule="karras"), "network=mlp is trained on its levels: schedule=geometric"),
+        (dict(network="edm_mlp", loss="edm", parameterization="vp"), "parameterization must"),
     ],
 )
 def test_invalid_settings_name_the_field(values, message):

@@ -21,7 +21,7 @@ import typing
 
 #: model families -> the network architectures each accepts (the first is the default)
 FAMILY_NETWORKS = {
-    "score": ("mlp", "resnet", "refinenet"),
+    "score": ("mlp", "resnet", "refinenet", "edm_mlp", "edm_unet"),
     "vae": ("mlp", "conv"),
     "classifier": ("conv",),
 }
@@ -30,7 +30,11 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
 LABELLED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = (*TOY_DATASETS, *TFDS_DATASETS, "folder", "npz")
 #: training objectives of score networks; every name is a function in ``tf_score.losses``
-SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm")
+SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm", "edm")
+#: networks conditioned on a continuous sigma (denoisers, ``tf_score.edm``); the others take
+#: level indices of the geometric schedule they were trained on
+CONTINUOUS_NETWORKS = ("edm_mlp", "edm_unet")
+SCHEDULES = ("geometric", "karras")
 PROJECTIONS = ("gaussian", "rademacher")
 OPTIMIZERS = ("adam", "rmsprop")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -141,16 +145,43 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseConfig:
-    """Geometric noise levels sigma_max = sigma_1 > ... > sigma_L = sigma_min."""
+    """Noise levels sigma_max = sigma_1 > ... > sigma_L = sigma_min (data units): the levels a
+    discrete model is trained on (geometric), or a continuous model's sampling grid
+    (geometric or EDM's ``karras`` rho grid) and training distribution."""
 
     sigma_max: float = 20.0
     sigma_min: float = 1.0
     num_levels: int = 10
+    schedule: str = "geometric"
+    #: exponent of the karras grid
+    rho: float = 7.0
+    #: continuous models: the data's standard deviation in the network's scale (EDM)
+    sigma_data: float = 0.5
+    #: continuous models: training sigmas, lognormal (p_mean, p_std in the network's scale,
+    #: as EDM) or loguniform on [sigma_min, sigma_max]
+    sigma_dist: str = "lognormal"
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    #: continuous models: edm (c_skip, c_out, c_in of Karras et al.) or ncsnv2 (s = F / sigma)
+    parameterization: str = "edm"
 
     def __post_init__(self):
+        from tf_score.edm import PARAMETERIZATIONS, SIGMA_DISTS
+
         _finite(self, "sigma_max", 0.0)
         _finite(self, "sigma_min", 0.0)
         _positive_ints(self, "num_levels")
+        _one_of(self, "schedule", SCHEDULES)
+        _finite(self, "rho", 0.0)
+        _finite(self, "sigma_data", 0.0)
+        _one_of(self, "sigma_dist", SIGMA_DISTS)
+        _finite(self, "p_mean")
+        _finite(self, "p_std", 0.0)
+        _one_of(self, "parameterization", PARAMETERIZATIONS)
+        _require(
+            self.schedule != "karras" or self.num_levels >= 2,
+            f"schedule=karras needs num_levels >= 2, got {self.num_levels}",
+        )
         if self.num_levels == 1:
             _require(
                 math.isclose(self.sigma_max, self.sigma_min),
@@ -165,6 +196,10 @@ class NoiseConfig:
 
     def sigmas(self):
         """The schedule as float32 numpy [L]."""
+        if self.schedule == "karras":
+            from tf_score.edm import karras_sigmas
+
+            return karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho)
         from tf_score.sigmas import geometric_sigmas
 
         return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
@@ -220,6 +255,12 @@ class SamplerConfig:
     #: levels used by Heun (0: all)
     heun_steps: int = 0
     ode_tol: float = 1e-5
+    #: the stochastic EDM sampler: churn, noise inflation, and the sigma range with churn
+    #: (s_tmax 0: no upper limit)
+    s_churn: float = 0.0
+    s_noise: float = 1.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
 
     def __post_init__(self):
         from tf_score.samplers import SAMPLERS
@@ -230,6 +271,10 @@ class SamplerConfig:
         _finite(self, "snr", 0.0)
         _finite(self, "cas_eta", 0.0, 1.0, low_open=False)
         _finite(self, "ode_tol", 0.0, 1.0)
+        _finite(self, "s_churn", 0.0, low_open=False)
+        _finite(self, "s_noise", 0.0)
+        _finite(self, "s_tmin", 0.0, low_open=False)
+        _finite(self, "s_tmax", 0.0, low_open=False)
         _positive_ints(self, "n_steps_each")
         _positive_ints(self, "langevin_steps", "n_corrector", "heun_steps", minimum=0)
         _require(
@@ -309,10 +354,21 @@ class ExperimentConfig:
         family, net, ds = self.network.model, self.network.network, self.data.dataset
         if family == "score":
             _require(
-                (net == "mlp") == self.data.is_toy,
+                net.endswith("mlp") == self.data.is_toy,
                 f"network={net} does not fit dataset={ds}: the 2-D toys "
-                f"({', '.join(TOY_DATASETS)}) need network=mlp, image data sets need "
-                "network=resnet or refinenet",
+                f"({', '.join(TOY_DATASETS)}) need network=mlp or edm_mlp, image data sets "
+                "need network=resnet, refinenet or edm_unet",
+            )
+            continuous = net in CONTINUOUS_NETWORKS
+            _require(
+                continuous == (self.loss.loss == "edm"),
+                f"network={net} needs loss={'edm' if continuous else 'anneal_dsm (or dsm, ssm)'}"
+                ": loss=edm trains the continuous-sigma denoisers (edm_mlp, edm_unet) only",
+            )
+            _require(
+                continuous or self.noise.schedule == "geometric",
+                f"network={net} is trained on its levels: schedule=geometric "
+                "(karras grids are for the continuous networks edm_mlp, edm_unet)",
             )
         else:
             _require(not self.data.is_toy, f"model={family} needs image data, not dataset={ds}")
@@ -329,6 +385,11 @@ class ExperimentConfig:
     @property
     def is_image(self) -> bool:
         return not self.data.is_toy
+
+    @property
+    def is_continuous(self) -> bool:
+        """A continuous-sigma denoiser (sampled on ``noise.sigmas()``, any grid)."""
+        return self.network.network in CONTINUOUS_NETWORKS
 
     def replace(self, **sections) -> ExperimentConfig:
         """A copy with some fields changed: ``cfg.replace(noise={"num_levels": 5}, seed=1)``."""

@@ -74,7 +74,7 @@ def _image_outputs(x, is_image: bool) -> dict:
     return {"samples": x, "samples_uint8": _to_uint8(x)}
 
 
-def _score_endpoints(model, sigmas, data_shape, max_score_batch):
+def _score_endpoints(score_fn, sigmas, data_shape, max_score_batch):
     """The ``score`` (by level index) and ``score_at_sigma`` (nearest level) endpoints."""
     num_levels = len(sigmas)
     log_sig = tf.math.log(tf.constant(sigmas))
@@ -89,7 +89,7 @@ def _score_endpoints(model, sigmas, data_shape, max_score_batch):
             )
         )
         x, level = _checked((x, level), checks)
-        return tf.cast(model(x, level), tf.float32)
+        return tf.cast(score_fn(x, level), tf.float32)
 
     @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="levels")])
     def score(x, levels):
@@ -116,8 +116,11 @@ def export_score_model(
     max_samples: int = 256,
     max_steps_each: int = 1000,
     max_score_batch: int = 1024,
+    score_fn=None,
 ) -> str:
-    """Write a servable SavedModel of a noise-conditional score network to ``path``.
+    """Write a servable SavedModel of a noise-conditional score network to ``path``;
+    ``score_fn(x, levels)`` is its score on ``sigmas`` if that is not ``model`` itself (a
+    continuous denoiser, ``edm.score_on_grid``).
 
     ``serving_default`` runs ``sampler`` (a ``SamplerConfig``: the registered sampler and its
     options, baked in) through ``samplers.draw``, seeded exactly as ``runs.generate``.
@@ -125,6 +128,7 @@ def export_score_model(
     from tf_score.config import SamplerConfig
 
     sampler = sampler or SamplerConfig()
+    score_fn = score_fn or model
     sigmas = np.asarray(sigmas, np.float32)
     data_shape = tuple(int(d) for d in data_shape)
     is_image = len(data_shape) == 3
@@ -137,7 +141,7 @@ def export_score_model(
 
     def draw(name, num_samples, seed, **options):
         shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
-        out = samplers.draw(name, model, sig, shape, seed, init_range, **options)
+        out = samplers.draw(name, score_fn, sig, shape, seed, init_range, **options)
         return {**_image_outputs(out.samples, is_image), "num_evals": out.num_evals}
 
     @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
@@ -168,7 +172,7 @@ def export_score_model(
             denoise=sampler.denoise,
         )
 
-    score, score_at_sigma = _score_endpoints(model, sigmas, data_shape, max_score_batch)
+    score, score_at_sigma = _score_endpoints(score_fn, sigmas, data_shape, max_score_batch)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default

@@ -16,6 +16,7 @@ Model families (score networks, VAEs, the classifier) are chosen in one registry
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -109,12 +110,16 @@ class Run:
     def sigmas(self) -> np.ndarray:
         return self.config.noise.sigmas()
 
-    @property
+    @functools.cached_property
     def score_fn(self):
-        """The EMA score network ``(x, levels) -> s`` (score family only)."""
+        """The EMA score ``(x, levels) -> s`` on the run's levels (score family only): the
+        network, or a continuous denoiser's score on its grid (made once: a new function
+        would retrace the samplers)."""
+        from tf_score import score_model
+
         if self.family != "score":
             raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
-        return self.models["score"]
+        return score_model.level_score(self.config, self.models["score"])
 
     @property
     def init_range(self) -> tuple[float, float]:
@@ -429,7 +434,7 @@ def export(
     if run.family != "score":
         raise RunError(f"a {run.family} run has no export; export score models or VAEs")
     return export_lib.export_score_model(
-        run.score_fn,
+        run.models["score"],
         run.sigmas,
         run.data_shape,
         path,
@@ -437,4 +442,5 @@ def export(
         init_range=run.init_range,
         max_samples=max_samples,
         max_steps_each=max_steps_each,
+        score_fn=run.score_fn,
     )

@@ -594,13 +594,22 @@ def ode_log_likelihood(
 _INTERPOLATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _interpolated(score_fn, sigmas):
-    """One continuous-sigma score per (level network, schedule): a new closure per call would
-    retrace the compiled ODE."""
+def continuous_score(score_fn, sigmas):
+    """The score at any sigma of a level-conditioned ``score_fn``: its ``continuous``
+    attribute (a continuous-sigma model, ``edm.score_on_grid``) with sigma clamped below at
+    sigma_L (adaptive solvers probe past the end, even sigma <= 0, where log sigma is NaN
+    and the solver never finishes), else the log-sigma interpolation between its levels
+    (``interpolated_score``). One function per (score, schedule): a new closure per call
+    would retrace the compiled samplers."""
     key = tuple(float(v) for v in np.asarray(sigmas, np.float64))
     per_fn = _INTERPOLATED.setdefault(score_fn, {})
     if key not in per_fn:
-        per_fn[key] = interpolated_score(score_fn, np.asarray(key, np.float32))
+        exact = getattr(score_fn, "continuous", None)
+        if exact is None:
+            per_fn[key] = interpolated_score(score_fn, np.asarray(key, np.float32))
+        else:
+            floor = np.float32(key[-1])
+            per_fn[key] = lambda x, sigma: exact(x, tf.maximum(tf.cast(sigma, tf.float32), floor))
     return per_fn[key]
 
 
@@ -614,15 +623,15 @@ def ode(
     jit_compile: bool = False,
 ) -> SamplerOutput:
     """The adaptive probability-flow ODE (``probability_flow_ode``, rtol = atol = ``ode_tol``)
-    from sigma_1 to sigma_L on a level-conditioned score, interpolated in log sigma
-    (``interpolated_score``: 2 network evaluations per solver call). ``seed`` is unused
-    (deterministic). Start from ``gaussian_init``."""
+    from sigma_1 to sigma_L: on a continuous model's own score (``continuous_score``), or on
+    a level-conditioned one interpolated in log sigma (2 network evaluations per solver
+    call). ``seed`` is unused (deterministic). Start from ``gaussian_init``."""
     del seed
     sig = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
     if len(sig) < 2:
         raise SamplerError("the ODE sampler needs at least 2 noise levels")
     return probability_flow_ode(
-        _interpolated(score_fn, sig),
+        continuous_score(score_fn, sig),
         x0,
         float(sig[0]),
         float(sig[-1]),
@@ -630,6 +639,67 @@ def ode(
         atol=ode_tol,
         denoise=denoise,
         jit_compile=jit_compile,
+    )
+
+
+def _edm_impl(score_fn, x0, sigmas, seed, gammas, s_noise):
+    x0 = tf.convert_to_tensor(x0, tf.float32)
+    steps = tf.shape(sigmas)[0]
+    nxt = _next_sigmas(sigmas)
+
+    def at(x, sigma):  # a continuous score takes a scalar sigma
+        return tf.cast(score_fn(x, sigma), tf.float32)
+
+    def body(k, x):
+        sigma, sigma_next = sigmas[k], nxt[k]
+        sigma_hat = sigma * (1.0 + gammas[k])
+        z = _step_noise(seed, k, tf.shape(x))
+        x_hat = x + tf.sqrt(tf.maximum(tf.square(sigma_hat) - tf.square(sigma), 0.0)) * s_noise * z
+        d = -sigma_hat * at(x_hat, sigma_hat)  # dx/dsigma = (x - D) / sigma = -sigma s
+        x_euler = x_hat + (sigma_next - sigma_hat) * d
+
+        def heun():
+            d2 = -sigma_next * at(x_euler, sigma_next)
+            return x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d2)
+
+        return k + 1, tf.cond(k < steps - 1, heun, lambda: x_euler)
+
+    _, x = tf.while_loop(lambda k, _: k < steps, body, (tf.constant(0), x0))
+    return SamplerOutput(x, None, 2 * steps - 1)
+
+
+def edm(
+    score_fn,
+    x0,
+    sigmas,
+    seed,
+    s_churn: float = 0.0,
+    s_noise: float = 1.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = 0.0,
+    jit_compile: bool = False,
+) -> SamplerOutput:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) on the grid ``sigmas``, then
+    0: before step i the noise is raised to sigma_hat = sigma_i (1 + gamma_i) by adding
+    sqrt(sigma_hat^2 - sigma_i^2) s_noise z, gamma_i = min(s_churn / N, sqrt(2) - 1) for
+    s_tmin <= sigma_i <= s_tmax (0: no upper limit), else 0; then one Heun step to
+    sigma_(i+1) (Euler on the last, to 0). 2 N - 1 evaluations, at sigma_hat: the score is
+    ``continuous_score(score_fn)``. With s_churn = 0 it is the deterministic Heun sampler.
+    Start from ``gaussian_init``."""
+    _check("s_churn", s_churn, lambda v: v >= 0, ">= 0")
+    _check("s_noise", s_noise, lambda v: v > 0, "> 0")
+    sig = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float64)
+    n = len(sig)
+    in_range = (sig >= s_tmin) & ((sig <= s_tmax) | (s_tmax == 0))
+    gammas = np.where(in_range, min(s_churn / n, np.sqrt(2.0) - 1.0), 0.0).astype(np.float32)
+    fn = _compiled("edm", _edm_impl, jit_compile)
+    return fn(
+        continuous_score(score_fn, sig),
+        x0,
+        tf.constant(sig, tf.float32),
+        seed,
+        tf.constant(gammas),
+        tf.constant(s_noise, tf.float32),
     )
 
 
@@ -687,7 +757,14 @@ SAMPLERS: dict[str, Sampler] = {
             "L x (1 + n_corrector)",
         ),
         Sampler("heun", heun, _perturbed_start, ("heun_steps",), "2 K - 1 for K = heun_steps"),
-        Sampler("ode", ode, _perturbed_start, ("ode_tol", "denoise"), "adaptive, 2 per call"),
+        Sampler("ode", ode, _perturbed_start, ("ode_tol", "denoise"), "adaptive"),
+        Sampler(
+            "edm",
+            edm,
+            _perturbed_start,
+            ("s_churn", "s_noise", "s_tmin", "s_tmax"),
+            "2 L - 1",
+        ),
     )
 }
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_score import data, losses, plotting, samplers
+from tf_score import data, edm, losses, plotting, samplers
 from tf_score.config import DataConfig, ExperimentConfig, LossConfig
 from tf_score.train import LossOutput, ModelBundle, Objective
 
@@ -59,13 +59,41 @@ def optimizer_fn(cfg: ExperimentConfig):
     return lambda: keras.optimizers.Adam(opt.learning_rate, beta_1=0.9)
 
 
-def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objective:
-    """The objective of the score network named ``model_name`` in the bundle."""
-    loss = make_score_loss(cfg.loss, cfg.noise.sigmas())
+def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:
+    """(a, b) of the network's scale y = a x + b: images [0, 1] -> [-1, 1], toys as they are."""
+    return (2.0, -1.0) if cfg.is_image else (1.0, 0.0)
+
+
+def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
+    """``loss_fn(models, x, seed)`` of a continuous denoiser: ``edm.denoising_loss`` with
+    the configured sigma distribution, levels = the nearest grid level (for summaries)."""
+    noise, (a, _) = cfg.noise, data_scale(cfg)
+
+    def sigma_fn(batch, seed):
+        return edm.sample_sigmas(
+            batch, seed, noise.sigma_dist, noise.p_mean, noise.p_std, noise.sigma_min,
+            noise.sigma_max, a,
+        )  # fmt: skip
+
+    levels_of = edm.nearest_level(noise.sigmas())
 
     def loss_fn(models, x, seed):
-        model = models[model_name]
-        return loss(lambda y, levels: model(y, levels, training=True), x, seed)
+        loss, levels = edm.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of)
+        return LossOutput(loss, levels)
+
+    return loss_fn
+
+
+def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objective:
+    """The objective of the score network named ``model_name`` in the bundle."""
+    if cfg.is_continuous:
+        loss_fn = denoising_objective_loss(cfg, model_name)
+    else:
+        loss = make_score_loss(cfg.loss, cfg.noise.sigmas())
+
+        def loss_fn(models, x, seed):
+            model = models[model_name]
+            return loss(lambda y, levels: model(y, levels, training=True), x, seed)
 
     return Objective(
         name=model_name,
@@ -78,13 +106,31 @@ def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objecti
 
 def network_fn(cfg: ExperimentConfig, data_shape=None):
     """Factory of the built score network of ``cfg`` (``data_shape`` defaults to the config's)."""
-    from tf_score.networks import ConditionalResNet, CondRefineNetDilated, NoiseConditionalMLP
+    from tf_score.networks import (
+        EDMMLP,
+        ConditionalResNet,
+        CondRefineNetDilated,
+        EDMUNet,
+        NoiseConditionalMLP,
+    )
 
     net, sigmas = cfg.network, cfg.noise.sigmas()
     shape = tuple(data_shape or cfg.data.data_shape or (2,))
+    a, b = data_scale(cfg)
+    denoiser = dict(
+        sigma_data=cfg.noise.sigma_data, data_scale=a, data_shift=b,
+        parameterization=cfg.noise.parameterization, name="score",
+    )  # fmt: skip
 
     def build():
-        if net.network == "mlp":
+        if net.network == "edm_unet":
+            m = EDMUNet(
+                shape, ngf=net.ngf, channel_mults=net.channel_mults,
+                num_blocks=net.num_res_blocks, **denoiser,
+            )  # fmt: skip
+        elif net.network == "edm_mlp":
+            m = EDMMLP(shape, hidden_units=net.hidden_units, activation=net.activation, **denoiser)
+        elif net.network == "mlp":
             m = NoiseConditionalMLP(
                 sigmas,
                 data_dim=shape[0],
@@ -114,6 +160,12 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
     return build
 
 
+def level_score(cfg: ExperimentConfig, model):
+    """The level-conditioned score ``(x, levels) -> s`` every sampler takes: the network
+    itself, or a continuous denoiser's score on the grid ``cfg.noise.sigmas()``."""
+    return edm.score_on_grid(model, cfg.noise.sigmas()) if cfg.is_continuous else model
+
+
 def init_range(cfg: ExperimentConfig) -> tuple[float, float]:
     """Where chains start: U[0, 1] images, or the toy's square [-extent, extent]^2."""
     if cfg.data.is_toy:
@@ -127,11 +179,15 @@ def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
     ``runs.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws."""
     sigmas = cfg.noise.sigmas()
     name = cfg.sampler.sampler
+    scores = {}  # one score function per model: a new closure per call would retrace
 
     def image_summaries(ema_models, step):
+        model = ema_models["score"]
+        if id(model) not in scores:
+            scores[id(model)] = level_score(cfg, model)
         out = samplers.draw(
             name,
-            ema_models["score"],
+            scores[id(model)],
             sigmas,
             [num_samples, *data_shape],
             cfg.seed,
