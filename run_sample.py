@@ -260,13 +260,7 @@ def main(argv):
         run = _load(F.WORKDIR.value)
         _check_request(run)
         if F.EXPORT_DIR.value:
-            path = runs.export(
-                run,
-                F.EXPORT_DIR.value,
-                F.EXPORT_MODEL_NAME.value,
-                max_samples=F.EXPORT_MAX_SAMPLES.value,
-                max_steps_each=F.EXPORT_MAX_STEPS.value,
-            )
+            path = F.export(run)
             print(f"exported step {run.step} for TF Serving: {path}")
         elif run.family == "vae":
             _vae(run)

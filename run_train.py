@@ -73,13 +73,7 @@ def main(argv):
     _print_result(cfg, result)
     if F.EXPORT_DIR.value and distribute.is_chief(strategy):
         run = runs.load(workdir)
-        path = runs.export(
-            run,
-            F.EXPORT_DIR.value,
-            F.EXPORT_MODEL_NAME.value,
-            max_samples=F.EXPORT_MAX_SAMPLES.value,
-            max_steps_each=F.EXPORT_MAX_STEPS.value,
-        )
+        path = F.export(run)
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 
 

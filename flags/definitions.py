@@ -334,3 +334,16 @@ def strategy():
         tpu=TPU.value,
         collective_timeout=COLLECTIVE_TIMEOUT.value or None,
     )
+
+
+def export(run) -> str:
+    """``runs.export`` of a loaded run per the --export_* flags; the SavedModel's path."""
+    from tf_score import runs
+
+    return runs.export(
+        run,
+        EXPORT_DIR.value,
+        EXPORT_MODEL_NAME.value,
+        max_samples=EXPORT_MAX_SAMPLES.value,
+        max_steps_each=EXPORT_MAX_STEPS.value,
+    )
