@@ -17,10 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 ## The main job: train the noise-conditional MLP on the two-mode mixture, sample, evaluate, plot.
+## Then the same mixture as a user who wants samples of p: a continuous-noise EDM denoiser
+## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve.
 demo: $(STAMP)
-	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture \
-		--export_dir=runs/toy_mixture/export
+	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
 	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
+	$(BIN)/python run_train.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm \
+		--export_dir=runs/toy_edm/export
+	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --evaluate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -53,10 +53,46 @@ def print_table(m: dict) -> None:
         )
 
 
+def print_fast_table(m: dict) -> None:
+    """The continuous toy's table (``evaluate.two_mode_fast`` metrics)."""
+    n = m["num_samples_per_batch"]
+    print(
+        f"\nmode weight (target 0.80) and per-mode sd (target 1.0, light / heavy mode) of "
+        f"n = {n * m['num_batches']}; p: two-sample test of {n} samples against {n} exact, "
+        "one per sampling seed"
+    )
+    print(f"{'sampler':<22}{'evals':>6}{'mode weight':>18}{'sd':>14}  p per seed")
+    for name, r in m["samplers"].items():
+        sd = "{:.3f}/{:.3f}".format(*r["mode_sd"])
+        ps = " ".join(f"{p:.3f}" for p in r["two_sample_p"])
+        w = f"{r['mode_weight']:.3f} ± {r['mode_weight_se']:.3f}"
+        print(f"{name:<22}{r['num_evals']:>6}{w:>18}{sd:>14}  {ps}")
+
+
+def _toy_fast(run) -> None:
+    from tf_score import data, evaluate, plotting
+
+    r = evaluate.two_mode_fast(
+        run, num_samples=F.NUM_SAMPLES.value, num_batches=F.EVAL_REPEATS.value,
+        seed=F.SEED.value, num_permutations=F.NUM_PERMUTATIONS.value,
+    )  # fmt: skip
+    panels = {"exact samples": r.exact}
+    for name, x in r.samples.items():
+        row = r.metrics["samplers"][name]
+        panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
+    extent = data.get_toy(run.config.data.dataset).extent
+    plotting.scatter_panels(panels, extent, path=os.path.join(run.workdir, "samples.png"))
+    _write_json(os.path.join(run.workdir, "metrics.json"), r.metrics)
+    print_fast_table(r.metrics)
+    print(f"wrote {run.workdir}/metrics.json and samples.png")
+
+
 def _toy(run) -> None:
     from tf_score import data, evaluate, plotting, runs
 
     extent = data.get_toy(run.config.data.dataset).extent
+    if F.EVALUATE.value and run.config.is_continuous:
+        return _toy_fast(run)
     if F.EVALUATE.value:
         r = evaluate.two_mode(
             run,

@@ -80,7 +80,8 @@ def _one_of(obj, name, allowed):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the training data come from. ``data_shape`` is filled in by training."""
+    """Where the training data come from. ``data_shape`` and ``data_mean`` are filled in by
+    training."""
 
     dataset: str = "two_mode"
     data_dir: str | None = None
@@ -91,6 +92,9 @@ class DataConfig:
     #: dynamically binarise images for the VAE's Bernoulli decoder
     binarize: bool = True
     data_shape: tuple[int, ...] | None = None
+    #: the training data's mean per channel (per coordinate for toys), in data units: the
+    #: centre of the deterministic samplers' start x0 = mean + sigma_1 z
+    data_mean: tuple[float, ...] | None = None
 
     def __post_init__(self):
         _one_of(self, "dataset", DATASETS)
@@ -431,7 +435,7 @@ class ExperimentConfig:
         for section in MODEL_SECTIONS:
             a, b = getattr(self, section), getattr(other, section)
             for f in dataclasses.fields(a):
-                if f.name in PORTABLE_FIELDS or f.name == "data_shape":
+                if f.name in PORTABLE_FIELDS or f.name in ("data_shape", "data_mean"):
                     continue
                 if getattr(a, f.name) != getattr(b, f.name):
                     diffs.append((f.name, getattr(a, f.name), getattr(b, f.name)))
@@ -456,7 +460,9 @@ def _section_from_dict(section_cls, d: dict, name: str):
     hints = typing.get_type_hints(section_cls)
     kwargs = {}
     for key, value in d.items():
-        if value is not None and "tuple" in str(hints[key]):
+        if value is not None and "tuple[float" in str(hints[key]):
+            value = tuple(float(v) for v in value)
+        elif value is not None and "tuple" in str(hints[key]):
             value = tuple(int(v) for v in value)
         elif hints[key] is float and isinstance(value, int | float):
             value = float(value)

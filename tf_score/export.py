@@ -117,6 +117,7 @@ def export_score_model(
     max_steps_each: int = 1000,
     max_score_batch: int = 1024,
     score_fn=None,
+    init_mean=None,
 ) -> str:
     """Write a servable SavedModel of a noise-conditional score network to ``path``;
     ``score_fn(x, levels)`` is its score on ``sigmas`` if that is not ``model`` itself (a
@@ -141,7 +142,9 @@ def export_score_model(
 
     def draw(name, num_samples, seed, **options):
         shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
-        out = samplers.draw(name, score_fn, sig, shape, seed, init_range, **options)
+        out = samplers.draw(
+            name, score_fn, sig, shape, seed, init_range, init_mean=init_mean, **options
+        )
         return {**_image_outputs(out.samples, is_image), "num_evals": out.num_evals}
 
     @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])

@@ -127,6 +127,12 @@ class Run:
 
         return score_model.init_range(self.config)
 
+    @property
+    def init_mean(self) -> tuple[float, ...] | None:
+        """The data's mean the deterministic samplers start at (None: a run from before it
+        was recorded; they then start uniform on ``init_range``)."""
+        return self.config.data.data_mean
+
 
 # --- config.json ------------------------------------------------------------------------------
 
@@ -205,7 +211,7 @@ def loop_config(cfg: ExperimentConfig, progress: bool = True):
 
 def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     """Everything ``train`` checks and loads before it writes: the resume check, the data and
-    the bundle. Returns (bundle, config with its data shape)."""
+    the bundle. Returns (bundle, config with its data shape and, for score models, mean)."""
     import keras
 
     check_resume(workdir, cfg)
@@ -218,6 +224,10 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
         )
     keras.mixed_precision.set_global_policy(cfg.network.precision)
     try:
+        if cfg.network.model == "score" and cfg.data.data_mean is None:
+            from tf_score import score_model
+
+            cfg = cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
         bundle, shape = FAMILIES[cfg.network.model].bundle(cfg)
     except ValueError as e:  # bad images, a shape the network cannot take, ...
         raise RunError(str(e)) from e
@@ -326,6 +336,7 @@ def generate_from(
     jit_compile: bool = False,
     snapshots: bool = False,
     progress: bool = False,
+    init_mean=None,
 ) -> Generated:
     """``num_samples`` from a level-conditioned ``score_fn`` with ``sampler`` in batches of
     ``batch_size`` (0: one batch); batch b is seeded (seed, b) (``samplers.batch_seeds``)."""
@@ -351,6 +362,7 @@ def generate_from(
             init_range,
             jit_compile=jit_compile,
             snapshots=snapshots and b == 0,
+            init_mean=init_mean,
             **sampler.options(),
         )
         xs.append(out.samples.numpy())
@@ -388,6 +400,7 @@ def generate(
         jit_compile=jit_compile,
         snapshots=snapshots,
         progress=progress,
+        init_mean=run.init_mean,
     )
 
 
@@ -440,6 +453,7 @@ def export(
         path,
         sampler=run.config.sampler,
         init_range=run.init_range,
+        init_mean=run.init_mean,
         max_samples=max_samples,
         max_steps_each=max_steps_each,
         score_fn=run.score_fn,

@@ -174,6 +174,22 @@ def init_range(cfg: ExperimentConfig) -> tuple[float, float]:
     return (0.0, 1.0)
 
 
+def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, ...]:
+    """The training data's mean in data units: per coordinate for toys (exact), per channel
+    for images (over the first ``max_images``, scaled to [0, 1])."""
+    if cfg.data.is_toy:
+        toy = data.get_toy(cfg.data.dataset)
+        mean = np.asarray(toy.weights, np.float64) @ np.asarray(toy.locs, np.float64)
+        return tuple(float(v) for v in mean / np.sum(toy.weights))
+    images, *_ = load_training_images(cfg.data)
+    total, count = 0.0, 0
+    for batch in images.take(max_images).batch(1000).as_numpy_iterator():
+        x = batch.astype(np.float64) / 255.0
+        total = total + x.reshape(-1, x.shape[-1]).sum(axis=0)
+        count += x.size // x.shape[-1]
+    return tuple(float(v) for v in np.atleast_1d(total / max(count, 1)))
+
+
 def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
     """TensorBoard samples from the EMA network: the run's sampler, seeded like
     ``runs.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws."""
@@ -192,6 +208,7 @@ def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
             [num_samples, *data_shape],
             cfg.seed,
             init_range(cfg),
+            init_mean=cfg.data.data_mean,
             **cfg.sampler.options(),
         )
         x = out.samples.numpy()
