@@ -206,6 +206,23 @@ def _images(run) -> None:
         print(f"wrote {path}")
 
 
+def _bits_per_dim(run) -> None:
+    from tf_score import evaluate
+
+    tol = run.config.sampler.ode_tol
+    summary, per_image = evaluate.bits_per_dim(
+        run, F.BITS_PER_DIM.value, F.SEED.value, F.EVAL_BATCH.value, tol, progress=F.PROGRESS.value
+    )
+    path = os.path.join(run.workdir, "bits_per_dim.json")
+    _write_json(path, summary)
+    np.savez(os.path.join(run.workdir, "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
+    print(
+        f"bits/dim {summary['mean']:.4f} ± {summary['se']:.4f} on {summary['n']} dequantised "
+        f"test images (ODE tol {tol:g}, {summary['ode_fn_evaluations']:.0f} evaluations, "
+        f"{summary['seconds']:.0f} s, step {run.step}) -> {path}"
+    )
+
+
 def print_quality(q: dict) -> None:
     print(
         f"FID {q['fid']:.3f} (real test images: {q['fid_floor']:.3f}), KID "
@@ -280,6 +297,8 @@ def _load(workdir):
 
 
 def _check_request(run) -> None:
+    if F.BITS_PER_DIM.value and (not run.config.is_image or run.family != "score"):
+        raise app.UsageError("--bits_per_dim is for image score models")
     if F.METRICS.value and (not run.config.is_image or F.INPAINT.value):
         raise app.UsageError(
             "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
@@ -300,6 +319,8 @@ def main(argv):
             print(f"exported step {run.step} for TF Serving: {path}")
         elif run.family == "vae":
             _vae(run)
+        elif run.config.is_image and F.BITS_PER_DIM.value:
+            _bits_per_dim(run)
         elif run.config.is_image:
             _inpaint(run) if F.INPAINT.value else _images(run)
         else:

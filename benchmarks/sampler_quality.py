@@ -68,6 +68,13 @@ EDM_SETTINGS = {
     "ode_1e-3": dict(sampler="ode", ode_tol=1e-3),
     "edm_churn30": dict(sampler="edm", s_churn=30.0),
     "pc_c1_snr0.05": dict(sampler="predictor_corrector", n_corrector=1, snr=0.05),
+    # the ancestral predictor ends each step at exactly the next level's noise (reverse
+    # diffusion leaves too much on this grid's far-apart levels)
+    "pc_anc_c1": dict(sampler="predictor_corrector", n_corrector=1, predictor="ancestral"),
+    "pc_anc_c1_snr0.05": dict(
+        sampler="predictor_corrector", n_corrector=1, snr=0.05, predictor="ancestral"
+    ),
+    "pc_anc_c0": dict(sampler="predictor_corrector", n_corrector=0, predictor="ancestral"),
 }
 SETTINGS_SETS = {"ncsn": SETTINGS, "edm": EDM_SETTINGS}
 SETTING_SET = flags.DEFINE_enum(

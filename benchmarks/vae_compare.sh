@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The score-entropy VAE against the Gaussian VAE on MNIST with the same training budget, then
-# the AIS test NLL of both on the same binarised test subset. Prints and collects
-# runs/vae_compare/compare.json.
+# The score-entropy VAE against the Gaussian VAE on MNIST, one pair per latent size, each pair
+# with the same training budget, then the AIS test NLL of every model on the same binarised
+# test images and the paired difference per pair. Prints and writes runs/vae_compare/compare.json.
 #
-#   STEPS=20000 DATA_DIR=/path/to/tfds bash benchmarks/vae_compare.sh     (or: make vae-compare)
+#   STEPS=20000 LATENTS="8 32" DATA_DIR=/path/to/tfds bash benchmarks/vae_compare.sh
+#   (or: make vae-compare)
 #
-# Settings: the presets (paper networks, RMSProp 1e-3, batch 128, latent 8); STEPS iterations
-# (the paper: 100k); AIS with AIS_CHAINS chains x AIS_TEMPS temperatures on EVAL_N images.
+# Settings: the presets (paper networks, RMSProp 1e-3, batch 128); STEPS iterations (the
+# paper: 100k); AIS with AIS_CHAINS chains x AIS_TEMPS temperatures on the first EVAL_N test
+# images (the same images, binarisation and AIS seeds for every model, so the per-image NLLs
+# pair up: evaluate.vae_test_images, nll_per_example.npz).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-20000}
@@ -14,41 +17,23 @@ OUT=${OUT:-runs/vae_compare}
 EVAL_N=${EVAL_N:-200}
 AIS_CHAINS=${AIS_CHAINS:-16}
 AIS_TEMPS=${AIS_TEMPS:-500}
-LATENT=${LATENT:-8}
+LATENTS=${LATENTS:-8 32}
 data_flag=()
 [[ -n "${DATA_DIR:-}" ]] && data_flag=(--data_dir="$DATA_DIR")
 
-for preset in mnist_vae_ssm mnist_vae_gaussian; do
-  wd="$OUT/$preset"
-  start=$(date +%s)
-  "$PY" run_train.py --flagfile="flags/presets/$preset.cfg" --workdir="$wd" \
-    --num_steps="$STEPS" --latent_dim="$LATENT" "${data_flag[@]}"
-  echo "$(( $(date +%s) - start ))" > "$wd/train_wall_seconds"
-  "$PY" run_sample.py --workdir="$wd" --evaluate --eval_examples="$EVAL_N" \
-    --eval_batch="$EVAL_N" --ais_chains="$AIS_CHAINS" --ais_temperatures="$AIS_TEMPS"
+for latent in $LATENTS; do
+  for preset in mnist_vae_ssm mnist_vae_gaussian; do
+    wd="$OUT/latent$latent/$preset"
+    if [[ ! -f "$wd/metrics.json" ]]; then
+      start=$(date +%s)
+      "$PY" run_train.py --flagfile="flags/presets/$preset.cfg" --workdir="$wd" \
+        --num_steps="$STEPS" --latent_dim="$latent" --noprogress "${data_flag[@]}"
+      echo "$(( $(date +%s) - start ))" > "$wd/train_wall_seconds"
+      "$PY" run_sample.py --workdir="$wd" --evaluate --eval_examples="$EVAL_N" \
+        --eval_batch="$EVAL_N" --ais_chains="$AIS_CHAINS" --ais_temperatures="$AIS_TEMPS" \
+        --noprogress
+    fi
+  done
 done
 
-"$PY" - "$OUT" <<'PYEOF'
-import json, os, sys
-out = sys.argv[1]
-rows = {}
-for preset in ("mnist_vae_ssm", "mnist_vae_gaussian"):
-    wd = os.path.join(out, preset)
-    with open(os.path.join(wd, "metrics.json")) as f:
-        m = json.load(f)
-    with open(os.path.join(wd, "train_wall_seconds")) as f:
-        m["train_wall_seconds"] = int(f.read())
-    rows[preset] = m
-with open(os.path.join(out, "compare.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-print(f"{'model':22s} {'steps':>7s} {'train min':>9s} {'AIS NLL':>16s} {'IWAE NLL':>10s} {'-ELBO':>8s}")
-for name, m in rows.items():
-    a = m["ais_nll"]
-    iw = f"{m['iwae_nll']['mean']:.2f}" if "iwae_nll" in m else "-"
-    el = f"{m['neg_elbo']['mean']:.2f}" if "neg_elbo" in m else "-"
-    print(f"{name:22s} {m['step']:7d} {m['train_wall_seconds'] / 60:9.1f} "
-          f"{a['mean']:9.2f} ± {a['se']:.2f} {iw:>10s} {el:>8s}")
-ssm, gau = rows["mnist_vae_ssm"]["ais_nll"], rows["mnist_vae_gaussian"]["ais_nll"]
-print(f"score-entropy minus Gaussian AIS NLL: {ssm['mean'] - gau['mean']:+.2f} nats "
-      f"(lower is better; SEs {ssm['se']:.2f} / {gau['se']:.2f})")
-PYEOF
+"$PY" benchmarks/vae_pairs.py --out="$OUT" --latents="${LATENTS// /,}"

@@ -14,7 +14,7 @@ import dataclasses
 from absl import flags
 
 from tf_score import config as C
-from tf_score.samplers import SAMPLERS
+from tf_score.samplers import PREDICTORS, SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -148,6 +148,13 @@ _def("float", S, "langevin_step_size", "langevin: the fixed step a.")
 _def("float", S, "cas_eta", "consistent_annealed: eta (0: the smallest consistent value).")
 _def("float", S, "snr", "predictor_corrector: corrector signal-to-noise ratio.")
 _def("integer", S, "n_corrector", "predictor_corrector: Langevin corrector steps per level.")
+_enum(
+    S,
+    "predictor",
+    PREDICTORS,
+    "predictor_corrector: reverse_diffusion (Euler-Maruyama) or ancestral (ends each step at "
+    "exactly the next level's noise; for grids with far-apart levels).",
+)
 _def("integer", S, "heun_steps", "heun: levels of the network used as the ODE grid (0: all).")
 _def("float", S, "ode_tol", "ode: relative and absolute tolerance of the Dormand-Prince solver.")
 _def("float", S, "s_churn", "edm: stochasticity S_churn (0: the deterministic Heun sampler).")
@@ -215,6 +222,12 @@ AIS_LEAPFROG_STEPS = flags.DEFINE_integer("ais_leapfrog_steps", 10, "HMC leapfro
 EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 200, "Test examples for the VAE likelihood.")
 EVAL_BATCH = flags.DEFINE_integer("eval_batch", 100, "Test examples per AIS batch.")
 IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 1000, "Samples of the IWAE bound.")
+BITS_PER_DIM = flags.DEFINE_integer(
+    "bits_per_dim",
+    0,
+    "Image score models: instead of sampling, the probability-flow ODE's bits/dim of this "
+    "many dequantised test images (--eval_batch at once, --ode_tol; 0: off).",
+)
 
 # --- export (TF Serving) ------------------------------------------------------------------
 EXPORT_DIR = flags.DEFINE_string(
@@ -270,6 +283,7 @@ for _h in (NUM_SAMPLES, EVAL_REPEATS, NUM_PERMUTATIONS, EXPORT_MAX_SAMPLES, EXPO
 for _h in (AIS_CHAINS, AIS_TEMPERATURES, AIS_LEAPFROG_STEPS, EVAL_EXAMPLES, EVAL_BATCH):
     _at_least(_h, 1)
 _at_least(IWAE_SAMPLES, 1)
+_at_least(BITS_PER_DIM, 0)
 _at_least(SAMPLE_BATCH_SIZE, 0)
 _at_least(CPU_DEVICES, 0)
 _at_least(COLLECTIVE_TIMEOUT, 0)

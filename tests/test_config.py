@@ -43,6 +43,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(model="classifier", dataset="npz", data_path="x.npz"), "needs labelled images"),
         (dict(sampler="euler"), "sampler must be one of annealed_langevin, langevin"),
         (dict(cas_eta=1.5), "cas_eta must be < 1.0"),
+        (dict(predictor="euler"), "predictor must be one of reverse_diffusion, ancestral"),
         (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),
         (dict(network="edm_mlp"), "network=edm_mlp needs loss=edm"),
         (dict(loss="edm"), "network=mlp needs loss=anneal_dsm"),

@@ -149,3 +149,18 @@ def test_classifier_learns_digits_and_round_trips(tmp_path):
     assert metrics.fid_from_features(fn, ref) > 10 * metrics.fid_from_features(f, ref)
     with pytest.raises(FileNotFoundError, match=r"mnist_classifier\.cfg"):
         classifier.load_classifier(str(tmp_path / "missing"))
+
+
+def test_paired_difference_has_the_t_distributions_p_value_and_size():
+    # n = 2: t has 1 degree of freedom (Cauchy), p = 1 - (2 / pi) atan |t|
+    r = metrics.paired_difference([3.0, 5.0], [1.0, 2.0])  # d = 2, 3
+    assert r["mean"] == 2.5 and r["se"] == pytest.approx(np.std([2, 3], ddof=1) / np.sqrt(2))
+    assert r["p"] == pytest.approx(1 - 2 / np.pi * np.arctan(r["t"]), rel=1e-5)
+    # size: with a = b in distribution, p < 0.05 in 5% of 2000 paired samples of n = 8
+    # (+- 3 SE = 1.5%; a normal approximation to t would reject about 9%)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 2, 8))
+    rejected = np.mean([metrics.paired_difference(a, b)["p"] < 0.05 for a, b in x])
+    assert abs(rejected - 0.05) < 0.015, rejected
+    with pytest.raises(ValueError, match="equal-length"):
+        metrics.paired_difference([1.0, 2.0], [1.0])

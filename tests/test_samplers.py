@@ -213,6 +213,27 @@ def test_predictor_corrector_matches_its_recursion_and_the_corrector_helps():
     assert np.all(np.abs(x.mean(0) - MU) < 5 * np.sqrt(1.0 / n))
 
 
+def test_ancestral_predictor_matches_its_recursion_and_keeps_the_levels_noise():
+    """The ancestral predictor adds sigma_(i+1) sqrt(d_i) / sigma_i z, which is exact for a
+    point mass; on this unit-variance Gaussian it contracts (variance 0.82 on this grid, its
+    exact linear recursion) where reverse diffusion expands (> 1.15, test above)."""
+    n = 20000
+    x0 = _start(n, [3, 4])
+    v = C**2 + FAST_SIGMAS[0] ** 2
+    grid = np.append(FAST_SIGMAS.astype(np.float64), 0.0)
+    for k in range(len(FAST_SIGMAS)):
+        d = grid[k] ** 2 - grid[k + 1] ** 2
+        v = (1 - d / (C**2 + grid[k] ** 2)) ** 2 * v + grid[k + 1] ** 2 * d / grid[k] ** 2
+    assert 0.80 < v < 0.83
+    out = samplers.predictor_corrector(
+        _iso_score, x0, FAST_SIGMAS, [5, 6], n_corrector=0, predictor="ancestral"
+    )
+    assert int(out.num_evals) == 30
+    _assert_var(out.samples.numpy(), v)
+    with pytest.raises(samplers.SamplerError, match="predictor must be reverse_diffusion or"):
+        samplers.predictor_corrector(_iso_score, x0, FAST_SIGMAS, [5, 6], predictor="euler")
+
+
 def test_consistent_annealed_sampling_matches_its_recursion():
     n = 20000
     x0 = _start(n, [7, 8])

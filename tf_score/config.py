@@ -256,6 +256,8 @@ class SamplerConfig:
     cas_eta: float = 0.0
     snr: float = 0.16
     n_corrector: int = 1
+    #: predictor_corrector's predictor: reverse_diffusion or ancestral
+    predictor: str = "reverse_diffusion"
     #: levels used by Heun (0: all)
     heun_steps: int = 0
     ode_tol: float = 1e-5
@@ -267,9 +269,10 @@ class SamplerConfig:
     s_tmax: float = 0.0
 
     def __post_init__(self):
-        from tf_score.samplers import SAMPLERS
+        from tf_score.samplers import PREDICTORS, SAMPLERS
 
         _one_of(self, "sampler", tuple(SAMPLERS))
+        _one_of(self, "predictor", PREDICTORS)
         _finite(self, "step_lr", 0.0)
         _finite(self, "langevin_step_size", 0.0)
         _finite(self, "snr", 0.0)

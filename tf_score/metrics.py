@@ -85,6 +85,24 @@ def kernel_two_sample_test(
     return float(stat[0]), float(p)
 
 
+def paired_difference(a, b) -> dict:
+    """Paired comparison of two models on the same examples: d_i = a_i - b_i, its mean, the
+    standard error sd(d) / sqrt(n), t = mean / se and the two-sided p-value of mean = 0 under
+    Student's t with n - 1 degrees of freedom."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(
+            f"need two equal-length 1-D arrays of >= 2 values, got {a.shape} and {b.shape}"
+        )
+    d = a - b
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    t = mean / se if se > 0 else float("inf") * np.sign(mean)
+    df = len(d) - 1.0
+    # P(|T| > t) = I_(df / (df + t^2))(df / 2, 1 / 2), the regularised incomplete beta
+    p = float(tf.math.betainc(df / 2, 0.5, df / (df + t * t))) if np.isfinite(t) else 0.0
+    return {"n": len(d), "mean": mean, "se": se, "t": float(t), "p": p}
+
+
 # --- image quality in a feature space: Fréchet distance (FID) and kernel distance (KID) ----
 
 

@@ -344,7 +344,10 @@ def _per_example_norm(t):
     return tf.norm(tf.reshape(t, [tf.shape(t)[0], -1]), axis=1)
 
 
-def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise):
+PREDICTORS = ("reverse_diffusion", "ancestral")
+
+
+def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise, ancestral):
     x0 = tf.convert_to_tensor(x0, tf.float32)
     num_levels = tf.shape(sigmas)[0]
     batch = tf.shape(x0)[0]
@@ -368,12 +371,14 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise):
             return j + 1, x + a * g + tf.sqrt(2.0 * a) * z
 
         _, x = tf.while_loop(lambda j, _: j < n_corrector, corrector, (tf.constant(0), x))
-        # reverse-diffusion predictor of the VE SDE, sigma_i -> sigma_(i+1)
+        # predictor sigma_i -> sigma_(i+1): both move the mean by d_i s; reverse diffusion
+        # adds sqrt(d_i) z, ancestral only what brings the noise left to sigma_(i+1)
         var = tf.square(sigmas[i]) - tf.square(nxt[i])
         s = tf.cast(score_fn(x, levels), tf.float32)
         z = _step_noise(seed, i * steps_per_level + n_corrector, tf.shape(x))
         keep_noise = tf.logical_or(i < num_levels - 1, tf.logical_not(denoise))
-        x = x + var * s + tf.cast(keep_noise, tf.float32) * tf.sqrt(var) * z
+        std = tf.where(ancestral, nxt[i] * tf.sqrt(var) / sigmas[i], tf.sqrt(var))
+        x = x + var * s + tf.cast(keep_noise, tf.float32) * std * z
         return i + 1, x
 
     _, x = tf.while_loop(lambda i, _: i < num_levels, level_body, (tf.constant(0), x0))
@@ -388,18 +393,25 @@ def predictor_corrector(
     snr: float = 0.16,
     n_corrector: int = 1,
     denoise: bool = True,
+    predictor: str = "reverse_diffusion",
     jit_compile: bool = False,
 ) -> SamplerOutput:
     """Predictor-corrector sampling of the variance-exploding SDE (Song et al. 2021).
 
     At each level i: ``n_corrector`` Langevin steps with step a = 2 (snr ||z|| / ||s||)^2
-    (norms averaged over the batch), then the reverse-diffusion predictor to sigma_(i+1)
-    (sigma_(L+1) = 0), x <- x + d_i s(x, i) + sqrt(d_i) z with d_i = sigma_i^2 - sigma_(i+1)^2.
+    (norms averaged over the batch), then a predictor to sigma_(i+1) (sigma_(L+1) = 0),
+    x <- x + d_i s(x, i) + c_i z with d_i = sigma_i^2 - sigma_(i+1)^2 and
+      reverse_diffusion: c_i = sqrt(d_i) (Euler-Maruyama of the reverse SDE);
+      ancestral:         c_i = sigma_(i+1) sqrt(d_i) / sigma_i (the Gaussian posterior's
+                         step: a chain at noise sigma_i ends at exactly sigma_(i+1), however
+                         far apart the levels; reverse diffusion leaves more noise than
+                         sigma_(i+1) when they are far apart, e.g. 1.8 sigma_(i+1) at a ratio 2).
     With ``denoise`` the last predictor step adds no noise (its mean is the Tweedie denoise).
     L (n_corrector + 1) evaluations. Start from ``gaussian_init``.
     """
     _check("snr", snr, lambda v: v > 0, "> 0")
     _check("n_corrector", n_corrector, lambda v: v >= 0, ">= 0")
+    _check("predictor", predictor, lambda v: v in PREDICTORS, " or ".join(PREDICTORS))
     fn = _compiled("predictor_corrector", _pc_impl, jit_compile)
     return fn(
         score_fn,
@@ -409,6 +421,7 @@ def predictor_corrector(
         tf.cast(n_corrector, tf.int32),
         seed,
         tf.constant(bool(denoise)),
+        tf.constant(predictor == "ancestral"),
     )
 
 
@@ -762,7 +775,7 @@ SAMPLERS: dict[str, Sampler] = {
             "predictor_corrector",
             predictor_corrector,
             _perturbed_start,
-            ("snr", "n_corrector", "denoise"),
+            ("snr", "n_corrector", "denoise", "predictor"),
             "L x (1 + n_corrector)",
         ),
         Sampler("heun", heun, _perturbed_start, ("heun_steps",), "2 K - 1 for K = heun_steps"),
