@@ -59,7 +59,12 @@ def main(argv):
     )
     try:
         result = runs.train(cfg, workdir, strategy, progress=F.PROGRESS.value)
-    except (config.ConfigError, runs.RunError, data.DataUnavailableError) as e:
+    except (
+        config.ConfigError,
+        runs.RunError,
+        data.DataUnavailableError,
+        train.CheckpointError,
+    ) as e:
         # Data and setting problems are reported before anything is written.
         _fail(e)
     except train.NonFiniteLossError as e:

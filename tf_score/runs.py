@@ -160,10 +160,18 @@ def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
 
 
 def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
-    """Refuse to resume a run with other model settings (the data may have moved)."""
+    """Refuse to resume a run with other model settings (the data may have moved). A
+    workdir with no checkpoint yet (e.g. a run that stopped at step 2) takes new settings;
+    one with checkpoints but no ``config.json`` is checked by the restore itself."""
     import tensorflow as tf
 
+    from tf_score import checkpoints
+
+    if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
+        raise RunError(f"workdir {workdir} is a file, not a directory")
     if not tf.io.gfile.exists(config_path(workdir)):
+        return
+    if not checkpoints.candidates(os.path.join(workdir, "checkpoints")):
         return
     old = read_config(workdir)
     changed = old.model_differences(cfg)
@@ -247,9 +255,15 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
             raise ConfigError(f"model={family.name} trains on one device: use no strategy")
         return family.train(cfg, workdir, progress)
     bundle, cfg = prepare(cfg, workdir, strategy)
-    if distribute.is_chief(strategy):
-        _write_config(workdir, cfg)
-    return loop.train(bundle, loop_config(cfg, progress), workdir, strategy)
+
+    def settings_verified(start_step: int) -> None:
+        # after the restore matched these settings' variables, never before
+        if distribute.is_chief(strategy):
+            _write_config(workdir, cfg)
+
+    return loop.train(
+        bundle, loop_config(cfg, progress), workdir, strategy, on_restored=settings_verified
+    )
 
 
 def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
@@ -289,16 +303,11 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     keras.mixed_precision.set_global_policy(cfg.network.precision)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     try:
-        models, step = loop.load_ema_models(family.model_fns(cfg), ckpt_dir, checkpoint)
-    except FileNotFoundError as e:
+        path = loop.pick_checkpoint(ckpt_dir, checkpoint)
+        models, step = loop.restore_ema_models(family.model_fns(cfg), path)
+    except (FileNotFoundError, loop.CheckpointError) as e:
         raise RunError(str(e)) from e
-    return Run(workdir, cfg, models, step, checkpoint or _latest(ckpt_dir))
-
-
-def _latest(ckpt_dir):
-    import tensorflow as tf
-
-    return tf.train.latest_checkpoint(ckpt_dir)
+    return Run(workdir, cfg, models, step, path)
 
 
 # --- generate -----------------------------------------------------------------------------------

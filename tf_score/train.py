@@ -23,7 +23,8 @@ compiled loop (all workers agree on the step), save a checkpoint and raise
 ``TrainingInterrupted``; a second Ctrl-C stops at once, leaving the last checkpoint.
 Checkpoints are written by ``tf.train.CheckpointManager``, which records a checkpoint only
 after its files are complete, so a process killed at any moment resumes from the last
-complete one.
+complete one. A resume takes the newest checkpoint on disk that reads back whole and finite
+(``tf_score.checkpoints``), even if the state file is lost; damaged newer ones are set aside.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
 
+from tf_score import checkpoints as checkpoints_lib
 from tf_score import distribute
+from tf_score.checkpoints import CheckpointError  # noqa: F401  (re-exported)
 from tf_score.distribute import is_chief  # also re-exported: train.is_chief
 
 # The step itself (models, gradients, updates); build_models and ema_decay re-exported here.
@@ -288,19 +291,50 @@ def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint
     return tf.train.Checkpoint(**items)
 
 
+def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
+    """``checkpoint`` (a prefix) if it reads back whole, else the newest good one in
+    ``checkpoint_dir`` (a damaged newer one is reported, not moved: the workdir may be
+    another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
+    asked for, or every one, is damaged."""
+    if checkpoint:
+        why = checkpoints_lib.problem(checkpoint)
+        if why:
+            raise checkpoints_lib.CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
+        return checkpoint
+    path = checkpoints_lib.newest_good(checkpoint_dir).path
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
+    return path
+
+
 def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
     """Restore only the EMA weights (what samplers and exports use) from a training run.
 
-    Returns (models, step). ``checkpoint`` picks a specific prefix; default: the latest.
+    Returns (models, step). ``checkpoint`` picks a specific prefix; default: the newest good
+    one (``pick_checkpoint``).
     """
-    path = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
+    return restore_ema_models(model_fns, pick_checkpoint(checkpoint_dir, checkpoint))
+
+
+def restore_ema_models(model_fns: dict, path: str):
+    """(models, step) of checkpoint ``path``'s EMA weights."""
     models = {name: fn() for name, fn in model_fns.items()}
     step = tf.Variable(0, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
-    ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    _restore(ckpt, path, partial=True)
     return models, int(step.numpy())
+
+
+def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error."""
+    try:
+        status = ckpt.restore(path)
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise checkpoints_lib.CheckpointError(
+            f"checkpoint {path} does not hold this model's variables (a run with other "
+            f"settings?): {str(e).splitlines()[0][:300]}"
+        ) from e
 
 
 # --- the loop around the step ----------------------------------------------------------------
@@ -316,6 +350,11 @@ class _Checkpoints:
         self.ckpt = make_checkpoint(step.models, step.ema_models, step.optimizers, step.step_var)
         # Every worker resumes from the chief's checkpoints (a directory they all can read).
         self.dir = os.path.join(workdir, "checkpoints")
+        # The newest good checkpoint on disk, whatever the state file says; the chief sets
+        # damaged newer ones aside and lists what is left in the state file for its manager.
+        self.resume_from = checkpoints_lib.newest_good(self.dir, set_aside_damaged=self.chief).path
+        if self.chief and self.resume_from:
+            checkpoints_lib.repair_state(self.dir, checkpoints_lib.candidates(self.dir)[::-1])
         self.manager = (
             tf.train.CheckpointManager(
                 self.ckpt, self.dir, max_to_keep=config.keep_checkpoints, step_counter=step.step_var
@@ -325,11 +364,10 @@ class _Checkpoints:
         )
 
     def restore(self) -> str | None:
-        """Restore the latest checkpoint, if there is one; its path."""
-        latest = tf.train.latest_checkpoint(self.dir)
-        if latest:
-            self.ckpt.restore(latest).assert_existing_objects_matched()
-        return latest
+        """Restore the newest good checkpoint, if there is one; its path."""
+        if self.resume_from:
+            _restore(self.ckpt, self.resume_from)
+        return self.resume_from
 
     def save(self, step: int) -> str | None:
         """Every worker saves (saving may need collectives); only the chief's is kept."""
@@ -521,8 +559,11 @@ def train(
     config: TrainConfig,
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
+    on_restored: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible."""
+    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible
+    (the newest good checkpoint). ``on_restored(start_step)`` runs once the checkpoint, if
+    any, has been restored into these models (a run writes its settings there)."""
     strategy = strategy or tf.distribute.get_strategy()
     step_fn = TrainStep(bundle, config, strategy)  # checks the batch split, seeds, builds
     checkpoints = _Checkpoints(step_fn, config, workdir, strategy)
@@ -531,6 +572,8 @@ def train(
     start_step = int(step_fn.step_var.numpy())
     if start_step:
         logging.info("resumed from %s at step %d", latest, start_step)
+    if on_restored is not None:
+        on_restored(start_step)
 
     def input_fn(ctx: tf.distribute.InputContext):
         return bundle.dataset_fn(config.batch_size, ctx, start_step)

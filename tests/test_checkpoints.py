@@ -1,0 +1,147 @@
+"""Damaged or lost checkpoint files never restart a run from step 0 over the good ones: a
+resume or a load takes the newest checkpoint that reads back whole and finite, sets a damaged
+newer one aside (training) and reaches the state of an uninterrupted run from the older one."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_train import _bundle, _config, _weights
+
+from tf_score import checkpoints, config, runs, train
+
+
+def _files(ckpt_dir, step):
+    return sorted(glob.glob(os.path.join(ckpt_dir, f"ckpt-{step}.*")))
+
+
+def _truncate(ckpt_dir, step):
+    (data,) = glob.glob(os.path.join(ckpt_dir, f"ckpt-{step}.data-*"))
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+
+
+def _overwrite(ckpt_dir, step):
+    (data,) = glob.glob(os.path.join(ckpt_dir, f"ckpt-{step}.data-*"))
+    with open(data, "r+b") as f:
+        f.seek(os.path.getsize(data) // 3)
+        f.write(b"\x5a" * 64)
+
+
+def _nan(ckpt_dir, step):
+    """Rewrite checkpoint ``step`` with the same keys, one float tensor set to NaN."""
+    prefix = os.path.join(ckpt_dir, f"ckpt-{step}")
+    reader = tf.train.load_checkpoint(prefix)
+    names = sorted(reader.get_variable_to_dtype_map())
+    tensors = [reader.get_tensor(n) for n in names]
+    k = next(i for i, n in enumerate(names) if "model_score" in n and tensors[i].dtype.kind == "f")
+    tensors[k] = np.full_like(tensors[k], np.nan)
+    for path in _files(ckpt_dir, step):
+        os.remove(path)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=tensors)  # fmt: skip
+
+
+def _lose_state(ckpt_dir, step):
+    del step
+    os.remove(os.path.join(ckpt_dir, "checkpoint"))
+
+
+def _lose_index(ckpt_dir, step):
+    os.remove(os.path.join(ckpt_dir, f"ckpt-{step}.index"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return train.train(_bundle(), _config(120), str(tmp_path_factory.mktemp("full")))
+
+
+@pytest.mark.parametrize(
+    "damage, falls_back",
+    [
+        (_truncate, True),
+        (_overwrite, True),
+        (_nan, True),
+        (_lose_index, True),
+        (_lose_state, False),
+    ],
+)
+def test_resume_skips_a_damaged_newest_checkpoint_to_the_uninterrupted_state(
+    tmp_path, uninterrupted, damage, falls_back
+):
+    workdir = str(tmp_path / "run")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    train.train(_bundle(), _config(80), workdir)  # ckpt-40, ckpt-80
+    older = {p: open(p, "rb").read() for p in _files(ckpt_dir, 40)}
+    damage(ckpt_dir, 80)
+    # loading for sampling falls back too, and moves nothing (the workdir may be read-only)
+    _, step = train.load_ema_models(_bundle().model_fns, ckpt_dir)
+    assert step == (40 if falls_back else 80)
+    resumed = train.train(_bundle(), _config(120), workdir)
+    assert resumed.step == 120
+    for a, b in zip(_weights(uninterrupted.models), _weights(resumed.models), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert {p: open(p, "rb").read() for p in _files(ckpt_dir, 40)} == older  # untouched
+    if damage in (_truncate, _overwrite, _nan):  # set aside, kept for inspection
+        moved = sorted(os.listdir(os.path.join(ckpt_dir, checkpoints.DAMAGED_DIR)))
+        assert moved == ["ckpt-80.data-00000-of-00001", "ckpt-80.index"]
+    # the manager knows every checkpoint on disk again
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-120")
+
+
+def test_every_checkpoint_damaged_stops_with_a_message_and_writes_nothing(tmp_path):
+    workdir = str(tmp_path / "run")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    train.train(_bundle(), _config(80), workdir)
+    for step in (40, 80):
+        _truncate(ckpt_dir, step)
+    before = sorted(os.listdir(ckpt_dir))
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"no usable checkpoint .*ckpt-80: unread"
+    ):
+        train.load_ema_models(_bundle().model_fns, ckpt_dir)
+    assert sorted(os.listdir(ckpt_dir)) == before
+    with pytest.raises(checkpoints.CheckpointError, match="no usable checkpoint"):
+        train.train(_bundle(), _config(120), workdir)
+    assert not glob.glob(os.path.join(ckpt_dir, "ckpt-12*"))  # nothing trained from step 0
+
+
+def test_an_explicit_damaged_checkpoint_is_refused(tmp_path):
+    train.train(_bundle(), _config(80), str(tmp_path))
+    ckpt_dir = str(tmp_path / "checkpoints")
+    _overwrite(ckpt_dir, 40)
+    with pytest.raises(checkpoints.CheckpointError, match="ckpt-40 is damaged: unreadable"):
+        train.load_ema_models(_bundle().model_fns, ckpt_dir, os.path.join(ckpt_dir, "ckpt-40"))
+
+
+def _toy_cfg(**kw):
+    base = dict(hidden_units=(32, 32), num_steps=40, batch_size=64, checkpoint_every=40,
+                log_every=20, steps_per_loop=20, n_steps_each=2)  # fmt: skip
+    return config.from_flat({**base, **kw})
+
+
+def test_config_json_is_written_only_for_settings_the_checkpoint_holds(tmp_path):
+    workdir = str(tmp_path / "run")
+    runs.train(_toy_cfg(), workdir, progress=False)
+    os.remove(runs.config_path(workdir))
+    with pytest.raises(checkpoints.CheckpointError, match="does not hold this model's variables"):
+        runs.train(_toy_cfg(hidden_units=(16, 16), num_steps=80), workdir, progress=False)
+    assert not os.path.exists(runs.config_path(workdir))  # not rewritten with other settings
+    result = runs.train(_toy_cfg(num_steps=80), workdir, progress=False)  # the original ones
+    assert result.step == 80 and runs.read_config(workdir).network.hidden_units == (32, 32)
+
+
+def test_a_workdir_without_checkpoints_takes_new_settings(tmp_path):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.NonFiniteLossError):
+        runs.train(_toy_cfg(learning_rate=1e30), workdir, progress=False)
+    assert not checkpoints.candidates(os.path.join(workdir, "checkpoints"))
+    assert runs.train(_toy_cfg(learning_rate=1e-3), workdir, progress=False).step == 40
+    assert runs.read_config(workdir).optimizer.learning_rate == 1e-3
+    with pytest.raises(runs.RunError, match="different settings for: learning_rate"):
+        runs.check_resume(workdir, _toy_cfg(learning_rate=2e-3))
+    open(tmp_path / "afile", "w").close()
+    with pytest.raises(runs.RunError, match="is a file, not a directory"):
+        runs.check_resume(str(tmp_path / "afile"), _toy_cfg())
