@@ -28,6 +28,13 @@ def _write_json(path, obj):
     write_json_atomic(path, obj)
 
 
+def _save_npz(path, **arrays):
+    """np.savez to a temporary name, then renamed: an interrupted write leaves the old file."""
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def print_table(m: dict) -> None:
     """The two-mode table (``evaluate.two_mode`` metrics)."""
     from tf_score.evaluate import TWO_MODE_ROWS
@@ -108,7 +115,7 @@ def _toy(run) -> None:
         print(f"wrote {run.workdir}/metrics.json and samples.png")
         return
     out = runs.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
-    np.savez(os.path.join(run.workdir, "samples.npz"), samples=out.samples)
+    _save_npz(os.path.join(run.workdir, "samples.npz"), samples=out.samples)
     title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
     plotting.scatter_panels(
         {title: out.samples}, extent, path=os.path.join(run.workdir, "samples.png")
@@ -136,7 +143,7 @@ def _inpaint(run) -> None:
     gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
     grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
     plotting.save_png(grid, os.path.join(run.workdir, "inpaint.png"), scale=2)
-    np.savez(
+    _save_npz(
         os.path.join(run.workdir, "inpaint.npz"),
         observed=x_obs.numpy(),
         mask=mask.numpy(),
@@ -181,7 +188,7 @@ def _images(run) -> None:
     x = out.samples
     images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
     plotting.save_png(plotting.image_grid(x[:100]), os.path.join(run.workdir, "samples.png"), 2)
-    np.savez(os.path.join(run.workdir, "samples.npz"), samples=x, images=images)
+    _save_npz(os.path.join(run.workdir, "samples.npz"), samples=x, images=images)
     if out.snapshots is not None:
         _save_snapshots(run.workdir, out.snapshots, run.data_shape)
     print(
@@ -215,7 +222,7 @@ def _bits_per_dim(run) -> None:
     )
     path = os.path.join(run.workdir, "bits_per_dim.json")
     _write_json(path, summary)
-    np.savez(os.path.join(run.workdir, "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
+    _save_npz(os.path.join(run.workdir, "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
     print(
         f"bits/dim {summary['mean']:.4f} ± {summary['se']:.4f} on {summary['n']} dequantised "
         f"test images (ODE tol {tol:g}, {summary['ode_fn_evaluations']:.0f} evaluations, "
@@ -281,7 +288,7 @@ def _vae(run) -> None:
     with open(os.path.join(wd, "metrics.json"), "w") as f:
         json.dump(m, f, indent=2)
     # Per-example values: two models evaluated on the same images compare pairwise.
-    np.savez(os.path.join(wd, "nll_per_example.npz"), **per_example)
+    _save_npz(os.path.join(wd, "nll_per_example.npz"), **per_example)
     print_vae_table(m)
     print(f"wrote {os.path.join(wd, 'metrics.json')}")
 
@@ -309,22 +316,11 @@ def _check_request(run) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_score import config, evaluate, runs, samplers
+    from tf_score import config, evaluate, runs, samplers, train
 
     try:
-        run = _load(F.WORKDIR.value)
-        _check_request(run)
-        if F.EXPORT_DIR.value:
-            path = F.export(run)
-            print(f"exported step {run.step} for TF Serving: {path}")
-        elif run.family == "vae":
-            _vae(run)
-        elif run.config.is_image and F.BITS_PER_DIM.value:
-            _bits_per_dim(run)
-        elif run.config.is_image:
-            _inpaint(run) if F.INPAINT.value else _images(run)
-        else:
-            _toy(run)
+        with train.exit_on_interrupt("stopped (results are written only when complete)"):
+            _main(_load(F.WORKDIR.value))
     except (
         config.ConfigError,
         runs.RunError,
@@ -332,6 +328,21 @@ def main(argv):
         samplers.SamplerError,
     ) as e:
         raise app.UsageError(str(e)) from e
+
+
+def _main(run) -> None:
+    _check_request(run)
+    if F.EXPORT_DIR.value:
+        path = F.export(run)
+        print(f"exported step {run.step} for TF Serving: {path}")
+    elif run.family == "vae":
+        _vae(run)
+    elif run.config.is_image and F.BITS_PER_DIM.value:
+        _bits_per_dim(run)
+    elif run.config.is_image:
+        _inpaint(run) if F.INPAINT.value else _images(run)
+    else:
+        _toy(run)
 
 
 if __name__ == "__main__":

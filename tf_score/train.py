@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -214,12 +215,21 @@ class _StopSignals:
     the main thread is inside TensorFlow.
     """
 
-    def __init__(self):
+    def __init__(self, exit_message: str | None = None):
         self.signum = None
         self._previous = {}
         self._wakeup = None
+        #: set: the first SIGINT / SIGTERM exits at once with this message (nothing to save)
+        self._exit_message = exit_message
+
+    def _exit_now(self, signum):
+        name = signal.Signals(signum).name
+        print(f"\n{name}: {self._exit_message}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
     def _handle(self, signum, frame):
+        if self._exit_message is not None:
+            self._exit_now(signum)
         if self.signum is None:
             self.signum = signum
             logging.warning(
@@ -232,6 +242,8 @@ class _StopSignals:
         seen = 0
         try:
             while data := os.read(fd, 64):  # b"" (EOF) once __exit__ closes the write end
+                if self._exit_message is not None:
+                    self._exit_now(data[0])
                 seen += sum(b == signal.SIGINT for b in data)
                 if seen >= 2:
                     logging.warning("second SIGINT: exiting now; the last checkpoint stays")
@@ -265,6 +277,12 @@ class _StopSignals:
             signal.set_wakeup_fd(previous_fd)
             os.close(write_fd)  # EOF ends the watcher, which closes the read end
         return False
+
+
+def exit_on_interrupt(message: str) -> _StopSignals:
+    """A context in which Ctrl-C (SIGINT) or SIGTERM ends the process within moments, even
+    inside a long compiled sampling loop, printing ``message`` (exit code 128 + signal)."""
+    return _StopSignals(exit_message=message)
 
 
 def _peak_rss_mb() -> float | None:
