@@ -145,3 +145,36 @@ def test_a_workdir_without_checkpoints_takes_new_settings(tmp_path):
     open(tmp_path / "afile", "w").close()
     with pytest.raises(runs.RunError, match="is a file, not a directory"):
         runs.check_resume(str(tmp_path / "afile"), _toy_cfg())
+
+
+def _holder(proc) -> dict:
+    import socket
+
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": proc.pid,
+            "create_time": psutil.Process(proc.pid).create_time()}  # fmt: skip
+
+
+def test_a_workdir_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tf_score import workdir_lock
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock = workdir / workdir_lock.LOCK_FILE
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(json.dumps(_holder(live)))
+        with pytest.raises(runs.RunError, match=rf"in use by another .*PID {live.pid}, started"):
+            runs.train(_toy_cfg(), str(workdir), progress=False)
+        assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]  # nothing written
+    finally:
+        live.kill()
+        live.wait()
+    # the holder is gone: its lock is stale, taken over, and released at the end
+    assert runs.train(_toy_cfg(), str(workdir), progress=False).step == 40
+    assert not lock.exists()

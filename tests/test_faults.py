@@ -258,3 +258,19 @@ def test_ctrl_c_stops_a_long_sampling_run_within_seconds(repo_root, tmp_path):
     assert proc.returncode == 128 + signal.SIGINT, text[-2000:]
     assert "SIGINT: stopped (results are written only when complete)" in text
     assert (workdir / "samples.npz").read_bytes() == b"earlier samples"
+
+
+def test_a_second_run_train_on_the_same_workdir_stops_at_once(repo_root, tmp_path):
+    workdir = tmp_path / "run"
+    first = _start(repo_root, workdir, "--num_steps=100000000", log=tmp_path / "a.log")
+    try:
+        _wait_for(lambda: (workdir / "LOCK").exists(), [first], poll=0.05)
+        t0 = time.time()
+        code, text = _finish(_start(repo_root, workdir, "--num_steps=10", log=tmp_path / "b.log"))
+        assert code == 2 and "in use by another training process (host " in text, text[-2000:]
+        assert f"PID {first.pid}, started" in text and time.time() - t0 < 60
+    finally:
+        first.send_signal(signal.SIGINT)
+        code, text = _finish(first)
+    assert code == 128 + signal.SIGINT, text[-2000:]
+    assert not (workdir / "LOCK").exists()

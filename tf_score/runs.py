@@ -15,6 +15,7 @@ Model families (score networks, VAEs, the classifier) are chosen in one registry
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -247,13 +248,35 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
     ``config.json`` (chief only), runs the training loop. Returns ``train.TrainResult``
     (``classifier.ClassifierResult`` for the classifier)."""
     from tf_score import distribute
-    from tf_score import train as loop
 
     family = FAMILIES[cfg.network.model]
-    if family.train is not None:
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            raise ConfigError(f"model={family.name} trains on one device: use no strategy")
-        return family.train(cfg, workdir, progress)
+    if family.train is not None and strategy is not None and strategy.num_replicas_in_sync > 1:
+        raise ConfigError(f"model={family.name} trains on one device: use no strategy")
+    check_resume(workdir, cfg)
+    with _workdir_held(workdir, distribute.is_chief(strategy)):
+        if family.train is not None:
+            return family.train(cfg, workdir, progress)
+        return _train_score_or_vae(cfg, workdir, strategy, progress)
+
+
+@contextlib.contextmanager
+def _workdir_held(workdir: str, chief: bool):
+    """The workdir's lock for this run (chief only); an unwritable workdir is a RunError."""
+    from tf_score import workdir_lock
+
+    try:
+        with workdir_lock.held(workdir, take=chief):
+            yield
+    except workdir_lock.WorkdirLockedError as e:
+        raise RunError(str(e)) from e
+    except PermissionError as e:
+        raise RunError(f"cannot write to workdir {workdir}: {e.strerror} ({e.filename})") from e
+
+
+def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):
+    from tf_score import distribute
+    from tf_score import train as loop
+
     bundle, cfg = prepare(cfg, workdir, strategy)
 
     def settings_verified(start_step: int) -> None:
