@@ -10,6 +10,7 @@ workdir is, how to distribute, what to evaluate) are validated here, at parse ti
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from absl import flags
 
@@ -245,6 +246,18 @@ EXPORT_MAX_SAMPLES = flags.DEFINE_integer(
 EXPORT_MAX_STEPS = flags.DEFINE_integer(
     "export_max_steps", 1000, "Largest n_steps_each one request to the export may ask for."
 )
+EXPORT_MAX_EVALUATIONS = flags.DEFINE_integer(
+    "export_max_evaluations",
+    1_000_000,
+    "Largest total work of one request to the export: num_samples x network evaluations per "
+    "sample (the export's `limits` signature returns every cap).",
+)
+flags.register_validator(
+    "export_model_name",
+    lambda v: v is None or (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", v) and ".." not in v),
+    "--export_model_name must be a TF Serving model name: letters, digits, '_', '.', '-', "
+    "starting with a letter or digit, no '/' or '..' path parts",
+)
 
 # --- distribution -------------------------------------------------------------------------
 STRATEGY = flags.DEFINE_enum(
@@ -284,6 +297,7 @@ for _h in (AIS_CHAINS, AIS_TEMPERATURES, AIS_LEAPFROG_STEPS, EVAL_EXAMPLES, EVAL
     _at_least(_h, 1)
 _at_least(IWAE_SAMPLES, 1)
 _at_least(BITS_PER_DIM, 0)
+_at_least(EXPORT_MAX_EVALUATIONS, 1)
 _at_least(SAMPLE_BATCH_SIZE, 0)
 _at_least(CPU_DEVICES, 0)
 _at_least(COLLECTIVE_TIMEOUT, 0)
@@ -360,4 +374,5 @@ def export(run) -> str:
         EXPORT_MODEL_NAME.value,
         max_samples=EXPORT_MAX_SAMPLES.value,
         max_steps_each=EXPORT_MAX_STEPS.value,
+        max_evaluations=EXPORT_MAX_EVALUATIONS.value,
     )

@@ -43,6 +43,11 @@ def _run(repo_root, script, *args, timeout=300):
         (["--devices=/gpu:0"], "--devices is for --strategy=mirrored"),
         (["--batch_size=100", "--grad_accum_steps=3"], "divisible by grad_accum_steps"),
         (["--sampler=heun", "--heun_steps=1"], "heun_steps must be 0 (all levels) or >= 2"),
+        (["--export_model_name=../../x"], "--export_model_name must be a TF Serving model name"),
+        (["--export_model_name=a/b"], "--export_model_name must be a TF Serving model name"),
+        (["--export_max_evaluations=0"], "--export_max_evaluations must be >= 1"),
+        (["--predictor=euler"], "flag --predictor=euler: value should be one of"),
+        (["--anneal_power=nan"], "anneal_power must be finite"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(args, message):

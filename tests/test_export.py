@@ -80,6 +80,7 @@ def toy_export(tmp_path_factory):
         sampler=TOY_SAMPLER,
         init_range=(-8, 8),
         max_samples=64,
+        max_evaluations=2000,  # 39 samples of 51 evaluations
     )
     return model, path
 
@@ -94,7 +95,11 @@ def test_toy_export_layout_and_signatures(toy_export):
         "sample_with_steps",
         "score",
         "score_at_sigma",
+        "limits",
     }
+    caps = {k: v.numpy() for k, v in loaded.signatures["limits"](unused=tf.constant(0)).items()}
+    assert caps["max_samples"] == 64 and caps["max_evaluations"] == 2000
+    assert caps["step_lr_min"] == pytest.approx(5e-5) and caps["step_lr_max"] == pytest.approx(0.5)
 
 
 def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
@@ -156,9 +161,37 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
             "n_steps_each must be >= 1",
         ),
     ]
+    x2 = np.zeros((2, 2), np.float32)
+    steps = {"num_samples": np.int32(4), "seed": seed, "n_steps_each": np.int32(5)}
+    bad += [
+        # the work cap: 40 samples x 51 evaluations > 2000; 40 x (50 x 10 + 1) likewise
+        ("sample", {"num_samples": np.int32(40), "seed": seed},
+         "num_samples x network evaluations must be <= 2000"),
+        ("sample_with_steps",
+         {**steps, "num_samples": np.int32(40), "step_lr": np.float32(0.05),
+          "n_steps_each": np.int32(50)},
+         "network evaluations must be <= 2000"),
+        ("sample_with_steps", {**steps, "step_lr": np.float32(np.inf)}, "step_lr must be finite"),
+        ("sample_with_steps", {**steps, "step_lr": np.float32(1e30)}, "step_lr must be <= 0.5"),
+        ("score", {"x": np.array([[np.nan, 0], [0, 0]], np.float32),
+                   "levels": np.array([0, 1], np.int32)}, "x must be finite"),
+        ("score_at_sigma", {"x": x2, "sigma": np.array([1.0, np.inf], np.float32)},
+         "sigma must be finite"),
+    ]  # fmt: skip
     for signature, inputs, message in bad:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+
+
+def test_non_finite_outputs_are_an_error_not_an_answer():
+    """Every endpoint returns through ``_finite_output``: NaN / inf in a float output (a
+    model or sampler setting that diverged) fails the request with a message naming it."""
+    checked = tf.function(export._finite_output)
+    good = checked({"samples": tf.constant([1.0, 2.0]), "num_evals": tf.constant(3)})
+    assert good["samples"].numpy().tolist() == [1.0, 2.0]
+    for bad in (np.nan, np.inf):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="samples came out non-finite"):
+            checked({"samples": tf.constant([1.0, bad]), "num_evals": tf.constant(3)})
 
 
 def test_wrong_dtype_is_rejected_by_the_signature(toy_export):

@@ -365,3 +365,17 @@ def test_interpolated_score_is_linear_in_log_sigma_between_levels():
     # made the ODE solver loop forever on NaN step sizes).
     for past in (0.0, -0.05):
         np.testing.assert_allclose(score(x, past).numpy(), 4.0)
+
+
+def test_a_diverging_sampler_is_an_error_and_keeps_nothing():
+    """Langevin with a step of 1e30 overflows: ``runs.generate_from`` (behind the CLI, the
+    evaluations and the benchmarks) raises instead of returning NaN samples."""
+    from tf_score import config, runs
+
+    cfg = config.SamplerConfig(sampler="langevin", langevin_step_size=1e30, langevin_steps=20)
+    with pytest.raises(runs.NonFiniteSamplesError, match="langevin diverged: 16 of 16 samples"):
+        runs.generate_from(gaussian_score, [1.0], (2,), 16, 0, cfg)
+    ok = runs.generate_from(
+        gaussian_score, [1.0], (2,), 16, 0, runs.sampler_config(cfg, langevin_step_size=0.01)
+    )
+    assert np.all(np.isfinite(ok.samples))

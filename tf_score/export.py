@@ -15,7 +15,10 @@ VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian 
 ``log_likelihood_bound`` (the IWAE bound).
 
 Every request is validated in the graph before any allocation: counts must be >= 1 and at
-most the export-time caps, levels in range, so one request cannot exhaust the server.
+most the export-time caps, levels in range, float inputs finite, step_lr within its range and
+the total work (num_samples x network evaluations) within ``max_evaluations``, so one request
+cannot exhaust the server; outputs are checked finite before they are returned. ``limits``
+returns the caps.
 ``samplers.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
 """
 
@@ -62,6 +65,31 @@ def _checked(value, checks):
         return tf.identity(value)
 
 
+def _finite_input(value, name: str):
+    """Assert every entry of a float input is finite (NaN / inf requests are refused)."""
+    return [tf.debugging.assert_all_finite(value, message=f"{name} must be finite")]
+
+
+def _finite_output(outputs: dict) -> dict:
+    """The float outputs, returned only if finite: a model or setting that diverges is an
+    error naming the output, never NaN samples or scores."""
+    return {
+        k: tf.debugging.assert_all_finite(
+            v, message=f"{k} came out non-finite: the model or sampler settings diverged"
+        )
+        if v.dtype.is_floating
+        else v
+        for k, v in outputs.items()
+    }
+
+
+def _work_cap(evaluations, max_evaluations: int):
+    """Assert one request's network evaluations (samples x evaluations each) are within the
+    export-time cap (int64: the product of int32 caps overflows int32)."""
+    return _in_range(tf.cast(evaluations, tf.int64), "num_samples x network evaluations", 1,
+                     max_evaluations)  # fmt: skip
+
+
 def _to_uint8(x):
     """Images in [0, 1] -> uint8 0..255."""
     return tf.cast(tf.round(x * 255.0), tf.uint8)
@@ -82,6 +110,7 @@ def _score_endpoints(score_fn, sigmas, data_shape, max_score_batch):
 
     def score_impl(x, level):
         checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
+        checks += _finite_input(x, "x")
         checks += _in_range(level, "levels", 0, num_levels - 1)
         checks.append(
             tf.debugging.assert_equal(
@@ -93,15 +122,17 @@ def _score_endpoints(score_fn, sigmas, data_shape, max_score_batch):
 
     @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="levels")])
     def score(x, levels):
-        return {"score": score_impl(x, levels)}
+        return _finite_output({"score": score_impl(x, levels)})
 
     @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.float32, name="sigma")])
     def score_at_sigma(x, sigma):
-        sigma = _checked(sigma, [tf.debugging.assert_positive(sigma, message="sigma must be > 0")])
+        checks = _finite_input(sigma, "sigma")
+        checks.append(tf.debugging.assert_positive(sigma, message="sigma must be > 0"))
+        sigma = _checked(sigma, checks)
         level = tf.argmin(
             tf.abs(tf.math.log(sigma)[:, None] - log_sig[None, :]), axis=1, output_type=tf.int32
         )
-        return {"score": score_impl(x, level), "levels": level}
+        return _finite_output({"score": score_impl(x, level), "levels": level})
 
     return score, score_at_sigma
 
@@ -118,6 +149,8 @@ def export_score_model(
     max_score_batch: int = 1024,
     score_fn=None,
     init_mean=None,
+    max_evaluations: int = 1_000_000,
+    step_lr_range: tuple[float, float] | None = None,
 ) -> str:
     """Write a servable SavedModel of a noise-conditional score network to ``path``;
     ``score_fn(x, levels)`` is its score on ``sigmas`` if that is not ``model`` itself (a
@@ -125,6 +158,11 @@ def export_score_model(
 
     ``serving_default`` runs ``sampler`` (a ``SamplerConfig``: the registered sampler and its
     options, baked in) through ``samplers.draw``, seeded exactly as ``runs.generate``.
+    Caps fixed here bound every request: ``max_samples``, ``max_steps_each``, and
+    ``max_evaluations`` network evaluations in all (num_samples x evaluations per sample;
+    the adaptive ODE's count is checked after it ran); ``sample_with_steps`` takes step_lr
+    in ``step_lr_range`` (default: 1e-3 to 10 x the run's step_lr). The ``limits``
+    endpoint returns them.
     """
     from tf_score.config import SamplerConfig
 
@@ -139,18 +177,28 @@ def export_score_model(
             f"n_steps_each ({sampler.n_steps_each}) must be in [1, max_steps_each={max_steps_each}]"
         )
     init_range = tuple(float(v) for v in init_range)
+    lr_low, lr_high = step_lr_range or (sampler.step_lr * 1e-3, sampler.step_lr * 10.0)
+    if not 0 < lr_low <= lr_high or not np.isfinite(lr_high):
+        raise ValueError(f"step_lr_range must be 0 < low <= high < inf, got {step_lr_range}")
+    per_sample = samplers.evaluations_per_sample(sampler.sampler, len(sigmas), sampler.options())
 
     def draw(name, num_samples, seed, **options):
         shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
         out = samplers.draw(
             name, score_fn, sig, shape, seed, init_range, init_mean=init_mean, **options
         )
-        return {**_image_outputs(out.samples, is_image), "num_evals": out.num_evals}
+        # an adaptive count is only known afterwards: refuse its result if over the cap
+        cap = _work_cap(tf.cast(num_samples, tf.int64) * tf.cast(out.num_evals, tf.int64),
+                        max_evaluations)  # fmt: skip
+        x = _checked(out.samples, cap)
+        return _finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
 
     @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
     def sample(num_samples, seed):
-        checks = _in_range(num_samples, "num_samples", 1, max_samples)
-        num_samples = _checked(num_samples, checks)
+        num_samples = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_samples))
+        if per_sample is not None:  # after the range check, so a request fails on that first
+            cap = _work_cap(tf.cast(num_samples, tf.int64) * per_sample, max_evaluations)
+            num_samples = _checked(num_samples, cap)
         return draw(sampler.sampler, num_samples, seed, **sampler.options())
 
     @tf.function(
@@ -164,8 +212,12 @@ def export_score_model(
     def sample_with_steps(num_samples, seed, n_steps_each, step_lr):
         checks = _in_range(num_samples, "num_samples", 1, max_samples)
         checks += _in_range(n_steps_each, "n_steps_each", 1, max_steps_each)
-        checks.append(tf.debugging.assert_positive(step_lr, message="step_lr must be > 0"))
-        num_samples = _checked(num_samples, checks)
+        checks += _finite_input(step_lr, "step_lr")
+        num_samples, n_steps_each = _checked((num_samples, n_steps_each), checks)
+        step_lr = _checked(step_lr, _in_range(step_lr, "step_lr", lr_low, lr_high))
+        evals = tf.cast(n_steps_each, tf.int64) * len(sigmas) + int(sampler.denoise)
+        cap = _work_cap(tf.cast(num_samples, tf.int64) * evals, max_evaluations)
+        num_samples = _checked(num_samples, cap)
         return draw(
             "annealed_langevin",
             num_samples,
@@ -175,6 +227,10 @@ def export_score_model(
             denoise=sampler.denoise,
         )
 
+    limits = _limits_endpoint(
+        max_samples=max_samples, max_steps_each=max_steps_each, max_score_batch=max_score_batch,
+        max_evaluations=max_evaluations, step_lr_min=lr_low, step_lr_max=lr_high,
+    )  # fmt: skip
     score, score_at_sigma = _score_endpoints(score_fn, sigmas, data_shape, max_score_batch)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -182,8 +238,24 @@ def export_score_model(
     archive.add_endpoint("sample_with_steps", sample_with_steps)
     archive.add_endpoint("score", score)
     archive.add_endpoint("score_at_sigma", score_at_sigma)
+    archive.add_endpoint("limits", limits)
     archive.write_out(path, verbose=False)
     return path
+
+
+def _limits_endpoint(**caps):
+    """``limits``: the export-time caps as outputs (``saved_model_cli run --signature_def
+    limits --input_exprs 'unused=0'`` prints them; the input is ignored)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="unused")])
+    def limits(unused):
+        del unused
+        return {
+            k: tf.constant(v, tf.float32 if isinstance(v, float) else tf.int64)
+            for k, v in caps.items()
+        }
+
+    return limits
 
 
 def export_vae(

@@ -356,6 +356,10 @@ def sampler_config(base: SamplerConfig, sampler: str | None = None, **options) -
         raise ConfigError(f"unknown sampler option: {e}") from e
 
 
+class NonFiniteSamplesError(RunError):
+    """A sampler produced NaN or inf (a step size too large for the model, usually)."""
+
+
 def generate_from(
     score_fn,
     sigmas,
@@ -398,6 +402,12 @@ def generate_from(
             **sampler.options(),
         )
         xs.append(out.samples.numpy())
+        if not np.all(np.isfinite(xs[-1])):
+            bad = int(np.sum(~np.isfinite(xs[-1]).reshape(len(xs[-1]), -1).all(1)))
+            raise NonFiniteSamplesError(
+                f"{sampler.sampler} diverged: {bad} of {len(xs[-1])} samples of batch {b} are "
+                f"not finite with {sampler.options()} (a smaller step size?); nothing is kept"
+            )
         evals += float(out.num_evals) * len(xs[-1])
         if out.snapshots is not None:
             snaps = out.snapshots.numpy()
@@ -464,13 +474,22 @@ def export(
     model_name: str | None = None,
     max_samples: int = 256,
     max_steps_each: int = 1000,
+    max_evaluations: int = 1_000_000,
 ) -> str:
     """Write the run's EMA models as a SavedModel for TF Serving to
     ``export_dir/<model_name>/<step>/`` (``model_name`` defaults to the workdir's name);
-    ``serving_default`` samples with the run's sampler and its options. Returns the path."""
+    ``serving_default`` samples with the run's sampler and its options; requests are capped
+    (``export.export_score_model``). Returns the path."""
+    import re
+
     from tf_score import export as export_lib
 
     name = model_name or os.path.basename(os.path.normpath(run.workdir))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name) or ".." in name:
+        raise RunError(
+            f"model name {name!r} is not a TF Serving model name (letters, digits, '_', '.', "
+            "'-'; no path parts): give one with --export_model_name"
+        )
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
         from tf_score import vae
@@ -488,5 +507,6 @@ def export(
         init_mean=run.init_mean,
         max_samples=max_samples,
         max_steps_each=max_steps_each,
+        max_evaluations=max_evaluations,
         score_fn=run.score_fn,
     )

@@ -791,6 +791,23 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+def evaluations_per_sample(name: str, num_levels: int, options: dict) -> int | None:
+    """Network evaluations per sample of sampler ``name`` on ``num_levels`` levels with
+    ``options`` (its ``cost`` as a number; None for the adaptive ODE, known only after)."""
+    o, n = options, int(num_levels)
+    counts = {
+        "annealed_langevin": lambda: n * o["n_steps_each"] + int(o.get("denoise", False)),
+        "langevin": lambda: o["langevin_steps"],
+        "consistent_annealed": lambda: n + int(o.get("denoise", False)),
+        "predictor_corrector": lambda: n * (1 + o["n_corrector"]),
+        "heun": lambda: 2 * len(heun_levels(n, o.get("heun_steps") or None)) - 1,
+        "edm": lambda: 2 * n - 1,
+        "ode": lambda: None,
+    }
+    get_sampler(name)
+    return counts[name]()
+
+
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise SamplerError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
