@@ -178,3 +178,16 @@ def test_a_workdir_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over
     # the holder is gone: its lock is stale, taken over, and released at the end
     assert runs.train(_toy_cfg(), str(workdir), progress=False).step == 40
     assert not lock.exists()
+
+
+def test_a_truncated_config_json_is_a_message_with_the_way_back(tmp_path):
+    workdir = str(tmp_path / "run")
+    runs.train(_toy_cfg(), workdir, progress=False)
+    good = open(runs.config_path(workdir)).read()
+    for text in (good[: len(good) // 2], "", "[]"):
+        with open(runs.config_path(workdir), "w") as f:
+            f.write(text)
+        with pytest.raises(runs.RunError, match=r"cannot be read as a tf_score config .*delete it"):
+            runs.load(workdir)
+    os.remove(runs.config_path(workdir))
+    assert runs.train(_toy_cfg(num_steps=80), workdir, progress=False).step == 80

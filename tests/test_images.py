@@ -156,6 +156,21 @@ def test_npz_images(tmp_path):
     np.savez(path, a=np.zeros((2, 8, 8)), b=np.zeros(3))
     with pytest.raises(ValueError, match="expected an array named 'images'"):
         data.load_npz_images(path)
+    np.savez(path, images=np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="holds no images"):
+        data.load_npz_images(path)
+    bad = np.zeros((3, 8, 8), np.float32)
+    bad[1, 2, 3] = np.nan
+    np.savez(path, images=bad)
+    with pytest.raises(ValueError, match=r"1 image\(s\) have NaN or infinite pixels"):
+        data.load_npz_images(path)
+    np.savez(path, images=np.array([{"a": 1}], dtype=object))  # would need unpickling
+    with pytest.raises(ValueError, match=r"is not a numeric \.npz array of images"):
+        data.load_npz_images(path)
+    with open(path, "wb") as f:
+        f.write(b"garbage bytes, not a zip archive")
+    with pytest.raises(ValueError, match=r"is not a readable \.npz file"):
+        data.load_npz_images(path)
 
 
 # --- training and sampling ---------------------------------------------------------------

@@ -9,6 +9,7 @@ the ground truth for score networks and samplers at every noise level.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -375,21 +376,35 @@ def load_npz_images(path: str) -> np.ndarray:
 
     if not os.path.isfile(path):
         raise DataUnavailableError(f"npz file {path!r} does not exist")
-    with np.load(path) as f:
-        keys = list(f.keys())
-        if "images" in keys:
-            x = f["images"]
-        elif len(keys) == 1:
-            x = f[keys[0]]
-        else:
-            raise ValueError(f"{path}: expected an array named 'images' (found {keys})")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle anything else
+        raise ValueError(f"{path} is not a readable .npz file (not a zip archive)")
+    try:  # allow_pickle stays off: an object array is refused, never unpickled
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            if "images" in keys:
+                x = f["images"]
+            elif len(keys) == 1:
+                x = f[keys[0]]
+            else:
+                raise ValueError(f"{path}: expected an array named 'images' (found {keys})")
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__})") from e
+    except ValueError as e:
+        if "images" in str(e):
+            raise
+        raise ValueError(f"{path} is not a numeric .npz array of images: {e}") from e
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"{path}: images must be [N, H, W] or [N, H, W, 1|3], got {x.shape}")
+    if len(x) == 0:
+        raise ValueError(f"{path}: holds no images (shape {x.shape})")
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(1)))
+            raise ValueError(f"{path}: {bad} image(s) have NaN or infinite pixels")
         if x.min() < 0 or x.max() > 1:
             raise ValueError(
                 f"{path}: float images must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]"

@@ -153,8 +153,12 @@ def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
         text = f.read()
     try:
         cfg = ExperimentConfig.from_dict(json.loads(text))
-    except (json.JSONDecodeError, ConfigError, TypeError) as e:
-        raise RunError(f"{path} cannot be read as a tf_score config: {e}") from e
+    except (json.JSONDecodeError, ConfigError, TypeError, AttributeError) as e:
+        raise RunError(
+            f"{path} cannot be read as a tf_score config ({e}); it may have been cut short or "
+            "edited. To recover: delete it and run run_train.py with the run's original flags "
+            "(the checkpoint is checked against them before config.json is written again)"
+        ) from e
     if data_dir:
         cfg = cfg.replace(data={"data_dir": data_dir})
     return cfg
