@@ -17,11 +17,68 @@ import flags.definitions  # noqa: E402, F401  (defines every flag once)
 absl_flags.FLAGS.mark_as_parsed()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Real MNIST as a prepared tfds data_dir: ../shared/data/tfds beside the checkout (as in CI),
-# or wherever TF_SCORE_TEST_TFDS_DIR points.
-MNIST_DATA_DIR = os.environ.get(
-    "TF_SCORE_TEST_TFDS_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "tfds")
-)
+
+
+def _has_mnist(data_dir: str) -> bool:
+    return os.path.isdir(os.path.join(data_dir, "mnist"))
+
+
+def _find_mnist() -> tuple[str, str | None]:
+    """(tfds data_dir of real MNIST, None) or (a data_dir, why it is not there). Looked for in
+    TF_SCORE_TEST_TFDS_DIR, then ../shared/data/tfds beside the checkout (this project's CI),
+    then tfds' own data directory, where TF_SCORE_TEST_DOWNLOAD=1 downloads it once."""
+    explicit = os.environ.get("TF_SCORE_TEST_TFDS_DIR")
+    if explicit:
+        if _has_mnist(explicit):
+            return explicit, None
+        return explicit, f"TF_SCORE_TEST_TFDS_DIR={explicit} holds no prepared mnist"
+    shared = os.path.join(os.path.dirname(REPO), "shared", "data", "tfds")
+    if _has_mnist(shared):
+        return shared, None
+    default = os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    if _has_mnist(default):
+        return default, None
+    if os.environ.get("TF_SCORE_TEST_DOWNLOAD") == "1":
+        import tensorflow_datasets as tfds
+
+        tfds.builder("mnist", data_dir=default).download_and_prepare()
+        return default, None
+    return default, "no prepared mnist in TF_SCORE_TEST_TFDS_DIR, ../shared/data/tfds or " + default
+
+
+MNIST_DATA_DIR, _MNIST_MISSING = _find_mnist()
+
+
+def _reads_mnist(item) -> bool:
+    """Whether a test uses MNIST_DATA_DIR: in its own source, or through a function or
+    fixture of its module that does."""
+    import inspect
+
+    module = getattr(item, "module", None)
+    fn = getattr(item, "function", None)
+    if module is None or fn is None:
+        return False
+    helpers = {"MNIST_DATA_DIR"}
+    for name, obj in vars(module).items():
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__:
+            try:
+                if "MNIST_DATA_DIR" in inspect.getsource(obj):
+                    helpers.add(name)
+            except (OSError, TypeError):
+                pass
+    source = inspect.getsource(fn)
+    return any(h in source for h in helpers) or bool(helpers & set(item.fixturenames))
+
+
+def pytest_runtest_setup(item):
+    """A test that reads real MNIST fails at once, with one message, when it is missing."""
+    if _MNIST_MISSING and _reads_mnist(item):
+        pytest.fail(
+            f"real MNIST is needed: {_MNIST_MISSING}. Point TF_SCORE_TEST_TFDS_DIR at a tfds "
+            "data_dir with mnist prepared, or run the tests once with TF_SCORE_TEST_DOWNLOAD=1 "
+            "where the network allows (it downloads to tfds' data directory).",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Sample-quality metrics against closed forms, and the classifier behind classifier FID/KID."""
 
-import os
 
 import numpy as np
 import pytest
@@ -127,7 +126,6 @@ def test_inception_route_features_and_a_clear_error_without_weights(tmp_path):
     assert f.shape == (3, 2048) and labels is None and np.all(np.isfinite(f))
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST_DATA_DIR), reason="needs the MNIST tfds data_dir")
 def test_classifier_learns_digits_and_round_trips(tmp_path):
     x, y = data.load_tfds_labelled("mnist", "train[:3000]", MNIST_DATA_DIR)
     xt, yt = data.load_tfds_labelled("mnist", "test[:1000]", MNIST_DATA_DIR)
