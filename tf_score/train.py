@@ -242,8 +242,9 @@ class _StopSignals:
         seen = 0
         try:
             while data := os.read(fd, 64):  # b"" (EOF) once __exit__ closes the write end
-                if self._exit_message is not None:
-                    self._exit_now(data[0])
+                stops = [b for b in data if b in (signal.SIGINT, signal.SIGTERM)]
+                if self._exit_message is not None and stops:
+                    self._exit_now(stops[0])
                 seen += sum(b == signal.SIGINT for b in data)
                 if seen >= 2:
                     logging.warning("second SIGINT: exiting now; the last checkpoint stays")
