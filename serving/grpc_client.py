@@ -26,6 +26,12 @@ def sample_request(model_name: str, num_samples: int, seed, signature: str = "sa
     return request
 
 
+def add_inputs(request, **arrays) -> None:
+    """Set more named inputs of ``request`` (e.g. ``n_steps_each``, ``step_lr``)."""
+    for name, value in arrays.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+
+
 def predict(channel: grpc.Channel, request, timeout: float = 600.0) -> dict[str, np.ndarray]:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     response = stub.Predict(request, timeout)

@@ -278,10 +278,11 @@ def test_vae_export_every_endpoint(encoder, tmp_path):
 
 
 def _signature_inputs(signature, raw: dict) -> dict:
-    """What TF Serving does with a request: each named input converted to the signature's
-    dtype and shape."""
-    specs = signature.structured_input_signature[1]
-    return {k: tf.constant(np.asarray(v), dtype=specs[k].dtype) for k, v in raw.items()}
+    """What TF Serving does with a request (serving/loopback.py)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving"))
+    import loopback
+
+    return loopback.signature_inputs(signature, raw)
 
 
 def test_rest_columnar_request_body_matches_the_signature(toy_export, repo_root):
@@ -301,34 +302,14 @@ def test_rest_columnar_request_body_matches_the_signature(toy_export, repo_root)
 def test_grpc_client_against_a_prediction_service_on_loopback(toy_export, repo_root):
     """serving/grpc_client.py's PredictRequest over real gRPC to a PredictionService backed by
     the SavedModel (TF Serving itself needs docker or its binary, neither available here)."""
-    from concurrent import futures
-
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     sys.path.insert(0, os.path.join(repo_root, "serving"))
     import grpc_client
+    import loopback
 
     model, path = toy_export
-    loaded = tf.saved_model.load(path)
-
-    class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):
-            sig = loaded.signatures[request.model_spec.signature_name or "serving_default"]
-            raw = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            try:
-                out = sig(**_signature_inputs(sig, raw))
-            except tf.errors.InvalidArgumentError as e:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
-            response = predict_pb2.PredictResponse()
-            for k, v in out.items():
-                response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
-            return response
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = loopback.serve(path)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             out = grpc_client.predict(channel, grpc_client.sample_request("toy", 8, [3, 4]))
@@ -338,3 +319,25 @@ def test_grpc_client_against_a_prediction_service_on_loopback(toy_export, repo_r
                 grpc_client.predict(channel, grpc_client.sample_request("toy", 65, [0, 0]))
     finally:
         server.stop(None)
+
+
+def test_bounded_load_on_the_loopback_service_answers_right_and_refuses_over_budget(
+    toy_export, repo_root, tmp_path
+):
+    """benchmarks/serving_load.py for 4 s with 3 clients: every valid answer equals the same
+    request answered alone, every over-budget request is refused, nothing else fails."""
+    import json
+
+    _, path = toy_export
+    out = tmp_path / "load.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/serving_load.py", f"--export={path}", "--clients=3",
+         "--duration=4", "--num_samples=16", f"--out={out}"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["wrong"] == 0 and report["error"] == 0
+    assert report["answered"] > 0 and report["refused"] > 0
+    assert report["limits"]["max_evaluations"] == 2000

@@ -1,6 +1,5 @@
 """Sample-quality metrics against closed forms, and the classifier behind classifier FID/KID."""
 
-
 import numpy as np
 import pytest
 from conftest import MNIST_DATA_DIR
