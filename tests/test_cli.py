@@ -91,6 +91,20 @@ def test_missing_image_data_fails_before_writing(repo_root, tmp_path):
     assert not workdir.exists()
 
 
+def test_a_download_that_cannot_reach_its_server_fails_at_once(tmp_path, monkeypatch):
+    """With downloads allowed but the server unreachable (checked first, not contacted here),
+    a missing data set is a message within seconds, not minutes of tfds retries."""
+    import time
+
+    from tf_score import data
+
+    monkeypatch.setattr(data, "download_host_reachable", lambda timeout=5.0: False)
+    t0 = time.time()
+    with pytest.raises(data.DataUnavailableError, match="cannot be reached from here"):
+        data.load_tfds_images("fashion_mnist", "train", str(tmp_path / "empty"), download=True)
+    assert time.time() - t0 < 10
+
+
 def test_missing_workdir(repo_root):
     proc = _run(repo_root, "run_train.py", timeout=120)
     assert proc.returncode != 0 and "--workdir" in proc.stderr

@@ -243,6 +243,12 @@ def _tfds_examples(name: str, split: str, data_dir: str | None, download: bool):
     if not builder.is_prepared():
         if not download:
             raise DataUnavailableError(_how_to_prepare(spec.tfds_name, builder.data_dir))
+        if not download_host_reachable():  # else tfds retries for minutes before it gives up
+            raise DataUnavailableError(
+                f"{spec.tfds_name!r} is not prepared in {builder.data_dir!r} and its download "
+                f"server ({DOWNLOAD_HOST}) cannot be reached from here.\n"
+                + _how_to_prepare(spec.tfds_name, builder.data_dir)
+            )
         try:
             builder.download_and_prepare()
         except Exception as e:  # network errors come in many types; all mean the same here
@@ -297,6 +303,21 @@ def load_tfds_labelled(
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+#: where tfds downloads the image data sets from (checked before a download starts)
+DOWNLOAD_HOST = "storage.googleapis.com"
+
+
+def download_host_reachable(timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``DOWNLOAD_HOST``:443 opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((DOWNLOAD_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
