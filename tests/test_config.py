@@ -79,3 +79,22 @@ def test_flat_config_json_of_older_workdirs_is_read(old, model, network):
     assert (cfg.network.model, cfg.network.network) == (model, network)
     assert (cfg.noise.sigma_max, cfg.noise.sigma_min) == (5.0, 0.5)
     assert cfg.optimizer.optimizer == ("rmsprop" if model == "vae" else "adam")
+
+
+def test_emulated_bfloat16_is_warned_about(monkeypatch):
+    """mixed_bfloat16 on a CPU without AVX512_BF16 / AMX (emulated, slower than float32)
+    logs a warning that names the remedy; float32 and native bfloat16 do not."""
+    import keras
+    from absl import logging
+
+    from tf_score import runs
+
+    warned = []
+    monkeypatch.setattr(logging, "warning", lambda msg, *a: warned.append(msg % a))
+    for native, precision, warns in [(False, "mixed_bfloat16", True), (True, "mixed_bfloat16",
+                                      False), (False, "float32", False)]:  # fmt: skip
+        monkeypatch.setattr(runs, "native_bfloat16", lambda native=native: native)
+        warned.clear()
+        runs._set_precision(precision)
+        assert bool(warned) == warns and (not warns or "use --precision=float32" in warned[0])
+    keras.mixed_precision.set_global_policy("float32")

@@ -222,10 +222,38 @@ def loop_config(cfg: ExperimentConfig, progress: bool = True):
     )
 
 
+def native_bfloat16() -> bool | None:
+    """Whether bfloat16 math runs natively here: an accelerator, or a CPU with AVX512_BF16
+    or AMX (None: the CPU's flags cannot be read). Elsewhere TensorFlow emulates it, and
+    convolutions run several times slower than in float32."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
+    except OSError:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def _set_precision(precision: str) -> None:
+    import keras
+    from absl import logging
+
+    if "bfloat16" in precision and native_bfloat16() is False:
+        logging.warning(
+            "precision=%s on a CPU without AVX512_BF16 or AMX: bfloat16 is emulated and "
+            "slower than float32 here; use --precision=float32",
+            precision,
+        )
+    keras.mixed_precision.set_global_policy(precision)
+
+
 def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     """Everything ``train`` checks and loads before it writes: the resume check, the data and
     the bundle. Returns (bundle, config with its data shape and, for score models, mean)."""
-    import keras
 
     check_resume(workdir, cfg)
     replicas = (strategy.num_replicas_in_sync if strategy else 1) * cfg.train.grad_accum_steps
@@ -235,7 +263,7 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
             f"{replicas // cfg.train.grad_accum_steps} replica(s) x grad_accum_steps "
             f"({cfg.train.grad_accum_steps})"
         )
-    keras.mixed_precision.set_global_policy(cfg.network.precision)
+    _set_precision(cfg.network.precision)
     try:
         if cfg.network.model == "score" and cfg.data.data_mean is None:
             from tf_score import score_model
@@ -319,7 +347,6 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
 def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None) -> Run:
     """Load a trained workdir of any family: its config and the EMA weights of the latest
     checkpoint (or ``checkpoint``, a prefix)."""
-    import keras
 
     from tf_score import train as loop
 
@@ -327,7 +354,7 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     family = FAMILIES[cfg.network.model]
     if family.load is not None:
         return Run(workdir, cfg, family.load(workdir), 0)
-    keras.mixed_precision.set_global_policy(cfg.network.precision)
+    _set_precision(cfg.network.precision)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     try:
         path = loop.pick_checkpoint(ckpt_dir, checkpoint)
