@@ -16,6 +16,7 @@ learned at one small sigma.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,12 @@ NUM_SAMPLES = flags.DEFINE_integer("num_samples", 500, "Samples per setting (FID
 BATCH = flags.DEFINE_integer("sample_batch_size", 250, "Chains run at once.")
 OUT = flags.DEFINE_string("out", "runs/bench/sampler_quality.json", "Output JSON.")
 ONLY = flags.DEFINE_list("only", [], "Run only these setting names (default: all).")
+COMPARE = flags.DEFINE_string(
+    "compare",
+    None,
+    "Another model's rows to draw beside these (grey; a JSON like --out's, e.g. "
+    "docs/ncsn_cpu_sampler_quality.json, the NCSN CPU preset's).",
+)
 REUSE = flags.DEFINE_boolean(
     "reuse", False, "Keep the rows whose per-setting JSON exists; run only the missing ones."
 )
@@ -75,6 +82,9 @@ EDM_SETTINGS = {
         sampler="predictor_corrector", n_corrector=1, snr=0.05, predictor="ancestral"
     ),
     "pc_anc_c0": dict(sampler="predictor_corrector", n_corrector=0, predictor="ancestral"),
+    # a continuous model samples on any grid: CAS's one eta is set by the grid's largest
+    # level ratio (0.64 on 18 levels, 0.41 on 35), so a finer grid wastes less of it
+    "cas_35": dict(sampler="consistent_annealed", num_levels=35),
 }
 SETTINGS_SETS = {"ncsn": SETTINGS, "edm": EDM_SETTINGS}
 SETTING_SET = flags.DEFINE_enum(
@@ -97,12 +107,18 @@ def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
             return json.load(f)
     print(f"{name}: {options}", flush=True)
     t0 = time.time()
+    options = dict(options)
+    levels = options.pop("num_levels", None)  # another grid of a continuous model
+    if levels is not None:
+        run = dataclasses.replace(run, config=run.config.replace(noise={"num_levels": levels}))
     if "denoise" in samplers.get_sampler(options["sampler"]).options:
         options = {"denoise": True, **options}  # every sampler that has it ends with Tweedie
     out = runs.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
                         **options)  # fmt: skip
     images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
     row = evaluate.image_quality(images, reference, seed=0)
+    if levels is not None:
+        options["num_levels"] = levels
     row.update(
         name=name, options=options, num_evals=out.num_evals, sample_seconds=out.seconds,
         wall_seconds=time.time() - t0, workdir=run.workdir, checkpoint_step=run.step,
@@ -129,9 +145,19 @@ def _plot(rows: list[dict], path: str) -> None:
     from tf_score import plotting  # noqa: F401  (selects the headless backend)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
+    if COMPARE.value:
+        with open(COMPARE.value) as f:
+            other = json.load(f)
+        xs, ys = zip(*[(r["num_evals"], r["fid"]) for r in other["rows"]], strict=True)
+        ax.scatter(xs, ys, color="gray", marker="s", s=20, label=other.get("label", COMPARE.value))
+        for r in other["rows"]:
+            ax.annotate(r["name"], (r["num_evals"], r["fid"]), fontsize=6, color="gray",
+                        xytext=(4, -8), textcoords="offset points")  # fmt: skip
+    for i, r in enumerate(rows):
         single = r["workdir"] == SINGLE.value
-        ax.scatter(r["num_evals"], r["fid"], color="tab:red" if single else "tab:blue", s=24)
+        label = WORKDIR.value if i == 0 else None
+        ax.scatter(r["num_evals"], r["fid"], color="tab:red" if single else "tab:blue", s=24,
+                   label=label)  # fmt: skip
         ax.annotate(r["name"], (r["num_evals"], r["fid"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")  # fmt: skip
     floor = rows[0]["fid_floor"]

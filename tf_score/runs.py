@@ -279,21 +279,20 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
     """Train (or resume) ``cfg`` in ``workdir``: checks, loads the data, writes
     ``config.json`` (chief only), runs the training loop. Returns ``train.TrainResult``
     (``classifier.ClassifierResult`` for the classifier)."""
-    from tf_score import distribute
 
     family = FAMILIES[cfg.network.model]
     if family.train is not None and strategy is not None and strategy.num_replicas_in_sync > 1:
         raise ConfigError(f"model={family.name} trains on one device: use no strategy")
     check_resume(workdir, cfg)
-    with _workdir_held(workdir, distribute.is_chief(strategy)):
-        if family.train is not None:
-            return family.train(cfg, workdir, progress)
-        return _train_score_or_vae(cfg, workdir, strategy, progress)
+    if family.train is not None:
+        return family.train(cfg, workdir, progress)
+    return _train_score_or_vae(cfg, workdir, strategy, progress)
 
 
 @contextlib.contextmanager
 def _workdir_held(workdir: str, chief: bool):
-    """The workdir's lock for this run (chief only); an unwritable workdir is a RunError."""
+    """The workdir's lock for this run (chief only), taken once the data are loaded (a run
+    that fails before writes nothing); an unwritable workdir is a RunError."""
     from tf_score import workdir_lock
 
     try:
@@ -316,9 +315,10 @@ def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress:
         if distribute.is_chief(strategy):
             _write_config(workdir, cfg)
 
-    return loop.train(
-        bundle, loop_config(cfg, progress), workdir, strategy, on_restored=settings_verified
-    )
+    with _workdir_held(workdir, distribute.is_chief(strategy)):
+        return loop.train(
+            bundle, loop_config(cfg, progress), workdir, strategy, on_restored=settings_verified
+        )
 
 
 def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
@@ -328,17 +328,18 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
     check_resume(workdir, cfg)
     x_train, y_train = data.load_tfds_labelled(cfg.data.dataset, "train", cfg.data.data_dir)
     x_test, y_test = data.load_tfds_labelled(cfg.data.dataset, "test", cfg.data.data_dir)
-    _write_config(workdir, cfg.replace(data={"data_shape": tuple(x_train.shape[1:])}))
-    return classifier.train_classifier(
-        (x_train, y_train),
-        (x_test, y_test),
-        workdir,
-        num_steps=cfg.train.num_steps,
-        batch_size=cfg.train.batch_size,
-        learning_rate=cfg.optimizer.learning_rate,
-        seed=cfg.seed,
-        verbose=2 if progress else 0,
-    )
+    with _workdir_held(workdir, chief=True):
+        _write_config(workdir, cfg.replace(data={"data_shape": tuple(x_train.shape[1:])}))
+        return classifier.train_classifier(
+            (x_train, y_train),
+            (x_test, y_test),
+            workdir,
+            num_steps=cfg.train.num_steps,
+            batch_size=cfg.train.batch_size,
+            learning_rate=cfg.optimizer.learning_rate,
+            seed=cfg.seed,
+            verbose=2 if progress else 0,
+        )
 
 
 # --- load ---------------------------------------------------------------------------------------
