@@ -13,7 +13,6 @@ sampler settings are the workdir's, except those given on the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -33,6 +32,11 @@ def _save_npz(path, **arrays):
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def _out(run) -> str:
+    """Where this command writes its results: --output_dir, else the run's workdir."""
+    return F.OUTPUT_DIR.value or run.workdir
 
 
 def print_table(m: dict) -> None:
@@ -88,10 +92,10 @@ def _toy_fast(run) -> None:
         row = r.metrics["samplers"][name]
         panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
     extent = data.get_toy(run.config.data.dataset).extent
-    plotting.scatter_panels(panels, extent, path=os.path.join(run.workdir, "samples.png"))
-    _write_json(os.path.join(run.workdir, "metrics.json"), r.metrics)
+    plotting.scatter_panels(panels, extent, path=os.path.join(_out(run), "samples.png"))
+    _write_json(os.path.join(_out(run), "metrics.json"), r.metrics)
     print_fast_table(r.metrics)
-    print(f"wrote {run.workdir}/metrics.json and samples.png")
+    print(f"wrote {_out(run)}/metrics.json and samples.png")
 
 
 def _toy(run) -> None:
@@ -109,18 +113,18 @@ def _toy(run) -> None:
             num_permutations=F.NUM_PERMUTATIONS.value,
             jit_compile=F.JIT.value,
         )
-        evaluate.plot_two_mode(r, extent, os.path.join(run.workdir, "samples.png"))
-        _write_json(os.path.join(run.workdir, "metrics.json"), r.metrics)
+        evaluate.plot_two_mode(r, extent, os.path.join(_out(run), "samples.png"))
+        _write_json(os.path.join(_out(run), "metrics.json"), r.metrics)
         print_table(r.metrics)
-        print(f"wrote {run.workdir}/metrics.json and samples.png")
+        print(f"wrote {_out(run)}/metrics.json and samples.png")
         return
     out = runs.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
-    _save_npz(os.path.join(run.workdir, "samples.npz"), samples=out.samples)
+    _save_npz(os.path.join(_out(run), "samples.npz"), samples=out.samples)
     title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
     plotting.scatter_panels(
-        {title: out.samples}, extent, path=os.path.join(run.workdir, "samples.png")
+        {title: out.samples}, extent, path=os.path.join(_out(run), "samples.png")
     )
-    print(f"wrote {len(out.samples)} samples to {run.workdir}/samples.npz and samples.png")
+    print(f"wrote {len(out.samples)} samples to {_out(run)}/samples.npz and samples.png")
 
 
 def _inpaint(run) -> None:
@@ -142,16 +146,16 @@ def _inpaint(run) -> None:
     ]
     gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
     grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
-    plotting.save_png(grid, os.path.join(run.workdir, "inpaint.png"), scale=2)
+    plotting.save_png(grid, os.path.join(_out(run), "inpaint.png"), scale=2)
     _save_npz(
-        os.path.join(run.workdir, "inpaint.npz"),
+        os.path.join(_out(run), "inpaint.npz"),
         observed=x_obs.numpy(),
         mask=mask.numpy(),
         samples=out.samples.numpy(),
     )
     print(
         f"inpainted {n} test images ({int(out.num_evals)} evaluations each): "
-        f"{run.workdir}/inpaint.png (rows: occluded, samples, original)"
+        f"{_out(run)}/inpaint.png (rows: occluded, samples, original)"
     )
 
 
@@ -187,14 +191,14 @@ def _images(run) -> None:
     )
     x = out.samples
     images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(run.workdir, "samples.png"), 2)
-    _save_npz(os.path.join(run.workdir, "samples.npz"), samples=x, images=images)
+    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(_out(run), "samples.png"), 2)
+    _save_npz(os.path.join(_out(run), "samples.npz"), samples=x, images=images)
     if out.snapshots is not None:
-        _save_snapshots(run.workdir, out.snapshots, run.data_shape)
+        _save_snapshots(_out(run), out.snapshots, run.data_shape)
     print(
         f"{name}: {n} samples, {out.num_evals} evaluations each, {out.seconds:.1f} s "
         f"({n * out.num_evals / out.seconds:.0f} evaluations/s), checkpoint step {run.step} "
-        f"-> {run.workdir}/samples.png, samples.npz"
+        f"-> {_out(run)}/samples.png, samples.npz"
         + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
     )
     if reference is not None:
@@ -207,7 +211,7 @@ def _images(run) -> None:
             denoise=run.config.sampler.denoise,
             seed=F.SEED.value,
         )
-        path = F.METRICS_FILE.value or os.path.join(run.workdir, f"quality_{name}.json")
+        path = F.METRICS_FILE.value or os.path.join(_out(run), f"quality_{name}.json")
         _write_json(path, q)
         print_quality(q)
         print(f"wrote {path}")
@@ -220,9 +224,9 @@ def _bits_per_dim(run) -> None:
     summary, per_image = evaluate.bits_per_dim(
         run, F.BITS_PER_DIM.value, F.SEED.value, F.EVAL_BATCH.value, tol, progress=F.PROGRESS.value
     )
-    path = os.path.join(run.workdir, "bits_per_dim.json")
+    path = os.path.join(_out(run), "bits_per_dim.json")
     _write_json(path, summary)
-    _save_npz(os.path.join(run.workdir, "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
+    _save_npz(os.path.join(_out(run), "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
     print(
         f"bits/dim {summary['mean']:.4f} ± {summary['se']:.4f} on {summary['n']} dequantised "
         f"test images (ODE tol {tol:g}, {summary['ode_fn_evaluations']:.0f} evaluations, "
@@ -263,7 +267,7 @@ def _vae(run) -> None:
 
     from tf_score import evaluate, plotting, vae
 
-    vcfg, seed, wd = vae.vae_config(run.config), F.SEED.value, run.workdir
+    vcfg, seed, wd = vae.vae_config(run.config), F.SEED.value, _out(run)
     prior_x = vae.prior_samples(vcfg, run.models["decoder"], F.NUM_SAMPLES.value, [seed, 0])
     plotting.save_png(plotting.image_grid(prior_x.numpy()), f"{wd}/prior_samples.png", 2)
     n_eval = F.EVAL_EXAMPLES.value if F.EVALUATE.value else 32
@@ -285,8 +289,7 @@ def _vae(run) -> None:
         iwae_samples=F.IWAE_SAMPLES.value,
         progress=F.PROGRESS.value,
     )
-    with open(os.path.join(wd, "metrics.json"), "w") as f:
-        json.dump(m, f, indent=2)
+    _write_json(os.path.join(wd, "metrics.json"), m)
     # Per-example values: two models evaluated on the same images compare pairwise.
     _save_npz(os.path.join(wd, "nll_per_example.npz"), **per_example)
     print_vae_table(m)
@@ -331,7 +334,11 @@ def main(argv):
 
 
 def _main(run) -> None:
+    from tf_score import runs
+
     _check_request(run)
+    if not F.EXPORT_DIR.value:  # before any work: results are never computed to be lost
+        runs.check_writable(_out(run), "--output_dir")
     if F.EXPORT_DIR.value:
         path = F.export(run)
         print(f"exported step {run.step} for TF Serving: {path}")

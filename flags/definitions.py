@@ -199,6 +199,12 @@ INCEPTION_WEIGHTS = flags.DEFINE_string(
     "'imagenet' (Keras downloads them once) or the path of "
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.",
 )
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where run_sample.py writes samples, figures and metrics (default: --workdir; give one "
+    "to sample a run you cannot write to).",
+)
 METRICS_FILE = flags.DEFINE_string(
     "metrics_file", None, "Where --metrics writes its JSON (default WORKDIR/quality_SAMPLER.json)."
 )

@@ -375,3 +375,51 @@ def test_image_quality_reference_fails_early_caches_and_reports_the_floor(tmp_pa
     assert q["fid"] > q["fid_floor"] > 0 and len(q["label_histogram"]) == 10
     assert sum(q["label_histogram_floor"]) == pytest.approx(1.0)
     assert q["classifier_test_accuracy"] is None  # no classifier.json beside this one
+
+
+def _make_read_only(path):
+    """Read-only for this process: chmod, or as root (who ignores modes) the immutable flag.
+    Returns the undo function, or None where neither is possible."""
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        return lambda: os.chmod(path, 0o755)
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        return None
+    return lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_root, tmp_path):
+    """Another user's run: run_sample.py stops before sampling with a message naming
+    --output_dir (no traceback, the workdir untouched); with --output_dir it writes there."""
+    from tf_score import config, runs
+
+    workdir = tmp_path / "theirs"
+    cfg = config.ExperimentConfig(
+        network=config.NetworkConfig(network="mlp", hidden_units=(16, 16)),
+        train=config.LoopConfig(num_steps=20, checkpoint_every=20, log_every=20),
+    )
+    runs.train(cfg, str(workdir), progress=False)
+    before = sorted(os.listdir(workdir))
+    undo = _make_read_only(workdir)
+    if undo is None:
+        pytest.skip("cannot make a directory read-only here (no chattr as root)")
+    try:
+        proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", "--num_samples=16")
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert f"cannot write to {workdir} (" in proc.stderr, proc.stderr[-2000:]
+        assert "pass --output_dir=DIR" in proc.stderr and "Traceback" not in proc.stderr
+        assert "samples" not in proc.stdout
+        mine = tmp_path / "mine"
+        proc = _run(
+            repo_root,
+            "run_sample.py",
+            f"--workdir={workdir}",
+            f"--output_dir={mine}",
+            "--num_samples=16",
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with np.load(mine / "samples.npz") as f:
+            assert f["samples"].shape == (16, 2)
+    finally:
+        undo()
+    assert sorted(os.listdir(workdir)) == before

@@ -25,10 +25,20 @@ pytestmark = pytest.mark.slow
 TOY = ["--flagfile=flags/presets/toy_mixture.cfg", "--noprogress", "--n_steps_each=1"]
 
 
-def _start(repo_root, workdir, *args, log, env=None):
+# run_train.py with a SIGUSR1 handler that blocks its Python thread for good: the process
+# stays alive and its coordination heartbeats go on, but it never joins another collective.
+_STALLABLE = (
+    "import runpy, signal, sys, time; "
+    "signal.signal(signal.SIGUSR1, lambda *a: time.sleep(10**6)); "
+    "sys.argv[0] = 'run_train.py'; runpy.run_path('run_train.py', run_name='__main__')"
+)
+
+
+def _start(repo_root, workdir, *args, log, env=None, stallable=False):
     out = open(log, "w")  # closed when the process ends (_finish)
+    script = ["-c", _STALLABLE] if stallable else ["run_train.py"]
     proc = subprocess.Popen(
-        [sys.executable, "run_train.py", *TOY, f"--workdir={workdir}", *args],
+        [sys.executable, *script, *TOY, f"--workdir={workdir}", *args],
         cwd=repo_root,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -171,7 +181,7 @@ def _free_ports(n):
     return ports
 
 
-def _start_cluster(repo_root, workdir, tmp_path, tag, *args):
+def _start_cluster(repo_root, workdir, tmp_path, tag, *args, stallable=()):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     procs = []
@@ -187,6 +197,7 @@ def _start_cluster(repo_root, workdir, tmp_path, tag, *args):
                 *args,
                 log=tmp_path / f"{tag}{i}.log",
                 env={"TF_CONFIG": tf_config, "TMPDIR": str(tmp)},
+                stallable=i in stallable,
             )
         )
     return procs
@@ -274,3 +285,60 @@ def test_a_second_run_train_on_the_same_workdir_stops_at_once(repo_root, tmp_pat
         code, text = _finish(first)
     assert code == 128 + signal.SIGINT, text[-2000:]
     assert not (workdir / "LOCK").exists()
+
+
+def test_killing_the_chief_stops_the_other_worker_with_how_to_resume(repo_root, tmp_path):
+    """The chief hosts the coordination service: SIGKILL it after a checkpoint and the other
+    worker ends (no hang) with the lost-worker message, exit code 4; the chief's checkpoint
+    is intact and a restart of both resumes from it to the uninterrupted result."""
+    workdir = tmp_path / "run"
+    ckpt_dir = str(workdir / "checkpoints")
+    args = ["--checkpoint_every=100", "--log_every=100", "--steps_per_loop=50"]
+    procs = _start_cluster(repo_root, workdir, tmp_path, "a", "--num_steps=400", *args)
+    _wait_for(lambda: _recorded_step(ckpt_dir) == 200, procs)
+    procs[0].send_signal(signal.SIGKILL)
+    assert _finish(procs[0])[0] == -signal.SIGKILL
+    t0 = time.time()
+    code, text = _finish(procs[1], timeout=180)
+    assert code == 4, text[-3000:]
+    assert "lost contact with another worker" in text and "Restart all workers" in text
+    print(f"worker 1 stopped {time.time() - t0:.1f} s after the chief was killed")
+    resume_from = _recorded_step(ckpt_dir)
+    assert resume_from >= 200
+    procs = _start_cluster(repo_root, workdir, tmp_path, "b", "--num_steps=400", *args)
+    results = [_finish(p) for p in procs]
+    for code, text in results:
+        assert code == 0, text[-3000:]
+        assert f"at step {resume_from}" in text and "trained to step 400" in text
+
+
+def test_a_stalled_worker_ends_the_run_after_the_collective_timeout(repo_root, tmp_path):
+    """A worker that is alive and heartbeating but never joins the next collective (its
+    Python thread blocked) is not waited for forever: the chief's collective gives up after
+    --collective_timeout seconds and stops with the lost-worker message, exit code 4, its
+    last checkpoint intact. (A frozen process, SIGSTOP, is caught sooner by the coordination
+    service's missed heartbeats, about 10 s; the first test covers a dead one.)"""
+    workdir = tmp_path / "run"
+    ckpt_dir = str(workdir / "checkpoints")
+    args = ["--checkpoint_every=100", "--log_every=100", "--steps_per_loop=50"]
+    procs = _start_cluster(
+        repo_root, workdir, tmp_path, "a", "--num_steps=100000", "--collective_timeout=20", *args,
+        stallable=(1,),
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _recorded_step(ckpt_dir) >= 200, procs)
+        procs[1].send_signal(signal.SIGUSR1)
+        t0 = time.time()
+        code, text = _finish(procs[0], timeout=180)
+        waited = time.time() - t0
+        assert code == 4, text[-3000:]
+        assert "lost contact with another worker" in text and "Restart all workers" in text
+        assert "no answer within --collective_timeout" in text, text[-3000:]
+        assert 15 < waited < 120, waited  # about the timeout, not forever
+        step = _recorded_step(ckpt_dir)
+        assert step >= 200
+        assert tf.train.load_checkpoint(os.path.join(ckpt_dir, f"ckpt-{step}")) is not None
+        assert procs[1].poll() is None  # the stalled worker was alive all along
+    finally:
+        procs[1].kill()
+        procs[1].wait()

@@ -1,6 +1,7 @@
 """NCSN on images: networks, data pipelines, image training, sampling and inpainting."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -172,6 +173,38 @@ def test_npz_images(tmp_path):
         f.write(b"garbage bytes, not a zip archive")
     with pytest.raises(ValueError, match=r"is not a readable \.npz file"):
         data.load_npz_images(path)
+
+
+@pytest.mark.parametrize(
+    "model, network, shape, n, message",
+    [
+        ("score", "resnet", (28, 28), 5, "has 5 image(s), fewer than one batch of --batch_size=8"),
+        ("vae", "mlp", (28, 28), 5, "has 5 image(s), fewer than one batch of --batch_size=8"),
+        ("score", "resnet", (3, 3), 40, "has 3x3 images, but --network=resnet with"),
+        ("score", "refinenet", (3, 3), 40, "--network=refinenet needs height and width"),
+        ("score", "edm_unet", (6, 6), 40, "needs height and width divisible by 4"),
+    ],
+)
+def test_npz_too_small_for_a_batch_or_the_network_is_refused_before_writing(
+    tmp_path, model, network, shape, n, message
+):
+    """An npz with fewer images than one batch, or images the network cannot down-sample,
+    stops at the data check naming the flags, and nothing is written to the workdir."""
+    from tf_score import runs
+
+    path = str(tmp_path / "x.npz")
+    np.savez(path, images=np.random.default_rng(0).integers(0, 255, (n, *shape), np.uint8))
+    cfg = config.ExperimentConfig(
+        data=config.DataConfig(dataset="npz", data_path=path),
+        network=config.NetworkConfig(model=model, network=network, ngf=8, channel_mults=(1, 2, 2)),
+        noise=config.NoiseConfig(sigma_max=1.0, sigma_min=0.01, num_levels=10),
+        loss=config.LossConfig(loss="edm" if network.startswith("edm") else "anneal_dsm"),
+        train=config.LoopConfig(num_steps=2, batch_size=8),
+    )
+    workdir = tmp_path / "run"
+    with pytest.raises(runs.RunError, match=re.escape(message)):
+        runs.train(cfg, str(workdir), progress=False)
+    assert not workdir.exists() or not os.listdir(workdir)
 
 
 # --- training and sampling ---------------------------------------------------------------

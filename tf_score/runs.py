@@ -34,6 +34,27 @@ class RunError(RuntimeError):
     """A workdir cannot be used as asked (no config, no checkpoint, other settings)."""
 
 
+def check_writable(directory: str, flag: str = "--workdir") -> None:
+    """RunError unless files can be created in ``directory`` (made if missing): checked by
+    writing one, since permission bits do not tell (root, ACLs, read-only mounts)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.makedirs(directory)
+        if "://" in directory:  # object stores: writability shows only on the first write
+            return
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except (OSError, tf.errors.OpError) as e:
+        why = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise RunError(
+            f"cannot write to {directory} ({why}): pass {flag}=DIR to write the results "
+            "somewhere you can"
+        ) from e
+
+
 class Family(NamedTuple):
     """A model family: how to make its training bundle and rebuild its models from a config
     (or, for a family trained outside the loop, how to train and load it)."""

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score import data, edm, losses, plotting, samplers
-from tf_score.config import DataConfig, ExperimentConfig, LossConfig
+from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
 from tf_score.train import LossOutput, ModelBundle, Objective
 
 
@@ -276,9 +276,43 @@ def load_training_images(cfg: DataConfig, split: str = "train"):
     return ds, spec.image_shape, spec.random_flip, spec.cache
 
 
+def spatial_factor(cfg: ExperimentConfig) -> int:
+    """What image height and width must be divisible by for ``cfg``'s network."""
+    if cfg.network.network in ("resnet", "edm_unet"):
+        return 2 ** (len(cfg.network.channel_mults) - 1)
+    return 2 if cfg.network.network == "refinenet" else 1
+
+
+def check_images(
+    cfg: ExperimentConfig, image_shape, num_images: int | None, spatial: bool = True
+) -> None:
+    """ConfigError, before any model is built, when the images cannot train ``cfg``'s network:
+    height or width not divisible by its down-sampling (``spatial`` networks), or fewer images
+    than one batch."""
+    where = f"--dataset={cfg.data.dataset}" + (
+        f" --data_path={cfg.data.data_path}" if cfg.data.data_path else ""
+    )
+    h, w = int(image_shape[0]), int(image_shape[1])
+    factor = spatial_factor(cfg) if spatial else 1
+    if h % factor or w % factor or min(h, w) < factor:
+        stages = f"--channel_mults={','.join(map(str, cfg.network.channel_mults))}"
+        raise ConfigError(
+            f"{where} has {h}x{w} images, but --network={cfg.network.network}"
+            + (f" with {stages}" if cfg.network.network != "refinenet" else "")
+            + f" needs height and width divisible by {factor}: use fewer stages"
+            " (--channel_mults), or --image_size (folders) to resize"
+        )
+    if num_images is not None and num_images < cfg.train.batch_size:
+        raise ConfigError(
+            f"{where} has {num_images} image(s), fewer than one batch of "
+            f"--batch_size={cfg.train.batch_size}: use --batch_size of at most {num_images}"
+        )
+
+
 def bundle(cfg: ExperimentConfig):
     """(bundle, data shape) of a score-model experiment; image data are loaded here."""
     if cfg.data.is_toy:
         return toy_bundle(cfg), (2,)
     images, shape, flip, cache = load_training_images(cfg.data)
+    check_images(cfg, shape, data.count_examples(images) if cache else None)
     return image_bundle(cfg, images, shape, random_flip=flip, cache=cache), tuple(shape)

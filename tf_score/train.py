@@ -86,6 +86,8 @@ class WorkerLostError(RuntimeError):
         self.step = step
         self.checkpoint = checkpoint
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if isinstance(cause, tf.errors.DeadlineExceededError):
+            first_line = "a collective had no answer within --collective_timeout"
         super().__init__(
             f"lost contact with another worker after step {step} ({type(cause).__name__}: "
             f"{first_line}). Restart all workers with the same command to resume from "

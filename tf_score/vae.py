@@ -439,6 +439,8 @@ def bundle(cfg):
     from tf_score import score_model
 
     images, shape, _, cache = score_model.load_training_images(cfg.data)
+    num_images = data.count_examples(images) if cache else None
+    score_model.check_images(cfg, shape, num_images, spatial=False)
     vcfg = vae_config(cfg, shape)
     model_fns(vcfg)["decoder"]()  # fail now, before anything is written, on a bad shape
     return vae_bundle(vcfg, images, seed=int(cfg.seed), cache=cache), shape
