@@ -68,3 +68,82 @@ def test_checkpoint_round_trip_covers_every_variable(tmp_path):
     np.testing.assert_array_equal(m(x, levels).numpy(), other(x, levels).numpy())
     saved = {name for name, _ in tf.train.list_variables(path) if "model/" in name}
     assert len(saved) == len(m.weights)
+
+
+# --- the fused normalisations (issue 16) equal the formulas they replace --------------------
+
+
+def _cin_reference(x, levels, scale, offset, eps=1e-5):
+    """Conditional instance norm++ by its definition: two-pass moments, autodiff gradient."""
+    mu, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+    m, v = tf.nn.moments(mu, axes=[3], keepdims=True)
+    c = float(x.shape[-1])
+    v = v * c / (c - 1.0)
+    h = (x - mu) / tf.sqrt(var + eps)
+    gamma, alpha = tf.split(tf.gather(scale, levels), 2, axis=-1)
+    h = h + (mu - m) / tf.sqrt(v + eps) * alpha[:, None, None, :]
+    return gamma[:, None, None, :] * h + tf.gather(offset, levels)[:, None, None, :]
+
+
+def test_fused_instance_norm_plus_and_its_gradient_equal_the_definition():
+    from tf_score.networks.layers import ConditionalInstanceNormPlus
+
+    layer = ConditionalInstanceNormPlus(4)
+    layer.build((3, 6, 6, 5))
+    layer.offset.assign(tf.random.stateless_normal([4, 5], [0, 1]))
+    # means far from zero relative to the spread: the one-pass variance must still hold
+    x = 3.0 + 0.5 * tf.random.stateless_normal([3, 6, 6, 5], [0, 2])
+    levels = tf.constant([0, 3, 1])
+    w = tf.random.stateless_normal([3, 6, 6, 5], [0, 3])
+    grads = []
+    for fn in (
+        lambda: layer(x, levels),
+        lambda: _cin_reference(x, levels, layer.scale, layer.offset),
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn()
+            loss = tf.reduce_sum(w * y)
+        grads.append((y, *tape.gradient(loss, [x, layer.scale, layer.offset])))
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=2e-5, rtol=1e-4
+        )
+
+
+def test_group_norm_equals_keras_group_normalization_and_reads_its_checkpoint(tmp_path):
+    from tf_score.networks.denoisers import GroupNorm
+
+    x = 1.5 + tf.random.stateless_normal([2, 4, 4, 8], [1, 2])
+    old = keras.layers.GroupNormalization(4)
+    old.build(x.shape)
+    old.gamma.assign(tf.random.stateless_normal([8], [1, 3]))
+    old.beta.assign(tf.random.stateless_normal([8], [1, 4]))
+    path = tf.train.Checkpoint(layer=old).write(str(tmp_path / "ckpt"))
+    new = GroupNorm(4)
+    new.build(x.shape)
+    tf.train.Checkpoint(layer=new).read(path).assert_existing_objects_matched()
+    w = tf.random.stateless_normal(x.shape, [1, 5])
+    outs = []
+    for fn in (lambda: old(x), lambda: new(x)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn()
+            loss = tf.reduce_sum(w * y)
+        outs.append((y, tape.gradient(loss, x)))
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    scale, shift = tf.fill([2, 1, 1, 8], 0.3), tf.fill([2, 1, 1, 8], -0.2)
+    np.testing.assert_allclose(new(x, scale, shift), old(x) * 1.3 - 0.2, atol=2e-5, rtol=1e-4)
+
+
+def test_dilated_conv_runs_the_dilation_in_the_kernel_and_equals_tf_nn_convolution():
+    from tf_score.networks.layers import DilatedConv2D
+
+    conv = DilatedConv2D(6, 3, padding="same", dilation_rate=2)
+    x = tf.random.stateless_normal([2, 14, 14, 4], [2, 1])
+    y = conv(x)
+    ref = tf.nn.convolution(x, conv.kernel, padding="SAME", dilations=2) + conv.bias
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    ops = {op.type for op in tf.function(conv).get_concrete_function(x).graph.get_operations()}
+    assert "SpaceToBatchND" not in ops and "Conv2D" in ops

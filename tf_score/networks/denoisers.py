@@ -44,6 +44,49 @@ def _groups(channels: int) -> int:
 
 
 @keras.saving.register_keras_serializable(package="tf_score")
+class GroupNorm(keras.layers.Layer):
+    """Group normalisation of NHWC images, then FiLM: ((x - mu_g) / sd_g gamma + beta)
+    (1 + scale) + shift, as one affine map a x + b per example and channel.
+
+    The group statistics come from per-channel spatial moments (``spatial_moments``,
+    float32), averaged over each group's channels on the small [B, C] tensors; the weights
+    (``gamma``, ``beta``) and ``epsilon`` (1e-3) are those of keras.layers.GroupNormalization,
+    whose checkpoints it reads.
+    """
+
+    def __init__(self, groups: int, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.groups, self.epsilon = int(groups), float(epsilon)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+
+    def call(self, x, scale=None, shift=None):
+        from tf_score.networks.layers import spatial_moments
+
+        c = int(x.shape[-1])
+        mu, mean_sq = spatial_moments(x)  # [B, 1, 1, C]
+        per_group = lambda t: tf.repeat(
+            tf.reduce_mean(tf.reshape(t, [-1, 1, 1, self.groups, c // self.groups]), -1),
+            c // self.groups,
+            axis=-1,
+        )
+        mu_g, mean_sq_g = per_group(mu), per_group(mean_sq)
+        inv_sd = tf.math.rsqrt(tf.maximum(mean_sq_g - tf.square(mu_g), 0.0) + self.epsilon)
+        a = tf.cast(self.gamma, tf.float32) * inv_sd
+        b = tf.cast(self.beta, tf.float32) - mu_g * a
+        if scale is not None:
+            film = 1.0 + tf.cast(scale, tf.float32)
+            a, b = a * film, b * film + tf.cast(shift, tf.float32)
+        return x * tf.cast(a, x.dtype) + tf.cast(b, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="tf_score")
 class FiLMResBlock(keras.layers.Layer):
     """GroupNorm -> SiLU -> conv -> GroupNorm -> FiLM(emb) -> SiLU -> conv, plus a shortcut."""
 
@@ -54,9 +97,9 @@ class FiLMResBlock(keras.layers.Layer):
     def build(self, input_shape):
         x_shape, emb_shape = input_shape
         cin, dt, f = int(x_shape[-1]), self.dtype_policy, self.filters
-        self.norm1 = keras.layers.GroupNormalization(_groups(cin), dtype=dt, name="norm1")
+        self.norm1 = GroupNorm(_groups(cin), dtype=dt, name="norm1")
         self.conv1 = keras.layers.Conv2D(f, 3, padding="same", dtype=dt, name="conv1")
-        self.norm2 = keras.layers.GroupNormalization(_groups(f), dtype=dt, name="norm2")
+        self.norm2 = GroupNorm(_groups(f), dtype=dt, name="norm2")
         self.film = keras.layers.Dense(2 * f, dtype=dt, name="film")
         self.conv2 = keras.layers.Conv2D(f, 3, padding="same", dtype=dt, name="conv2")
         self.norm1.build(x_shape)
@@ -74,7 +117,7 @@ class FiLMResBlock(keras.layers.Layer):
         x, emb = inputs
         h = self.conv1(keras.activations.silu(self.norm1(x)))
         scale, shift = tf.split(self.film(emb)[:, None, None, :], 2, axis=-1)
-        h = self.norm2(h) * (1.0 + scale) + shift
+        h = self.norm2(h, scale, shift)
         h = self.conv2(keras.activations.silu(h))
         return (self.shortcut(x) if self.has_shortcut else x) + h
 
@@ -110,7 +153,7 @@ class EDMUNet(Denoiser):
                 prev = self.ngf * self.channel_mults[s - 1]
                 conv = keras.layers.Conv2D(prev, 3, padding="same", dtype=dt, name=f"upconv_{s}")
                 setattr(self, f"upconv_{s}", conv)
-        self.out_norm = keras.layers.GroupNormalization(_groups(self.ngf), dtype=dt, name="norm")
+        self.out_norm = GroupNorm(_groups(self.ngf), dtype=dt, name="norm")
         self.end_conv = keras.layers.Conv2D(self.data_shape[-1], 3, padding="same", dtype=dt)
 
     def raw(self, y_in, c_noise, training=False):

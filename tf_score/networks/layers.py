@@ -14,8 +14,24 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="tf_score")
+class DilatedConv2D(keras.layers.Conv2D):
+    """Conv2D whose dilation goes to the convolution kernel itself (oneDNN, cuDNN, XLA all
+    take it), not through ``tf.nn.convolution``'s SpaceToBatch / BatchToSpace rewrite."""
+
+    def convolution_op(self, inputs, kernel):
+        return tf.nn.conv2d(
+            inputs,
+            kernel,
+            strides=[1, *self.strides, 1],
+            padding=self.padding.upper(),
+            dilations=[1, *self.dilation_rate, 1],
+        )
+
+
 def _conv(filters, kernel=3, dilation=1, use_bias=True, name=None, dtype=None):
-    return keras.layers.Conv2D(
+    cls = DilatedConv2D if dilation > 1 else keras.layers.Conv2D
+    return cls(
         filters,
         kernel,
         padding="same",
@@ -24,6 +40,22 @@ def _conv(filters, kernel=3, dilation=1, use_bias=True, name=None, dtype=None):
         name=name,
         dtype=dtype,
     )
+
+
+@tf.custom_gradient
+def spatial_moments(x):
+    """Per-example, per-channel mean and mean square over H and W of NHWC ``x``, in float32
+    whatever x's dtype ([B, 1, 1, C] each). The gradient is written out, two passes over x
+    (dx = dmu / N + 2 x dmean_sq / N) instead of autodiff's broadcasts and tiles."""
+    xf = tf.cast(x, tf.float32)
+    mu = tf.reduce_mean(xf, axis=[1, 2], keepdims=True)
+    mean_sq = tf.reduce_mean(tf.square(xf), axis=[1, 2], keepdims=True)
+    n = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.float32)
+
+    def grad(d_mu, d_mean_sq):
+        return x * tf.cast(2.0 * d_mean_sq / n, x.dtype) + tf.cast(d_mu / n, x.dtype)
+
+    return (mu, mean_sq), grad
 
 
 def mean_pool(x):
@@ -56,6 +88,8 @@ class ConditionalInstanceNormPlus(keras.layers.Layer):
 
     h = IN(x) + alpha_i * (mu - mean_c(mu)) / std_c(mu),  out = gamma_i * h + beta_i,
     with mu the per-channel spatial means and (gamma, alpha, beta) learned per level i.
+    Computed as one affine map a x + b per example and channel (statistics and a, b in
+    float32), so a full-size tensor is read three times and written once.
     """
 
     def __init__(self, num_levels: int, bias: bool = True, epsilon: float = 1e-5, **kwargs):
@@ -78,21 +112,22 @@ class ConditionalInstanceNormPlus(keras.layers.Layer):
             )
 
     def call(self, x, levels):
-        dtype = x.dtype
-        x = tf.cast(x, tf.float32)
-        mu, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)  # [B, 1, 1, C]
+        mu, mean_sq = spatial_moments(x)  # [B, 1, 1, C], float32
+        var = tf.maximum(mean_sq - tf.square(mu), 0.0)
         m, v = tf.nn.moments(mu, axes=[3], keepdims=True)
         # unbiased variance across channels, as the reference implementation
-        c = tf.cast(tf.shape(x)[-1], tf.float32)
-        v = v * c / tf.maximum(c - 1.0, 1.0)
-        mu_hat = (mu - m) / tf.sqrt(v + self.epsilon)
-        h = (x - mu) / tf.sqrt(var + self.epsilon)
+        c = float(x.shape[-1])
+        v = v * c / max(c - 1.0, 1.0)
+        mu_hat = (mu - m) * tf.math.rsqrt(v + self.epsilon)
         gamma, alpha = tf.split(tf.gather(tf.cast(self.scale, tf.float32), levels), 2, axis=-1)
-        h = h + mu_hat * alpha[:, None, None, :]
-        out = gamma[:, None, None, :] * h
+        gamma, alpha = gamma[:, None, None, :], alpha[:, None, None, :]
+        # gamma ((x - mu) / sd + alpha mu_hat) + beta = a x + b, per example and channel
+        inv_sd = tf.math.rsqrt(var + self.epsilon)
+        a = gamma * inv_sd
+        b = gamma * (alpha * mu_hat - mu * inv_sd)
         if self.bias:
-            out = out + tf.gather(tf.cast(self.offset, tf.float32), levels)[:, None, None, :]
-        return tf.cast(out, dtype)
+            b = b + tf.gather(tf.cast(self.offset, tf.float32), levels)[:, None, None, :]
+        return x * tf.cast(a, x.dtype) + tf.cast(b, x.dtype)
 
     def get_config(self):
         return {
