@@ -1,37 +1,64 @@
-"""Throughput benchmarks of the NCSN networks: training images/s and sampling evaluations/s.
+"""Throughput of the library's training and sampling against batch size, normalised by the
+machine's own matrix-multiply rate.
 
-    python benchmarks/run_bench.py --out=runs/bench/bench.json [--only=refinenet,cpu_preset]
+    python benchmarks/run_bench.py --bench_out=runs/bench/bench.json \
+        [--bench_models=refinenet,resnet_cpu,edm_cpu] [--policies=float32,mixed_bfloat16] \
+        [--train_batches=32,64,128,256] [--sample_batches=64,256,1024] [--timed_repeats=3] \
+        [--baseline_repo=/tmp/base --baseline_models=resnet_cpu,edm_cpu]
 
-Each figure is the median over ``--repeats`` timed runs after a warm-up call; the warm-up
-(tracing + compilation) time is reported separately. Training = one compiled step of the NCSN
-objective (anneal DSM, level per example) with Adam on random [0, 1] images, the same work the
-training loop's step does; sampling = annealed-Langevin steps, one network evaluation per image
-per step. Peak RSS is the process maximum.
+Every figure runs in its own process (so its peak RSS is its own) on the workloads of
+``benchmarks/workloads.py``: training is the training loop's compiled steps on a preset,
+sampling is ``runs.generate`` with ``workloads.sampler_options``. A figure is the median of
+``--timed_repeats`` timed calls after a warm-up call (tracing and compilation, reported
+apart); a training call runs enough steps to last about two seconds. GFLOP/s counts the
+forward pass with TF's graph profiler (``workloads.forward_flops``; a training image costs
+three forward passes: forward, and the backward pass's two products), and each figure is
+also given as a fraction of the 4096 x 4096 matmul rate the same script measured in the
+figure's precision. ``--baseline_repo`` times the same workloads on another checkout of the
+library (e.g. ``git archive 7c2a407 | tar -x -C /tmp/base``) in the same run, interleaved
+with this one, so the ratios compare like with like. ``--torch_json`` adds the PyTorch
+reference figures (JSON files of an outside script) to the report's comparison table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
-from absl import app, flags
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-OUT = flags.DEFINE_string("out", "runs/bench/bench.json", "Where to write the JSON.")
-REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (median reported).")
-ONLY = flags.DEFINE_list("only", ["refinenet", "cpu_preset"], "Which models to measure.")
-PRECISIONS = flags.DEFINE_list(
-    "precisions", ["float32", "mixed_bfloat16"], "Dtype policies for the RefineNet figures."
-)
-JIT = flags.DEFINE_boolean("jit", False, "XLA-compile the train step and sampler.")
+#: training images cost three forward passes (forward, input gradient, weight gradient)
+TRAIN_PASSES = 3
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
-def _median_time(fn, repeats):
+def cpu_info() -> dict:
+    """The CPU model, core count and the vector/matrix flags that decide bf16 speed."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in _CPU_FLAGS}}
+
+
+# ---------------------------------------------------------------------------- one figure
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """(median seconds of ``repeats`` calls, warm-up seconds of the first call)."""
     t0 = time.perf_counter()
     fn()
     warmup = time.perf_counter() - t0
@@ -43,122 +70,194 @@ def _median_time(fn, repeats):
     return statistics.median(times), warmup
 
 
-def measure(
-    make_model, image_shape, train_batch, sample_batch, sample_steps, precision, repeats, jit
-):
-    import keras
+def matmul_figure(precision: str, repeats: int, n: int = 4096) -> dict:
+    """GFLOP/s of an n x n matmul in float32 or bfloat16 (the machine's reference rate)."""
     import tensorflow as tf
 
-    from tf_score import losses, samplers
-    from tf_score.sigmas import geometric_sigmas
+    dtype = tf.bfloat16 if "bfloat16" in precision else tf.float32
+    a = tf.cast(tf.random.stateless_normal([n, n], [0, 1]), dtype)
+    b = tf.cast(tf.random.stateless_normal([n, n], [0, 2]), dtype)
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    seconds, _ = _timed(lambda: mm(a, b).numpy(), max(repeats, 5))
+    return {"gflops": 2 * n**3 / seconds / 1e9, "seconds": seconds, "n": n}
 
-    keras.mixed_precision.set_global_policy(precision)
-    sigmas = geometric_sigmas(1.0, 0.01, 10)
-    model = make_model(sigmas)
-    opt = keras.optimizers.Adam(1e-3)
-    opt.build(model.trainable_variables)
-    x = tf.random.uniform([train_batch, *image_shape], seed=1)
 
-    @tf.function(jit_compile=jit)
-    def step(x, seed):
-        levels = losses.sample_levels(train_batch, len(sigmas), seed)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(losses.anneal_dsm(model, x, sigmas, levels, seed))
-        opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-        return loss
+def workload_figure(spec: dict) -> dict:
+    """Train or sample throughput of one (model, precision, batch) of the checkout at
+    ``spec['repo']``."""
+    import tensorflow as tf
+    import workloads
 
-    seed = tf.constant([0, 1])
-    train_s, train_warm = _median_time(lambda: step(x, seed).numpy(), repeats)
-    x0 = samplers.uniform_init([sample_batch, *image_shape], [0, 2])
-    # one level, sample_steps steps: sample_steps evaluations per image
-    one_level = sigmas[-1:]
-    sample_s, sample_warm = _median_time(
-        lambda: samplers.annealed_langevin(
-            model,
-            x0,
-            one_level,
-            tf.constant([0, 3]),
-            2e-5,
-            sample_steps,
-            denoise=False,
-            jit_compile=jit,
-        ).samples.numpy(),
-        repeats,
-    )
-    keras.mixed_precision.set_global_policy("float32")
-    return {
-        "params": int(model.count_params()),
-        "train_images_per_s": train_batch / train_s,
-        "train_step_seconds": train_s,
-        "train_compile_seconds": train_warm - train_s,
-        "sample_evals_per_s": sample_batch * sample_steps / sample_s,
-        "sample_compile_seconds": sample_warm - sample_s,
-    }
+    from tf_score import runs
+
+    model, b, repeats = spec["model"], spec["batch"], spec["repeats"]
+    cfg, step, loop = workloads.build(spec["repo"], model, spec["precision"], b, spec["jit"])
+    net = next(iter(step.models.values()))
+    out = {"params": int(net.count_params()), "forward_flops": workloads.forward_flops(cfg, net)}
+    if spec["kind"] == "train":
+        one = tf.constant(1, tf.int64)
+        t0 = time.perf_counter()
+        loop(one)["loss"].numpy()  # tracing and compilation
+        t1 = time.perf_counter()
+        loop(one)["loss"].numpy()
+        t2 = time.perf_counter()
+        compile_s = (t1 - t0) - (t2 - t1)
+        n = int(min(50, max(1, round(2.0 / (t2 - t1)))))
+        steps = tf.constant(n, tf.int64)
+        seconds, _ = _timed(lambda: loop(steps)["loss"].numpy(), repeats)
+        per_s = b * n / seconds
+        out.update(steps_per_call=n, images_per_s=per_s, compile_seconds=compile_s)
+        out["gflops"] = per_s * TRAIN_PASSES * out["forward_flops"] / 1e9
+    else:
+        run = workloads.sampling_run(cfg, step)
+        options = workloads.sampler_options(model)
+        evals = []
+
+        def call():
+            evals.append(runs.generate(run, b, 0, batch_size=b, **options).num_evals)
+
+        seconds, warm = _timed(call, repeats)
+        per_s = b * evals[-1] / seconds
+        out.update(sampler_options=options, evals_per_image=evals[-1])
+        out.update(evals_per_s=per_s, images_per_s=b / seconds, compile_seconds=warm - seconds)
+        out["gflops"] = per_s * out["forward_flops"] / 1e9
+    out["seconds_per_call"] = seconds
+    return out
+
+
+def child(spec: dict) -> dict:
+    sys.path[:0] = [spec["repo"], BENCH]  # the checkout measured, then workloads.py
+    if spec["kind"] == "matmul":
+        out = matmul_figure(spec["precision"], spec["repeats"])
+    else:
+        out = workload_figure(spec)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_child(spec: dict) -> dict:
+    """One figure in a fresh Python process (its own peak memory, no shared caches)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec["repo"])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.splitlines()[-15:])
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(json.dumps(child(json.loads(sys.argv[2]))), flush=True)
+    sys.exit(0)
+
+# ---------------------------------------------------------------------------- the grid
+
+from absl import app, flags  # noqa: E402  (the child above needs no flags)
+
+# (names unlike run_train.py's flags, which workloads.py parses the presets with)
+OUT = flags.DEFINE_string("bench_out", "runs/bench/bench.json", "Where to write the JSON.")
+REPEATS = flags.DEFINE_integer("timed_repeats", 3, "Timed calls per figure (median).")
+MODELS = flags.DEFINE_list(
+    "bench_models", ["refinenet", "resnet_cpu", "edm_cpu"], "Workloads (workloads.MODELS)."
+)
+POLICIES = flags.DEFINE_list("policies", ["float32", "mixed_bfloat16"], "Precisions.")
+TRAIN_BATCHES = flags.DEFINE_list("train_batches", ["32", "64", "128", "256"], "")
+SAMPLE_BATCHES = flags.DEFINE_list("sample_batches", ["64", "256", "1024"], "")
+XLA = flags.DEFINE_boolean("xla", False, "XLA-compile the train step (as --jit).")
+BASELINE = flags.DEFINE_string("baseline_repo", None, "Another checkout timed alongside.")
+BASELINE_MODELS = flags.DEFINE_list(
+    "baseline_models", ["resnet_cpu", "edm_cpu"], "Workloads timed on --baseline_repo too."
+)
+TORCH = flags.DEFINE_list("torch_json", [], "PyTorch reference JSON files (fp32, bf16).")
+
+
+def _figures():
+    """(kind, model, precision, batch) of the grid, RefineNet last (its figures are slow)."""
+    grid = []
+    order = sorted(MODELS.value, key=lambda m: m == "refinenet")
+    for model in order:
+        for precision in POLICIES.value:
+            for kind, batches in (("train", TRAIN_BATCHES.value), ("sample", SAMPLE_BATCHES.value)):
+                grid += [(kind, model, precision, int(b)) for b in batches]
+    return grid
+
+
+def _label(kind, model, precision, batch):
+    return f"{model} {precision} {kind} b{batch}"
+
+
+def _report(results: dict) -> None:
+    print(f"\n{'figure':<42}{'per s':>10}{'GFLOP/s':>10}{'of mm':>8}{'RSS MB':>9}{'base x':>8}")
+    for key, r in results["figures"].items():
+        if "error" in r:
+            print(f"{key:<42} ERROR {r['error'][:200]}")
+            continue
+        rate = r.get("evals_per_s", r.get("images_per_s"))
+        base = results["baseline"].get(key, {})
+        base_rate = base.get("evals_per_s", base.get("images_per_s"))
+        ratio = f"{rate / base_rate:8.2f}" if base_rate else " " * 8
+        print(
+            f"{key:<42}{rate:10.1f}{r['gflops']:10.1f}{r['fraction_of_matmul']:8.2f}"
+            f"{r['peak_rss_mb']:9.0f}{ratio}"
+        )
 
 
 def main(argv):
     del argv
     import tensorflow as tf
 
-    from tf_score.networks import ConditionalResNet, CondRefineNetDilated
-
     results = {
+        "cpu": cpu_info(),
         "tensorflow": tf.__version__,
-        "jit": JIT.value,
-        "repeats": REPEATS.value,
-        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "repo": REPO,
+        "baseline_repo": BASELINE.value,
+        "xla": XLA.value,
+        "timed_repeats": REPEATS.value,
+        "train_passes_per_image": TRAIN_PASSES,
+        "matmul": {},
+        "figures": {},
+        "baseline": {},
+        "torch": {},
     }
-    if "refinenet" in ONLY.value:
-        for precision in PRECISIONS.value:
-            r = measure(
-                lambda s: _built(CondRefineNetDilated((28, 28, 1), s, ngf=64)),
-                (28, 28, 1),
-                128,
-                64,
-                5,
-                precision,
-                REPEATS.value,
-                JIT.value,
-            )
-            suffix = "" if precision == "float32" else "_bf16"
-            results["refinenet_mnist_params"] = r["params"]
-            for k in (
-                "train_images_per_s",
-                "sample_evals_per_s",
-                "train_compile_seconds",
-                "sample_compile_seconds",
-                "train_step_seconds",
-            ):
-                results[f"refinenet_mnist_{k}{suffix}"] = r[k]
-            print(precision, r, flush=True)
-    if "cpu_preset" in ONLY.value:
-        r = measure(
-            lambda s: _built(
-                ConditionalResNet((28, 28, 1), s, ngf=16, channel_mults=(1, 2, 2), num_blocks=2)
-            ),
-            (28, 28, 1),
-            64,
-            64,
-            20,
-            "float32",
-            REPEATS.value,
-            JIT.value,
-        )
-        results["cpu_preset_params"] = r["params"]
-        results["cpu_preset_train_images_per_s"] = r["train_images_per_s"]
-        results["cpu_preset_sample_evals_per_s"] = r["sample_evals_per_s"]
-        results["cpu_preset_train_compile_seconds"] = r["train_compile_seconds"]
-        print("cpu_preset", r, flush=True)
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    os.makedirs(os.path.dirname(os.path.abspath(OUT.value)), exist_ok=True)
-    with open(OUT.value, "w") as f:
+    print(json.dumps(results["cpu"]), flush=True)
+    for precision in POLICIES.value:
+        spec = {"kind": "matmul", "precision": precision, "repeats": REPEATS.value, "repo": REPO}
+        results["matmul"][precision] = run_child(spec)
+        print(f"matmul {precision}: {results['matmul'][precision]}", flush=True)
+    for path in TORCH.value:
+        with open(path) as f:
+            ref = json.load(f)
+        results["torch"][ref["precision"]] = ref
+    t_start = time.perf_counter()
+    for kind, model, precision, batch in _figures():
+        repos = [("figures", REPO)]
+        if BASELINE.value and model in BASELINE_MODELS.value:
+            repos.append(("baseline", os.path.abspath(BASELINE.value)))
+        for where, repo in repos:
+            spec = {"kind": kind, "model": model, "precision": precision, "batch": batch}
+            spec.update(repeats=REPEATS.value, jit=XLA.value, repo=repo)
+            r = run_child(spec)
+            mm = results["matmul"][precision].get("gflops")
+            if "gflops" in r and mm:
+                r["fraction_of_matmul"] = r["gflops"] / mm
+            key = _label(kind, model, precision, batch)
+            results[where][key] = r
+            elapsed = time.perf_counter() - t_start
+            print(f"[{elapsed:7.0f} s] {where:<8} {key}: {json.dumps(r)}", flush=True)
+            _write(results)
+    _report(results)
+    print(f"wrote {OUT.value}")
+
+
+def _write(results: dict) -> None:
+    """The JSON so far, written atomically (a long run interrupted keeps what it measured)."""
+    path = os.path.abspath(OUT.value)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
-
-
-def _built(model):
-    model.build()
-    return model
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

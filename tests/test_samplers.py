@@ -379,3 +379,21 @@ def test_a_diverging_sampler_is_an_error_and_keeps_nothing():
         gaussian_score, [1.0], (2,), 16, 0, runs.sampler_config(cfg, langevin_step_size=0.01)
     )
     assert np.all(np.isfinite(ok.samples))
+
+
+def test_annealed_langevin_at_a_large_batch_runs_twice_on_the_cpu_preset_network():
+    """Regression: at batch 1024 on the CPU preset's ResNet, grappler merged the Langevin
+    update x + a s + sqrt(2a) z into a three-input AddN, its memory optimizer turned that into
+    a TemporaryVariable, and the second call failed with AlreadyExistsError
+    (tensorflow/tensorflow#37740). The same chain twice gives the same samples."""
+    from tf_score.networks.resnet import ConditionalResNet
+
+    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    net = ConditionalResNet((28, 28, 1), sigmas, ngf=16, channel_mults=(1, 2, 2), num_blocks=2)
+    seed = tf.constant([0, 0])
+    options = dict(step_lr=5e-5, n_steps_each=1, denoise=True)
+    shape = [1024, 28, 28, 1]
+    first = samplers.draw("annealed_langevin", net, sigmas, shape, seed, **options)
+    second = samplers.draw("annealed_langevin", net, sigmas, shape, seed, **options)
+    assert int(first.num_evals) == 11
+    np.testing.assert_array_equal(first.samples.numpy(), second.samples.numpy())

@@ -49,6 +49,17 @@ def _step_noise(seed, step, shape):
     )
 
 
+def _plus_noise(moved, noise_std, z):
+    """``moved + noise_std * z``, kept a sum of two terms. Grappler otherwise merges
+    ``x + drift + noise`` into one three-input AddN, which its memory optimizer, at large
+    batch sizes, turns into a TemporaryVariable that collides between while-loop iterations
+    (AlreadyExistsError; tensorflow/tensorflow#37740). The control dependency makes
+    ``moved`` unmergeable; the arithmetic is unchanged."""
+    with tf.control_dependencies([moved]):
+        noise = noise_std * z
+    return moved + noise
+
+
 def _langevin_impl(score_fn, x0, level, step_size, n_steps, seed):
     x0 = tf.convert_to_tensor(x0, tf.float32)
     step_size = tf.cast(step_size, tf.float32)
@@ -58,7 +69,7 @@ def _langevin_impl(score_fn, x0, level, step_size, n_steps, seed):
 
     def body(k, x):
         s = tf.cast(score_fn(x, levels), tf.float32)
-        x = x + step_size * s + noise_scale * _step_noise(seed, k, tf.shape(x))
+        x = _plus_noise(x + step_size * s, noise_scale, _step_noise(seed, k, tf.shape(x)))
         return k + 1, x
 
     _, x = tf.while_loop(lambda k, _: k < n_steps, body, (tf.constant(0), x0))
@@ -96,7 +107,7 @@ def _annealed_impl(
                 x = mask * observed + (1.0 - mask) * x
             s = tf.cast(score_fn(x, levels), tf.float32)
             z = _step_noise(seed, level * n_steps_each + t, tf.shape(x))
-            return t + 1, x + a * s + noise_scale * z
+            return t + 1, _plus_noise(x + a * s, noise_scale, z)
 
         _, x = tf.while_loop(lambda t, _: t < n_steps_each, step_body, (tf.constant(0), x))
         if snapshots:
@@ -290,7 +301,8 @@ def _cas_impl(score_fn, x0, sigmas, eps, seed, denoise):
 
     def body(i, x):
         s = tf.cast(score_fn(x, tf.fill([batch], i)), tf.float32)
-        x = x + eta * tf.square(sigmas[i]) * s + noise_std[i] * _step_noise(seed, i, tf.shape(x))
+        z = _step_noise(seed, i, tf.shape(x))
+        x = _plus_noise(x + eta * tf.square(sigmas[i]) * s, noise_std[i], z)
         return i + 1, x
 
     _, x = tf.while_loop(lambda i, _: i < num_levels, body, (tf.constant(0), x0))
@@ -368,7 +380,7 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise, ancestral):
                 / tf.maximum(tf.reduce_mean(_per_example_norm(g)), 1e-12)
             )
             a = 2.0 * tf.square(ratio)
-            return j + 1, x + a * g + tf.sqrt(2.0 * a) * z
+            return j + 1, _plus_noise(x + a * g, tf.sqrt(2.0 * a), z)
 
         _, x = tf.while_loop(lambda j, _: j < n_corrector, corrector, (tf.constant(0), x))
         # predictor sigma_i -> sigma_(i+1): both move the mean by d_i s; reverse diffusion
@@ -378,7 +390,7 @@ def _pc_impl(score_fn, x0, sigmas, snr, n_corrector, seed, denoise, ancestral):
         z = _step_noise(seed, i * steps_per_level + n_corrector, tf.shape(x))
         keep_noise = tf.logical_or(i < num_levels - 1, tf.logical_not(denoise))
         std = tf.where(ancestral, nxt[i] * tf.sqrt(var) / sigmas[i], tf.sqrt(var))
-        x = x + var * s + tf.cast(keep_noise, tf.float32) * std * z
+        x = _plus_noise(x + var * s, tf.cast(keep_noise, tf.float32) * std, z)
         return i + 1, x
 
     _, x = tf.while_loop(lambda i, _: i < num_levels, level_body, (tf.constant(0), x0))
