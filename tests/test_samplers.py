@@ -390,6 +390,7 @@ def test_annealed_langevin_at_a_large_batch_runs_twice_on_the_cpu_preset_network
 
     sigmas = geometric_sigmas(1.0, 0.01, 10)
     net = ConditionalResNet((28, 28, 1), sigmas, ngf=16, channel_mults=(1, 2, 2), num_blocks=2)
+    net(tf.zeros([1, 28, 28, 1]), tf.zeros([1], tf.int32))  # built, as a loaded run's is
     seed = tf.constant([0, 0])
     options = dict(step_lr=5e-5, n_steps_each=1, denoise=True)
     shape = [1024, 28, 28, 1]
