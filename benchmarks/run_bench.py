@@ -16,7 +16,9 @@ three forward passes: forward, and the backward pass's two products), and each f
 also given as a fraction of the 4096 x 4096 matmul rate the same script measured in the
 figure's precision. ``--baseline_repo`` times the same workloads on another checkout of the
 library (e.g. ``git archive 7c2a407 | tar -x -C /tmp/base``) in the same run, interleaved
-with this one, so the ratios compare like with like. ``--torch_json`` adds the PyTorch
+with this one: with ``--rounds=N`` each figure alternates N times between the two, the
+median round is reported and the speed-up is the median of the N paired ratios (this
+machine's speed drifts by tens of percent between minutes). ``--torch_json`` adds the PyTorch
 reference figures (JSON files of an outside script) to the report's comparison table.
 """
 
@@ -169,6 +171,12 @@ BASELINE = flags.DEFINE_string("baseline_repo", None, "Another checkout timed al
 BASELINE_MODELS = flags.DEFINE_list(
     "baseline_models", ["resnet_cpu", "edm_cpu"], "Workloads timed on --baseline_repo too."
 )
+ROUNDS = flags.DEFINE_integer(
+    "rounds",
+    1,
+    "Rounds per figure, this checkout and the baseline alternating; the "
+    "median round is reported (the machine's speed drifts between minutes).",
+)
 TORCH = flags.DEFINE_list("torch_json", [], "PyTorch reference JSON files (fp32, bf16).")
 
 
@@ -194,9 +202,9 @@ def _report(results: dict) -> None:
             print(f"{key:<42} ERROR {r['error'][:200]}")
             continue
         rate = r.get("evals_per_s", r.get("images_per_s"))
-        base = results["baseline"].get(key, {})
-        base_rate = base.get("evals_per_s", base.get("images_per_s"))
-        ratio = f"{rate / base_rate:8.2f}" if base_rate else " " * 8
+        paired = results["ratios"].get(key)
+        base_error = "error" in results["baseline"].get(key, {})
+        ratio = f"{paired:8.2f}" if paired else ("  base X" if base_error else " " * 8)
         print(
             f"{key:<42}{rate:10.1f}{r['gflops']:10.1f}{r['fraction_of_matmul']:8.2f}"
             f"{r['peak_rss_mb']:9.0f}{ratio}"
@@ -215,10 +223,12 @@ def main(argv):
         "baseline_repo": BASELINE.value,
         "xla": XLA.value,
         "timed_repeats": REPEATS.value,
+        "rounds": ROUNDS.value,
         "train_passes_per_image": TRAIN_PASSES,
         "matmul": {},
         "figures": {},
         "baseline": {},
+        "ratios": {},
         "torch": {},
     }
     print(json.dumps(results["cpu"]), flush=True)
@@ -235,20 +245,55 @@ def main(argv):
         repos = [("figures", REPO)]
         if BASELINE.value and model in BASELINE_MODELS.value:
             repos.append(("baseline", os.path.abspath(BASELINE.value)))
-        for where, repo in repos:
-            spec = {"kind": kind, "model": model, "precision": precision, "batch": batch}
-            spec.update(repeats=REPEATS.value, jit=XLA.value, repo=repo)
-            r = run_child(spec)
-            mm = results["matmul"][precision].get("gflops")
-            if "gflops" in r and mm:
-                r["fraction_of_matmul"] = r["gflops"] / mm
-            key = _label(kind, model, precision, batch)
-            results[where][key] = r
-            elapsed = time.perf_counter() - t_start
-            print(f"[{elapsed:7.0f} s] {where:<8} {key}: {json.dumps(r)}", flush=True)
+        key = _label(kind, model, precision, batch)
+        runs = {where: [] for where, _ in repos}
+        for round_ in range(ROUNDS.value):  # this checkout and the baseline, alternating
+            for where, repo in repos:
+                spec = {"kind": kind, "model": model, "precision": precision, "batch": batch}
+                spec.update(repeats=REPEATS.value, jit=XLA.value, repo=repo)
+                r = run_child(spec)
+                mm = results["matmul"][precision].get("gflops")
+                if "gflops" in r and mm:
+                    r["fraction_of_matmul"] = r["gflops"] / mm
+                runs[where].append(r)
+                results[where][key] = _median_run(runs[where])
+                elapsed = time.perf_counter() - t_start
+                print(
+                    f"[{elapsed:7.0f} s] {where:<8} {key} ({round_ + 1}): {json.dumps(r)}",
+                    flush=True,
+                )
+                _write(results)
+        if "baseline" in runs:
+            results["ratios"][key] = _paired_ratio(runs["figures"], runs["baseline"])
             _write(results)
     _report(results)
-    print(f"wrote {OUT.value}")
+    print(f"wrote {OUT.value}", flush=True)
+
+
+def _rate(r: dict) -> float:
+    return r.get("evals_per_s", r.get("images_per_s"))
+
+
+def _paired_ratio(ours: list[dict], base: list[dict]) -> float | None:
+    """Median over rounds of this checkout's rate over the baseline's measured just after
+    it (adjacent in time, so drift of the machine's speed mostly cancels)."""
+    pairs = [
+        _rate(a) / _rate(b)
+        for a, b in zip(ours, base, strict=True)
+        if "error" not in a and "error" not in b
+    ]
+    return statistics.median(pairs) if pairs else None
+
+
+def _median_run(rounds: list[dict]) -> dict:
+    """The round with the median rate (all rounds' rates kept), or the first error."""
+    good = [r for r in rounds if "error" not in r]
+    if not good:
+        return rounds[0]
+    good.sort(key=_rate)
+    out = dict(good[(len(good) - 1) // 2])
+    out["round_rates"] = [_rate(r) for r in rounds if "error" not in r]
+    return out
 
 
 def _write(results: dict) -> None:

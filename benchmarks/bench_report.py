@@ -1,0 +1,116 @@
+"""Markdown tables of a ``run_bench.py`` JSON (the README's speed section).
+
+python benchmarks/bench_report.py runs/bench/bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+_SHORT = {"float32": "fp32", "mixed_bfloat16": "bf16"}
+
+
+def _rate(r: dict) -> float | None:
+    return r.get("evals_per_s", r.get("images_per_s")) if r and "error" not in r else None
+
+
+def machine(results: dict) -> str:
+    cpu, mm = results["cpu"], results["matmul"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none"
+    rates = ", ".join(
+        f"{_SHORT.get(p, p)} {m['gflops']:.0f}" for p, m in mm.items() if "gflops" in m
+    )
+    return (
+        f"{cpu['model']}, {cpu['cores']} cores, flags: {flags}; TensorFlow "
+        f"{results['tensorflow']}; 4096 x 4096 matmul GFLOP/s: {rates}"
+    )
+
+
+def _speedup(results: dict, key: str, rate: float | None) -> str:
+    """Paired ratio over rounds if measured, else the single pair's; or why there is none."""
+    base = results["baseline"].get(key, {})
+    if "error" in base:
+        return "baseline fails" if rate else ""
+    paired = results.get("ratios", {}).get(key)
+    b_rate = _rate(base)
+    if paired:
+        return f"{paired:.2f}x"
+    return f"{rate / b_rate:.2f}x" if rate and b_rate else ""
+
+
+def model_table(results: dict, model: str, kind: str) -> str:
+    figs, base = results["figures"], results["baseline"]
+    precisions = [p for p in results["matmul"]]
+    unit = "images/s" if kind == "train" else "evaluations/s"
+    head = "| batch |"
+    rule = "|---:|"
+    for p in precisions:
+        s = _SHORT.get(p, p)
+        head += f" {s} {unit} | {s} GFLOP/s | {s} of matmul | {s} peak RSS MB |"
+        rule += "---:|---:|---:|---:|"
+        if any(k.startswith(model) for k in base):
+            head += f" {s} x 7c2a407 |"
+            rule += "---:|"
+    rows = [head, rule]
+    batches = sorted(
+        {int(k.rsplit(" b", 1)[1]) for k in figs if k.startswith(f"{model} ") and f" {kind} " in k}
+    )
+    for b in batches:
+        row = f"| {b} |"
+        for p in precisions:
+            key = f"{model} {p} {kind} b{b}"
+            r = figs.get(key, {})
+            rate = _rate(r)
+            if rate is None:
+                row += " error | | | |" if r else " | | | |"
+            else:
+                row += (
+                    f" {rate:.1f} | {r['gflops']:.0f} | {r.get('fraction_of_matmul', 0):.2f} |"
+                    f" {r['peak_rss_mb']:.0f} |"
+                )
+            if any(k.startswith(model) for k in base):
+                row += f" {_speedup(results, key, rate)} |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def torch_table(results: dict) -> str:
+    figs, torch = results["figures"], results.get("torch", {})
+    rows = ["| RefineNet ngf 64 | tf_score | PyTorch NCSN | ratio |", "|---|---:|---:|---:|"]
+    for p, ref in torch.items():
+        s = _SHORT.get(p, p)
+        pairs = [
+            ("train images/s", f"refinenet {p} train b{ref['train_batch']}", "train_images_per_s"),
+            (
+                "sample evaluations/s",
+                f"refinenet {p} sample b{ref['sample_batch']}",
+                "sample_evals_per_s",
+            ),
+        ]
+        for what, key, field in pairs:
+            ours = _rate(figs.get(key, {}))
+            if ours is None:
+                continue
+            theirs = ref[field]
+            rows.append(
+                f"| {what}, {s}, batch {key.rsplit('b', 1)[1]} | {ours:.1f} | {theirs:.1f} |"
+                f" {ours / theirs:.2f}x |"
+            )
+    return "\n".join(rows)
+
+
+def report(results: dict) -> str:
+    parts = [machine(results), ""]
+    models = sorted({k.split(" ")[0] for k in results["figures"]})
+    for model in models:
+        for kind in ("train", "sample"):
+            parts += [f"**{model} {kind}**", "", model_table(results, model, kind), ""]
+    if results.get("torch"):
+        parts += ["**against the official PyTorch NCSN**", "", torch_table(results), ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1] if len(sys.argv) > 1 else "runs/bench/bench.json") as f:
+        print(report(json.load(f)))
