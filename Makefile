@@ -33,8 +33,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+## Throughput grid (issue 16) -> runs/bench/bench.json; e.g. BENCH_FLAGS='--baseline_repo=/tmp/base --rounds=3'.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_bench.py --out=runs/bench/bench.json --precisions=float32
+	$(BIN)/python benchmarks/run_bench.py --bench_out=runs/bench/bench.json \
+		--torch_json=benchmarks/reference/torch_ncsn_fp32.json,benchmarks/reference/torch_ncsn_bf16.json \
+		$(BENCH_FLAGS)
 
 ## Score-entropy VAE vs Gaussian VAE on MNIST, same budget, AIS NLL (STEPS=..., DATA_DIR=...).
 vae-compare: $(STAMP)
