@@ -33,15 +33,15 @@ def _speedup(results: dict, key: str, rate: float | None) -> str:
     if "error" in base:
         return "baseline fails" if rate else ""
     paired = results.get("ratios", {}).get(key)
-    b_rate = _rate(base)
     if paired:
         return f"{paired:.2f}x"
+    b_rate = _rate(base)
     return f"{rate / b_rate:.2f}x" if rate and b_rate else ""
 
 
 def model_table(results: dict, model: str, kind: str) -> str:
     figs, base = results["figures"], results["baseline"]
-    precisions = [p for p in results["matmul"]]
+    precisions = list(results["matmul"])
     unit = "images/s" if kind == "train" else "evaluations/s"
     head = "| batch |"
     rule = "|---:|"
@@ -50,7 +50,7 @@ def model_table(results: dict, model: str, kind: str) -> str:
         head += f" {s} {unit} | {s} GFLOP/s | {s} of matmul | {s} peak RSS MB |"
         rule += "---:|---:|---:|---:|"
         if any(k.startswith(model) for k in base):
-            head += f" {s} x 7c2a407 |"
+            head += f" {s} x baseline |"
             rule += "---:|"
     rows = [head, rule]
     batches = sorted(

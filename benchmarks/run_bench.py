@@ -155,6 +155,7 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
 
 # ---------------------------------------------------------------------------- the grid
 
+import bench_report  # noqa: E402  (beside this script)
 from absl import app, flags  # noqa: E402  (the child above needs no flags)
 
 # (names unlike run_train.py's flags, which workloads.py parses the presets with)
@@ -193,22 +194,6 @@ def _figures():
 
 def _label(kind, model, precision, batch):
     return f"{model} {precision} {kind} b{batch}"
-
-
-def _report(results: dict) -> None:
-    print(f"\n{'figure':<42}{'per s':>10}{'GFLOP/s':>10}{'of mm':>8}{'RSS MB':>9}{'base x':>8}")
-    for key, r in results["figures"].items():
-        if "error" in r:
-            print(f"{key:<42} ERROR {r['error'][:200]}")
-            continue
-        rate = r.get("evals_per_s", r.get("images_per_s"))
-        paired = results["ratios"].get(key)
-        base_error = "error" in results["baseline"].get(key, {})
-        ratio = f"{paired:8.2f}" if paired else ("  base X" if base_error else " " * 8)
-        print(
-            f"{key:<42}{rate:10.1f}{r['gflops']:10.1f}{r['fraction_of_matmul']:8.2f}"
-            f"{r['peak_rss_mb']:9.0f}{ratio}"
-        )
 
 
 def main(argv):
@@ -266,7 +251,7 @@ def main(argv):
         if "baseline" in runs:
             results["ratios"][key] = _paired_ratio(runs["figures"], runs["baseline"])
             _write(results)
-    _report(results)
+    print("\n" + bench_report.report(results))
     print(f"wrote {OUT.value}", flush=True)
 
 

@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.getcwd())  # the checkout being recorded
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())  # the checkout being recorded
 
 from tf_score import edm, samplers
 from tf_score.networks.denoisers import EDMUNet
