@@ -47,7 +47,7 @@ def model_table(results: dict, model: str, kind: str) -> str:
     rule = "|---:|"
     for p in precisions:
         s = _SHORT.get(p, p)
-        head += f" {s} {unit} | {s} GFLOP/s | {s} of matmul | {s} peak RSS MB |"
+        head += f" {s} {unit} | {s} GFLOP/s / matmul | {s} of matmul | {s} peak RSS MB |"
         rule += "---:|---:|---:|---:|"
         if any(k.startswith(model) for k in base):
             head += f" {s} x baseline |"
@@ -65,9 +65,10 @@ def model_table(results: dict, model: str, kind: str) -> str:
             if rate is None:
                 row += " error | | | |" if r else " | | | |"
             else:
+                mm = r.get("matmul_gflops") or results["matmul"][p].get("gflops", 0)
                 row += (
-                    f" {rate:.1f} | {r['gflops']:.0f} | {r.get('fraction_of_matmul', 0):.2f} |"
-                    f" {r['peak_rss_mb']:.0f} |"
+                    f" {rate:.1f} | {r['gflops']:.0f} / {mm:.0f} |"
+                    f" {r.get('fraction_of_matmul', 0):.2f} | {r['peak_rss_mb']:.0f} |"
                 )
             if any(k.startswith(model) for k in base):
                 row += f" {_speedup(results, key, rate)} |"
@@ -100,12 +101,44 @@ def torch_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def same_run_torch_table(results: dict) -> str:
+    """tf_score against PyTorch NCSN timed in the same rounds (``--torch_python``)."""
+    figs, torch = results["figures"], results["torch_figures"]
+    ratios, mm = results.get("torch_ratios", {}), results.get("torch_matmul", {})
+    rows = [
+        "| RefineNet ngf 64 | tf_score | of matmul | PyTorch NCSN | of its matmul |"
+        " tf_score / PyTorch | / PyTorch fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, theirs in torch.items():
+        _, p, kind, b = key.split(" ")
+        ours, ref = figs.get(key, {}), _rate(theirs)
+        if _rate(ours) is None or ref is None:
+            continue
+        fp32 = _rate(torch.get(f"refinenet float32 {kind} {b}", {}))
+        vs_fp32 = f"{_rate(ours) / fp32:.2f}x" if fp32 and p != "float32" else ""
+        unit = "images/s" if kind == "train" else "evaluations/s"
+        paired = ratios.get(key) or _rate(ours) / ref
+        rows.append(
+            f"| {kind} {unit}, {_SHORT.get(p, p)}, batch {b[1:]} | {_rate(ours):.1f} |"
+            f" {ours.get('fraction_of_matmul', 0):.2f} | {ref:.1f} |"
+            f" {theirs.get('fraction_of_matmul', 0):.2f} | {paired:.2f}x | {vs_fp32} |"
+        )
+    rates = ", ".join(
+        f"{_SHORT.get(p, p)} {m['gflops']:.0f}" for p, m in mm.items() if "gflops" in m
+    )
+    return "\n".join(rows) + (f"\n\nPyTorch's 4096 x 4096 matmul GFLOP/s: {rates}" if rates else "")
+
+
 def report(results: dict) -> str:
     parts = [machine(results), ""]
     models = sorted({k.split(" ")[0] for k in results["figures"]})
     for model in models:
         for kind in ("train", "sample"):
             parts += [f"**{model} {kind}**", "", model_table(results, model, kind), ""]
+    if results.get("torch_figures"):
+        parts += ["**against the official PyTorch NCSN, same rounds**", ""]
+        parts += [same_run_torch_table(results), ""]
     if results.get("torch"):
         parts += ["**against the official PyTorch NCSN**", "", torch_table(results), ""]
     return "\n".join(parts)

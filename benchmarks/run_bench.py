@@ -14,12 +14,15 @@ apart); a training call runs enough steps to last about two seconds. GFLOP/s cou
 forward pass with TF's graph profiler (``workloads.forward_flops``; a training image costs
 three forward passes: forward, and the backward pass's two products), and each figure is
 also given as a fraction of the 4096 x 4096 matmul rate the same script measured in the
-figure's precision. ``--baseline_repo`` times the same workloads on another checkout of the
+figure's precision, in the figure's own process right after it (the rate at the start of the
+run is kept too). ``--baseline_repo`` times the same workloads on another checkout of the
 library (e.g. ``git archive 7c2a407 | tar -x -C /tmp/base``) in the same run, interleaved
 with this one: with ``--rounds=N`` each figure alternates N times between the two, the
 median round is reported and the speed-up is the median of the N paired ratios (this
-machine's speed drifts by tens of percent between minutes). ``--torch_json`` adds the PyTorch
-reference figures (JSON files of an outside script) to the report's comparison table.
+machine's speed drifts by tens of percent between minutes). ``--torch_python`` and
+``--ncsn_repo`` time the official PyTorch NCSN (``torch_ncsn.py``, in a Python that has
+PyTorch) in the same rounds as every RefineNet figure, with its own matmul rates;
+``--torch_json`` instead adds figures measured earlier (JSON files) to the comparison table.
 """
 
 from __future__ import annotations
@@ -128,18 +131,30 @@ def workload_figure(spec: dict) -> dict:
 
 
 def child(spec: dict) -> dict:
+    """One figure; a workload's is followed by the matmul rate in the same process (its
+    peak RSS read before), so each figure is normalised by the machine's speed of the
+    same minute, not that of the start of a long run."""
     sys.path[:0] = [spec["repo"], BENCH]  # the checkout measured, then workloads.py
     if spec["kind"] == "matmul":
         out = matmul_figure(spec["precision"], spec["repeats"])
-    else:
-        out = workload_figure(spec)
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
+    out = workload_figure(spec)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["matmul_gflops"] = matmul_figure(spec["precision"], spec["repeats"])["gflops"]
     return out
 
 
 def run_child(spec: dict) -> dict:
-    """One figure in a fresh Python process (its own peak memory, no shared caches)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    """One figure in a fresh Python process (its own peak memory, no shared caches); with
+    ``spec['torch']`` (the PyTorch Python and the ncsn checkout) PyTorch NCSN's figure."""
+    if spec.get("torch"):
+        python, ncsn = spec["torch"]
+        cmd = [python, os.path.join(BENCH, "torch_ncsn.py"), f"--ncsn_repo={ncsn}"]
+        cmd += [f"--kind={spec['kind']}", f"--precision={spec['precision']}"]
+        cmd += [f"--batch={spec.get('batch', 1)}", f"--repeats={spec['repeats']}"]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec["repo"])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -179,6 +194,30 @@ ROUNDS = flags.DEFINE_integer(
     "median round is reported (the machine's speed drifts between minutes).",
 )
 TORCH = flags.DEFINE_list("torch_json", [], "PyTorch reference JSON files (fp32, bf16).")
+TORCH_PYTHON = flags.DEFINE_string(
+    "torch_python", None, "A Python with PyTorch: time PyTorch NCSN in the same rounds."
+)
+NCSN_REPO = flags.DEFINE_string("ncsn_repo", None, "Checkout of ermongroup/ncsn.")
+
+
+def _check_flags() -> None:
+    """Bad torch flags fail before any figure is measured."""
+    if bool(TORCH_PYTHON.value) != bool(NCSN_REPO.value):
+        raise app.UsageError("--torch_python and --ncsn_repo go together")
+    if TORCH_PYTHON.value:
+        if not os.access(TORCH_PYTHON.value, os.X_OK):
+            raise app.UsageError(f"--torch_python={TORCH_PYTHON.value!r} is not executable")
+        model = os.path.join(NCSN_REPO.value, "models", "cond_refinenet_dilated.py")
+        if not os.path.isfile(model):
+            raise app.UsageError(f"--ncsn_repo={NCSN_REPO.value!r} has no {model}")
+        if TORCH.value:
+            raise app.UsageError("give --torch_python/--ncsn_repo or --torch_json, not both")
+
+
+def _torch():
+    if TORCH_PYTHON.value:
+        return [os.path.abspath(TORCH_PYTHON.value), os.path.abspath(NCSN_REPO.value)]
+    return None
 
 
 def _figures():
@@ -198,6 +237,7 @@ def _label(kind, model, precision, batch):
 
 def main(argv):
     del argv
+    _check_flags()
     import tensorflow as tf
 
     results = {
@@ -215,12 +255,18 @@ def main(argv):
         "baseline": {},
         "ratios": {},
         "torch": {},
+        "torch_matmul": {},
+        "torch_figures": {},
+        "torch_ratios": {},
     }
     print(json.dumps(results["cpu"]), flush=True)
     for precision in POLICIES.value:
         spec = {"kind": "matmul", "precision": precision, "repeats": REPEATS.value, "repo": REPO}
         results["matmul"][precision] = run_child(spec)
         print(f"matmul {precision}: {results['matmul'][precision]}", flush=True)
+        if _torch():
+            results["torch_matmul"][precision] = run_child({**spec, "torch": _torch()})
+            print(f"torch matmul {precision}: {results['torch_matmul'][precision]}", flush=True)
     for path in TORCH.value:
         with open(path) as f:
             ref = json.load(f)
@@ -230,16 +276,18 @@ def main(argv):
         repos = [("figures", REPO)]
         if BASELINE.value and model in BASELINE_MODELS.value:
             repos.append(("baseline", os.path.abspath(BASELINE.value)))
+        if _torch() and model == "refinenet":
+            repos.append(("torch_figures", REPO))
         key = _label(kind, model, precision, batch)
         runs = {where: [] for where, _ in repos}
         for round_ in range(ROUNDS.value):  # this checkout and the baseline, alternating
             for where, repo in repos:
                 spec = {"kind": kind, "model": model, "precision": precision, "batch": batch}
                 spec.update(repeats=REPEATS.value, jit=XLA.value, repo=repo)
+                if where == "torch_figures":
+                    spec["torch"] = _torch()
                 r = run_child(spec)
-                mm = results["matmul"][precision].get("gflops")
-                if "gflops" in r and mm:
-                    r["fraction_of_matmul"] = r["gflops"] / mm
+                _normalise(r, results, where, precision)
                 runs[where].append(r)
                 results[where][key] = _median_run(runs[where])
                 elapsed = time.perf_counter() - t_start
@@ -250,9 +298,36 @@ def main(argv):
                 _write(results)
         if "baseline" in runs:
             results["ratios"][key] = _paired_ratio(runs["figures"], runs["baseline"])
-            _write(results)
+        if "torch_figures" in runs:
+            results["torch_ratios"][key] = _paired_ratio(runs["figures"], runs["torch_figures"])
+        _write(results)
     print("\n" + bench_report.report(results))
     print(f"wrote {OUT.value}", flush=True)
+
+
+def _normalise(r: dict, results: dict, where: str, precision: str) -> None:
+    """GFLOP/s (PyTorch's from tf_score's FLOP count of the same network) and the fraction
+    of the matmul rate its own framework measured right after it (else at the start)."""
+    if "error" in r:
+        return
+    if where == "torch_figures":
+        flops = next(
+            (
+                f["forward_flops"]
+                for k, f in results["figures"].items()
+                if "forward_flops" in f and k.startswith("refinenet ")
+            ),
+            None,
+        )
+        if flops:
+            passes = TRAIN_PASSES if "steps_per_call" in r else 1
+            r["gflops"] = _rate(r) * passes * flops / 1e9
+        mm = results["torch_matmul"].get(precision, {}).get("gflops")
+    else:
+        mm = results["matmul"][precision].get("gflops")
+    mm = r.get("matmul_gflops", mm)
+    if "gflops" in r and mm:
+        r["fraction_of_matmul"] = r["gflops"] / mm
 
 
 def _rate(r: dict) -> float:
