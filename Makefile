@@ -34,10 +34,12 @@ test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## Throughput grid (issue 16) -> runs/bench/bench.json; e.g. BENCH_FLAGS='--baseline_repo=/tmp/base --rounds=3'.
+## PyTorch NCSN in the same rounds: TORCH_PYTHON=<a python with torch> NCSN_REPO=<ermongroup/ncsn checkout>;
+## without them, the figures in benchmarks/reference/ (measured earlier) are shown.
+TORCH_FLAGS = $(if $(TORCH_PYTHON),--torch_python=$(TORCH_PYTHON) --ncsn_repo=$(NCSN_REPO),\
+	--torch_json=benchmarks/reference/torch_ncsn_fp32.json,benchmarks/reference/torch_ncsn_bf16.json)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_bench.py --bench_out=runs/bench/bench.json \
-		--torch_json=benchmarks/reference/torch_ncsn_fp32.json,benchmarks/reference/torch_ncsn_bf16.json \
-		$(BENCH_FLAGS)
+	$(BIN)/python benchmarks/run_bench.py --bench_out=runs/bench/bench.json $(TORCH_FLAGS) $(BENCH_FLAGS)
 
 ## Score-entropy VAE vs Gaussian VAE on MNIST, same budget, AIS NLL (STEPS=..., DATA_DIR=...).
 vae-compare: $(STAMP)
