@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from timing import timed  # beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
@@ -62,19 +64,6 @@ def cpu_info() -> dict:
 # ---------------------------------------------------------------------------- one figure
 
 
-def _timed(fn, repeats: int) -> tuple[float, float]:
-    """(median seconds of ``repeats`` calls, warm-up seconds of the first call)."""
-    t0 = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), warmup
-
-
 def matmul_figure(precision: str, repeats: int, n: int = 4096) -> dict:
     """GFLOP/s of an n x n matmul in float32 or bfloat16 (the machine's reference rate)."""
     import tensorflow as tf
@@ -83,7 +72,7 @@ def matmul_figure(precision: str, repeats: int, n: int = 4096) -> dict:
     a = tf.cast(tf.random.stateless_normal([n, n], [0, 1]), dtype)
     b = tf.cast(tf.random.stateless_normal([n, n], [0, 2]), dtype)
     mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
-    seconds, _ = _timed(lambda: mm(a, b).numpy(), max(repeats, 5))
+    seconds, _ = timed(lambda: mm(a, b).numpy(), max(repeats, 5))
     return {"gflops": 2 * n**3 / seconds / 1e9, "seconds": seconds, "n": n}
 
 
@@ -109,7 +98,7 @@ def workload_figure(spec: dict) -> dict:
         compile_s = (t1 - t0) - (t2 - t1)
         n = int(min(50, max(1, round(2.0 / (t2 - t1)))))
         steps = tf.constant(n, tf.int64)
-        seconds, _ = _timed(lambda: loop(steps)["loss"].numpy(), repeats)
+        seconds, _ = timed(lambda: loop(steps)["loss"].numpy(), repeats)
         per_s = b * n / seconds
         out.update(steps_per_call=n, images_per_s=per_s, compile_seconds=compile_s)
         out["gflops"] = per_s * TRAIN_PASSES * out["forward_flops"] / 1e9
@@ -121,7 +110,7 @@ def workload_figure(spec: dict) -> dict:
         def call():
             evals.append(runs.generate(run, b, 0, batch_size=b, **options).num_evals)
 
-        seconds, warm = _timed(call, repeats)
+        seconds, warm = timed(call, repeats)
         per_s = b * evals[-1] / seconds
         out.update(sampler_options=options, evals_per_image=evals[-1])
         out.update(evals_per_s=per_s, images_per_s=b / seconds, compile_seconds=warm - seconds)

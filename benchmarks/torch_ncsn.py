@@ -26,10 +26,11 @@ import json
 import math
 import os
 import resource
-import statistics
 import sys
 import time
 import types
+
+from timing import timed  # beside this script
 
 SAMPLE_STEPS = 2  # Langevin steps per chain in a sampling call, as run_bench's RefineNet figure
 
@@ -51,18 +52,6 @@ def _args(argv=None):
     return args
 
 
-def _timed(fn, repeats):
-    t0 = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), warmup
-
-
 def _network(ncsn_repo, torch):
     sys.path.insert(0, os.path.abspath(ncsn_repo))
     from models.cond_refinenet_dilated import CondRefineNetDilated
@@ -78,7 +67,7 @@ def _network(ncsn_repo, torch):
 def matmul_figure(torch, bf16, repeats, n=4096):
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    seconds, _ = _timed(lambda: torch.mm(a, b), max(repeats, 5))
+    seconds, _ = timed(lambda: torch.mm(a, b), max(repeats, 5))
     return {"gflops": 2 * n**3 / seconds / 1e9, "seconds": seconds, "n": n}
 
 
@@ -101,7 +90,7 @@ def train_figure(torch, net, bf16, batch, repeats):
     t0 = time.perf_counter()
     steps(1)  # warm-up
     n = int(min(50, max(1, round(2.0 / (time.perf_counter() - t0)))))
-    seconds, _ = _timed(lambda: steps(n), repeats)
+    seconds, _ = timed(lambda: steps(n), repeats)
     return {"steps_per_call": n, "images_per_s": batch * n / seconds, "seconds_per_call": seconds}
 
 
@@ -119,7 +108,7 @@ def sample_figure(torch, net, bf16, batch, repeats):
             x = x + step_size * score.float() + math.sqrt(2 * step_size) * torch.randn_like(x)
         return x
 
-    seconds, _ = _timed(call, repeats)
+    seconds, _ = timed(call, repeats)
     return {
         "evals_per_image": SAMPLE_STEPS,
         "evals_per_s": batch * SAMPLE_STEPS / seconds,
