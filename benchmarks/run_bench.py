@@ -276,7 +276,7 @@ def main(argv):
                 if where == "torch_figures":
                     spec["torch"] = _torch()
                 r = run_child(spec)
-                _normalise(r, results, where, precision)
+                _normalise(r, results, where, key)
                 runs[where].append(r)
                 results[where][key] = _median_run(runs[where])
                 elapsed = time.perf_counter() - t_start
@@ -294,27 +294,21 @@ def main(argv):
     print(f"wrote {OUT.value}", flush=True)
 
 
-def _normalise(r: dict, results: dict, where: str, precision: str) -> None:
-    """GFLOP/s (PyTorch's from tf_score's FLOP count of the same network) and the fraction
-    of the matmul rate its own framework measured right after it (else at the start)."""
+def _normalise(r: dict, results: dict, where: str, key: str) -> None:
+    """GFLOP/s (PyTorch's from the FLOP count of tf_score's same figure, timed just before
+    it) and the fraction of the matmul rate its own framework measured right after it."""
     if "error" in r:
         return
+    precision = key.split(" ")[1]
     if where == "torch_figures":
-        flops = next(
-            (
-                f["forward_flops"]
-                for k, f in results["figures"].items()
-                if "forward_flops" in f and k.startswith("refinenet ")
-            ),
-            None,
-        )
+        flops = results["figures"].get(key, {}).get("forward_flops")
         if flops:
             passes = TRAIN_PASSES if "steps_per_call" in r else 1
             r["gflops"] = _rate(r) * passes * flops / 1e9
         mm = results["torch_matmul"].get(precision, {}).get("gflops")
     else:
         mm = results["matmul"][precision].get("gflops")
-    mm = r.get("matmul_gflops", mm)
+    mm = r.get("matmul_gflops", mm)  # the rate of the figure's own minute
     if "gflops" in r and mm:
         r["fraction_of_matmul"] = r["gflops"] / mm
 
