@@ -21,9 +21,11 @@ def machine(results: dict) -> str:
     rates = ", ".join(
         f"{_SHORT.get(p, p)} {m['gflops']:.0f}" for p, m in mm.items() if "gflops" in m
     )
+    threads = ", ".join(f"{k}={v}" for k, v in results.get("thread_env", {}).items() if v)
     return (
         f"{cpu['model']}, {cpu['cores']} cores, flags: {flags}; TensorFlow "
         f"{results['tensorflow']}; 4096 x 4096 matmul GFLOP/s: {rates}"
+        + (f"; {threads}" if threads else "")
     )
 
 

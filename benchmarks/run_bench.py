@@ -43,6 +43,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 
 #: training images cost three forward passes (forward, input gradient, weight gradient)
 TRAIN_PASSES = 3
+_THREAD_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
@@ -233,6 +234,8 @@ def main(argv):
         "cpu": cpu_info(),
         "tensorflow": tf.__version__,
         "python": platform.python_version(),
+        # thread settings every child inherits (TF's default is 0: its own choice)
+        "thread_env": {v: os.environ.get(v) for v in _THREAD_ENV},
         "repo": REPO,
         "baseline_repo": BASELINE.value,
         "xla": XLA.value,

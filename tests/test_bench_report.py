@@ -17,6 +17,7 @@ def results():
     return {
         "cpu": {"model": "test CPU", "cores": 2, "flags": {"avx2": True, "amx_tile": False}},
         "tensorflow": "2.x",
+        "thread_env": {"TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": None},
         "matmul": {"float32": {"gflops": 200.0}, "mixed_bfloat16": {"gflops": 300.0}},
         "figures": {
             "refinenet float32 train b128": fig(
@@ -57,6 +58,7 @@ def test_same_run_torch_table(results):
 def test_report_has_every_section_and_the_paired_baseline_ratio(results):
     text = bench_report.report(results)
     assert text.startswith("test CPU, 2 cores, flags: avx2; TensorFlow 2.x")
+    assert text.splitlines()[0].endswith("; TF_NUM_INTEROP_THREADS=1")
     assert "**refinenet train**" in text and "same rounds" in text
     row = next(r for r in text.splitlines() if r.startswith("| 128 |"))
     assert "| 1.50x |" in row  # the paired ratio, not 14 / 10
