@@ -50,22 +50,28 @@ MNIST_DATA_DIR, _MNIST_MISSING = _find_mnist()
 
 
 def _reads_mnist(item) -> bool:
-    """Whether a test uses MNIST_DATA_DIR: in its own source, or through a function or
-    fixture of its module that does."""
+    """Whether a test uses MNIST_DATA_DIR: in its own source, or through functions or
+    fixtures of its module that do, however deep the chain of helpers."""
     import inspect
 
     module = getattr(item, "module", None)
     fn = getattr(item, "function", None)
     if module is None or fn is None:
         return False
-    helpers = {"MNIST_DATA_DIR"}
+    sources = {}
     for name, obj in vars(module).items():
         if inspect.isfunction(obj) and obj.__module__ == module.__name__:
             try:
-                if "MNIST_DATA_DIR" in inspect.getsource(obj):
-                    helpers.add(name)
+                sources[name] = inspect.getsource(obj)
             except (OSError, TypeError):
                 pass
+    helpers, grew = {"MNIST_DATA_DIR"}, True
+    while grew:  # helpers of helpers, to a fixed point
+        new = {
+            n for n, src in sources.items() if n not in helpers and any(h in src for h in helpers)
+        }
+        helpers |= new
+        grew = bool(new)
     source = inspect.getsource(fn)
     return any(h in source for h in helpers) or bool(helpers & set(item.fixturenames))
 
