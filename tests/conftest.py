@@ -1,5 +1,6 @@
 """Test setup: quiet TF, two logical CPU devices (for distribution tests), absl flags parsed."""
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,15 +50,12 @@ def _find_mnist() -> tuple[str, str | None]:
 MNIST_DATA_DIR, _MNIST_MISSING = _find_mnist()
 
 
-def _reads_mnist(item) -> bool:
-    """Whether a test uses MNIST_DATA_DIR: in its own source, or through functions or
-    fixtures of its module that do, however deep the chain of helpers."""
+@functools.cache
+def _mnist_helpers(module) -> frozenset[str]:
+    """MNIST_DATA_DIR and the names of the module's functions (fixtures included) that
+    reach it, however deep the chain of helpers; once per test module."""
     import inspect
 
-    module = getattr(item, "module", None)
-    fn = getattr(item, "function", None)
-    if module is None or fn is None:
-        return False
     sources = {}
     for name, obj in vars(module).items():
         if inspect.isfunction(obj) and obj.__module__ == module.__name__:
@@ -72,6 +70,19 @@ def _reads_mnist(item) -> bool:
         }
         helpers |= new
         grew = bool(new)
+    return frozenset(helpers)
+
+
+def _reads_mnist(item) -> bool:
+    """Whether a test uses MNIST_DATA_DIR: in its own source, or through functions or
+    fixtures of its module that do."""
+    import inspect
+
+    module = getattr(item, "module", None)
+    fn = getattr(item, "function", None)
+    if module is None or fn is None:
+        return False
+    helpers = _mnist_helpers(module)
     source = inspect.getsource(fn)
     return any(h in source for h in helpers) or bool(helpers & set(item.fixturenames))
 
