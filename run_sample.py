@@ -22,9 +22,9 @@ import flags.definitions as F
 
 
 def _write_json(path, obj):
-    from tf_score.train import write_json_atomic
+    from tf_score import atomic
 
-    write_json_atomic(path, obj)
+    atomic.write_json(path, obj)
 
 
 def _save_npz(path, **arrays):
@@ -41,7 +41,7 @@ def _out(run) -> str:
 
 def print_table(m: dict) -> None:
     """The two-mode table (``evaluate.two_mode`` metrics)."""
-    from tf_score.evaluate import TWO_MODE_ROWS
+    from tf_score.families.evaluate import TWO_MODE_ROWS
 
     n = m["num_samples_per_batch"] * m["num_batches"]
     print(
@@ -81,7 +81,9 @@ def print_fast_table(m: dict) -> None:
 
 
 def _toy_fast(run) -> None:
-    from tf_score import data, evaluate, plotting
+    from tf_score import data
+    from tf_score.evaluation import plotting
+    from tf_score.families import evaluate
 
     r = evaluate.two_mode_fast(
         run, num_samples=F.NUM_SAMPLES.value, num_batches=F.EVAL_REPEATS.value,
@@ -99,7 +101,9 @@ def _toy_fast(run) -> None:
 
 
 def _toy(run) -> None:
-    from tf_score import data, evaluate, plotting, runs
+    from tf_score import api, data
+    from tf_score.evaluation import plotting
+    from tf_score.families import evaluate
 
     extent = data.get_toy(run.config.data.dataset).extent
     if F.EVALUATE.value and run.config.is_continuous:
@@ -118,7 +122,7 @@ def _toy(run) -> None:
         print_table(r.metrics)
         print(f"wrote {_out(run)}/metrics.json and samples.png")
         return
-    out = runs.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
+    out = api.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
     _save_npz(os.path.join(_out(run), "samples.npz"), samples=out.samples)
     title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
     plotting.scatter_panels(
@@ -130,7 +134,9 @@ def _toy(run) -> None:
 def _inpaint(run) -> None:
     import tensorflow as tf
 
-    from tf_score import plotting, runs, score_model
+    from tf_score import api
+    from tf_score.evaluation import plotting
+    from tf_score.families import score_model
 
     shape, n = run.data_shape, F.NUM_SAMPLES.value
     images, *_ = score_model.load_training_images(run.config.data, split="test")
@@ -138,7 +144,7 @@ def _inpaint(run) -> None:
     w = shape[1]
     left = tf.ones([shape[0], w // 2, shape[2]])
     mask = tf.concat([left, tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)
-    out = runs.inpaint(run, x_obs, mask, F.SEED.value, jit_compile=F.JIT.value)
+    out = api.inpaint(run, x_obs, mask, F.SEED.value, jit_compile=F.JIT.value)
     occluded = x_obs * mask + 0.5 * (1 - mask)
     rows = [
         plotting.image_grid(a, ncols=min(n, 16))
@@ -160,7 +166,7 @@ def _inpaint(run) -> None:
 
 
 def _save_snapshots(workdir, snaps, shape) -> None:
-    from tf_score import plotting
+    from tf_score.evaluation import plotting
 
     k = min(8, snaps.shape[1])
     strip = snaps[:, :k].transpose(1, 0, 2, 3, 4).reshape(-1, *shape)
@@ -172,7 +178,9 @@ def _save_snapshots(workdir, snaps, shape) -> None:
 
 
 def _images(run) -> None:
-    from tf_score import evaluate, plotting, runs
+    from tf_score import api
+    from tf_score.evaluation import plotting
+    from tf_score.families import evaluate
 
     n, name = F.NUM_SAMPLES.value, run.config.sampler.sampler
     reference = None
@@ -180,7 +188,7 @@ def _images(run) -> None:
         reference = evaluate.quality_reference(
             run, n, F.FEATURE_EXTRACTOR.value, F.CLASSIFIER.value, F.INCEPTION_WEIGHTS.value
         )
-    out = runs.generate(
+    out = api.generate(
         run,
         n,
         F.SEED.value,
@@ -218,7 +226,7 @@ def _images(run) -> None:
 
 
 def _bits_per_dim(run) -> None:
-    from tf_score import evaluate
+    from tf_score.families import evaluate
 
     tol = run.config.sampler.ode_tol
     summary, per_image = evaluate.bits_per_dim(
@@ -265,7 +273,8 @@ def print_vae_table(m: dict) -> None:
 def _vae(run) -> None:
     import tensorflow as tf
 
-    from tf_score import evaluate, plotting, vae
+    from tf_score.evaluation import plotting
+    from tf_score.families import evaluate, vae
 
     vcfg, seed, wd = vae.vae_config(run.config), F.SEED.value, _out(run)
     prior_x = vae.prior_samples(vcfg, run.models["decoder"], F.NUM_SAMPLES.value, [seed, 0])
@@ -298,10 +307,10 @@ def _vae(run) -> None:
 
 def _load(workdir):
     """The run with this command line's sampler settings over the workdir's."""
-    from tf_score import runs
+    from tf_score import api
 
     data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
-    run = runs.load(workdir, F.CHECKPOINT.value, data_dir=data_dir)
+    run = api.load(workdir, F.CHECKPOINT.value, data_dir=data_dir)
     cfg = run.config.replace(sampler=F.sampler_overrides())
     return dataclasses.replace(run, config=cfg)
 
@@ -319,14 +328,17 @@ def _check_request(run) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_score import config, evaluate, runs, samplers, train
+    from tf_score import api, config
+    from tf_score.families import evaluate
+    from tf_score.sampling import samplers
+    from tf_score.training import signals
 
     try:
-        with train.exit_on_interrupt("stopped (results are written only when complete)"):
+        with signals.exit_on_interrupt("stopped (results are written only when complete)"):
             _main(_load(F.WORKDIR.value))
     except (
         config.ConfigError,
-        runs.RunError,
+        api.RunError,
         evaluate.EvaluationError,
         samplers.SamplerError,
     ) as e:
@@ -334,11 +346,11 @@ def main(argv):
 
 
 def _main(run) -> None:
-    from tf_score import runs
+    from tf_score import api
 
     _check_request(run)
     if not F.EXPORT_DIR.value:  # before any work: results are never computed to be lost
-        runs.check_writable(_out(run), "--output_dir")
+        api.check_writable(_out(run), "--output_dir")
     if F.EXPORT_DIR.value:
         path = F.export(run)
         print(f"exported step {run.step} for TF Serving: {path}")

@@ -38,12 +38,13 @@ def _print_result(cfg, result) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_score import config, data, distribute, runs, train
+    from tf_score import api, config, data
+    from tf_score.training import checkpoints, distribute, loop
 
     try:
         cfg = F.experiment_config()
-        runs.check_resume(F.WORKDIR.value, cfg)
-    except (config.ConfigError, runs.RunError) as e:
+        api.check_resume(F.WORKDIR.value, cfg)
+    except (config.ConfigError, api.RunError) as e:
         raise app.UsageError(str(e)) from e
     try:
         # First: a multi-worker strategy must exist before any other TensorFlow work.
@@ -58,26 +59,26 @@ def main(argv):
         flush=True,
     )
     try:
-        result = runs.train(cfg, workdir, strategy, progress=F.PROGRESS.value)
+        result = api.train(cfg, workdir, strategy, progress=F.PROGRESS.value)
     except (
         config.ConfigError,
-        runs.RunError,
+        api.RunError,
         data.DataUnavailableError,
-        train.CheckpointError,
+        checkpoints.CheckpointError,
     ) as e:
         # Data and setting problems are reported before anything is written.
         _fail(e)
-    except train.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
         logging.error("%s", e)
         _fail(e, 3)
-    except train.WorkerLostError as e:
+    except loop.WorkerLostError as e:
         _fail(e, 4)
-    except train.TrainingInterrupted as e:
+    except loop.TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + int(e.signum))
     _print_result(cfg, result)
     if F.EXPORT_DIR.value and distribute.is_chief(strategy):
-        run = runs.load(workdir)
+        run = api.load(workdir)
         path = F.export(run)
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 

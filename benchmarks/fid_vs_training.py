@@ -1,6 +1,6 @@
 """Classifier FID of one sampler against training time: every kept checkpoint of a workdir
 (or those named), each sampled with the run's own sampler (or --sampler) through the library
-(``runs.load(checkpoint=...)``, ``runs.generate``, ``evaluate.image_quality``).
+(``api.load(checkpoint=...)``, ``api.generate``, ``evaluate.image_quality``).
 
     python benchmarks/fid_vs_training.py --workdir=runs/mnist_edm_cpu \\
         --classifier=runs/mnist_classifier --data_dir=DIR --num_samples=500
@@ -43,19 +43,20 @@ def _checkpoints(workdir: str) -> list[tuple[int, str]]:
 
 def main(argv):
     del argv
-    from tf_score import evaluate, runs
+    from tf_score import api
+    from tf_score.families import evaluate
 
     with open(os.path.join(WORKDIR.value, "train_summary.json")) as f:
         summary = json.load(f)
     seconds_per_step = summary["train_seconds"] / summary["step"]
     rows, reference = [], None
     for step, path in _checkpoints(WORKDIR.value):
-        run = runs.load(WORKDIR.value, checkpoint=path, data_dir=DATA_DIR.value)
+        run = api.load(WORKDIR.value, checkpoint=path, data_dir=DATA_DIR.value)
         if reference is None:
             reference = evaluate.quality_reference(
                 run, NUM_SAMPLES.value, classifier=CLASSIFIER.value
             )
-        out = runs.generate(run, NUM_SAMPLES.value, seed=0, sampler=SAMPLER.value,
+        out = api.generate(run, NUM_SAMPLES.value, seed=0, sampler=SAMPLER.value,
                             batch_size=250)  # fmt: skip
         images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
         q = evaluate.image_quality(images, reference, seed=0)
@@ -75,7 +76,7 @@ def main(argv):
 def _plot(rows, path):
     import matplotlib.pyplot as plt
 
-    from tf_score import plotting  # noqa: F401  (selects the headless backend)
+    from tf_score.evaluation import plotting  # noqa: F401  (selects the headless backend)
 
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     ax.plot([r["train_minutes"] for r in rows], [r["fid"] for r in rows], "o-", label="samples")

@@ -109,7 +109,7 @@ def main(argv):
     import tensorflow as tf
     import workloads
 
-    from tf_score import runs
+    from tf_score import api
 
     b, model = BATCH.value, MODEL.value
     cfg, step, loop = workloads.build(REPO, model, PRECISION.value, b, JIT.value)
@@ -121,7 +121,7 @@ def main(argv):
     run = workloads.sampling_run(cfg, step)
     options = workloads.sampler_options(model)
     wall = _trace(
-        lambda: runs.generate(run, b, 0, batch_size=b, jit_compile=JIT.value, **options),
+        lambda: api.generate(run, b, 0, batch_size=b, jit_compile=JIT.value, **options),
         base + "_sample_trace",
     )
     result["sample"] = summarise(op_times(base + "_sample_trace"), wall, TOP.value)

@@ -8,7 +8,7 @@ machine's own matrix-multiply rate.
 
 Every figure runs in its own process (so its peak RSS is its own) on the workloads of
 ``benchmarks/workloads.py``: training is the training loop's compiled steps on a preset,
-sampling is ``runs.generate`` with ``workloads.sampler_options``. A figure is the median of
+sampling is ``api.generate`` with ``workloads.sampler_options``. A figure is the median of
 ``--timed_repeats`` timed calls after a warm-up call (tracing and compilation, reported
 apart); a training call runs enough steps to last about two seconds. GFLOP/s counts the
 forward pass with TF's graph profiler (``workloads.forward_flops``; a training image costs
@@ -83,7 +83,7 @@ def workload_figure(spec: dict) -> dict:
     import tensorflow as tf
     import workloads
 
-    from tf_score import runs
+    from tf_score import api
 
     model, b, repeats = spec["model"], spec["batch"], spec["repeats"]
     cfg, step, loop = workloads.build(spec["repo"], model, spec["precision"], b, spec["jit"])
@@ -109,7 +109,7 @@ def workload_figure(spec: dict) -> dict:
         evals = []
 
         def call():
-            evals.append(runs.generate(run, b, 0, batch_size=b, **options).num_evals)
+            evals.append(api.generate(run, b, 0, batch_size=b, **options).num_evals)
 
         seconds, warm = timed(call, repeats)
         per_s = b * evals[-1] / seconds

@@ -1,6 +1,6 @@
 """Sample quality against network evaluations: classifier FID/KID of each sampler on one
 trained image model, collected into a JSON and a PNG plot of FID against evaluations. Runs
-in process through the library (``runs.generate``, ``evaluate.image_quality``): each model
+in process through the library (``api.generate``, ``evaluate.image_quality``): each model
 and the reference features are loaded once.
 
     python benchmarks/sampler_quality.py --workdir=runs/mnist_cpu \\
@@ -99,7 +99,9 @@ SINGLE_SETTING = dict(sampler="langevin", langevin_steps=1000, langevin_step_siz
 
 def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
     """One setting: generate, score against the reference, write its JSON (or reuse it)."""
-    from tf_score import evaluate, runs, samplers
+    from tf_score import api
+    from tf_score.families import evaluate
+    from tf_score.sampling import samplers
 
     path = os.path.join(out_dir, f"{name}.json")
     if REUSE.value and os.path.exists(path):
@@ -113,7 +115,7 @@ def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
         run = dataclasses.replace(run, config=run.config.replace(noise={"num_levels": levels}))
     if "denoise" in samplers.get_sampler(options["sampler"]).options:
         options = {"denoise": True, **options}  # every sampler that has it ends with Tweedie
-    out = runs.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
+    out = api.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
                         **options)  # fmt: skip
     images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
     row = evaluate.image_quality(images, reference, seed=0)
@@ -129,12 +131,13 @@ def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
 
 
 def _setting_rows(workdir: str, settings: dict, out_dir: str) -> list[dict]:
-    from tf_score import evaluate, runs
+    from tf_score import api
+    from tf_score.families import evaluate
 
     wanted = {k: v for k, v in settings.items() if not ONLY.value or k in ONLY.value}
     if not wanted:
         return []
-    run = runs.load(workdir, data_dir=DATA_DIR.value)
+    run = api.load(workdir, data_dir=DATA_DIR.value)
     reference = evaluate.quality_reference(run, NUM_SAMPLES.value, classifier=CLASSIFIER.value)
     return [_run(name, run, reference, opts, out_dir) for name, opts in wanted.items()]
 
@@ -142,7 +145,7 @@ def _setting_rows(workdir: str, settings: dict, out_dir: str) -> list[dict]:
 def _plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
-    from tf_score import plotting  # noqa: F401  (selects the headless backend)
+    from tf_score.evaluation import plotting  # noqa: F401  (selects the headless backend)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if COMPARE.value:

@@ -34,7 +34,7 @@ def _model(wd: str) -> dict:
 
 def main(argv):
     del argv
-    from tf_score import metrics
+    from tf_score.evaluation import metrics
 
     rows = {}
     print(f"{'latent':>6s} {'model':20s} {'steps':>6s} {'train min':>9s} {'AIS NLL':>16s}")

@@ -3,7 +3,7 @@
 A workload is a preset (``flags/presets/NAME.cfg``) at a precision and batch size. Training is
 ``TrainStep.make_train_loop`` (the training loop's compiled steps: objective, gradient, Adam,
 EMA, NaN guard) on the real input pipeline over random uint8 images; sampling is
-``runs.generate`` on an in-memory run. Both are what ``run_train.py`` and ``run_sample.py``
+``api.generate`` on an in-memory run. Both are what ``run_train.py`` and ``run_sample.py``
 run. This module imports whichever ``tf_score`` is first on ``sys.path``, so the same
 workloads time another checkout of the library (``run_bench.py --baseline``).
 """
@@ -56,8 +56,9 @@ def build(repo: str, model: str, precision: str, batch_size: int, jit: bool = Fa
     import keras
     import tensorflow as tf
 
-    from tf_score import runs, score_model
-    from tf_score.train_step import TrainStep
+    from tf_score import api
+    from tf_score.families import score_model
+    from tf_score.training.step import TrainStep
 
     cfg = preset_config(
         repo, model, precision=precision, batch_size=batch_size, jit=jit, ema_warmup=True
@@ -67,7 +68,7 @@ def build(repo: str, model: str, precision: str, batch_size: int, jit: bool = Fa
     mean = tuple(float(m) for m in (arr.mean(axis=(0, 1, 2)) + 0.5) / 256.0)
     cfg = cfg.replace(data={"data_shape": (28, 28, 1), "data_mean": mean})
     bundle = score_model.image_bundle(cfg, images, (28, 28, 1))
-    step = TrainStep(bundle, runs.loop_config(cfg, progress=False))
+    step = TrainStep(bundle, api.loop_config(cfg, progress=False))
     strategy = tf.distribute.get_strategy()
 
     def input_fn(ctx):
@@ -78,10 +79,10 @@ def build(repo: str, model: str, precision: str, batch_size: int, jit: bool = Fa
 
 
 def sampling_run(cfg, step):
-    """An in-memory ``runs.Run`` of the workload's EMA network (what ``runs.load`` returns)."""
-    from tf_score import runs
+    """An in-memory ``api.Run`` of the workload's EMA network (what ``api.load`` returns)."""
+    from tf_score import api
 
-    return runs.Run(workdir="", config=cfg, models=dict(step.ema_models), step=0)
+    return api.Run(workdir="", config=cfg, models=dict(step.ema_models), step=0)
 
 
 def sampler_options(model: str) -> dict:

@@ -15,7 +15,7 @@ import re
 from absl import flags
 
 from tf_score import config as C
-from tf_score.samplers import PREDICTORS, SAMPLERS
+from tf_score.sampling.samplers import PREDICTORS, SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -358,7 +358,7 @@ def sampler_overrides() -> dict:
 
 def strategy():
     """The tf.distribute strategy the flags ask for (call before any other TF work)."""
-    from tf_score import distribute
+    from tf_score.training import distribute
 
     if CPU_DEVICES.value:
         distribute.split_cpu(CPU_DEVICES.value)
@@ -371,10 +371,10 @@ def strategy():
 
 
 def export(run) -> str:
-    """``runs.export`` of a loaded run per the --export_* flags; the SavedModel's path."""
-    from tf_score import runs
+    """``api.export`` of a loaded run per the --export_* flags; the SavedModel's path."""
+    from tf_score import api
 
-    return runs.export(
+    return api.export(
         run,
         EXPORT_DIR.value,
         EXPORT_MODEL_NAME.value,

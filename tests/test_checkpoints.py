@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from test_train import _bundle, _config, _weights
 
-from tf_score import checkpoints, config, runs, train
+from tf_score import api, config
+from tf_score.training import checkpoints, loop
 
 
 def _files(ckpt_dir, step):
@@ -55,7 +56,7 @@ def _lose_index(ckpt_dir, step):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return train.train(_bundle(), _config(120), str(tmp_path_factory.mktemp("full")))
+    return loop.train(_bundle(), _config(120), str(tmp_path_factory.mktemp("full")))
 
 
 @pytest.mark.parametrize(
@@ -73,13 +74,13 @@ def test_resume_skips_a_damaged_newest_checkpoint_to_the_uninterrupted_state(
 ):
     workdir = str(tmp_path / "run")
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    train.train(_bundle(), _config(80), workdir)  # ckpt-40, ckpt-80
+    loop.train(_bundle(), _config(80), workdir)  # ckpt-40, ckpt-80
     older = {p: open(p, "rb").read() for p in _files(ckpt_dir, 40)}
     damage(ckpt_dir, 80)
     # loading for sampling falls back too, and moves nothing (the workdir may be read-only)
-    _, step = train.load_ema_models(_bundle().model_fns, ckpt_dir)
+    _, step = checkpoints.load_ema_models(_bundle().model_fns, ckpt_dir)
     assert step == (40 if falls_back else 80)
-    resumed = train.train(_bundle(), _config(120), workdir)
+    resumed = loop.train(_bundle(), _config(120), workdir)
     assert resumed.step == 120
     for a, b in zip(_weights(uninterrupted.models), _weights(resumed.models), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -94,26 +95,28 @@ def test_resume_skips_a_damaged_newest_checkpoint_to_the_uninterrupted_state(
 def test_every_checkpoint_damaged_stops_with_a_message_and_writes_nothing(tmp_path):
     workdir = str(tmp_path / "run")
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    train.train(_bundle(), _config(80), workdir)
+    loop.train(_bundle(), _config(80), workdir)
     for step in (40, 80):
         _truncate(ckpt_dir, step)
     before = sorted(os.listdir(ckpt_dir))
     with pytest.raises(
         checkpoints.CheckpointError, match=r"no usable checkpoint .*ckpt-80: unread"
     ):
-        train.load_ema_models(_bundle().model_fns, ckpt_dir)
+        checkpoints.load_ema_models(_bundle().model_fns, ckpt_dir)
     assert sorted(os.listdir(ckpt_dir)) == before
     with pytest.raises(checkpoints.CheckpointError, match="no usable checkpoint"):
-        train.train(_bundle(), _config(120), workdir)
+        loop.train(_bundle(), _config(120), workdir)
     assert not glob.glob(os.path.join(ckpt_dir, "ckpt-12*"))  # nothing trained from step 0
 
 
 def test_an_explicit_damaged_checkpoint_is_refused(tmp_path):
-    train.train(_bundle(), _config(80), str(tmp_path))
+    loop.train(_bundle(), _config(80), str(tmp_path))
     ckpt_dir = str(tmp_path / "checkpoints")
     _overwrite(ckpt_dir, 40)
     with pytest.raises(checkpoints.CheckpointError, match="ckpt-40 is damaged: unreadable"):
-        train.load_ema_models(_bundle().model_fns, ckpt_dir, os.path.join(ckpt_dir, "ckpt-40"))
+        checkpoints.load_ema_models(
+            _bundle().model_fns, ckpt_dir, os.path.join(ckpt_dir, "ckpt-40")
+        )
 
 
 def _toy_cfg(**kw):
@@ -124,27 +127,27 @@ def _toy_cfg(**kw):
 
 def test_config_json_is_written_only_for_settings_the_checkpoint_holds(tmp_path):
     workdir = str(tmp_path / "run")
-    runs.train(_toy_cfg(), workdir, progress=False)
-    os.remove(runs.config_path(workdir))
+    api.train(_toy_cfg(), workdir, progress=False)
+    os.remove(api.config_path(workdir))
     with pytest.raises(checkpoints.CheckpointError, match="does not hold this model's variables"):
-        runs.train(_toy_cfg(hidden_units=(16, 16), num_steps=80), workdir, progress=False)
-    assert not os.path.exists(runs.config_path(workdir))  # not rewritten with other settings
-    result = runs.train(_toy_cfg(num_steps=80), workdir, progress=False)  # the original ones
-    assert result.step == 80 and runs.read_config(workdir).network.hidden_units == (32, 32)
+        api.train(_toy_cfg(hidden_units=(16, 16), num_steps=80), workdir, progress=False)
+    assert not os.path.exists(api.config_path(workdir))  # not rewritten with other settings
+    result = api.train(_toy_cfg(num_steps=80), workdir, progress=False)  # the original ones
+    assert result.step == 80 and api.read_config(workdir).network.hidden_units == (32, 32)
 
 
 def test_a_workdir_without_checkpoints_takes_new_settings(tmp_path):
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.NonFiniteLossError):
-        runs.train(_toy_cfg(learning_rate=1e30), workdir, progress=False)
+    with pytest.raises(loop.NonFiniteLossError):
+        api.train(_toy_cfg(learning_rate=1e30), workdir, progress=False)
     assert not checkpoints.candidates(os.path.join(workdir, "checkpoints"))
-    assert runs.train(_toy_cfg(learning_rate=1e-3), workdir, progress=False).step == 40
-    assert runs.read_config(workdir).optimizer.learning_rate == 1e-3
-    with pytest.raises(runs.RunError, match="different settings for: learning_rate"):
-        runs.check_resume(workdir, _toy_cfg(learning_rate=2e-3))
+    assert api.train(_toy_cfg(learning_rate=1e-3), workdir, progress=False).step == 40
+    assert api.read_config(workdir).optimizer.learning_rate == 1e-3
+    with pytest.raises(api.RunError, match="different settings for: learning_rate"):
+        api.check_resume(workdir, _toy_cfg(learning_rate=2e-3))
     open(tmp_path / "afile", "w").close()
-    with pytest.raises(runs.RunError, match="is a file, not a directory"):
-        runs.check_resume(str(tmp_path / "afile"), _toy_cfg())
+    with pytest.raises(api.RunError, match="is a file, not a directory"):
+        api.check_resume(str(tmp_path / "afile"), _toy_cfg())
 
 
 def _holder(proc) -> dict:
@@ -161,7 +164,7 @@ def test_a_workdir_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over
     import subprocess
     import sys
 
-    from tf_score import workdir_lock
+    from tf_score.training import workdir_lock
 
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -169,25 +172,25 @@ def test_a_workdir_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock.write_text(json.dumps(_holder(live)))
-        with pytest.raises(runs.RunError, match=rf"in use by another .*PID {live.pid}, started"):
-            runs.train(_toy_cfg(), str(workdir), progress=False)
+        with pytest.raises(api.RunError, match=rf"in use by another .*PID {live.pid}, started"):
+            api.train(_toy_cfg(), str(workdir), progress=False)
         assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]  # nothing written
     finally:
         live.kill()
         live.wait()
     # the holder is gone: its lock is stale, taken over, and released at the end
-    assert runs.train(_toy_cfg(), str(workdir), progress=False).step == 40
+    assert api.train(_toy_cfg(), str(workdir), progress=False).step == 40
     assert not lock.exists()
 
 
 def test_a_truncated_config_json_is_a_message_with_the_way_back(tmp_path):
     workdir = str(tmp_path / "run")
-    runs.train(_toy_cfg(), workdir, progress=False)
-    good = open(runs.config_path(workdir)).read()
+    api.train(_toy_cfg(), workdir, progress=False)
+    good = open(api.config_path(workdir)).read()
     for text in (good[: len(good) // 2], "", "[]"):
-        with open(runs.config_path(workdir), "w") as f:
+        with open(api.config_path(workdir), "w") as f:
             f.write(text)
-        with pytest.raises(runs.RunError, match=r"cannot be read as a tf_score config .*delete it"):
-            runs.load(workdir)
-    os.remove(runs.config_path(workdir))
-    assert runs.train(_toy_cfg(num_steps=80), workdir, progress=False).step == 80
+        with pytest.raises(api.RunError, match=r"cannot be read as a tf_score config .*delete it"):
+            api.load(workdir)
+    os.remove(api.config_path(workdir))
+    assert api.train(_toy_cfg(num_steps=80), workdir, progress=False).step == 80

@@ -98,7 +98,7 @@ def test_a_download_that_cannot_reach_its_server_fails_at_once(tmp_path, monkeyp
 
     from tf_score import data
 
-    monkeypatch.setattr(data, "download_host_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(data.pipelines, "download_host_reachable", lambda timeout=5.0: False)
     t0 = time.time()
     with pytest.raises(data.DataUnavailableError, match="cannot be reached from here"):
         data.load_tfds_images("fashion_mnist", "train", str(tmp_path / "empty"), download=True)
@@ -164,18 +164,18 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
         loaded.signatures["serving_default"](num_samples=tf.constant(9), seed=tf.constant([0, 1]))
     # Resuming with different model settings is refused, naming the setting (the check
     # run_train.py makes before any work).
-    from tf_score import runs
+    from tf_score import api
 
-    run = runs.load(workdir)  # a workdir trained by run_train.py, loaded from Python
-    with pytest.raises(runs.RunError, match=r"hidden_units \(was \(32, 32\), now \(64, 64\)\)"):
-        runs.check_resume(workdir, run.config.replace(network={"hidden_units": (64, 64)}))
+    run = api.load(workdir)  # a workdir trained by run_train.py, loaded from Python
+    with pytest.raises(api.RunError, match=r"hidden_units \(was \(32, 32\), now \(64, 64\)\)"):
+        api.check_resume(workdir, run.config.replace(network={"hidden_units": (64, 64)}))
     # One seeding convention: the same seed gives the same samples from the Python API,
     # run_sample.py and the exported serving_default (served seed (s, 0) = batch 0 of s).
     proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", "--num_samples=8", "--seed=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(os.path.join(workdir, "samples.npz")) as f:
         cli = f["samples"]
-    api = runs.generate(run, 8, seed=3).samples
+    api = api.generate(run, 8, seed=3).samples
     served = loaded.signatures["serving_default"](
         num_samples=tf.constant(8), seed=tf.constant([3, 0])
     )["samples"].numpy()
@@ -344,7 +344,8 @@ def test_image_quality_reference_fails_early_caches_and_reports_the_floor(tmp_pa
     features cached, and the result with n, the floor and label histograms."""
     from conftest import MNIST_DATA_DIR
 
-    from tf_score import classifier, config, evaluate, runs
+    from tf_score import api, config
+    from tf_score.families import classifier, evaluate
 
     net = classifier.DigitClassifier()
     net.build()
@@ -353,13 +354,13 @@ def test_image_quality_reference_fails_early_caches_and_reports_the_floor(tmp_pa
     cfg = config.from_flat(
         dict(dataset="mnist", network="resnet", data_dir=MNIST_DATA_DIR, download=False)
     ).replace(data={"data_shape": (28, 28, 1)})
-    run = runs.Run(str(tmp_path), cfg, {}, 3)
+    run = api.Run(str(tmp_path), cfg, {}, 3)
     clf = str(tmp_path / "clf")
     with pytest.raises(evaluate.EvaluationError, match="need a trained classifier"):
         evaluate.quality_reference(run, 50)
     with pytest.raises(evaluate.EvaluationError, match="no classifier at"):
         evaluate.quality_reference(run, 50, classifier=str(tmp_path / "none"))
-    wrong = runs.Run(str(tmp_path), cfg.replace(data={"data_shape": (32, 32, 3)}), {}, 3)
+    wrong = api.Run(str(tmp_path), cfg.replace(data={"data_shape": (32, 32, 3)}), {}, 3)
     with pytest.raises(evaluate.EvaluationError, match="takes images"):
         evaluate.quality_reference(wrong, 50, classifier=clf)
     with pytest.raises(evaluate.EvaluationError, match="more than the 10000 test images"):
@@ -391,14 +392,14 @@ def _make_read_only(path):
 def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_root, tmp_path):
     """Another user's run: run_sample.py stops before sampling with a message naming
     --output_dir (no traceback, the workdir untouched); with --output_dir it writes there."""
-    from tf_score import config, runs
+    from tf_score import api, config
 
     workdir = tmp_path / "theirs"
     cfg = config.ExperimentConfig(
         network=config.NetworkConfig(network="mlp", hidden_units=(16, 16)),
         train=config.LoopConfig(num_steps=20, checkpoint_every=20, log_every=20),
     )
-    runs.train(cfg, str(workdir), progress=False)
+    api.train(cfg, str(workdir), progress=False)
     before = sorted(os.listdir(workdir))
     undo = _make_read_only(workdir)
     if undo is None:

@@ -87,14 +87,14 @@ def test_emulated_bfloat16_is_warned_about(monkeypatch):
     import keras
     from absl import logging
 
-    from tf_score import runs
+    from tf_score import api
 
     warned = []
     monkeypatch.setattr(logging, "warning", lambda msg, *a: warned.append(msg % a))
     for native, precision, warns in [(False, "mixed_bfloat16", True), (True, "mixed_bfloat16",
                                       False), (False, "float32", False)]:  # fmt: skip
-        monkeypatch.setattr(runs, "native_bfloat16", lambda native=native: native)
+        monkeypatch.setattr(api, "native_bfloat16", lambda native=native: native)
         warned.clear()
-        runs._set_precision(precision)
+        api._set_precision(precision)
         assert bool(warned) == warns and (not warns or "use --precision=float32" in warned[0])
     keras.mixed_precision.set_global_policy("float32")

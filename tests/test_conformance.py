@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import distribute, vae
-from tf_score.classifier import DigitClassifier
+from tf_score.families import vae
+from tf_score.families.classifier import DigitClassifier
 from tf_score.networks import (
     EDMMLP,
     ConditionalResNet,
@@ -23,7 +23,8 @@ from tf_score.networks import (
     EDMUNet,
     NoiseConditionalMLP,
 )
-from tf_score.sigmas import geometric_sigmas
+from tf_score.noise import geometric_sigmas
+from tf_score.training import distribute
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 4)
 B = 4  # global batch: 2 per replica

@@ -12,7 +12,9 @@ from test_train import _bundle as _toy_bundle
 from test_train import _config as _train_config
 from test_train import _weights
 
-from tf_score import config, data, distribute, score_model, train, vae
+from tf_score import config, data
+from tf_score.families import score_model, vae
+from tf_score.training import checkpoints, distribute, loop
 
 
 def _mirrored():
@@ -75,11 +77,11 @@ def test_two_replicas_train_exactly_like_one_device_with_two_micro_batches(tmp_p
     grad_accum_steps=2 for the same global batch and seed: same data rows and noise seeds
     per shard, and the global-batch gradient applied once. Tolerance rtol 1e-5 (float
     summation order only)."""
-    one = train.train(_toy_bundle(), _config(60, grad_accum_steps=2), str(tmp_path / "one"))
+    one = loop.train(_toy_bundle(), _config(60, grad_accum_steps=2), str(tmp_path / "one"))
     part = str(tmp_path / "two")
-    first = train.train(_toy_bundle(), _config(30), part, _mirrored())
+    first = loop.train(_toy_bundle(), _config(30), part, _mirrored())
     assert first.step == 30
-    two = train.train(_toy_bundle(), _config(60), part, _mirrored())
+    two = loop.train(_toy_bundle(), _config(60), part, _mirrored())
     assert two.step == 60
     assert two.loss == pytest.approx(one.loss, rel=1e-5)
     for a, b in zip(_weights(one.models), _weights(two.models), strict=True):
@@ -91,7 +93,7 @@ def test_two_replicas_train_exactly_like_one_device_with_two_micro_batches(tmp_p
     assert summary["replicas"] == 2 and summary["global_batch"] == 64
     assert summary["examples_per_sec"] > 0 and summary["peak_rss_mb"] > 0
     # Without accumulation the one-device run draws other noise (one shard, not two).
-    plain = train.train(_toy_bundle(), _config(60), str(tmp_path / "plain"))
+    plain = loop.train(_toy_bundle(), _config(60), str(tmp_path / "plain"))
     assert plain.loss != pytest.approx(two.loss, rel=1e-5)
 
 
@@ -126,8 +128,8 @@ def test_image_and_vae_bundles_under_mirrored_match_one_device(tmp_path, model):
         return b
 
     cfg_kw = dict(batch_size=16, steps_per_loop=4, checkpoint_every=4, log_every=4)
-    one = train.train(quiet_bundle(), _config(8, grad_accum_steps=2, **cfg_kw), str(tmp_path / "1"))
-    two = train.train(quiet_bundle(), _config(8, **cfg_kw), str(tmp_path / "2"), _mirrored())
+    one = loop.train(quiet_bundle(), _config(8, grad_accum_steps=2, **cfg_kw), str(tmp_path / "1"))
+    two = loop.train(quiet_bundle(), _config(8, **cfg_kw), str(tmp_path / "2"), _mirrored())
     assert two.step == 8 and two.loss == pytest.approx(one.loss, rel=1e-4)
     for a, b in zip(_weights(one.models), _weights(two.models), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -176,8 +178,8 @@ def test_a_nan_on_one_replica_stops_every_replica_before_the_update(tmp_path):
 
     poisoned.dataset_fn = dataset_fn
     workdir = tmp_path / "nan"
-    with pytest.raises(train.NonFiniteLossError, match=f"step {bad_at}") as err:
-        train.train(poisoned, _config(60), str(workdir), _mirrored())
+    with pytest.raises(loop.NonFiniteLossError, match=f"step {bad_at}") as err:
+        loop.train(poisoned, _config(60), str(workdir), _mirrored())
     assert err.value.step == bad_at and err.value.checkpoint.endswith("ckpt-30")
-    models, step = train.load_ema_models(good.model_fns, str(workdir / "checkpoints"))
+    models, step = checkpoints.load_ema_models(good.model_fns, str(workdir / "checkpoints"))
     assert step == 30 and all(np.all(np.isfinite(w)) for w in _weights(models))

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import config, data, edm, runs, samplers, score_model, train
-from tf_score.networks import EDMMLP, EDMUNet
+from tf_score import api, config, data, losses, noise
+from tf_score.families import score_model
+from tf_score.networks import EDMMLP, EDMUNet, preconditioning
+from tf_score.sampling import samplers
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
 
 MU, S0 = np.array([0.3, -0.2], np.float32), 0.5  # data N(MU, S0^2 I), in data units
 
@@ -16,31 +20,31 @@ MU, S0 = np.array([0.3, -0.2], np.float32), 0.5  # data N(MU, S0^2 I), in data u
 def test_preconditioning_coefficients_match_the_closed_forms():
     sd = 0.5
     for s in (0.002, 0.3, 1.0, 80.0):
-        c_skip, c_out, c_in, c_noise = (float(c) for c in edm.preconditioning(s, sd))
+        c_skip, c_out, c_in, c_noise = (float(c) for c in preconditioning.preconditioning(s, sd))
         assert c_skip == pytest.approx(sd**2 / (s**2 + sd**2), rel=1e-6)
         assert c_out == pytest.approx(s * sd / np.sqrt(s**2 + sd**2), rel=1e-6)
         assert c_in == pytest.approx(1 / np.sqrt(s**2 + sd**2), rel=1e-6)
         assert c_noise == pytest.approx(np.log(s) / 4, rel=1e-6, abs=1e-7)
         # EDM's weight makes the effective weight of F's target unit: lambda c_out^2 = 1
-        assert float(edm.loss_weight(s, sd)) * c_out**2 == pytest.approx(1.0, rel=1e-5)
-        assert [float(c) for c in edm.preconditioning(s, sd, "ncsnv2")[:3]] == pytest.approx(
-            [1.0, s, 1.0]
-        )
-        assert float(edm.loss_weight(s, sd, "ncsnv2")) == pytest.approx(1 / s**2, rel=1e-6)
+        assert float(losses.loss_weight(s, sd)) * c_out**2 == pytest.approx(1.0, rel=1e-5)
+        assert [
+            float(c) for c in preconditioning.preconditioning(s, sd, "ncsnv2")[:3]
+        ] == pytest.approx([1.0, s, 1.0])
+        assert float(losses.loss_weight(s, sd, "ncsnv2")) == pytest.approx(1 / s**2, rel=1e-6)
 
 
 def test_karras_grid():
-    g = edm.karras_sigmas(18, 0.002, 80.0, rho=7.0)
+    g = noise.karras_sigmas(18, 0.002, 80.0, rho=7.0)
     assert g.shape == (18,) and g[0] == pytest.approx(80.0) and g[-1] == pytest.approx(0.002)
     assert np.all(np.diff(g) < 0)
     i = 5 / 17  # the formula at i = 5
     expected = (80.0 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
     assert g[5] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="num_steps must be >= 2"):
-        edm.karras_sigmas(1, 0.002, 80.0)
+        noise.karras_sigmas(1, 0.002, 80.0)
 
 
-class OptimalGaussianDenoiser(edm.Denoiser):
+class OptimalGaussianDenoiser(preconditioning.Denoiser):
     """D*(x; sigma) = MU + S0^2 / (S0^2 + sigma^2) (x - MU), the optimal denoiser of
     N(MU, S0^2 I), written as F = (D_y - c_skip y) / c_out so it goes through ``call``'s
     preconditioning and units (network scale y = 2 x - 1, as for images)."""
@@ -48,7 +52,7 @@ class OptimalGaussianDenoiser(edm.Denoiser):
     def raw(self, y_in, c_noise, training=False):
         s_y = tf.exp(4.0 * c_noise)[:, None]
         c_skip, c_out, c_in, _ = (
-            c[:, None] for c in edm.preconditioning(s_y[:, 0], self.sigma_data)
+            c[:, None] for c in preconditioning.preconditioning(s_y[:, 0], self.sigma_data)
         )
         y = y_in / c_in
         a, b = self.data_scale, self.data_shift
@@ -86,9 +90,9 @@ def test_the_optimal_denoiser_minimises_the_edm_loss():
     def fixed(batch, seed):
         return tf.fill([batch], sigma)
 
-    loss, _ = edm.denoising_loss(m, x, tf.constant([3, 4]), fixed)
+    loss, _ = losses.denoising_loss(m, x, tf.constant([3, 4]), fixed)
     a = 2.0
-    expected = float(edm.loss_weight(a * sigma, 1.0)) * a**2 * 2 * S0**2 * sigma**2
+    expected = float(losses.loss_weight(a * sigma, 1.0)) * a**2 * 2 * S0**2 * sigma**2
     expected /= S0**2 + sigma**2
     se = float(np.std(loss.numpy()) / np.sqrt(n))
     assert abs(float(np.mean(loss)) - expected) < 5 * se, (np.mean(loss), expected)
@@ -100,13 +104,13 @@ def test_the_optimal_denoiser_minimises_the_edm_loss():
     worse = Shifted((2,), sigma_data=1.0, data_scale=2.0, data_shift=-1.0)
     worse.build()
     # paired (same sigma and noise): the excess is exactly lambda a^2 D 0.05^2 in expectation
-    diff = edm.denoising_loss(worse, x, tf.constant([3, 4]), fixed)[0].numpy() - loss.numpy()
-    excess = float(edm.loss_weight(a * sigma, 1.0)) * a**2 * 2 * 0.05**2
+    diff = losses.denoising_loss(worse, x, tf.constant([3, 4]), fixed)[0].numpy() - loss.numpy()
+    excess = float(losses.loss_weight(a * sigma, 1.0)) * a**2 * 2 * 0.05**2
     assert abs(diff.mean() - excess) < 5 * diff.std() / np.sqrt(n) + 1e-6, (diff.mean(), excess)
     assert diff.mean() > 0
 
 
-GRID = edm.karras_sigmas(30, 0.002, 20.0)
+GRID = noise.karras_sigmas(30, 0.002, 20.0)
 #: options per sampler on the exact Gaussian denoiser (the rest: library defaults)
 OPTIONS = {
     # a_i / sigma_i^2 = step_lr / sigma_L^2 = 0.05, T = 100: about 5 relaxation times a level
@@ -136,7 +140,7 @@ def test_every_sampler_on_the_continuous_grid_reproduces_the_gaussian(name):
     """The exact denoiser of N(MU, S0^2 I) on EDM's rho = 7 grid 20 -> 0.002 (30 levels):
     mean within 5 SE and variance within 5 SE + 5% of the data's (+ sigma_L^2 for the
     samplers that end at sigma_L), n = 4000. The ODE uses the continuous score directly."""
-    score = edm.score_on_grid(_optimal(), GRID)
+    score = preconditioning.score_on_grid(_optimal(), GRID)
     out = samplers.draw(name, score, GRID, [4000, 2], 7, (-1.0, 1.0), **OPTIONS.get(name, {}))
     x = out.samples.numpy()
     var = S0**2 + (GRID[-1] ** 2 if name in ("annealed_langevin", "langevin") else 0.0)
@@ -149,7 +153,7 @@ def test_every_sampler_on_the_continuous_grid_reproduces_the_gaussian(name):
 
 
 def test_the_ode_counts_one_evaluation_per_call_on_a_continuous_model():
-    score = edm.score_on_grid(_optimal(), GRID)
+    score = preconditioning.score_on_grid(_optimal(), GRID)
     out = samplers.draw("ode", score, GRID, [256, 2], 0, (-1.0, 1.0), ode_tol=1e-3)
     interp = samplers.draw(
         "ode", lambda x, levels: score(x, levels), GRID, [256, 2], 0, (-1.0, 1.0), ode_tol=1e-3
@@ -192,12 +196,12 @@ def test_short_real_mnist_training_lowers_the_edm_loss(tmp_path):
     bundle = score_model.image_bundle(cfg, images.take(512), (28, 28, 1), num_summary_samples=4)
     keras.utils.set_random_seed(0)
     initial = bundle.model_fns["score"]()
-    tcfg = runs.loop_config(cfg, progress=False)
-    tcfg = train.TrainConfig(
+    tcfg = api.loop_config(cfg, progress=False)
+    tcfg = TrainConfig(
         **{**tcfg.__dict__, "num_steps": 60, "batch_size": 32, "log_every": 30,
            "checkpoint_every": 60, "steps_per_loop": 30, "ema_rate": 0.0}
     )  # fmt: skip
-    trained = train.train(bundle, tcfg, str(tmp_path)).models["score"]
+    trained = loop.train(bundle, tcfg, str(tmp_path)).models["score"]
     test, _ = data.load_tfds_images("mnist", "test", data_dir=MNIST_DATA_DIR)
     x = tf.cast(next(iter(test.batch(128))), tf.float32) / 255.0
     loss_fn = score_model.denoising_objective_loss(cfg)
@@ -212,8 +216,8 @@ def test_short_real_mnist_training_lowers_the_edm_loss(tmp_path):
 
 
 def test_a_continuous_run_trains_loads_generates_and_exports_with_one_seeding(tmp_path):
-    """The library path end to end for a continuous model: runs.train -> runs.load ->
-    runs.generate (Heun on the karras grid, 35 evaluations) equals the exported
+    """The library path end to end for a continuous model: api.train -> api.load ->
+    api.generate (Heun on the karras grid, 35 evaluations) equals the exported
     serving_default at served seed (s, 0); its score endpoint is the score on the grid."""
     cfg = config.from_flat(
         dict(network="edm_mlp", loss="edm", hidden_units=(16, 16), sigma_max=80.0,
@@ -221,12 +225,12 @@ def test_a_continuous_run_trains_loads_generates_and_exports_with_one_seeding(tm
              sigma_dist="loguniform", num_steps=60, batch_size=64, log_every=30,
              checkpoint_every=60, steps_per_loop=30, sampler="heun")
     )  # fmt: skip
-    runs.train(cfg, str(tmp_path / "w"), progress=False)
-    run = runs.load(str(tmp_path / "w"))
+    api.train(cfg, str(tmp_path / "w"), progress=False)
+    run = api.load(str(tmp_path / "w"))
     assert run.init_mean == (3.0, 3.0)  # the two-mode mean, recorded by training
-    out = runs.generate(run, 8, seed=2)
+    out = api.generate(run, 8, seed=2)
     assert out.num_evals == 35 and run.sigmas[0] == pytest.approx(80.0)
-    path = runs.export(run, str(tmp_path / "export"))
+    path = api.export(run, str(tmp_path / "export"))
     loaded = tf.saved_model.load(path)
     served = loaded.signatures["serving_default"](
         num_samples=tf.constant(8), seed=tf.constant([2, 0])
@@ -244,15 +248,16 @@ def test_two_mode_fast_evaluation_on_the_exact_score(tmp_path):
     a 40-level karras grid 80 -> 0.01 (Heun, 79 evaluations), started at the recorded mean:
     mode weight 0.80 within 3 SE at n = 5120, each mode's sd within 4% of 1.0 (measured
     1.00 / 1.03 at n = 20480), and both sampling seeds pass the two-sample test at 0.01."""
-    from tf_score import data, evaluate
+    from tf_score import data
+    from tf_score.families import evaluate
 
     cfg = config.from_flat(
         dict(network="edm_mlp", loss="edm", hidden_units=(8,), sigma_max=80.0, sigma_min=0.01,
              num_levels=40, schedule="karras", sigma_data=4.1, num_steps=1, batch_size=8,
              log_every=1, checkpoint_every=1, steps_per_loop=1, sampler="heun")
     )  # fmt: skip
-    runs.train(cfg, str(tmp_path / "w"), progress=False)
-    run = runs.load(str(tmp_path / "w"))
+    api.train(cfg, str(tmp_path / "w"), progress=False)
+    run = api.load(str(tmp_path / "w"))
     run.__dict__["score_fn"] = data.get_toy("two_mode").conditional_score_fn(run.sigmas)
     r = evaluate.two_mode_fast(run, ("heun",), num_seeds=2, num_permutations=100)
     row = r.metrics["samplers"]["heun"]
@@ -270,7 +275,7 @@ def test_bits_per_dim_of_the_exact_gaussian_score_on_dequantised_mnist():
     marginal by 3e-4 bits/dim; Hutchinson is exact for this isotropic Jacobian)."""
     from conftest import MNIST_DATA_DIR
 
-    from tf_score import evaluate
+    from tf_score.families import evaluate
 
     m, s = 0.4, 0.3
     cfg = config.from_flat(
@@ -278,7 +283,7 @@ def test_bits_per_dim_of_the_exact_gaussian_score_on_dequantised_mnist():
              loss="edm", sigma_max=17.0, sigma_min=0.002, num_levels=18, schedule="karras",
              data_shape=(28, 28, 1), data_mean=(m,))
     )  # fmt: skip
-    run = runs.Run(workdir="unused", config=cfg, models={}, step=0)
+    run = api.Run(workdir="unused", config=cfg, models={}, step=0)
     grid = cfg.noise.sigmas()
 
     def exact(x, sigma):

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import config, export, samplers, score_model, train, vae
+from tf_score import config
+from tf_score.export import savedmodel
+from tf_score.families import score_model, vae
 from tf_score.networks import ConditionalResNet
-from tf_score.sigmas import geometric_sigmas
+from tf_score.noise import geometric_sigmas
+from tf_score.sampling import samplers
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
 
 TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 #: the toy export's sampler: annealed Langevin, T = 5, eps 0.05, final denoise
@@ -68,11 +73,11 @@ def _cli_run(path, signature, tmp_path, **inputs):
 def toy_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     bundle = score_model.toy_bundle(config.from_flat(dict(hidden_units=(32, 32), n_steps_each=2)))
-    cfg = train.TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30, progress=False)
-    result = train.train(bundle, cfg, str(root / "run"))
+    cfg = TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30, progress=False)
+    result = loop.train(bundle, cfg, str(root / "run"))
     model = result.ema_models["score"]
-    path = export.version_dir(str(root / "export"), "toy", result.step)
-    export.export_score_model(
+    path = savedmodel.version_dir(str(root / "export"), "toy", result.step)
+    savedmodel.export_score_model(
         model,
         TOY_SIGMAS,
         (2,),
@@ -186,7 +191,7 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
 def test_non_finite_outputs_are_an_error_not_an_answer():
     """Every endpoint returns through ``_finite_output``: NaN / inf in a float output (a
     model or sampler setting that diverged) fails the request with a message naming it."""
-    checked = tf.function(export._finite_output)
+    checked = tf.function(savedmodel._finite_output)
     good = checked({"samples": tf.constant([1.0, 2.0]), "num_evals": tf.constant(3)})
     assert good["samples"].numpy().tolist() == [1.0, 2.0]
     for bad in (np.nan, np.inf):
@@ -222,9 +227,9 @@ def test_image_model_export_samples_uint8_in_graph(tmp_path):
     sigmas = geometric_sigmas(1.0, 0.01, 4)
     model = ConditionalResNet((8, 8, 1), sigmas, ngf=8, channel_mults=(1, 2), num_blocks=1)
     model.build()
-    path = export.version_dir(str(tmp_path / "export"), "mnist", 1)
+    path = savedmodel.version_dir(str(tmp_path / "export"), "mnist", 1)
     sampler = config.SamplerConfig(step_lr=2e-5, n_steps_each=3)
-    export.export_score_model(model, sigmas, (8, 8, 1), path, sampler=sampler)
+    savedmodel.export_score_model(model, sigmas, (8, 8, 1), path, sampler=sampler)
     seed = np.array([5, 6], np.int32)
     expected = samplers.draw(
         "annealed_langevin", model, sigmas, [4, 8, 8, 1], seed, **sampler.options()
@@ -243,8 +248,8 @@ def test_vae_export_every_endpoint(encoder, tmp_path):
     keras.utils.set_random_seed(0)
     cfg = vae.VAEConfig(image_shape=(28, 28, 1), encoder=encoder, latent_dim=4, hidden_units=(32,))
     models = {k: fn() for k, fn in vae.model_fns(cfg).items()}
-    path = export.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
-    export.export_vae(models, cfg, path)
+    path = savedmodel.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
+    savedmodel.export_vae(models, cfg, path)
     loaded = tf.saved_model.load(path)
     expected_sigs = {"serving_default", "sample", "encode", "decode"}
     if encoder == "gaussian":

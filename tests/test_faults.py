@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import runs, score_model, train
+from tf_score import api
+from tf_score.families import score_model
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +87,10 @@ def _recorded_step(ckpt_dir):
 
 def _reference(workdir, num_steps, **kw):
     """The uninterrupted run, in-process, from the config.json the CLI wrote."""
-    cfg = runs.read_config(str(workdir)).replace(sampler={"n_steps_each": 1})
+    cfg = api.read_config(str(workdir)).replace(sampler={"n_steps_each": 1})
     bundle, _ = score_model.bundle(cfg)
     base = dict(num_steps=num_steps, batch_size=128, ema_rate=0.999, progress=False)
-    return train.train(bundle, train.TrainConfig(**{**base, **kw}), str(workdir) + "_reference")
+    return loop.train(bundle, TrainConfig(**{**base, **kw}), str(workdir) + "_reference")
 
 
 def _final_weights(workdir, model_fns):

@@ -9,10 +9,14 @@ import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
-from tf_score import config, data, samplers, score_model, train
+from tf_score import config, data
+from tf_score.families import score_model
 from tf_score.networks import ConditionalResNet, CondRefineNetDilated
 from tf_score.networks.layers import ConditionalInstanceNormPlus
-from tf_score.sigmas import geometric_sigmas
+from tf_score.noise import geometric_sigmas
+from tf_score.sampling import samplers
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 10)
 
@@ -108,7 +112,7 @@ def test_real_mnist_pipeline_is_dequantised_deterministic_and_resumable():
 def test_mock_cifar10_pipeline_flips(monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "download_host_reachable", lambda timeout=5.0: True)
+    monkeypatch.setattr(data.pipelines, "download_host_reachable", lambda timeout=5.0: True)
     with tfds.testing.mock_data(num_examples=64):
         # mock_data replaces download_and_prepare and as_dataset: nothing leaves the machine.
         ds, spec = data.load_tfds_images("cifar10", "train", data_dir="/nonexistent", download=True)
@@ -190,7 +194,7 @@ def test_npz_too_small_for_a_batch_or_the_network_is_refused_before_writing(
 ):
     """An npz with fewer images than one batch, or images the network cannot down-sample,
     stops at the data check naming the flags, and nothing is written to the workdir."""
-    from tf_score import runs
+    from tf_score import api
 
     path = str(tmp_path / "x.npz")
     np.savez(path, images=np.random.default_rng(0).integers(0, 255, (n, *shape), np.uint8))
@@ -202,8 +206,8 @@ def test_npz_too_small_for_a_batch_or_the_network_is_refused_before_writing(
         train=config.LoopConfig(num_steps=2, batch_size=8),
     )
     workdir = tmp_path / "run"
-    with pytest.raises(runs.RunError, match=re.escape(message)):
-        runs.train(cfg, str(workdir), progress=False)
+    with pytest.raises(api.RunError, match=re.escape(message)):
+        api.train(cfg, str(workdir), progress=False)
     assert not workdir.exists() or not os.listdir(workdir)
 
 
@@ -231,7 +235,7 @@ def _small_resnet_bundle(seed=0):
 
 
 def _cfg(steps, **kw):
-    return train.TrainConfig(
+    return TrainConfig(
         **{
             **dict(
                 num_steps=steps,
@@ -256,7 +260,7 @@ def test_training_lowers_the_loss_on_real_mnist(tmp_path):
     bundle = _small_resnet_bundle()
     keras.utils.set_random_seed(0)  # what train() does: the same initial weights
     initial = bundle.model_fns["score"]()
-    trained = train.train(bundle, _cfg(80), str(tmp_path)).models["score"]
+    trained = loop.train(bundle, _cfg(80), str(tmp_path)).models["score"]
     test, _ = data.load_tfds_images("mnist", "test", data_dir=MNIST_DATA_DIR)
     x = tf.cast(next(iter(test.batch(256))), tf.float32) / 255.0
     loss = score_model.make_score_loss(config.LossConfig(), SIGMAS)
@@ -271,11 +275,9 @@ def test_training_lowers_the_loss_on_real_mnist(tmp_path):
 
 
 def test_image_run_resumes_to_the_same_state(tmp_path):
-    full = train.train(_small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "full"))
-    train.train(_small_resnet_bundle(), _cfg(8, steps_per_loop=4), str(tmp_path / "part"))
-    resumed = train.train(
-        _small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "part")
-    )
+    full = loop.train(_small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "full"))
+    loop.train(_small_resnet_bundle(), _cfg(8, steps_per_loop=4), str(tmp_path / "part"))
+    resumed = loop.train(_small_resnet_bundle(), _cfg(12, steps_per_loop=4), str(tmp_path / "part"))
     assert resumed.loss == pytest.approx(full.loss, rel=1e-5)
     for a, b in zip(full.models["score"].weights, resumed.models["score"].weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
@@ -318,23 +320,24 @@ def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
 
 def test_tensorboard_sample_grid_is_what_generate_draws(tmp_path):
     """One seeding convention: the grid training writes to TensorBoard at its last step is
-    ``runs.generate(run, 16, seed=cfg.seed)`` of the loaded run (same EMA weights)."""
+    ``api.generate(run, 16, seed=cfg.seed)`` of the loaded run (same EMA weights)."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    from tf_score import plotting, runs
+    from tf_score import api
+    from tf_score.evaluation import plotting
 
     cfg = _small_resnet_config().replace(
         data={"data_dir": MNIST_DATA_DIR, "download": False},
         train=dict(num_steps=10, batch_size=32, log_every=10, checkpoint_every=10),
     )
-    runs.train(cfg, str(tmp_path), progress=False)
+    api.train(cfg, str(tmp_path), progress=False)
     acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     event = acc.Tensors("samples/annealed_langevin")[-1]
     assert event.step == 10
     png = tf.make_ndarray(event.tensor_proto)[2]  # [width, height, encoded image]
     logged = tf.io.decode_png(png).numpy()
-    run = runs.load(str(tmp_path))
-    grid = plotting.image_grid(runs.generate(run, 16, seed=cfg.seed).samples)
+    run = api.load(str(tmp_path))
+    grid = plotting.image_grid(api.generate(run, 16, seed=cfg.seed).samples)
     assert logged.shape == grid.shape
     assert np.abs(logged.astype(int) - grid.astype(int)).max() <= 1  # rounding at .5 only

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from conftest import MNIST_DATA_DIR
 
-from tf_score import classifier, data, metrics
+from tf_score import data
+from tf_score.evaluation import metrics
+from tf_score.families import classifier
 
 
 def _psd(rng, d):

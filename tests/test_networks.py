@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score.networks import NoiseConditionalMLP
-from tf_score.sigmas import geometric_sigmas
+from tf_score.noise import geometric_sigmas
 
 SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 

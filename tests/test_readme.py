@@ -44,5 +44,5 @@ def test_readme_session_runs_and_its_workdir_is_sampled_by_the_cli(repo_root, ca
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(os.path.join(workdir, "samples.npz")) as f:
         cli = f["samples"]
-    api = namespace["runs"].generate(run, 16, seed=5, sampler="heun").samples
+    api = namespace["api"].generate(run, 16, seed=5, sampler="heun").samples
     np.testing.assert_allclose(cli, api, rtol=1e-5, atol=1e-5)

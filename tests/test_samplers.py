@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import data, metrics, samplers
-from tf_score.sigmas import geometric_sigmas
+from tf_score import data, noise
+from tf_score.evaluation import metrics
+from tf_score.noise import geometric_sigmas
+from tf_score.sampling import samplers
 
 MEAN = np.array([1.0, -2.0], np.float32)
 COV = np.array([[1.0, 0.6], [0.6, 2.0]], np.float32)
@@ -243,8 +245,8 @@ def test_consistent_annealed_sampling_matches_its_recursion():
     nxt = np.append(sig[1:], 0.0)
     v = C**2 + sig[0] ** 2
     for i in range(len(sig)):
-        noise = max(nxt[i] ** 2 - ((1 - eta) * sig[i]) ** 2, 0.0)
-        v = (1 - eta * sig[i] ** 2 / (C**2 + sig[i] ** 2)) ** 2 * v + noise
+        added = max(nxt[i] ** 2 - ((1 - eta) * sig[i]) ** 2, 0.0)
+        v = (1 - eta * sig[i] ** 2 / (C**2 + sig[i] ** 2)) ** 2 * v + added
     seed = tf.constant([9, 10])
     out = samplers.consistent_annealed(_iso_score, x0, FAST_SIGMAS, seed, eta, denoise=False)
     assert int(out.num_evals) == 30
@@ -299,13 +301,13 @@ def test_deterministic_samplers_started_at_the_data_mean_keep_the_mode_weight():
     training records as ``data_mean``) the heavy mode keeps 0.80 within 3 SE; the uniform
     start centred at 0 is 3 units off and loses more than 0.01 of it (measured 0.789 on a
     40-level grid), though sigma_1 = 80. The same z in both starts."""
-    from tf_score import edm, score_model
     from tf_score.config import ExperimentConfig
+    from tf_score.families import score_model
 
     toy = data.get_toy("two_mode")
     mean = score_model.data_mean(ExperimentConfig())
     np.testing.assert_allclose(mean, (3.0, 3.0), atol=1e-12)
-    sigmas = edm.karras_sigmas(18, 0.01, 80.0)
+    sigmas = noise.karras_sigmas(18, 0.01, 80.0)
     score = toy.conditional_score_fn(sigmas)
     centred = samplers.draw("heun", score, sigmas, [20480, 2], 0, (-8.0, 8.0), init_mean=mean)
     uniform = samplers.draw("heun", score, sigmas, [20480, 2], 0, (-8.0, 8.0))
@@ -368,15 +370,15 @@ def test_interpolated_score_is_linear_in_log_sigma_between_levels():
 
 
 def test_a_diverging_sampler_is_an_error_and_keeps_nothing():
-    """Langevin with a step of 1e30 overflows: ``runs.generate_from`` (behind the CLI, the
+    """Langevin with a step of 1e30 overflows: ``api.generate_from`` (behind the CLI, the
     evaluations and the benchmarks) raises instead of returning NaN samples."""
-    from tf_score import config, runs
+    from tf_score import api, config
 
     cfg = config.SamplerConfig(sampler="langevin", langevin_step_size=1e30, langevin_steps=20)
-    with pytest.raises(runs.NonFiniteSamplesError, match="langevin diverged: 16 of 16 samples"):
-        runs.generate_from(gaussian_score, [1.0], (2,), 16, 0, cfg)
-    ok = runs.generate_from(
-        gaussian_score, [1.0], (2,), 16, 0, runs.sampler_config(cfg, langevin_step_size=0.01)
+    with pytest.raises(api.NonFiniteSamplesError, match="langevin diverged: 16 of 16 samples"):
+        api.generate_from(gaussian_score, [1.0], (2,), 16, 0, cfg)
+    ok = api.generate_from(
+        gaussian_score, [1.0], (2,), 16, 0, api.sampler_config(cfg, langevin_step_size=0.01)
     )
     assert np.all(np.isfinite(ok.samples))
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tf_score import sigmas
-from tf_score.sigmas import geometric_sigmas
+from tf_score import noise
+from tf_score.noise import geometric_sigmas, grids
 
 
 def test_geometric_endpoints_and_constant_ratio():
@@ -42,28 +42,28 @@ def test_ncsnv2_rules_reproduce_the_papers_cifar10_choices():
     """D = 3072, sigma 50 -> 0.01: the paper uses L = 232 and, at T = 5, eps = 6.2e-6.
     The gamma rule gives L = 220 (5% fewer levels; the paper rounded up its choice), and the
     eps rule on the paper's 232-level schedule gives 6.18e-6. Tolerance: 10%."""
-    levels = sigmas.num_levels_for(3072, 50.0, 0.01)
+    levels = noise.num_levels_for(3072, 50.0, 0.01)
     assert abs(levels - 232) / 232 < 0.1, levels
-    eps = sigmas.step_size_for(5, sigmas.geometric_sigmas(50.0, 0.01, 232))
+    eps = noise.step_size_for(5, noise.geometric_sigmas(50.0, 0.01, 232))
     assert abs(eps - 6.2e-6) / 6.2e-6 < 0.1, eps
     # The rule's defining property holds at the solution, and more dimensions need a finer
     # ladder (gamma closer to 1).
-    gamma = sigmas.level_ratio_for_dim(3072)
+    gamma = noise.level_ratio_for_dim(3072)
     root = np.sqrt(2 * 3072)
-    phi = sigmas._phi
+    phi = grids._phi
     assert phi(root * (gamma - 1) + 3 * gamma) - phi(root * (gamma - 1) - 3 * gamma) == (
         pytest.approx(0.5, abs=1e-9)
     )
-    assert sigmas.level_ratio_for_dim(784) > gamma > sigmas.level_ratio_for_dim(12288) > 1.0
+    assert noise.level_ratio_for_dim(784) > gamma > noise.level_ratio_for_dim(12288) > 1.0
 
 
 def test_sigma_begin_is_the_largest_pairwise_distance():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5))
     brute = max(np.linalg.norm(a - b) for a in x for b in x)
-    assert sigmas.sigma_max_from_data(x) == pytest.approx(brute, rel=1e-9)
+    assert noise.sigma_max_from_data(x) == pytest.approx(brute, rel=1e-9)
     # above max_examples a seeded subset gives a lower bound
-    sub = sigmas.sigma_max_from_data(x, max_examples=50)
-    assert sub <= brute and sub == sigmas.sigma_max_from_data(x, max_examples=50)
+    sub = noise.sigma_max_from_data(x, max_examples=50)
+    assert sub <= brute and sub == noise.sigma_max_from_data(x, max_examples=50)
     with pytest.raises(ValueError, match="at least 2"):
-        sigmas.sigma_max_from_data(x[:1])
+        noise.sigma_max_from_data(x[:1])

@@ -10,7 +10,10 @@ import urllib.request
 
 import pytest
 
-from tf_score import config, score_model, train
+from tf_score import config
+from tf_score.families import score_model
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
 
 
 def _free_port():
@@ -29,7 +32,7 @@ def test_tensorboard_serves_the_scalars_and_images(tmp_path):
     bundle = score_model.toy_bundle(
         config.from_flat(dict(hidden_units=(16,), n_steps_each=2, denoise=False))
     )
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         num_steps=40,
         batch_size=32,
         log_every=20,
@@ -37,7 +40,7 @@ def test_tensorboard_serves_the_scalars_and_images(tmp_path):
         sample_every=40,
         progress=False,
     )
-    train.train(bundle, cfg, str(tmp_path))
+    loop.train(bundle, cfg, str(tmp_path))
     port = _free_port()
     tb = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     proc = subprocess.Popen(

@@ -9,8 +9,12 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from tf_score import config, data, score_model, train
-from tf_score.sigmas import geometric_sigmas
+from tf_score import config, data
+from tf_score.families import score_model
+from tf_score.noise import geometric_sigmas
+from tf_score.training import checkpoints, loop
+from tf_score.training.bundle import LossOutput, TrainConfig
+from tf_score.training.step import build_models, ema_decay
 
 SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 
@@ -32,7 +36,7 @@ def _config(num_steps, **kw):
         ema_rate=0.9,
         progress=False,
     )
-    return train.TrainConfig(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def _weights(models):
@@ -40,11 +44,11 @@ def _weights(models):
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    full = train.train(_bundle(), _config(120), str(tmp_path / "full"))
+    full = loop.train(_bundle(), _config(120), str(tmp_path / "full"))
     part = str(tmp_path / "part")
-    first = train.train(_bundle(), _config(80), part)
+    first = loop.train(_bundle(), _config(80), part)
     assert first.step == 80
-    resumed = train.train(_bundle(), _config(120), part)
+    resumed = loop.train(_bundle(), _config(120), part)
     assert resumed.step == 120
     for a, b in zip(_weights(full.models), _weights(resumed.models), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -55,8 +59,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 def test_load_ema_models_restores_the_ema_weights(tmp_path):
     b = _bundle()
-    result = train.train(b, _config(40), str(tmp_path))
-    models, step = train.load_ema_models(b.model_fns, str(tmp_path / "checkpoints"))
+    result = loop.train(b, _config(40), str(tmp_path))
+    models, step = checkpoints.load_ema_models(b.model_fns, str(tmp_path / "checkpoints"))
     assert step == 40
     for a, c in zip(_weights(result.ema_models), _weights(models), strict=True):
         np.testing.assert_array_equal(a, c)
@@ -68,10 +72,10 @@ def test_load_ema_models_restores_the_ema_weights(tmp_path):
 
 
 def test_ema_decay_warms_up_then_holds_the_rate():
-    assert float(train.ema_decay(1, 0.999)) == pytest.approx(2 / 11)
-    assert float(train.ema_decay(90, 0.999)) == pytest.approx(91 / 100)
-    assert float(train.ema_decay(10**6, 0.999)) == pytest.approx(0.999)
-    assert float(train.ema_decay(1, 0.999, warmup=False)) == pytest.approx(0.999)
+    assert float(ema_decay(1, 0.999)) == pytest.approx(2 / 11)
+    assert float(ema_decay(90, 0.999)) == pytest.approx(91 / 100)
+    assert float(ema_decay(10**6, 0.999)) == pytest.approx(0.999)
+    assert float(ema_decay(1, 0.999, warmup=False)) == pytest.approx(0.999)
 
 
 def test_first_ema_update_mostly_forgets_the_initial_weights(tmp_path):
@@ -79,9 +83,9 @@ def test_first_ema_update_mostly_forgets_the_initial_weights(tmp_path):
 
     b = _bundle()
     keras.utils.set_random_seed(0)  # what train() does before building, so w0 is its init
-    initial, *_ = train.build_models(b, tf.distribute.get_strategy())
+    initial, *_ = build_models(b, tf.distribute.get_strategy())
     w0 = _weights(initial)
-    result = train.train(b, _config(1, steps_per_loop=1, ema_rate=0.999), str(tmp_path))
+    result = loop.train(b, _config(1, steps_per_loop=1, ema_rate=0.999), str(tmp_path))
     d = 2 / 11  # warm-up decay at step 1, not 0.999
     for e, a, w in zip(_weights(result.ema_models), w0, _weights(result.models), strict=True):
         np.testing.assert_allclose(e, d * a + (1 - d) * w, rtol=1e-5, atol=1e-7)
@@ -100,18 +104,18 @@ def test_nan_guard_stops_with_the_step_and_keeps_the_last_good_state(tmp_path):
 
     poisoned.dataset_fn = dataset_fn
     workdir = str(tmp_path / "nan")
-    with pytest.raises(train.NonFiniteLossError, match=f"step {bad_at}") as err:
-        train.train(poisoned, _config(100), workdir)
+    with pytest.raises(loop.NonFiniteLossError, match=f"step {bad_at}") as err:
+        loop.train(poisoned, _config(100), workdir)
     assert err.value.step == bad_at
     assert err.value.checkpoint.endswith("ckpt-40")
     # Resuming reloads the last good checkpoint (step 40), not a NaN state.
-    models, step = train.load_ema_models(good.model_fns, os.path.join(workdir, "checkpoints"))
+    models, step = checkpoints.load_ema_models(good.model_fns, os.path.join(workdir, "checkpoints"))
     assert step == 40
     assert all(np.all(np.isfinite(w)) for w in _weights(models))
 
 
 def test_summaries_are_written(tmp_path):
-    train.train(_bundle(), _config(40, sample_every=40), str(tmp_path))
+    loop.train(_bundle(), _config(40, sample_every=40), str(tmp_path))
     events = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
     assert events
     acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
@@ -133,16 +137,16 @@ def test_summaries_are_written(tmp_path):
 
 
 def test_training_lowers_the_loss(tmp_path):
-    result = train.train(_bundle(lr=3e-3), _config(300, log_every=300), str(tmp_path))
-    first = train.train(_bundle(lr=3e-3), _config(10, log_every=10), str(tmp_path / "short"))
+    result = loop.train(_bundle(lr=3e-3), _config(300, log_every=300), str(tmp_path))
+    first = loop.train(_bundle(lr=3e-3), _config(10, log_every=10), str(tmp_path / "short"))
     assert result.loss < 0.7 * first.loss, (first.loss, result.loss)
 
 
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        train.TrainConfig(num_steps=0, batch_size=4)
+        TrainConfig(num_steps=0, batch_size=4)
     with pytest.raises(ValueError, match=r"ema_rate must be in \[0, 1\)"):
-        train.TrainConfig(num_steps=1, batch_size=4, ema_rate=1.0)
+        TrainConfig(num_steps=1, batch_size=4, ema_rate=1.0)
 
 
 def test_xla_compiled_step_computes_the_same_updates(tmp_path):
@@ -156,15 +160,15 @@ def test_xla_compiled_step_computes_the_same_updates(tmp_path):
     def regression(models, x, seed):
         levels = tf.fill([tf.shape(x)[0]], 3)
         err = models["score"](x, levels) - exact(x, levels)
-        return train.LossOutput(tf.reduce_sum(tf.square(err), axis=1))
+        return LossOutput(tf.reduce_sum(tf.square(err), axis=1))
 
     def bundle():
         b = _bundle()
         b.objectives = [dataclasses.replace(b.objectives[0], loss_fn=regression)]
         return b
 
-    plain = train.train(bundle(), _config(30), str(tmp_path / "plain"))
-    xla = train.train(bundle(), _config(30, jit_compile=True), str(tmp_path / "xla"))
+    plain = loop.train(bundle(), _config(30), str(tmp_path / "plain"))
+    xla = loop.train(bundle(), _config(30, jit_compile=True), str(tmp_path / "xla"))
     assert xla.step == 30
     assert xla.loss == pytest.approx(plain.loss, rel=1e-4)
     for a, b in zip(_weights(plain.models), _weights(xla.models), strict=True):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import distribute, train_step
-from tf_score.train import LossOutput, ModelBundle, Objective, TrainConfig
+from tf_score.training import distribute
+from tf_score.training import step as train_step
+from tf_score.training.bundle import LossOutput, ModelBundle, Objective, TrainConfig
 
 DIM = 3
 SEED = 5

@@ -6,7 +6,11 @@ import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
-from tf_score import data, train, vae
+from tf_score import data
+from tf_score.families import vae
+from tf_score.training import loop
+from tf_score.training.bundle import TrainConfig
+from tf_score.training.step import build_models
 
 SHAPE = (2, 2, 1)  # a 4-pixel "image": the encoder tests need x, not its size
 
@@ -198,7 +202,7 @@ def test_short_real_mnist_training_lowers_the_loss(encoder, tmp_path):
     images = images.take(2048)
     cfg = vae.VAEConfig(image_shape=spec.image_shape, encoder=encoder, latent_dim=8)
     bundle = vae.vae_bundle(cfg, images, seed=0)
-    config = train.TrainConfig(
+    config = TrainConfig(
         num_steps=300,
         batch_size=64,
         log_every=50,
@@ -207,7 +211,7 @@ def test_short_real_mnist_training_lowers_the_loss(encoder, tmp_path):
         progress=False,
     )
     keras.utils.set_random_seed(0)
-    initial, *_ = train.build_models(bundle, tf.distribute.get_strategy())
+    initial, *_ = build_models(bundle, tf.distribute.get_strategy())
     x = next(iter(bundle.dataset_fn(256, tf.distribute.InputContext(), 0)))
     ae = bundle.objectives[-1]
 
@@ -217,7 +221,7 @@ def test_short_real_mnist_training_lowers_the_loss(encoder, tmp_path):
         )
 
     before = rec(initial)
-    result = train.train(bundle, config, str(tmp_path))
+    result = loop.train(bundle, config, str(tmp_path))
     after = rec(result.models)
     assert before > 500  # 784 log 2 = 543 nats for an untrained decoder
     assert after < 0.5 * before, (before, after)

@@ -170,7 +170,8 @@ class NoiseConfig:
     parameterization: str = "edm"
 
     def __post_init__(self):
-        from tf_score.edm import PARAMETERIZATIONS, SIGMA_DISTS
+        from tf_score.networks.preconditioning import PARAMETERIZATIONS
+        from tf_score.noise import SIGMA_DISTS
 
         _finite(self, "sigma_max", 0.0)
         _finite(self, "sigma_min", 0.0)
@@ -201,10 +202,10 @@ class NoiseConfig:
     def sigmas(self):
         """The schedule as float32 numpy [L]."""
         if self.schedule == "karras":
-            from tf_score.edm import karras_sigmas
+            from tf_score.noise import karras_sigmas
 
             return karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho)
-        from tf_score.sigmas import geometric_sigmas
+        from tf_score.noise import geometric_sigmas
 
         return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
 
@@ -269,7 +270,7 @@ class SamplerConfig:
     s_tmax: float = 0.0
 
     def __post_init__(self):
-        from tf_score.samplers import PREDICTORS, SAMPLERS
+        from tf_score.sampling.samplers import PREDICTORS, SAMPLERS
 
         _one_of(self, "sampler", tuple(SAMPLERS))
         _one_of(self, "predictor", PREDICTORS)
@@ -291,7 +292,7 @@ class SamplerConfig:
 
     def options(self) -> dict:
         """The options of ``sampler`` (the keywords its registry entry documents)."""
-        from tf_score.samplers import SAMPLERS
+        from tf_score.sampling.samplers import SAMPLERS
 
         return {k: getattr(self, k) for k in SAMPLERS[self.sampler].options}
 

@@ -19,9 +19,10 @@ import tensorflow as tf
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())  # the checkout being recorded
 
-from tf_score import edm, samplers
+from tf_score.networks import preconditioning
 from tf_score.networks.denoisers import EDMUNet
 from tf_score.networks.resnet import ConditionalResNet
+from tf_score.sampling import samplers
 
 SHAPE = (16, 16, 1)
 BATCH = 8
@@ -51,7 +52,7 @@ def networks():
 def draw_all(nets) -> dict:
     scores = {
         "resnet": (nets["resnet"], SIGMAS),
-        "unet": (edm.score_on_grid(nets["unet"], EDM_SIGMAS), EDM_SIGMAS),
+        "unet": (preconditioning.score_on_grid(nets["unet"], EDM_SIGMAS), EDM_SIGMAS),
     }
     out = {}
     for net, name, options in CASES:

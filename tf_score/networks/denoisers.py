@@ -10,7 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tf_score.edm import Denoiser
+from tf_score.networks.preconditioning import Denoiser
 
 
 @keras.saving.register_keras_serializable(package="tf_score")

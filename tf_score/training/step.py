@@ -21,13 +21,10 @@ checkpoints, the input pipeline, summaries, signals, workers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 import tensorflow as tf
 
-if TYPE_CHECKING:  # train.py imports this module; the types are only annotations here
-    from tf_score.train import ModelBundle, TrainConfig
+from tf_score.training.bundle import ModelBundle, TrainConfig
 
 _SUM = tf.distribute.ReduceOp.SUM
 

@@ -1,12 +1,14 @@
 """The Python API of a run: train into a workdir, load it, generate, inpaint, export.
 
-    from tf_score import config, runs
+    from tf_score import config
+
+    from tf_score import api
 
     cfg = config.from_flat(dict(dataset="two_mode", num_steps=500, sigma_max=20.0))
-    runs.train(cfg, "/tmp/toy")                       # writes config.json, resumes if present
-    run = runs.load("/tmp/toy")                       # config, EMA models, step, score
-    out = runs.generate(run, 1000, seed=0, sampler="heun")
-    runs.export(run, "/tmp/export")                   # SavedModel for TF Serving
+    api.train(cfg, "/tmp/toy")                       # writes config.json, resumes if present
+    run = api.load("/tmp/toy")                       # config, EMA models, step, score
+    out = api.generate(run, 1000, seed=0, sampler="heun")
+    api.export(run, "/tmp/export")                   # SavedModel for TF Serving
 
 A workdir describes itself: ``config.json`` (the ``ExperimentConfig`` with the data shape)
 and ``checkpoints/``; whoever trained it (this API or ``run_train.py``), anything can load it.
@@ -71,31 +73,31 @@ class Family(NamedTuple):
 
 
 def _score_bundle(cfg):
-    from tf_score import score_model
+    from tf_score.families import score_model
 
     return score_model.bundle(cfg)
 
 
 def _score_model_fns(cfg):
-    from tf_score import score_model
+    from tf_score.families import score_model
 
     return {"score": score_model.network_fn(cfg)}
 
 
 def _vae_bundle(cfg):
-    from tf_score import vae
+    from tf_score.families import vae
 
     return vae.bundle(cfg)
 
 
 def _vae_model_fns(cfg):
-    from tf_score import vae
+    from tf_score.families import vae
 
     return vae.model_fns(vae.vae_config(cfg))
 
 
 def _load_classifier(workdir):
-    from tf_score import classifier
+    from tf_score.families import classifier
 
     return {"classifier": classifier.load_classifier(workdir)}
 
@@ -137,7 +139,7 @@ class Run:
         """The EMA score ``(x, levels) -> s`` on the run's levels (score family only): the
         network, or a continuous denoiser's score on its grid (made once: a new function
         would retrace the samplers)."""
-        from tf_score import score_model
+        from tf_score.families import score_model
 
         if self.family != "score":
             raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
@@ -145,7 +147,7 @@ class Run:
 
     @property
     def init_range(self) -> tuple[float, float]:
-        from tf_score import score_model
+        from tf_score.families import score_model
 
         return score_model.init_range(self.config)
 
@@ -191,7 +193,7 @@ def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
     one with checkpoints but no ``config.json`` is checked by the restore itself."""
     import tensorflow as tf
 
-    from tf_score import checkpoints
+    from tf_score.training import checkpoints
 
     if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
         raise RunError(f"workdir {workdir} is a file, not a directory")
@@ -212,10 +214,10 @@ def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
 def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
     import tensorflow as tf
 
-    from tf_score.train import write_json_atomic
+    from tf_score import atomic
 
     tf.io.gfile.makedirs(workdir)
-    write_json_atomic(config_path(workdir), cfg.to_dict())
+    atomic.write_json(config_path(workdir), cfg.to_dict())
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
 
 def loop_config(cfg: ExperimentConfig, progress: bool = True):
     """The training loop's ``TrainConfig`` of an experiment."""
-    from tf_score.train import TrainConfig
+    from tf_score.training.bundle import TrainConfig
 
     t = cfg.train
     return TrainConfig(
@@ -287,7 +289,7 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     _set_precision(cfg.network.precision)
     try:
         if cfg.network.model == "score" and cfg.data.data_mean is None:
-            from tf_score import score_model
+            from tf_score.families import score_model
 
             cfg = cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
         bundle, shape = FAMILIES[cfg.network.model].bundle(cfg)
@@ -314,7 +316,7 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
 def _workdir_held(workdir: str, chief: bool):
     """The workdir's lock for this run (chief only), taken once the data are loaded (a run
     that fails before writes nothing); an unwritable workdir is a RunError."""
-    from tf_score import workdir_lock
+    from tf_score.training import workdir_lock
 
     try:
         with workdir_lock.held(workdir, take=chief):
@@ -326,8 +328,7 @@ def _workdir_held(workdir: str, chief: bool):
 
 
 def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):
-    from tf_score import distribute
-    from tf_score import train as loop
+    from tf_score.training import distribute, loop
 
     bundle, cfg = prepare(cfg, workdir, strategy)
 
@@ -344,7 +345,8 @@ def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress:
 
 def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
     """The feature extractor of classifier FID/KID: a supervised Keras fit on one device."""
-    from tf_score import classifier, data
+    from tf_score import data
+    from tf_score.families import classifier
 
     check_resume(workdir, cfg)
     x_train, y_train = data.load_tfds_labelled(cfg.data.dataset, "train", cfg.data.data_dir)
@@ -370,7 +372,7 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     """Load a trained workdir of any family: its config and the EMA weights of the latest
     checkpoint (or ``checkpoint``, a prefix)."""
 
-    from tf_score import train as loop
+    from tf_score.training import checkpoints
 
     cfg = read_config(workdir, data_dir)
     family = FAMILIES[cfg.network.model]
@@ -379,9 +381,9 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     _set_precision(cfg.network.precision)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     try:
-        path = loop.pick_checkpoint(ckpt_dir, checkpoint)
-        models, step = loop.restore_ema_models(family.model_fns(cfg), path)
-    except (FileNotFoundError, loop.CheckpointError) as e:
+        path = checkpoints.pick_checkpoint(ckpt_dir, checkpoint)
+        models, step = checkpoints.restore_ema_models(family.model_fns(cfg), path)
+    except (FileNotFoundError, checkpoints.CheckpointError) as e:
         raise RunError(str(e)) from e
     return Run(workdir, cfg, models, step, path)
 
@@ -432,7 +434,7 @@ def generate_from(
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from tf_score import samplers
+    from tf_score.sampling import samplers
 
     if num_samples < 1 or batch_size < 0:
         raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
@@ -504,7 +506,7 @@ def inpaint(run: Run, x_obs, mask, seed: int = 0, jit_compile: bool = False, **o
     step_lr / n_steps_each / denoise unless overridden). Returns ``SamplerOutput``."""
     import tensorflow as tf
 
-    from tf_score import samplers
+    from tf_score.sampling import samplers
 
     cfg = sampler_config(run.config.sampler, "annealed_langevin", **options)
     return samplers.annealed_langevin_inpaint(
@@ -535,7 +537,7 @@ def export(
     (``export.export_score_model``). Returns the path."""
     import re
 
-    from tf_score import export as export_lib
+    from tf_score.export import savedmodel as export_lib
 
     name = model_name or os.path.basename(os.path.normpath(run.workdir))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name) or ".." in name:
@@ -545,7 +547,7 @@ def export(
         )
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
-        from tf_score import vae
+        from tf_score.families import vae
 
         return export_lib.export_vae(run.models, vae.vae_config(run.config), path, max_samples)
     if run.family != "score":

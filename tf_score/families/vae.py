@@ -31,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_score import data, losses, plotting
-from tf_score.train import LossOutput, ModelBundle, Objective
+from tf_score import data, losses
+from tf_score.evaluation import plotting
+from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 tfd = tfp.distributions
 
@@ -436,7 +437,7 @@ def vae_config(cfg, image_shape=None) -> VAEConfig:
 
 def bundle(cfg):
     """(bundle, image shape) of a VAE ``ExperimentConfig``; the images are loaded here."""
-    from tf_score import score_model
+    from tf_score.families import score_model
 
     images, shape, _, cache = score_model.load_training_images(cfg.data)
     num_images = data.count_examples(images) if cache else None

@@ -165,9 +165,9 @@ def train_classifier(
         seconds=seconds,
         params=int(model.count_params()),
     )
-    from tf_score.train import write_json_atomic
+    from tf_score import atomic
 
-    write_json_atomic(
+    atomic.write_json(
         os.path.join(workdir, SUMMARY_FILE),
         {**dataclasses.asdict(result), "n_test": len(x_test), "batch_size": batch_size},
     )

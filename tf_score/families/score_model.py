@@ -11,9 +11,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_score import data, edm, losses, plotting, samplers
+from tf_score import data, losses, noise
 from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
-from tf_score.train import LossOutput, ModelBundle, Objective
+from tf_score.evaluation import plotting
+from tf_score.networks import preconditioning
+from tf_score.sampling import samplers
+from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 
 def make_score_loss(cfg: LossConfig, sigmas):
@@ -65,20 +68,19 @@ def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:
 
 
 def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
-    """``loss_fn(models, x, seed)`` of a continuous denoiser: ``edm.denoising_loss`` with
+    """``loss_fn(models, x, seed)`` of a continuous denoiser: ``losses.denoising_loss`` with
     the configured sigma distribution, levels = the nearest grid level (for summaries)."""
-    noise, (a, _) = cfg.noise, data_scale(cfg)
+    nc, (a, _) = cfg.noise, data_scale(cfg)
 
     def sigma_fn(batch, seed):
-        return edm.sample_sigmas(
-            batch, seed, noise.sigma_dist, noise.p_mean, noise.p_std, noise.sigma_min,
-            noise.sigma_max, a,
-        )  # fmt: skip
+        return noise.sample_sigmas(
+            batch, seed, nc.sigma_dist, nc.p_mean, nc.p_std, nc.sigma_min, nc.sigma_max, a
+        )
 
-    levels_of = edm.nearest_level(noise.sigmas())
+    levels_of = noise.nearest_level(nc.sigmas())
 
     def loss_fn(models, x, seed):
-        loss, levels = edm.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of)
+        loss, levels = losses.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of)
         return LossOutput(loss, levels)
 
     return loss_fn
@@ -163,7 +165,7 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
 def level_score(cfg: ExperimentConfig, model):
     """The level-conditioned score ``(x, levels) -> s`` every sampler takes: the network
     itself, or a continuous denoiser's score on the grid ``cfg.noise.sigmas()``."""
-    return edm.score_on_grid(model, cfg.noise.sigmas()) if cfg.is_continuous else model
+    return preconditioning.score_on_grid(model, cfg.noise.sigmas()) if cfg.is_continuous else model
 
 
 def init_range(cfg: ExperimentConfig) -> tuple[float, float]:

@@ -121,3 +121,57 @@ def repair_state(ckpt_dir: str, keep: list[str]) -> None:
     checkpoint_management.update_checkpoint_state_internal(
         ckpt_dir, names[-1], all_model_checkpoint_paths=names, save_relative_paths=True
     )
+
+
+def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint:
+    items = {"step": step}
+    items.update({f"model_{k}": v for k, v in models.items()})
+    items.update({f"ema_{k}": v for k, v in ema_models.items()})
+    items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
+    return tf.train.Checkpoint(**items)
+
+
+def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
+    """``checkpoint`` (a prefix) if it reads back whole, else the newest good one in
+    ``checkpoint_dir`` (a damaged newer one is reported, not moved: the workdir may be
+    another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
+    asked for, or every one, is damaged."""
+    if checkpoint:
+        why = problem(checkpoint)
+        if why:
+            raise CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
+        return checkpoint
+    path = newest_good(checkpoint_dir).path
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
+    return path
+
+
+def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
+    """Restore only the EMA weights (what samplers and exports use) from a training run.
+
+    Returns (models, step). ``checkpoint`` picks a specific prefix; default: the newest good
+    one (``pick_checkpoint``).
+    """
+    return restore_ema_models(model_fns, pick_checkpoint(checkpoint_dir, checkpoint))
+
+
+def restore_ema_models(model_fns: dict, path: str):
+    """(models, step) of checkpoint ``path``'s EMA weights."""
+    models = {name: fn() for name, fn in model_fns.items()}
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
+    _restore(ckpt, path, partial=True)
+    return models, int(step.numpy())
+
+
+def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error."""
+    try:
+        status = ckpt.restore(path)
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} does not hold this model's variables (a run with other "
+            f"settings?): {str(e).splitlines()[0][:300]}"
+        ) from e

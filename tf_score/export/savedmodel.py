@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_score import samplers
+from tf_score.sampling import samplers
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
 NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
@@ -267,7 +267,7 @@ def export_vae(
     max_iwae_samples: int = 5000,
 ) -> str:
     """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
-    from tf_score import vae
+    from tf_score.families import vae
 
     enc, dec = models["encoder"], models["decoder"]
     shape = tuple(cfg.image_shape)

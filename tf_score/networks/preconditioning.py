@@ -18,11 +18,9 @@ grid) are in data units, as everywhere in the library; ``sigma_data``, ``p_mean`
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 PARAMETERIZATIONS = ("edm", "ncsnv2")
-SIGMA_DISTS = ("lognormal", "loguniform")
 
 
 def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):
@@ -34,63 +32,6 @@ def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):
     sd2 = sigma_data**2
     norm = tf.sqrt(tf.square(sigma) + sd2)
     return sd2 / (tf.square(sigma) + sd2), sigma * sigma_data / norm, 1.0 / norm, c_noise
-
-
-def loss_weight(sigma, sigma_data: float, parameterization: str = "edm"):
-    """lambda(sigma) of ||D - y||^2 (network scale): EDM's (s^2 + sd^2) / (s sd)^2, unit
-    effective weight at every sigma; NCSNv2's 1 / s^2, which is DSM with lambda = s^2."""
-    sigma = tf.convert_to_tensor(sigma, tf.float32)
-    if parameterization == "ncsnv2":
-        return 1.0 / tf.square(sigma)
-    return (tf.square(sigma) + sigma_data**2) / tf.square(sigma * sigma_data)
-
-
-def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0):
-    """The EDM time grid sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) -
-    sigma_max^(1/rho)))^rho, i < N, decreasing from sigma_max to sigma_min (float32 [N]; the
-    samplers append sigma_N = 0 themselves)."""
-    if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    i = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return ((hi + i * (lo - hi)) ** rho).astype(np.float32)
-
-
-def sample_sigmas(batch, seed, dist, p_mean, p_std, sigma_min, sigma_max, scale):
-    """Training noise levels in data units: ln(scale sigma) ~ N(p_mean, p_std) (EDM), or
-    log-uniform on [sigma_min, sigma_max]."""
-    u = tf.random.stateless_normal([batch], seed, alg="philox")
-    if dist == "lognormal":
-        return tf.exp(p_mean + p_std * u) / scale
-    v = tf.random.stateless_uniform([batch], seed, alg="philox")
-    lo, hi = np.log(sigma_min), np.log(sigma_max)
-    return tf.exp(lo + v * (hi - lo))
-
-
-def denoising_loss(denoiser, x, seed, sigma_fn, levels_of=None):
-    """Per-example lambda(sigma) ||D(x + sigma n; sigma) - x||^2 in the network's scale,
-    sigma = ``sigma_fn(batch, seed)``; also the level index of each sigma (``levels_of``)
-    for per-level summaries. Returns (loss [B], levels [B] or None)."""
-    s_seed, n_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
-    x = tf.convert_to_tensor(x, tf.float32)
-    sigma = sigma_fn(tf.shape(x)[0], s_seed)
-    sb = tf.reshape(sigma, [-1] + [1] * (x.shape.rank - 1))
-    noise = tf.random.stateless_normal(tf.shape(x), n_seed, alg="philox")
-    d = tf.cast(denoiser(x + sb * noise, sigma, training=True), tf.float32)
-    a = denoiser.data_scale
-    err = tf.reduce_sum(tf.reshape(tf.square(a * (d - x)), [tf.shape(x)[0], -1]), axis=1)
-    w = loss_weight(a * sigma, denoiser.sigma_data, denoiser.parameterization)
-    return w * err, (levels_of(sigma) if levels_of else None)
-
-
-def nearest_level(sigmas):
-    """sigma [B] -> int32 index of the nearest entry of ``sigmas`` in log space."""
-    log_s = tf.math.log(tf.constant(sigmas, tf.float32))
-    return lambda sigma: tf.argmin(
-        tf.abs(tf.math.log(sigma)[:, None] - log_s[None, :]), axis=1, output_type=tf.int32
-    )
 
 
 def score_on_grid(denoiser, sigmas):

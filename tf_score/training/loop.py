@@ -30,38 +30,28 @@ complete one. A resume takes the newest checkpoint on disk that reads back whole
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
 
-from tf_score import checkpoints as checkpoints_lib
-from tf_score import distribute
-from tf_score.checkpoints import CheckpointError  # noqa: F401  (re-exported)
-from tf_score.distribute import is_chief  # also re-exported: train.is_chief
-
-# The step itself (models, gradients, updates); build_models and ema_decay re-exported here.
-from tf_score.train_step import TrainStep, build_models, ema_decay  # noqa: F401
-
-
-class LossOutput(NamedTuple):
-    """A loss callable's result: per-example loss [B] and, optionally, the level per example
-    and named per-example metrics (written to TensorBoard as ``<objective>/<name>``; the
-    objective lists their names in ``Objective.metric_names``)."""
-
-    loss: tf.Tensor
-    levels: tf.Tensor | None = None
-    metrics: dict[str, tf.Tensor] | None = None
+from tf_score import atomic
+from tf_score.training import distribute, signals
+from tf_score.training.bundle import ModelBundle, TrainConfig
+from tf_score.training.checkpoints import (
+    _restore,
+    candidates,
+    make_checkpoint,
+    newest_good,
+    repair_state,
+)
+from tf_score.training.distribute import is_chief
+from tf_score.training.step import TrainStep
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -107,96 +97,6 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Loop settings. ``batch_size`` is the global batch over all replicas."""
-
-    num_steps: int
-    batch_size: int
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    #: image summaries every this many steps (0: only at the end)
-    sample_every: int = 0
-    #: EMA decay of the weights; 0 makes the EMA copy equal the live weights
-    ema_rate: float = 0.999
-    #: ramp the decay up as min(ema_rate, (1 + t) / (10 + t)) at step t, so the average
-    #: forgets the random initial weights (the undebiased 0.999 EMA still holds 13% of them
-    #: after 2000 steps, enough to ruin short runs' samples)
-    ema_warmup: bool = True
-    #: XLA-compile each replica's loss and gradient (measure first: on CPUs it can be slower)
-    jit_compile: bool = False
-    #: steps run inside one compiled call (cuts Python overhead for small models)
-    steps_per_loop: int = 100
-    #: micro-batches per replica per step, run one after another with their gradients summed
-    #: (a global batch larger than fits on the devices; R replicas x A micro-batches give the
-    #: same run as 1 replica x R*A)
-    grad_accum_steps: int = 1
-    progress: bool = True
-
-    def __post_init__(self):
-        positive = (
-            "num_steps",
-            "batch_size",
-            "log_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "steps_per_loop",
-            "grad_accum_steps",
-        )
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.sample_every < 0:
-            raise ValueError(f"sample_every must be >= 0, got {self.sample_every}")
-        if not 0.0 <= self.ema_rate < 1.0:
-            raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
-
-
-@dataclasses.dataclass
-class Objective:
-    """One optimisation target: ``loss_fn(models, batch, seed) -> LossOutput``.
-
-    ``variables(models)`` picks the trainable variables this objective updates. Several
-    objectives (e.g. the VAE's score net and autoencoder) run one after another each step.
-    """
-
-    name: str
-    loss_fn: Callable[[dict, object, tf.Tensor], LossOutput]
-    variables: Callable[[dict], list]
-    optimizer_fn: Callable[[], keras.optimizers.Optimizer]
-    grad_clip_norm: float | None = None
-    #: names of the per-example metrics ``loss_fn`` returns in ``LossOutput.metrics``
-    metric_names: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass
-class ModelBundle:
-    """What a model hands the loop.
-
-    Attributes:
-      model_fns: name -> factory of a built Keras model (called twice: live and EMA copy).
-      objectives: the losses to minimise, in order, each step.
-      dataset_fn: ``(global_batch, input_context, start_step) -> tf.data.Dataset`` of this
-        input pipeline's per-replica batches from step ``start_step`` on (see
-        ``data.batch_share``): for each step, one batch per local replica, in replica order,
-        the pipeline's rows of global batch k. Global batch k must depend only on (seed, k)
-        (and for streamed data the input pipeline), so that a resumed run replays exactly.
-      num_levels: noise levels, for per-level loss summaries (0: none).
-      image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
-      custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
-        summary writer's context, for anything else (histograms, text).
-    """
-
-    model_fns: dict[str, Callable[[], keras.Model]]
-    objectives: list[Objective]
-    dataset_fn: Callable[[int, tf.distribute.InputContext, int], tf.data.Dataset]
-    num_levels: int = 0
-    image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
-    custom_summaries: Callable[[dict, int], None] | None = None
-
-
 @dataclasses.dataclass
 class TrainResult:
     step: int
@@ -207,155 +107,12 @@ class TrainResult:
     checkpoint: str | None
 
 
-class _StopSignals:
-    """While active (main thread only): SIGINT / SIGTERM ask the loop to stop and save.
-
-    Python runs signal handlers only between bytecodes, not while a compiled loop or a
-    collective is running, so the first signal takes effect at the end of the current loop
-    of steps. A second SIGINT exits the process at once (exit code 130, no save; the last
-    checkpoint stays): a watcher thread sees it through ``signal.set_wakeup_fd`` even while
-    the main thread is inside TensorFlow.
-    """
-
-    def __init__(self, exit_message: str | None = None):
-        self.signum = None
-        self._previous = {}
-        self._wakeup = None
-        #: set: the first SIGINT / SIGTERM exits at once with this message (nothing to save)
-        self._exit_message = exit_message
-
-    def _exit_now(self, signum):
-        name = signal.Signals(signum).name
-        print(f"\n{name}: {self._exit_message}", file=sys.stderr, flush=True)
-        os._exit(128 + signum)
-
-    def _handle(self, signum, frame):
-        if self._exit_message is not None:
-            self._exit_now(signum)
-        if self.signum is None:
-            self.signum = signum
-            logging.warning(
-                "%s: stopping after the current loop of steps and saving a checkpoint "
-                "(Ctrl-C again to stop now without saving)",
-                signal.Signals(signum).name,
-            )
-
-    def _watch(self, fd):
-        seen = 0
-        try:
-            while data := os.read(fd, 64):  # b"" (EOF) once __exit__ closes the write end
-                stops = [b for b in data if b in (signal.SIGINT, signal.SIGTERM)]
-                if self._exit_message is not None and stops:
-                    self._exit_now(stops[0])
-                seen += sum(b == signal.SIGINT for b in data)
-                if seen >= 2:
-                    logging.warning("second SIGINT: exiting now; the last checkpoint stays")
-                    os._exit(128 + signal.SIGINT)
-        finally:
-            os.close(fd)
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        try:
-            previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        except ValueError:
-            os.close(read_fd)
-            os.close(write_fd)
-            return self
-        self._wakeup = (write_fd, previous_fd)
-        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            if handler is not None:  # None: installed from C, cannot be restored
-                signal.signal(sig, handler)
-        if self._wakeup:
-            write_fd, previous_fd = self._wakeup
-            signal.set_wakeup_fd(previous_fd)
-            os.close(write_fd)  # EOF ends the watcher, which closes the read end
-        return False
-
-
-def exit_on_interrupt(message: str) -> _StopSignals:
-    """A context in which Ctrl-C (SIGINT) or SIGTERM ends the process within moments, even
-    inside a long compiled sampling loop, printing ``message`` (exit code 128 + signal)."""
-    return _StopSignals(exit_message=message)
-
-
 def _peak_rss_mb() -> float | None:
     try:
         import resource
     except ImportError:  # not on Windows
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a temporary name, then rename over ``path`` (local paths, GCS, HDFS)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint:
-    items = {"step": step}
-    items.update({f"model_{k}": v for k, v in models.items()})
-    items.update({f"ema_{k}": v for k, v in ema_models.items()})
-    items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
-    return tf.train.Checkpoint(**items)
-
-
-def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
-    """``checkpoint`` (a prefix) if it reads back whole, else the newest good one in
-    ``checkpoint_dir`` (a damaged newer one is reported, not moved: the workdir may be
-    another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
-    asked for, or every one, is damaged."""
-    if checkpoint:
-        why = checkpoints_lib.problem(checkpoint)
-        if why:
-            raise checkpoints_lib.CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
-        return checkpoint
-    path = checkpoints_lib.newest_good(checkpoint_dir).path
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
-    return path
-
-
-def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
-    """Restore only the EMA weights (what samplers and exports use) from a training run.
-
-    Returns (models, step). ``checkpoint`` picks a specific prefix; default: the newest good
-    one (``pick_checkpoint``).
-    """
-    return restore_ema_models(model_fns, pick_checkpoint(checkpoint_dir, checkpoint))
-
-
-def restore_ema_models(model_fns: dict, path: str):
-    """(models, step) of checkpoint ``path``'s EMA weights."""
-    models = {name: fn() for name, fn in model_fns.items()}
-    step = tf.Variable(0, dtype=tf.int64)
-    ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
-    _restore(ckpt, path, partial=True)
-    return models, int(step.numpy())
-
-
-def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error."""
-    try:
-        status = ckpt.restore(path)
-        (status.expect_partial() if partial else status).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
-        raise checkpoints_lib.CheckpointError(
-            f"checkpoint {path} does not hold this model's variables (a run with other "
-            f"settings?): {str(e).splitlines()[0][:300]}"
-        ) from e
 
 
 # --- the loop around the step ----------------------------------------------------------------
@@ -373,9 +130,9 @@ class _Checkpoints:
         self.dir = os.path.join(workdir, "checkpoints")
         # The newest good checkpoint on disk, whatever the state file says; the chief sets
         # damaged newer ones aside and lists what is left in the state file for its manager.
-        self.resume_from = checkpoints_lib.newest_good(self.dir, set_aside_damaged=self.chief).path
+        self.resume_from = newest_good(self.dir, set_aside_damaged=self.chief).path
         if self.chief and self.resume_from:
-            checkpoints_lib.repair_state(self.dir, checkpoints_lib.candidates(self.dir)[::-1])
+            repair_state(self.dir, candidates(self.dir)[::-1])
         self.manager = (
             tf.train.CheckpointManager(
                 self.ckpt, self.dir, max_to_keep=config.keep_checkpoints, step_counter=step.step_var
@@ -613,7 +370,7 @@ def train(
         disable=not (config.progress and chief),
         mininterval=1.0,
     )
-    with _StopSignals() as stop:
+    with signals.StopSignals() as stop:
         try:
             _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, workers)
         finally:
@@ -624,7 +381,7 @@ def train(
     summaries.writer.flush()
     if chief:
         summary = _train_summary(progress, seconds, step_fn)
-        write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
+        atomic.write_json(os.path.join(workdir, "train_summary.json"), summary)
     return TrainResult(
         progress.step,
         progress.last_loss,

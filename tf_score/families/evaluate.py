@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_score import metrics
-from tf_score.runs import Run, generate_from, sampler_config
+from tf_score.api import Run, generate_from, sampler_config
+from tf_score.evaluation import metrics
 
 
 class EvaluationError(RuntimeError):
@@ -182,7 +182,7 @@ def two_mode_fast(
 
 def plot_two_mode(result: TwoModeResult, extent: float, path: str) -> None:
     """Exact samples beside plain / annealed Langevin (first batch of each) as one PNG."""
-    from tf_score import plotting
+    from tf_score.evaluation import plotting
 
     n = result.metrics["num_samples_per_batch"]
     titles = {
@@ -211,7 +211,7 @@ class QualityReference(NamedTuple):
 
 
 def _images_array(data_cfg, split: str) -> np.ndarray:
-    from tf_score import score_model
+    from tf_score.families import score_model
 
     images, *_ = score_model.load_training_images(data_cfg, split=split)
     return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
@@ -219,7 +219,7 @@ def _images_array(data_cfg, split: str) -> np.ndarray:
 
 def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
     """(extractor, classifier path or None, cache key) for ``feature_extractor``."""
-    from tf_score import classifier as classifier_lib
+    from tf_score.families import classifier as classifier_lib
 
     if feature_extractor == "inception":
         try:
@@ -293,7 +293,7 @@ def quality_reference(
 def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: int = 0) -> dict:
     """FID/KID of 8-bit samples (as saved) against the training features, with the floor of
     as many held-out images, and label histograms for classifier features."""
-    from tf_score import classifier
+    from tf_score.families import classifier
 
     x = np.asarray(images_uint8).astype(np.float32) / 255.0
     t0 = time.time()
@@ -316,7 +316,8 @@ def vae_test_images(run: Run, n: int) -> np.ndarray:
     fixed binarisation (the same for every model and seed) when the VAE binarises."""
     import tensorflow as tf
 
-    from tf_score import data, score_model, vae
+    from tf_score import data
+    from tf_score.families import score_model, vae
 
     split = "train" if run.config.data.dataset in ("folder", "npz") else "test"
     try:
@@ -345,7 +346,7 @@ def vae_likelihood(
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from tf_score import vae
+    from tf_score.families import vae
 
     vcfg, models = vae.vae_config(run.config), run.models
     ais = tf.function(
@@ -418,7 +419,7 @@ def bits_per_dim(
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from tf_score import samplers
+    from tf_score.sampling import samplers
 
     if not run.config.is_image or run.family != "score":
         raise EvaluationError("bits_per_dim is for image score models")

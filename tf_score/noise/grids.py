@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tensorflow as tf
+
+#: training sigma distributions of continuous models
+SIGMA_DISTS = ("lognormal", "loguniform")
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:
@@ -110,3 +114,38 @@ def step_size_for(n_steps_each: int, sigmas) -> float:
     two = 2.0 / (2.0 - a)
     ratio = (1.0 - a) ** (2 * int(n_steps_each)) * (gamma**2 - two) + two
     return float(a[np.argmin(np.abs(ratio - 1.0))] * sigma_last**2)
+
+
+# --- continuous models (EDM, Karras et al. 2022) ------------------------------------------
+
+
+def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0):
+    """The EDM time grid sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho, i < N, decreasing from sigma_max to sigma_min (float32 [N]; the
+    samplers append sigma_N = 0 themselves)."""
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    i = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return ((hi + i * (lo - hi)) ** rho).astype(np.float32)
+
+
+def sample_sigmas(batch, seed, dist, p_mean, p_std, sigma_min, sigma_max, scale):
+    """Training noise levels in data units: ln(scale sigma) ~ N(p_mean, p_std) (EDM), or
+    log-uniform on [sigma_min, sigma_max]."""
+    u = tf.random.stateless_normal([batch], seed, alg="philox")
+    if dist == "lognormal":
+        return tf.exp(p_mean + p_std * u) / scale
+    v = tf.random.stateless_uniform([batch], seed, alg="philox")
+    lo, hi = np.log(sigma_min), np.log(sigma_max)
+    return tf.exp(lo + v * (hi - lo))
+
+
+def nearest_level(sigmas):
+    """sigma [B] -> int32 index of the nearest entry of ``sigmas`` in log space."""
+    log_s = tf.math.log(tf.constant(sigmas, tf.float32))
+    return lambda sigma: tf.argmin(
+        tf.abs(tf.math.log(sigma)[:, None] - log_s[None, :]), axis=1, output_type=tf.int32
+    )

@@ -1,0 +1,45 @@
+"""Training data: the 2-D toy distributions (TFP mixtures), tfds image data sets, image
+folders and .npz files, and the tf.data pipelines (dequantise, shuffle, split per replica,
+batch, prefetch) whose global batch k is a function of (seed, k)."""
+
+from tf_score.data.pipelines import (
+    DOWNLOAD_HOST,
+    BadImagesError,
+    BatchShare,
+    DataUnavailableError,
+    GaussianMixtureToy,
+    ImageDatasetSpec,
+    batch_share,
+    count_examples,
+    download_host_reachable,
+    get_toy,
+    image_dataset_fn,
+    image_training_dataset,
+    load_image_folder,
+    load_npz_images,
+    load_tfds_images,
+    load_tfds_labelled,
+    split_for_replicas,
+    toy_dataset,
+)
+
+__all__ = [
+    "DOWNLOAD_HOST",
+    "BadImagesError",
+    "BatchShare",
+    "DataUnavailableError",
+    "GaussianMixtureToy",
+    "ImageDatasetSpec",
+    "batch_share",
+    "count_examples",
+    "download_host_reachable",
+    "get_toy",
+    "image_dataset_fn",
+    "image_training_dataset",
+    "load_image_folder",
+    "load_npz_images",
+    "load_tfds_images",
+    "load_tfds_labelled",
+    "split_for_replicas",
+    "toy_dataset",
+]

@@ -1,0 +1,1 @@
+"""SavedModel export for TF Serving: signatures with validated inputs and work limits."""
