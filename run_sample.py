@@ -328,19 +328,19 @@ def _check_request(run) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_score import api, config
+    from tf_score import api, config, sampling
     from tf_score.families import evaluate
-    from tf_score.sampling import samplers
     from tf_score.training import signals
 
     try:
+        F.load_plugins()
         with signals.exit_on_interrupt("stopped (results are written only when complete)"):
             _main(_load(F.WORKDIR.value))
     except (
         config.ConfigError,
         api.RunError,
         evaluate.EvaluationError,
-        samplers.SamplerError,
+        sampling.SamplerError,
     ) as e:
         raise app.UsageError(str(e)) from e
 

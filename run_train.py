@@ -42,6 +42,7 @@ def main(argv):
     from tf_score.training import checkpoints, distribute, loop
 
     try:
+        F.load_plugins()
         cfg = F.experiment_config()
         api.check_resume(F.WORKDIR.value, cfg)
     except (config.ConfigError, api.RunError) as e:

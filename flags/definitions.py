@@ -15,7 +15,7 @@ import re
 from absl import flags
 
 from tf_score import config as C
-from tf_score.sampling.samplers import PREDICTORS, SAMPLERS
+from tf_score import sampling
 
 FLAGS = flags.FLAGS
 
@@ -132,36 +132,32 @@ _def(
 )
 
 # --- sampling (SamplerConfig; run_sample.py: the workdir's values unless given) ----------------
-S = C.SamplerConfig
-_enum(
-    S,
+PLUGINS = flags.DEFINE_list(
+    "plugins",
+    [],
+    "Python modules (dotted names or .py files) imported first, e.g. ones that register "
+    "solvers with tf_score.sampling.register; their options are then taken by --sampler_options.",
+)
+SAMPLER = flags.DEFINE_string(
     "sampler",
-    SAMPLERS,
-    "Sampler (network evaluations per sample): "
-    + "; ".join(f"{s.name} ({s.cost})" for s in SAMPLERS.values())
+    C.SamplerConfig.sampler,
+    "Solver, a name in the registry (network evaluations per sample): "
+    + "; ".join(f"{s.name} ({s.help.split(': ', 1)[-1]})" for s in sampling.SAMPLERS.values())
     + ". run_sample.py uses the workdir's unless this is given.",
 )
-_def("float", S, "step_lr", "annealed_langevin: a_i = step_lr * sigma_i^2 / sigma_L^2.")
-_def("integer", S, "n_steps_each", "annealed_langevin: steps per level T.")
-_def("boolean", S, "denoise", "Final Tweedie denoising step x + sigma_L^2 s.")
-_def("integer", S, "langevin_steps", "langevin: steps at the last level.")
-_def("float", S, "langevin_step_size", "langevin: the fixed step a.")
-_def("float", S, "cas_eta", "consistent_annealed: eta (0: the smallest consistent value).")
-_def("float", S, "snr", "predictor_corrector: corrector signal-to-noise ratio.")
-_def("integer", S, "n_corrector", "predictor_corrector: Langevin corrector steps per level.")
-_enum(
-    S,
-    "predictor",
-    PREDICTORS,
-    "predictor_corrector: reverse_diffusion (Euler-Maruyama) or ancestral (ends each step at "
-    "exactly the next level's noise; for grids with far-apart levels).",
+#: one flag per registered option, named, typed and checked as the registry's schema says
+_KINDS = {float: "float", int: "integer", bool: "boolean", str: "string"}
+for _o in sampling.registry.all_options().values():
+    if _o.choices:
+        flags.DEFINE_enum(_o.name, _o.default, list(_o.choices), _o.help)
+    else:
+        getattr(flags, f"DEFINE_{_KINDS[_o.kind]}")(_o.name, _o.default, _o.help)
+SAMPLER_OPTIONS = flags.DEFINE_list(
+    "sampler_options",
+    [],
+    "name=value pairs of sampler options that have no flag of their own (solvers of --plugins).",
 )
-_def("integer", S, "heun_steps", "heun: levels of the network used as the ODE grid (0: all).")
-_def("float", S, "ode_tol", "ode: relative and absolute tolerance of the Dormand-Prince solver.")
-_def("float", S, "s_churn", "edm: stochasticity S_churn (0: the deterministic Heun sampler).")
-_def("float", S, "s_noise", "edm: noise inflation S_noise.")
-_def("float", S, "s_tmin", "edm: churn only for sigma >= s_tmin.")
-_def("float", S, "s_tmax", "edm: churn only for sigma <= s_tmax (0: no upper limit).")
+
 
 # --- sampling and evaluation, run_sample.py -------------------------------------------------
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Samples (toys: per batch of chains).")
@@ -249,8 +245,11 @@ EXPORT_MODEL_NAME = flags.DEFINE_string(
 EXPORT_MAX_SAMPLES = flags.DEFINE_integer(
     "export_max_samples", 256, "Largest num_samples one request to the export may ask for."
 )
-EXPORT_MAX_STEPS = flags.DEFINE_integer(
-    "export_max_steps", 1000, "Largest n_steps_each one request to the export may ask for."
+EXPORT_SAMPLERS = flags.DEFINE_list(
+    "export_samplers",
+    [],
+    "Solvers the export serves as sample_<name>, with their float and int options as request "
+    "inputs (default: the run's sampler); serving_default is always the run's sampler.",
 )
 EXPORT_MAX_EVALUATIONS = flags.DEFINE_integer(
     "export_max_evaluations",
@@ -297,7 +296,7 @@ def _at_least(holder, minimum):
     )
 
 
-for _h in (NUM_SAMPLES, EVAL_REPEATS, NUM_PERMUTATIONS, EXPORT_MAX_SAMPLES, EXPORT_MAX_STEPS):
+for _h in (NUM_SAMPLES, EVAL_REPEATS, NUM_PERMUTATIONS, EXPORT_MAX_SAMPLES):
     _at_least(_h, 1)
 for _h in (AIS_CHAINS, AIS_TEMPERATURES, AIS_LEAPFROG_STEPS, EVAL_EXAMPLES, EVAL_BATCH):
     _at_least(_h, 1)
@@ -340,20 +339,55 @@ def _check_cpu_devices(f):
     return not f["cpu_devices"] or f["strategy"] in ("mirrored", "default")
 
 
+def load_plugins() -> None:
+    """Import the --plugins modules (before the sampler flags are read)."""
+    import importlib
+    import importlib.util
+    import os
+
+    for name in PLUGINS.value:
+        if name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(name)
+
+
+def _sampler_option_values() -> dict:
+    """--sampler_options as {name: value}, typed by the registry's schema."""
+    known = sampling.registry.all_options()
+    out = {}
+    for pair in SAMPLER_OPTIONS.value:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in known:
+            raise C.ConfigError(
+                f"--sampler_options takes name=value pairs of registered sampler options "
+                f"({', '.join(sorted(known))}); got {pair!r}"
+            )
+        kind = known[name].kind
+        out[name] = (
+            text.lower() in ("1", "true", "yes")
+            if kind is bool
+            else kind(text)
+            if kind is not str
+            else text
+        )
+    return out
+
+
 def experiment_config() -> C.ExperimentConfig:
     """The run's config from the flags (field name = flag name); ``ConfigError`` if invalid."""
     values = {name: FLAGS[name].value for name in C.field_names() if name in FLAGS}
-    return C.from_flat({**values, "seed": SEED.value})
+    return C.from_flat({**values, **_sampler_option_values(), "seed": SEED.value})
 
 
 def sampler_overrides() -> dict:
     """The sampler settings given on this command line (run_sample.py keeps the workdir's
     others)."""
-    return {
-        f.name: FLAGS[f.name].value
-        for f in dataclasses.fields(C.SamplerConfig)
-        if FLAGS[f.name].present
-    }
+    names = ["sampler", *sampling.registry.all_options()]
+    given = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
+    return {**given, **_sampler_option_values()}
 
 
 def strategy():
@@ -378,7 +412,7 @@ def export(run) -> str:
         run,
         EXPORT_DIR.value,
         EXPORT_MODEL_NAME.value,
+        samplers=tuple(EXPORT_SAMPLERS.value) or None,
         max_samples=EXPORT_MAX_SAMPLES.value,
-        max_steps_each=EXPORT_MAX_STEPS.value,
         max_evaluations=EXPORT_MAX_EVALUATIONS.value,
     )

@@ -18,11 +18,8 @@ Model families (score networks, VAEs, the classifier) are chosen in one registry
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,10 +27,13 @@ import numpy as np
 
 from tf_score import config as config_lib
 from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
-
-
-class RunError(RuntimeError):
-    """A workdir cannot be used as asked (no config, no checkpoint, other settings)."""
+from tf_score.families.run import (
+    Generated,
+    Run,
+    RunError,
+    generate_from,
+    sampler_config,
+)
 
 
 def check_writable(directory: str, flag: str = "--workdir") -> None:
@@ -110,52 +110,6 @@ FAMILIES: dict[str, Family] = {
         "classifier", None, None, train=lambda *a: _train_classifier(*a), load=_load_classifier
     ),
 }
-
-
-@dataclasses.dataclass
-class Run:
-    """A trained workdir: its config, EMA models and the checkpoint step they come from."""
-
-    workdir: str
-    config: ExperimentConfig
-    models: dict
-    step: int
-    checkpoint: str | None = None
-
-    @property
-    def family(self) -> str:
-        return self.config.network.model
-
-    @property
-    def data_shape(self) -> tuple[int, ...]:
-        return tuple(self.config.data.data_shape)
-
-    @property
-    def sigmas(self) -> np.ndarray:
-        return self.config.noise.sigmas()
-
-    @functools.cached_property
-    def score_fn(self):
-        """The EMA score ``(x, levels) -> s`` on the run's levels (score family only): the
-        network, or a continuous denoiser's score on its grid (made once: a new function
-        would retrace the samplers)."""
-        from tf_score.families import score_model
-
-        if self.family != "score":
-            raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
-        return score_model.level_score(self.config, self.models["score"])
-
-    @property
-    def init_range(self) -> tuple[float, float]:
-        from tf_score.families import score_model
-
-        return score_model.init_range(self.config)
-
-    @property
-    def init_mean(self) -> tuple[float, ...] | None:
-        """The data's mean the deterministic samplers start at (None: a run from before it
-        was recorded; they then start uniform on ``init_range``)."""
-        return self.config.data.data_mean
 
 
 # --- config.json ------------------------------------------------------------------------------
@@ -391,133 +345,57 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
 # --- generate -----------------------------------------------------------------------------------
 
 
-class Generated(NamedTuple):
-    samples: np.ndarray
-    #: network evaluations per sample (mean over batches: the adaptive ODE's count varies)
-    num_evals: int
-    seconds: float
-    #: chain at every level boundary of the first batch (annealed Langevin), or None
-    snapshots: np.ndarray | None = None
-
-
-def sampler_config(base: SamplerConfig, sampler: str | None = None, **options) -> SamplerConfig:
-    """``base`` with another sampler and/or options (validated: ``ConfigError``)."""
-    changes = dict(options)
-    if sampler is not None:
-        changes["sampler"] = sampler
-    try:
-        return dataclasses.replace(base, **changes)
-    except TypeError as e:
-        raise ConfigError(f"unknown sampler option: {e}") from e
-
-
-class NonFiniteSamplesError(RunError):
-    """A sampler produced NaN or inf (a step size too large for the model, usually)."""
-
-
-def generate_from(
-    score_fn,
-    sigmas,
-    data_shape,
-    num_samples: int,
-    seed: int,
-    sampler: SamplerConfig,
-    init_range=(0.0, 1.0),
-    batch_size: int = 0,
-    jit_compile: bool = False,
-    snapshots: bool = False,
-    progress: bool = False,
-    init_mean=None,
-) -> Generated:
-    """``num_samples`` from a level-conditioned ``score_fn`` with ``sampler`` in batches of
-    ``batch_size`` (0: one batch); batch b is seeded (seed, b) (``samplers.batch_seeds``)."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    from tf_score.sampling import samplers
-
-    if num_samples < 1 or batch_size < 0:
-        raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
-    bs = batch_size or num_samples
-    xs, evals, snaps = [], 0.0, None
-    t0 = time.time()
-    starts = range(0, num_samples, bs)
-    bar = tqdm(starts, desc=sampler.sampler, unit="batch", disable=not progress or len(starts) < 2)
-    for b, i in enumerate(bar):
-        out = samplers.draw(
-            sampler.sampler,
-            score_fn,
-            sigmas,
-            [min(bs, num_samples - i), *data_shape],
-            tf.constant([seed, b], tf.int32),
-            init_range,
-            jit_compile=jit_compile,
-            snapshots=snapshots and b == 0,
-            init_mean=init_mean,
-            **sampler.options(),
-        )
-        xs.append(out.samples.numpy())
-        if not np.all(np.isfinite(xs[-1])):
-            bad = int(np.sum(~np.isfinite(xs[-1]).reshape(len(xs[-1]), -1).all(1)))
-            raise NonFiniteSamplesError(
-                f"{sampler.sampler} diverged: {bad} of {len(xs[-1])} samples of batch {b} are "
-                f"not finite with {sampler.options()} (a smaller step size?); nothing is kept"
-            )
-        evals += float(out.num_evals) * len(xs[-1])
-        if out.snapshots is not None:
-            snaps = out.snapshots.numpy()
-    return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0, snaps)
-
-
 def generate(
-    run: Run,
-    num_samples: int,
-    seed: int = 0,
-    sampler: str | None = None,
-    batch_size: int = 0,
-    jit_compile: bool = False,
-    snapshots: bool = False,
-    progress: bool = False,
-    **options,
-) -> Generated:
+    run: Run, num_samples: int, seed: int = 0, sampler: str | None = None, sigmas=None,
+    batch_size: int = 0, jit_compile: bool = False, snapshots: bool = False,
+    progress: bool = False, **options,
+) -> Generated:  # fmt: skip
     """Samples from a loaded score run with any registered sampler (default: the run's own,
-    with its options; ``options`` override them, e.g. ``n_steps_each=10``). Images are in
-    [0, 1] before clipping; the same seed gives the same samples as ``run_sample.py``, the
-    exported ``serving_default`` (served seed (seed, 0), one batch) and TensorBoard."""
+    with its options; ``options`` override them, e.g. ``n_steps_each=10``) on the run's grid
+    (or ``sigmas``). Images are in [0, 1] before clipping; the same seed gives the samples of
+    ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
+    TensorBoard. ``snapshots``: the first batch after every solver step (each level of
+    annealed Langevin), through the solver callback."""
+    from tf_score import sampling
+
     cfg = sampler_config(run.config.sampler, sampler, **options)
-    return generate_from(
-        run.score_fn,
-        run.sigmas,
-        run.data_shape,
-        num_samples,
-        seed,
-        cfg,
-        run.init_range,
-        batch_size=batch_size,
-        jit_compile=jit_compile,
-        snapshots=snapshots,
+    frames = []
+    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
+    out = generate_from(
+        run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples, seed,
+        cfg, batch_size=batch_size, jit_compile=jit_compile, callback=callback,
         progress=progress,
-        init_mean=run.init_mean,
-    )
+    )  # fmt: skip
+    if not snapshots:
+        return out
+    x0 = _start_of_first_batch(run, cfg, min(batch_size or num_samples, num_samples), seed)
+    return out._replace(snapshots=np.stack([x0, *frames]))
 
 
-def inpaint(run: Run, x_obs, mask, seed: int = 0, jit_compile: bool = False, **options):
-    """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] by annealed Langevin (the run's
-    step_lr / n_steps_each / denoise unless overridden). Returns ``SamplerOutput``."""
+def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np.ndarray:
+    """The first batch's start x0, as the solver drew it (the snapshots' first frame)."""
     import tensorflow as tf
 
-    from tf_score.sampling import samplers
+    from tf_score import sampling
 
-    cfg = sampler_config(run.config.sampler, "annealed_langevin", **options)
-    return samplers.annealed_langevin_inpaint(
-        run.score_fn,
-        x_obs,
-        mask,
-        run.sigmas,
-        tf.constant([seed, 1], tf.int32),
-        jit_compile=jit_compile,
-        **cfg.options(),
-    )
+    init_seed, _ = sampling.batch_seeds(tf.constant([seed, 0], tf.int32))
+    start = sampling.registry.STARTS[sampling.get(cfg.sampler).start]
+    return start([n, *run.data_shape], init_seed, tf.constant(run.sigmas), run.space).numpy()
+
+
+def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
+            jit_compile: bool = False, **options):  # fmt: skip
+    """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
+    the run's, with its options unless overridden). Returns ``SamplerOutput``."""
+    import tensorflow as tf
+
+    from tf_score import sampling
+
+    cfg = sampler_config(run.config.sampler, sampler, **options)
+    return sampling.inpaint(
+        cfg.sampler, run.model, x_obs, mask, run.sigmas, tf.constant([seed, 1], tf.int32),
+        run.space, jit_compile=jit_compile, **cfg.options(),
+    )  # fmt: skip
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -527,14 +405,15 @@ def export(
     run: Run,
     export_dir: str,
     model_name: str | None = None,
+    samplers: tuple[str, ...] | None = None,
     max_samples: int = 256,
-    max_steps_each: int = 1000,
     max_evaluations: int = 1_000_000,
 ) -> str:
     """Write the run's EMA models as a SavedModel for TF Serving to
     ``export_dir/<model_name>/<step>/`` (``model_name`` defaults to the workdir's name);
-    ``serving_default`` samples with the run's sampler and its options; requests are capped
-    (``export.export_score_model``). Returns the path."""
+    ``serving_default`` samples with the run's sampler and its options, ``sample_<name>``
+    serves each of ``samplers`` (default: the run's) with its options as inputs; requests are
+    capped (``export.savedmodel.export_score_model``). Returns the path."""
     import re
 
     from tf_score.export import savedmodel as export_lib
@@ -553,15 +432,7 @@ def export(
     if run.family != "score":
         raise RunError(f"a {run.family} run has no export; export score models or VAEs")
     return export_lib.export_score_model(
-        run.models["score"],
-        run.sigmas,
-        run.data_shape,
-        path,
-        sampler=run.config.sampler,
-        init_range=run.init_range,
-        init_mean=run.init_mean,
-        max_samples=max_samples,
-        max_steps_each=max_steps_each,
+        run.models["score"], run.model, run.sigmas, run.space, path, sampler=run.config.sampler,
+        samplers=tuple(samplers or (run.config.sampler.sampler,)), max_samples=max_samples,
         max_evaluations=max_evaluations,
-        score_fn=run.score_fn,
-    )
+    )  # fmt: skip

@@ -19,6 +19,9 @@ import json
 import math
 import typing
 
+from tf_score import noise, sampling
+from tf_score.networks.preconditioning import PARAMETERIZATIONS
+
 #: model families -> the network architectures each accepts (the first is the default)
 FAMILY_NETWORKS = {
     "score": ("mlp", "resnet", "refinenet", "edm_mlp", "edm_unet"),
@@ -170,8 +173,6 @@ class NoiseConfig:
     parameterization: str = "edm"
 
     def __post_init__(self):
-        from tf_score.networks.preconditioning import PARAMETERIZATIONS
-        from tf_score.noise import SIGMA_DISTS
 
         _finite(self, "sigma_max", 0.0)
         _finite(self, "sigma_min", 0.0)
@@ -179,7 +180,7 @@ class NoiseConfig:
         _one_of(self, "schedule", SCHEDULES)
         _finite(self, "rho", 0.0)
         _finite(self, "sigma_data", 0.0)
-        _one_of(self, "sigma_dist", SIGMA_DISTS)
+        _one_of(self, "sigma_dist", noise.SIGMA_DISTS)
         _finite(self, "p_mean")
         _finite(self, "p_std", 0.0)
         _one_of(self, "parameterization", PARAMETERIZATIONS)
@@ -202,12 +203,8 @@ class NoiseConfig:
     def sigmas(self):
         """The schedule as float32 numpy [L]."""
         if self.schedule == "karras":
-            from tf_score.noise import karras_sigmas
-
-            return karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho)
-        from tf_score.noise import geometric_sigmas
-
-        return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
+            return noise.karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho)
+        return noise.geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,59 +239,63 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """The run's default sampler and every sampler option (each sampler reads its own; see
-    ``tf_score.samplers.SAMPLERS``). The same defaults serve the library, CLI and export."""
+    """The run's default sampler and the values of sampler options given for it or for any
+    other registered solver (``tf_score.sampling``: the registry's option schema validates
+    them; options not given take the schema's defaults). ``cfg.sampler.step_lr`` reads one;
+    config.json stores every option flat beside ``sampler``."""
 
     sampler: str = "annealed_langevin"
-    #: annealed Langevin eps: a_i = step_lr * sigma_i^2 / sigma_L^2
-    step_lr: float = 0.05
-    n_steps_each: int = 100
-    #: final Tweedie step x + sigma_L^2 s(x, L)
-    denoise: bool = True
-    langevin_steps: int = 1000
-    langevin_step_size: float = 0.05
-    #: consistent annealed eta (0: the smallest consistent value)
-    cas_eta: float = 0.0
-    snr: float = 0.16
-    n_corrector: int = 1
-    #: predictor_corrector's predictor: reverse_diffusion or ancestral
-    predictor: str = "reverse_diffusion"
-    #: levels used by Heun (0: all)
-    heun_steps: int = 0
-    ode_tol: float = 1e-5
-    #: the stochastic EDM sampler: churn, noise inflation, and the sigma range with churn
-    #: (s_tmax 0: no upper limit)
-    s_churn: float = 0.0
-    s_noise: float = 1.0
-    s_tmin: float = 0.0
-    s_tmax: float = 0.0
+    #: (option, value) pairs that differ from the schema's defaults, sorted by name
+    values: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
-        from tf_score.sampling.samplers import PREDICTORS, SAMPLERS
+        _one_of(self, "sampler", tuple(sampling.SAMPLERS))
+        known = sampling.registry.all_options()
+        checked = []
+        for name, value in dict(self.values).items():
+            _require(
+                name in known,
+                f"unknown sampler option {name!r} (options: {', '.join(sorted(known))}; a "
+                "plugin's? load it with --plugins)",
+            )
+            try:
+                value = known[name].check(value)
+            except sampling.SamplerError as e:
+                raise ConfigError(str(e)) from e
+            if value != known[name].default:  # equal configs compare equal
+                checked.append((name, value))
+        object.__setattr__(self, "values", tuple(sorted(checked)))
 
-        _one_of(self, "sampler", tuple(SAMPLERS))
-        _one_of(self, "predictor", PREDICTORS)
-        _finite(self, "step_lr", 0.0)
-        _finite(self, "langevin_step_size", 0.0)
-        _finite(self, "snr", 0.0)
-        _finite(self, "cas_eta", 0.0, 1.0, low_open=False)
-        _finite(self, "ode_tol", 0.0, 1.0)
-        _finite(self, "s_churn", 0.0, low_open=False)
-        _finite(self, "s_noise", 0.0)
-        _finite(self, "s_tmin", 0.0, low_open=False)
-        _finite(self, "s_tmax", 0.0, low_open=False)
-        _positive_ints(self, "n_steps_each")
-        _positive_ints(self, "langevin_steps", "n_corrector", "heun_steps", minimum=0)
-        _require(
-            self.heun_steps == 0 or self.heun_steps >= 2,
-            f"heun_steps must be 0 (all levels) or >= 2, got {self.heun_steps}",
-        )
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("sampler", "values"):
+            raise AttributeError(name)
+        given = dict(self.values)
+        if name in given:
+            return given[name]
+        known = sampling.registry.all_options()
+        if name in known:
+            return known[name].default
+        raise AttributeError(f"SamplerConfig has no option {name!r}")
 
     def options(self) -> dict:
-        """The options of ``sampler`` (the keywords its registry entry documents)."""
-        from tf_score.sampling.samplers import SAMPLERS
+        """The options of ``sampler`` (the keywords of its registry entry)."""
+        return {o.name: getattr(self, o.name) for o in sampling.get(self.sampler).options}
 
-        return {k: getattr(self, k) for k in SAMPLERS[self.sampler].options}
+    def replace(self, **changes) -> SamplerConfig:
+        """A copy with another ``sampler`` and/or option values."""
+        sampler = changes.pop("sampler", self.sampler)
+        return SamplerConfig(sampler, tuple({**dict(self.values), **changes}.items()))
+
+    def to_dict(self) -> dict:
+        """Flat: the sampler and every registered option's value."""
+        names = sorted(sampling.registry.all_options()) + [k for k, _ in self.values]
+        return {"sampler": self.sampler, **{k: _jsonable(getattr(self, k)) for k in names}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SamplerConfig:
+        d = dict(d)
+        sampler = d.pop("sampler", cls.sampler)
+        return cls(sampler, tuple(d.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,13 +404,16 @@ class ExperimentConfig:
         """A copy with some fields changed: ``cfg.replace(noise={"num_levels": 5}, seed=1)``."""
         changes = {}
         for name, value in sections.items():
-            if name in SECTIONS and isinstance(value, dict):
+            if name == "sampler" and isinstance(value, dict):
+                value = self.sampler.replace(**value)
+            elif name in SECTIONS and isinstance(value, dict):
                 value = dataclasses.replace(getattr(self, name), **value)
             changes[name] = value
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        out = {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        return {**out, "sampler": self.sampler.to_dict(), "seed": self.seed}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -458,6 +462,8 @@ def _jsonable(obj):
 
 def _section_from_dict(section_cls, d: dict, name: str):
     _require(isinstance(d, dict), f"config section {name!r} must be an object")
+    if section_cls is SamplerConfig:
+        return SamplerConfig.from_dict(d)
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     unknown = set(d) - set(fields)
     _require(not unknown, f"unknown fields in config section {name!r}: {sorted(unknown)}")
@@ -497,9 +503,12 @@ def field_names() -> dict[str, str]:
     """Every field name -> its section (names are unique across sections: one per quantity)."""
     out = {}
     for section, section_cls in SECTIONS.items():
-        for f in dataclasses.fields(section_cls):
-            assert f.name not in out, f"{f.name} is in two sections"
-            out[f.name] = section
+        names = [f.name for f in dataclasses.fields(section_cls)]
+        if section_cls is SamplerConfig:
+            names = ["sampler", *sampling.registry.all_options()]
+        for name in names:
+            assert name not in out, f"{name} is in two sections"
+            out[name] = section
     return out
 
 

@@ -4,22 +4,20 @@ Layout: ``EXPORT_DIR/<model_name>/<version>/`` (TF Serving serves the highest ve
 
 Score models (``export_score_model``):
   - ``serving_default`` = ``sample``: (num_samples int32 [], seed int32 [2]) -> samples float32
-    [N, *shape] (images clipped to [0, 1]) and, for images, ``samples_uint8``: the run's
-    sampler with its options (``SamplerConfig``) runs in the graph, seeded as
-    ``runs.generate``: serving seed (s, 0) gives the samples of ``generate(run, N, seed=s)``.
-  - ``sample_with_steps``: annealed Langevin with n_steps_each int32 [] and step_lr float32 [].
-  - ``score``: (x [B, *shape], levels int32 [B], indices into the schedule) -> score.
-  - ``score_at_sigma``: (x, sigma float32 [B]) -> the score at the level nearest to sigma
-    (in log space), and that level.
+    [N, *shape] (images clipped to [0, 1]; and ``samples_uint8``) and ``num_evals``: the run's
+    solver with its options (``SamplerConfig``) runs in the graph, seeded as ``api.generate``:
+    serving seed (s, 0) gives the samples of ``generate(run, N, seed=s)``.
+  - ``sample_<solver>`` for each solver chosen at export time: the same, with that solver's
+    float and int options as inputs, each checked against the registry's schema.
+  - ``score`` and ``denoise``: (x [B, *shape], sigma float32 [B]) -> the model contract.
 VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian encoder,
 ``log_likelihood_bound`` (the IWAE bound).
 
 Every request is validated in the graph before any allocation: counts must be >= 1 and at
-most the export-time caps, levels in range, float inputs finite, step_lr within its range and
-the total work (num_samples x network evaluations) within ``max_evaluations``, so one request
+most the export-time caps, options within their schema, float inputs finite, and the total work (num_samples x network evaluations) within ``max_evaluations``, so one request
 cannot exhaust the server; outputs are checked finite before they are returned. ``limits``
 returns the caps.
-``samplers.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
+``sampling.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
 """
 
 from __future__ import annotations
@@ -30,10 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_score.sampling import samplers
+from tf_score.networks import contract
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
 NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
+#: the largest num_samples of one request unless the export says otherwise
+MAX_SAMPLES = 256
 
 
 def version_dir(export_dir: str, model_name: str, version: int) -> str:
@@ -102,143 +102,114 @@ def _image_outputs(x, is_image: bool) -> dict:
     return {"samples": x, "samples_uint8": _to_uint8(x)}
 
 
-def _score_endpoints(score_fn, sigmas, data_shape, max_score_batch):
-    """The ``score`` (by level index) and ``score_at_sigma`` (nearest level) endpoints."""
-    num_levels = len(sigmas)
-    log_sig = tf.math.log(tf.constant(sigmas))
+def _score_endpoints(model, data_shape, max_score_batch):
+    """``score(x, sigma)`` and ``denoise(x, sigma)``: the model contract, sigma per example."""
     x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
+    sigma_spec = tf.TensorSpec([None], tf.float32, name="sigma")
 
-    def score_impl(x, level):
+    def checked_inputs(x, sigma):
         checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
-        checks += _finite_input(x, "x")
-        checks += _in_range(level, "levels", 0, num_levels - 1)
+        checks += _finite_input(x, "x") + _finite_input(sigma, "sigma")
+        checks.append(tf.debugging.assert_positive(sigma, message="sigma must be > 0"))
         checks.append(
             tf.debugging.assert_equal(
-                tf.shape(level)[0], tf.shape(x)[0], message="levels needs one entry per x"
+                tf.shape(sigma)[0], tf.shape(x)[0], message="sigma needs one entry per x"
             )
         )
-        x, level = _checked((x, level), checks)
-        return tf.cast(score_fn(x, level), tf.float32)
+        return _checked((x, sigma), checks)
 
-    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32, name="levels")])
-    def score(x, levels):
-        return _finite_output({"score": score_impl(x, levels)})
+    @tf.function(input_signature=[x_spec, sigma_spec])
+    def score(x, sigma):
+        x, sigma = checked_inputs(x, sigma)
+        return _finite_output({"score": tf.cast(model.score(x, sigma), tf.float32)})
 
-    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.float32, name="sigma")])
-    def score_at_sigma(x, sigma):
-        checks = _finite_input(sigma, "sigma")
-        checks.append(tf.debugging.assert_positive(sigma, message="sigma must be > 0"))
-        sigma = _checked(sigma, checks)
-        level = tf.argmin(
-            tf.abs(tf.math.log(sigma)[:, None] - log_sig[None, :]), axis=1, output_type=tf.int32
-        )
-        return _finite_output({"score": score_impl(x, level), "levels": level})
+    @tf.function(input_signature=[x_spec, sigma_spec])
+    def denoise(x, sigma):
+        x, sigma = checked_inputs(x, sigma)
+        return _finite_output({"denoised": tf.cast(model.denoise(x, sigma), tf.float32)})
 
-    return score, score_at_sigma
+    return score, denoise
+
+
+def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, served: bool):
+    """A ``tf.function`` drawing from solver ``entry``: inputs num_samples and seed, and with
+    ``served`` its servable options (checked against its schema); the other options are
+    ``fixed``. Work over ``caps["max_evaluations"]`` is refused before (or, adaptive, after)."""
+    from tf_score import sampling
+
+    inputs = [o for o in entry.options if o.servable] if served else []
+    dtypes = {float: tf.float32, int: tf.int32}
+    specs = [NUM_SAMPLES_SPEC, SEED_SPEC] + [
+        tf.TensorSpec([], dtypes[o.kind], name=o.name) for o in inputs
+    ]
+    per_call = model.network_calls(
+        off_grid=not (contract.grid_on_levels(model, grid) and entry.on_grid(fixed))
+    )
+    is_image = len(space.shape) == 3
+
+    def run(num_samples, seed, *values):
+        checks = _in_range(num_samples, "num_samples", 1, caps["max_samples"])
+        for o, v in zip(inputs, values, strict=True):
+            checks += o.graph_checks(v)
+        num_samples, *values = _checked((num_samples, *values), checks)
+        options = {**fixed, **{o.name: v for o, v in zip(inputs, values, strict=True)}}
+        calls = entry.evaluations(len(grid), options)
+        if calls is not None:  # after the range checks, so a request fails on those first
+            work = tf.cast(num_samples, tf.int64) * tf.cast(calls, tf.int64) * per_call
+            num_samples = _checked(num_samples, _work_cap(work, caps["max_evaluations"]))
+        out = sampling.draw(entry.name, model, grid, num_samples, seed, space, **options)
+        work = tf.cast(num_samples, tf.int64) * tf.cast(out.num_evals, tf.int64)
+        x = _checked(out.samples, _work_cap(work, caps["max_evaluations"]))
+        return _finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
+
+    return tf.function(run, input_signature=specs)
 
 
 def export_score_model(
-    model: keras.Model,
+    network: keras.Model,
+    model,
     sigmas,
-    data_shape,
+    space,
     path: str,
     sampler=None,
-    init_range=(0.0, 1.0),
-    max_samples: int = 256,
-    max_steps_each: int = 1000,
+    samplers: tuple[str, ...] = (),
+    max_samples: int = MAX_SAMPLES,
     max_score_batch: int = 1024,
-    score_fn=None,
-    init_mean=None,
     max_evaluations: int = 1_000_000,
-    step_lr_range: tuple[float, float] | None = None,
 ) -> str:
-    """Write a servable SavedModel of a noise-conditional score network to ``path``;
-    ``score_fn(x, levels)`` is its score on ``sigmas`` if that is not ``model`` itself (a
-    continuous denoiser, ``edm.score_on_grid``).
+    """Write a servable SavedModel of a score model (``network``'s variables, ``model`` its
+    contract, ``networks.contract``) to ``path``.
 
-    ``serving_default`` runs ``sampler`` (a ``SamplerConfig``: the registered sampler and its
-    options, baked in) through ``samplers.draw``, seeded exactly as ``runs.generate``.
-    Caps fixed here bound every request: ``max_samples``, ``max_steps_each``, and
-    ``max_evaluations`` network evaluations in all (num_samples x evaluations per sample;
-    the adaptive ODE's count is checked after it ran); ``sample_with_steps`` takes step_lr
-    in ``step_lr_range`` (default: 1e-3 to 10 x the run's step_lr). The ``limits``
-    endpoint returns them.
+    ``serving_default`` (= ``sample``) runs ``sampler`` (a ``SamplerConfig``: the registered
+    solver and its options, fixed here) on the grid ``sigmas``, seeded exactly as
+    ``api.generate``; ``sample_<name>`` for each solver of ``samplers`` takes that solver's
+    float and int options as inputs, checked against its schema. Caps bound every request:
+    ``max_samples`` and ``max_evaluations`` network evaluations in all (num_samples x
+    evaluations per sample; the adaptive ODE's count is checked after it ran). ``limits``
+    returns them.
     """
+    from tf_score import sampling
     from tf_score.config import SamplerConfig
 
     sampler = sampler or SamplerConfig()
-    score_fn = score_fn or model
-    sigmas = np.asarray(sigmas, np.float32)
-    data_shape = tuple(int(d) for d in data_shape)
-    is_image = len(data_shape) == 3
-    sig = tf.constant(sigmas)
-    if not 1 <= sampler.n_steps_each <= max_steps_each:
-        raise ValueError(
-            f"n_steps_each ({sampler.n_steps_each}) must be in [1, max_steps_each={max_steps_each}]"
-        )
-    init_range = tuple(float(v) for v in init_range)
-    lr_low, lr_high = step_lr_range or (sampler.step_lr * 1e-3, sampler.step_lr * 10.0)
-    if not 0 < lr_low <= lr_high or not np.isfinite(lr_high):
-        raise ValueError(f"step_lr_range must be 0 < low <= high < inf, got {step_lr_range}")
-    per_sample = samplers.evaluations_per_sample(sampler.sampler, len(sigmas), sampler.options())
-
-    def draw(name, num_samples, seed, **options):
-        shape = tf.concat([tf.reshape(num_samples, [1]), tf.constant(data_shape, tf.int32)], 0)
-        out = samplers.draw(
-            name, score_fn, sig, shape, seed, init_range, init_mean=init_mean, **options
-        )
-        # an adaptive count is only known afterwards: refuse its result if over the cap
-        cap = _work_cap(tf.cast(num_samples, tf.int64) * tf.cast(out.num_evals, tf.int64),
-                        max_evaluations)  # fmt: skip
-        x = _checked(out.samples, cap)
-        return _finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
-
-    @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
-    def sample(num_samples, seed):
-        num_samples = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_samples))
-        if per_sample is not None:  # after the range check, so a request fails on that first
-            cap = _work_cap(tf.cast(num_samples, tf.int64) * per_sample, max_evaluations)
-            num_samples = _checked(num_samples, cap)
-        return draw(sampler.sampler, num_samples, seed, **sampler.options())
-
-    @tf.function(
-        input_signature=[
-            NUM_SAMPLES_SPEC,
-            SEED_SPEC,
-            tf.TensorSpec([], tf.int32, name="n_steps_each"),
-            tf.TensorSpec([], tf.float32, name="step_lr"),
-        ]
-    )
-    def sample_with_steps(num_samples, seed, n_steps_each, step_lr):
-        checks = _in_range(num_samples, "num_samples", 1, max_samples)
-        checks += _in_range(n_steps_each, "n_steps_each", 1, max_steps_each)
-        checks += _finite_input(step_lr, "step_lr")
-        num_samples, n_steps_each = _checked((num_samples, n_steps_each), checks)
-        step_lr = _checked(step_lr, _in_range(step_lr, "step_lr", lr_low, lr_high))
-        evals = tf.cast(n_steps_each, tf.int64) * len(sigmas) + int(sampler.denoise)
-        cap = _work_cap(tf.cast(num_samples, tf.int64) * evals, max_evaluations)
-        num_samples = _checked(num_samples, cap)
-        return draw(
-            "annealed_langevin",
-            num_samples,
-            seed,
-            step_lr=step_lr,
-            n_steps_each=n_steps_each,
-            denoise=sampler.denoise,
-        )
-
-    limits = _limits_endpoint(
-        max_samples=max_samples, max_steps_each=max_steps_each, max_score_batch=max_score_batch,
-        max_evaluations=max_evaluations, step_lr_min=lr_low, step_lr_max=lr_high,
-    )  # fmt: skip
-    score, score_at_sigma = _score_endpoints(score_fn, sigmas, data_shape, max_score_batch)
+    grid = np.asarray(sigmas, np.float32)
+    caps = dict(max_samples=max_samples, max_score_batch=max_score_batch,
+                max_evaluations=max_evaluations)  # fmt: skip
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(network)
+    default = sampling.get(sampler.sampler)
+    sample = _draw_endpoint(model, grid, space, default, sampler.options(), caps, served=False)
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
-    archive.add_endpoint("sample_with_steps", sample_with_steps)
+    for name in dict.fromkeys(samplers):
+        entry = sampling.get(name)
+        fixed = sampler.replace(sampler=name).options()
+        archive.add_endpoint(
+            f"sample_{name}", _draw_endpoint(model, grid, space, entry, fixed, caps, True)
+        )
+    score, denoise = _score_endpoints(model, tuple(space.shape), max_score_batch)
     archive.add_endpoint("score", score)
-    archive.add_endpoint("score_at_sigma", score_at_sigma)
-    archive.add_endpoint("limits", limits)
+    archive.add_endpoint("denoise", denoise)
+    archive.add_endpoint("limits", _limits_endpoint(**caps))
     archive.write_out(path, verbose=False)
     return path
 
@@ -262,7 +233,7 @@ def export_vae(
     models: dict,
     cfg,
     path: str,
-    max_samples: int = 1024,
+    max_samples: int = MAX_SAMPLES,
     max_batch: int = 1024,
     max_iwae_samples: int = 5000,
 ) -> str:

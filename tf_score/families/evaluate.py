@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_score.api import Run, generate_from, sampler_config
 from tf_score.evaluation import metrics
+from tf_score.families.run import Run, generate_from, sampler_config
+from tf_score.networks import contract
 
 
 class EvaluationError(RuntimeError):
@@ -66,27 +67,24 @@ def two_mode(
     if not run.config.data.is_toy:
         raise EvaluationError(f"the two-mode evaluation needs a 2-D toy run, not {run.workdir}")
     toy = data.get_toy(run.config.data.dataset)
-    exact_p = toy.score_fn()
-    scores = {
-        "learned": {"langevin": run.score_fn, "annealed_langevin": run.score_fn},
-        "exact": {
-            "langevin": lambda x, levels: exact_p(x),
-            "annealed_langevin": toy.conditional_score_fn(run.sigmas),
+    models = {
+        "learned": {"langevin": run.model, "annealed_langevin": run.model},
+        "exact": {  # plain Langevin on p itself; annealed on p_sigma
+            "langevin": contract.ScoreFunction(lambda x, sigma: toy.score(x)),
+            "annealed_langevin": contract.ScoreFunction(toy.score),
         },
     }
     samples, seconds = {}, {}
     for key, sampler, score in TWO_MODE_ROWS:
         out = generate_from(
-            scores[score][sampler],
+            models[score][sampler],
             run.sigmas,
-            (2,),
+            run.space,
             num_samples * num_batches,
             seed,
             sampler_config(run.config.sampler, sampler),
-            run.init_range,
             batch_size=num_samples,
             jit_compile=jit_compile,
-            init_mean=run.init_mean,
         )
         samples[key], seconds[key] = out.samples, out.seconds
     exact = toy.sample(num_samples, seed=tf.constant([seed, 99991])).numpy()
@@ -124,10 +122,7 @@ def _mode_sds(x) -> tuple[float, float]:
 
 
 def _toy_samples(run: Run, cfg, seed: int, n: int, batch_size: int):
-    return generate_from(
-        run.score_fn, run.sigmas, (2,), n, seed, cfg, run.init_range,
-        batch_size=batch_size, init_mean=run.init_mean,
-    )  # fmt: skip
+    return generate_from(run.model, run.sigmas, run.space, n, seed, cfg, batch_size=batch_size)
 
 
 def two_mode_fast(
@@ -406,7 +401,7 @@ def bits_per_dim(
     progress: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Bits per dimension of the first ``n`` test images under a score model's probability
-    flow ODE (``samplers.ode_log_likelihood``, Dormand-Prince at rtol = atol = ``tol``).
+    flow ODE (``likelihood.ode_log_likelihood``, Dormand-Prince at rtol = atol = ``tol``).
 
     Each 8-bit image k is dequantised as in training, x = (k + u) / 256 with u ~ U(0, 1)^D,
     and log p(x) is the density of p_sigma_min on [0, 1]^D, the ODE carried from sigma_min up
@@ -419,7 +414,8 @@ def bits_per_dim(
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from tf_score.sampling import samplers
+    from tf_score.evaluation import likelihood
+    from tf_score.sampling import registry
 
     if not run.config.is_image or run.family != "score":
         raise EvaluationError("bits_per_dim is for image score models")
@@ -431,13 +427,14 @@ def bits_per_dim(
     if len(k) < n:
         raise EvaluationError(f"n={n} is more than the {len(k)} test images")
     sig = np.asarray(run.sigmas, np.float64)
-    score = samplers.continuous_score(run.score_fn, sig)
-    mean = tf.constant(np.asarray(run.init_mean or 0.0, np.float32))
+    floor, model = np.float32(sig[-1]), run.model
+    score = lambda x, sigma: model.score(x, tf.maximum(tf.cast(sigma, tf.float32), floor))
+    mean = tf.constant(np.asarray(run.space.data_mean or 0.0, np.float32))
     dim = int(np.prod(run.data_shape))
 
     @tf.function(reduce_retracing=True)
     def log_px(x, probe_seed):
-        return samplers.ode_log_likelihood(
+        return likelihood.ode_log_likelihood(
             score, x, float(sig[-1]), float(sig[0]),
             lambda y: _gaussian_log_prob(y, mean, float(sig[0])),
             seed=probe_seed, exact_trace=exact_trace, rtol=tol, atol=tol,
@@ -446,7 +443,7 @@ def bits_per_dim(
     bpd, evals, t0 = [], [], time.time()
     for b, i in enumerate(tqdm(range(0, n, batch_size), desc="bits/dim", unit="batch",
                                disable=not progress)):  # fmt: skip
-        u_seed, p_seed = samplers.batch_seeds(seed, b)
+        u_seed, p_seed = registry.batch_seeds(seed, b)
         pix = tf.constant(k[i : i + batch_size].astype(np.float32))
         x = (pix + tf.random.stateless_uniform(tf.shape(pix), u_seed, alg="philox")) / 256.0
         lp, ne = log_px(x, p_seed)

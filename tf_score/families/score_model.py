@@ -11,11 +11,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_score import data, losses, noise
+from tf_score import data, losses, noise, sampling
 from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
 from tf_score.evaluation import plotting
-from tf_score.networks import preconditioning
-from tf_score.sampling import samplers
+from tf_score.networks import contract
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 
@@ -162,18 +161,27 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
     return build
 
 
-def level_score(cfg: ExperimentConfig, model):
-    """The level-conditioned score ``(x, levels) -> s`` every sampler takes: the network
-    itself, or a continuous denoiser's score on the grid ``cfg.noise.sigmas()``."""
-    return preconditioning.score_on_grid(model, cfg.noise.sigmas()) if cfg.is_continuous else model
+def score_model(cfg: ExperimentConfig, network):
+    """The network under the model contract (``networks.contract``): a continuous denoiser
+    as it is, a level-conditioned network wrapped on the levels it was trained on."""
+    if cfg.is_continuous:
+        return network
+    return contract.LevelScoreModel(network, cfg.noise.sigmas())
 
 
-def init_range(cfg: ExperimentConfig) -> tuple[float, float]:
-    """Where chains start: U[0, 1] images, or the toy's square [-extent, extent]^2."""
+def data_range(cfg: ExperimentConfig) -> tuple[float, float]:
+    """Where the data live: images in [0, 1], a toy's square [-extent, extent]^2."""
     if cfg.data.is_toy:
         extent = data.get_toy(cfg.data.dataset).extent
         return (-extent, extent)
     return (0.0, 1.0)
+
+
+def sample_space(cfg: ExperimentConfig, data_shape=None) -> sampling.SampleSpace:
+    """The samples' shape, the data's range and mean (the solvers' starts)."""
+    shape = tuple(data_shape or cfg.data.data_shape or (2,))
+    mean = cfg.data.data_mean
+    return sampling.SampleSpace(shape, data_range(cfg), None if mean is None else tuple(mean))
 
 
 def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, ...]:
@@ -194,29 +202,21 @@ def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, .
 
 def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
     """TensorBoard samples from the EMA network: the run's sampler, seeded like
-    ``runs.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws."""
-    sigmas = cfg.noise.sigmas()
-    name = cfg.sampler.sampler
-    scores = {}  # one score function per model: a new closure per call would retrace
+    ``api.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws."""
+    name, space = cfg.sampler.sampler, sample_space(cfg, data_shape)
+    models = {}  # one contract model per network: a new one per call would retrace
 
     def image_summaries(ema_models, step):
-        model = ema_models["score"]
-        if id(model) not in scores:
-            scores[id(model)] = level_score(cfg, model)
-        out = samplers.draw(
-            name,
-            scores[id(model)],
-            sigmas,
-            [num_samples, *data_shape],
-            cfg.seed,
-            init_range(cfg),
-            init_mean=cfg.data.data_mean,
+        net = ema_models["score"]
+        if id(net) not in models:
+            models[id(net)] = score_model(cfg, net)
+        out = sampling.draw(
+            name, models[id(net)], cfg.noise.sigmas(), num_samples, cfg.seed, space,
             **cfg.sampler.options(),
-        )
+        )  # fmt: skip
         x = out.samples.numpy()
         if cfg.data.is_toy:
-            extent = init_range(cfg)[1]
-            png = plotting.scatter_panels({f"{name}, step {step}": x}, extent, dpi=80)
+            png = plotting.scatter_panels({f"{name}, step {step}": x}, space.data_range[1], dpi=80)
             return {f"samples/{name}": plotting.png_to_array(png)}
         return {f"samples/{name}": plotting.image_grid(x)}
 

@@ -10,7 +10,7 @@ a = 1, b = 0) with sigma_y = a sigma:
     NCSNv2:  c_skip = 1, c_out = s, c_in = 1, c_noise = ln(s) / 4  (score = F / s)
 
 and the score in data units is Tweedie's grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2,
-so every sampler runs on a denoiser. Noise levels (``sigma_min``, ``sigma_max``, the sampling
+so every solver runs on a denoiser (``networks.contract``). Noise levels (``sigma_min``, ``sigma_max``, the sampling
 grid) are in data units, as everywhere in the library; ``sigma_data``, ``p_mean`` and
 ``p_std`` are in the network's scale, as in the EDM paper.
 """
@@ -32,21 +32,6 @@ def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):
     sd2 = sigma_data**2
     norm = tf.sqrt(tf.square(sigma) + sd2)
     return sd2 / (tf.square(sigma) + sd2), sigma * sigma_data / norm, 1.0 / norm, c_noise
-
-
-def score_on_grid(denoiser, sigmas):
-    """The level-conditioned score ``(x, levels) -> (D(x; sigma_l) - x) / sigma_l^2`` of a
-    denoiser on the grid ``sigmas`` (what every registered sampler takes). Its
-    ``continuous`` attribute is the score at any sigma, which the ODE and the stochastic
-    EDM sampler use directly."""
-    grid = tf.constant(sigmas, tf.float32)
-
-    def score(x, levels):
-        return denoiser.score(x, tf.gather(grid, levels))
-
-    score.continuous = denoiser.score
-    score.network_evals_per_call = 1
-    return score
 
 
 class Denoiser(keras.Model):
@@ -89,6 +74,17 @@ class Denoiser(keras.Model):
         f = self.raw(tf.cast(c_in * y, self.compute_dtype), c_noise, training=training)
         d_y = c_skip * y + c_out * tf.cast(f, tf.float32)
         return (d_y - b) / a
+
+    #: a continuous model: defined at every sigma (``networks.contract``)
+    levels = None
+
+    def network_calls(self, off_grid: bool = True) -> int:
+        del off_grid
+        return 1
+
+    def denoise(self, x, sigma):
+        """D(x; sigma), sigma per example [B] or a scalar (the model contract)."""
+        return self(x, tf.broadcast_to(tf.cast(sigma, tf.float32), [tf.shape(x)[0]]))
 
     def score(self, x, sigma):
         """grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Tweedie)."""

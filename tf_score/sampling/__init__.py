@@ -1,2 +1,37 @@
-"""Sampling: the solver registry (one signature, one option schema per solver), the solvers
-(Langevin, annealed Langevin, ODE and SDE solvers), and conditioning wrappers (inpainting)."""
+"""Sampling: the solver registry (``registry``: one signature, one option schema per solver),
+the built-in solvers (``solvers``: Langevin, annealed Langevin, consistent annealed,
+predictor-corrector, Heun, EDM, the adaptive ODE) and conditioning wrappers
+(``conditioning``: inpainting around any solver)."""
+
+from tf_score.sampling import solvers  # noqa: F401  (registers the built-in solvers)
+from tf_score.sampling.conditioning import inpaint
+from tf_score.sampling.registry import (
+    SAMPLERS,
+    Option,
+    Sampler,
+    SamplerError,
+    SamplerOutput,
+    SampleSpace,
+    batch_seeds,
+    draw,
+    get,
+    py_callback,
+    register,
+    unregister,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "Option",
+    "SampleSpace",
+    "Sampler",
+    "SamplerError",
+    "SamplerOutput",
+    "batch_seeds",
+    "draw",
+    "get",
+    "inpaint",
+    "py_callback",
+    "register",
+    "unregister",
+]

@@ -1,0 +1,114 @@
+"""A loaded run and sampling from it: what ``api`` returns and every family's evaluation
+uses (``Run``, ``generate_from``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
+
+
+class RunError(RuntimeError):
+    """A workdir cannot be used as asked (no config, no checkpoint, other settings)."""
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained workdir: its config, EMA models and the checkpoint step they come from."""
+
+    workdir: str
+    config: ExperimentConfig
+    models: dict
+    step: int
+    checkpoint: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.config.network.model
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.data.data_shape)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        return self.config.noise.sigmas()
+
+    @functools.cached_property
+    def model(self):
+        """The EMA score model under the model contract (``score(x, sigma)``, ``denoise(x,
+        sigma)``; score family only), made once: a new one would retrace the solvers."""
+        from tf_score.families import score_model
+
+        if self.family != "score":
+            raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
+        return score_model.score_model(self.config, self.models["score"])
+
+    @property
+    def space(self):
+        """The samples' shape, the data's range and mean (``sampling.SampleSpace``)."""
+        from tf_score.families import score_model
+
+        return score_model.sample_space(self.config, self.data_shape)
+
+
+class Generated(NamedTuple):
+    samples: np.ndarray
+    #: network evaluations per sample (mean over batches: the adaptive ODE's count varies)
+    num_evals: int
+    seconds: float
+    #: chain at every level boundary of the first batch (annealed Langevin), or None
+    snapshots: np.ndarray | None = None
+
+
+def sampler_config(base: SamplerConfig, sampler: str | None = None, **options) -> SamplerConfig:
+    """``base`` with another sampler and/or options (validated: ``ConfigError``)."""
+    return base.replace(**({"sampler": sampler} if sampler else {}), **options)
+
+
+class NonFiniteSamplesError(RunError):
+    """A sampler produced NaN or inf (a step size too large for the model, usually)."""
+
+
+def _check_finite(x, name: str, options: dict, b: int) -> None:
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(1)))
+        raise NonFiniteSamplesError(
+            f"{name} diverged: {bad} of {len(x)} samples of batch {b} are not finite with "
+            f"{options} (a smaller step size?); nothing is kept"
+        )
+
+
+def generate_from(
+    model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
+    batch_size: int = 0, jit_compile: bool = False, callback=None, progress: bool = False,
+) -> Generated:  # fmt: skip
+    """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas`` in
+    batches of ``batch_size`` (0: one batch); batch b is seeded (seed, b)
+    (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first batch's steps."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from tf_score import sampling
+
+    if num_samples < 1 or batch_size < 0:
+        raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
+    bs, options = batch_size or num_samples, sampler.options()
+    xs, evals, t0 = [], 0.0, time.time()
+    starts = range(0, num_samples, bs)
+    bar = tqdm(starts, desc=sampler.sampler, unit="batch", disable=not progress or len(starts) < 2)
+    for b, i in enumerate(bar):
+        out = sampling.draw(
+            sampler.sampler, model, sigmas, min(bs, num_samples - i),
+            tf.constant([seed, b], tf.int32), space, callback=callback if b == 0 else None,
+            jit_compile=jit_compile, **options,
+        )  # fmt: skip
+        xs.append(out.samples.numpy())
+        _check_finite(xs[-1], sampler.sampler, options, b)
+        evals += float(out.num_evals) * len(xs[-1])
+    return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0)
