@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint bench vae-compare quality clean
+.PHONY: install demo test test-fast lint bench vae-compare quality clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+## The edit loop: the layout rules, config, losses, grids, networks, the a4ac31d reference and
+## the golden samples, the new-solver contract (no end-to-end runs).
+FAST_TESTS = tests/test_layout.py tests/test_config.py tests/test_losses.py tests/test_sigmas.py \
+	tests/test_a4ac31d.py tests/test_golden_samples.py tests/test_new_solver.py
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(FAST_TESTS)
 
 ## Throughput grid (issue 16) -> runs/bench/bench.json; e.g. BENCH_FLAGS='--baseline_repo=/tmp/base --rounds=3'.
 ## PyTorch NCSN in the same rounds: TORCH_PYTHON=<a python with torch> NCSN_REPO=<ermongroup/ncsn checkout>;

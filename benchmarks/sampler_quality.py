@@ -99,9 +99,8 @@ SINGLE_SETTING = dict(sampler="langevin", langevin_steps=1000, langevin_step_siz
 
 def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
     """One setting: generate, score against the reference, write its JSON (or reuse it)."""
-    from tf_score import api
+    from tf_score import api, sampling
     from tf_score.families import evaluate
-    from tf_score.sampling import samplers
 
     path = os.path.join(out_dir, f"{name}.json")
     if REUSE.value and os.path.exists(path):
@@ -113,7 +112,7 @@ def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
     levels = options.pop("num_levels", None)  # another grid of a continuous model
     if levels is not None:
         run = dataclasses.replace(run, config=run.config.replace(noise={"num_levels": levels}))
-    if "denoise" in samplers.get_sampler(options["sampler"]).options:
+    if "denoise" in sampling.get(options["sampler"]).option_names():
         options = {"denoise": True, **options}  # every sampler that has it ends with Tweedie
     out = api.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
                         **options)  # fmt: skip

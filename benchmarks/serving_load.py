@@ -2,7 +2,9 @@
 (serving/loopback.py): CLIENTS threads send requests for DURATION seconds, each a valid
 ``sample`` request (its answer checked against the same request answered alone before the
 load: same seed, same samples) or, one in OVER_EVERY, a request over the export's work cap
-(it must be refused with INVALID_ARGUMENT). The server's resident memory is sampled every
+(``sample_annealed_langevin`` with the most samples and more steps per level than the cap
+allows: it must be refused with INVALID_ARGUMENT; export with
+``--export_samplers=...,annealed_langevin``). The server's resident memory is sampled every
 second. Only 127.0.0.1 is contacted; the loop stops by itself.
 
     python benchmarks/serving_load.py --export=runs/toy_edm/export/toy_edm/40000 \\
@@ -54,13 +56,14 @@ def _client(channel, baseline, limits, stop, record, k0):
         over = k % OVER_EVERY.value == 0
         seed = [k % SEEDS.value, 0]
         n = limits["max_samples"] if over else NUM_SAMPLES.value
-        steps = limits["max_steps_each"] if over else None
+        # over max_evaluations whatever the grid: max_samples x (N x steps + 1) > the cap
+        steps = limits["max_evaluations"] // limits["max_samples"] + 1 if over else None
         t0 = time.perf_counter()
         try:
             if over:  # the most samples and steps at once: over max_evaluations
-                req = grpc_client.sample_request("m", n, seed, signature="sample_with_steps")
+                req = grpc_client.sample_request("m", n, seed, signature="sample_annealed_langevin")
                 grpc_client.add_inputs(req, n_steps_each=np.int32(steps),
-                                       step_lr=np.float32(limits["step_lr_max"]))  # fmt: skip
+                                       step_lr=np.float32(0.05))  # fmt: skip
             else:
                 req = grpc_client.sample_request("m", n, seed)
             out = grpc_client.predict(channel, req)

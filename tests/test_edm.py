@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import api, config, data, losses, noise
+from tf_score import api, config, data, losses, noise, sampling
 from tf_score.families import score_model
-from tf_score.networks import EDMMLP, EDMUNet, preconditioning
-from tf_score.sampling import samplers
+from tf_score.networks import EDMMLP, EDMUNet, contract, preconditioning
+from tf_score.sampling import solvers
 from tf_score.training import loop
 from tf_score.training.bundle import TrainConfig
 
@@ -111,6 +111,7 @@ def test_the_optimal_denoiser_minimises_the_edm_loss():
 
 
 GRID = noise.karras_sigmas(30, 0.002, 20.0)
+SPACE = sampling.SampleSpace((2,), (-1.0, 1.0))
 #: options per sampler on the exact Gaussian denoiser (the rest: library defaults)
 OPTIONS = {
     # a_i / sigma_i^2 = step_lr / sigma_L^2 = 0.05, T = 100: about 5 relaxation times a level
@@ -126,7 +127,7 @@ OPTIONS = {
 
 def _cas_variance(grid, start_var):
     g = np.asarray(grid, np.float64)
-    eta, nxt, v = samplers.consistent_eta(g), np.append(g[1:], 0.0), start_var
+    eta, nxt, v = solvers.consistent_eta(g), np.append(g[1:], 0.0), start_var
     for i in range(len(g)):
         v = (1 - eta * g[i] ** 2 / (S0**2 + g[i] ** 2)) ** 2 * v + max(
             nxt[i] ** 2 - ((1 - eta) * g[i]) ** 2, 0.0
@@ -135,13 +136,12 @@ def _cas_variance(grid, start_var):
     return (1 - r2 / (S0**2 + r2)) ** 2 * v
 
 
-@pytest.mark.parametrize("name", samplers.sampler_names())
+@pytest.mark.parametrize("name", list(sampling.SAMPLERS))
 def test_every_sampler_on_the_continuous_grid_reproduces_the_gaussian(name):
     """The exact denoiser of N(MU, S0^2 I) on EDM's rho = 7 grid 20 -> 0.002 (30 levels):
     mean within 5 SE and variance within 5 SE + 5% of the data's (+ sigma_L^2 for the
     samplers that end at sigma_L), n = 4000. The ODE uses the continuous score directly."""
-    score = preconditioning.score_on_grid(_optimal(), GRID)
-    out = samplers.draw(name, score, GRID, [4000, 2], 7, (-1.0, 1.0), **OPTIONS.get(name, {}))
+    out = sampling.draw(name, _optimal(), GRID, 4000, 7, SPACE, **OPTIONS.get(name, {}))
     x = out.samples.numpy()
     var = S0**2 + (GRID[-1] ** 2 if name in ("annealed_langevin", "langevin") else 0.0)
     if name == "consistent_annealed":  # start: U[-1, 1] (variance 1/3) + sigma_1 z
@@ -153,11 +153,13 @@ def test_every_sampler_on_the_continuous_grid_reproduces_the_gaussian(name):
 
 
 def test_the_ode_counts_one_evaluation_per_call_on_a_continuous_model():
-    score = preconditioning.score_on_grid(_optimal(), GRID)
-    out = samplers.draw("ode", score, GRID, [256, 2], 0, (-1.0, 1.0), ode_tol=1e-3)
-    interp = samplers.draw(
-        "ode", lambda x, levels: score(x, levels), GRID, [256, 2], 0, (-1.0, 1.0), ode_tol=1e-3
+    model = _optimal()
+    out = sampling.draw("ode", model, GRID, 256, 0, SPACE, ode_tol=1e-3)
+    grid = tf.constant(GRID, tf.float32)
+    on_levels = contract.LevelScoreModel(
+        lambda x, levels: model.score(x, tf.gather(grid, levels)), GRID
     )
+    interp = sampling.draw("ode", on_levels, GRID, 256, 0, SPACE, ode_tol=1e-3)
     assert int(interp.num_evals) > int(out.num_evals) > 10  # interpolation: 2 per call
 
 
@@ -227,7 +229,7 @@ def test_a_continuous_run_trains_loads_generates_and_exports_with_one_seeding(tm
     )  # fmt: skip
     api.train(cfg, str(tmp_path / "w"), progress=False)
     run = api.load(str(tmp_path / "w"))
-    assert run.init_mean == (3.0, 3.0)  # the two-mode mean, recorded by training
+    assert run.space.data_mean == (3.0, 3.0)  # the two-mode mean, recorded by training
     out = api.generate(run, 8, seed=2)
     assert out.num_evals == 35 and run.sigmas[0] == pytest.approx(80.0)
     path = api.export(run, str(tmp_path / "export"))
@@ -237,9 +239,9 @@ def test_a_continuous_run_trains_loads_generates_and_exports_with_one_seeding(tm
     )
     np.testing.assert_allclose(served["samples"].numpy(), out.samples, rtol=1e-5, atol=1e-4)
     x = tf.constant(out.samples)
-    levels = tf.fill([8], 17)
+    sigma = tf.fill([8], np.float32(run.sigmas[17]))
     expected = run.models["score"].score(x, run.sigmas[17]).numpy()
-    got = loaded.signatures["score"](x=x, levels=levels)["score"].numpy()
+    got = loaded.signatures["score"](x=x, sigma=sigma)["score"].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -258,7 +260,7 @@ def test_two_mode_fast_evaluation_on_the_exact_score(tmp_path):
     )  # fmt: skip
     api.train(cfg, str(tmp_path / "w"), progress=False)
     run = api.load(str(tmp_path / "w"))
-    run.__dict__["score_fn"] = data.get_toy("two_mode").conditional_score_fn(run.sigmas)
+    run.__dict__["model"] = contract.ScoreFunction(data.get_toy("two_mode").score)
     r = evaluate.two_mode_fast(run, ("heun",), num_seeds=2, num_permutations=100)
     row = r.metrics["samplers"]["heun"]
     assert row["num_evals"] == 79
@@ -286,20 +288,16 @@ def test_bits_per_dim_of_the_exact_gaussian_score_on_dequantised_mnist():
     run = api.Run(workdir="unused", config=cfg, models={}, step=0)
     grid = cfg.noise.sigmas()
 
-    def exact(x, sigma):
-        return -(x - m) / (s**2 + tf.square(tf.cast(sigma, tf.float32)))
+    def exact(x, sigma):  # sigma [B]
+        return -(x - m) / (s**2 + contract.expand_like(tf.square(sigma), x))
 
-    def on_levels(x, levels):
-        return exact(x, tf.gather(tf.constant(grid, tf.float32), levels)[:, None, None, None])
-
-    on_levels.continuous = exact
-    run.__dict__["score_fn"] = on_levels  # the cached property, set to the exact score
+    run.__dict__["model"] = contract.ScoreFunction(exact)  # the cached property: exact score
     summary, bpd = evaluate.bits_per_dim(run, n=6, seed=3, batch_size=3)
     images, _ = data.load_tfds_images("mnist", "test", data_dir=MNIST_DATA_DIR)
     k = np.stack(list(images.take(6).as_numpy_iterator())).astype(np.float32)
     want = []
     for b in range(2):
-        u_seed, _ = samplers.batch_seeds(3, b)
+        u_seed, _ = sampling.batch_seeds(3, b)
         u = tf.random.stateless_uniform([3, 28, 28, 1], u_seed, alg="philox").numpy()
         x = (k[3 * b : 3 * b + 3] + u) / 256.0
         v = s**2 + grid[-1] ** 2

@@ -10,25 +10,31 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import config
+from tf_score import config, sampling
 from tf_score.export import savedmodel
 from tf_score.families import score_model, vae
-from tf_score.networks import ConditionalResNet
+from tf_score.networks import ConditionalResNet, contract
 from tf_score.noise import geometric_sigmas
-from tf_score.sampling import samplers
 from tf_score.training import loop
 from tf_score.training.bundle import TrainConfig
 
 TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 #: the toy export's sampler: annealed Langevin, T = 5, eps 0.05, final denoise
-TOY_SAMPLER = config.SamplerConfig(step_lr=0.05, n_steps_each=5)
+TOY_SAMPLER = config.SamplerConfig().replace(step_lr=0.05, n_steps_each=5)
+TOY_SPACE = sampling.SampleSpace((2,), (-8.0, 8.0))
+
+
+def _toy_model(network):
+    """The level-conditioned toy network under the model contract."""
+    return contract.LevelScoreModel(network, TOY_SIGMAS)
 
 
 def _toy_samples(model, n, seed):
     """In-process equivalent of the toy export's serving_default."""
-    out = samplers.draw(
-        "annealed_langevin", model, TOY_SIGMAS, [n, 2], seed, (-8, 8), **TOY_SAMPLER.options()
-    )
+    out = sampling.draw(
+        "annealed_langevin", _toy_model(model), TOY_SIGMAS, n, seed, TOY_SPACE,
+        **TOY_SAMPLER.options(),
+    )  # fmt: skip
     return out.samples, out.num_evals
 
 
@@ -79,11 +85,12 @@ def toy_export(tmp_path_factory):
     path = savedmodel.version_dir(str(root / "export"), "toy", result.step)
     savedmodel.export_score_model(
         model,
+        _toy_model(model),
         TOY_SIGMAS,
-        (2,),
+        TOY_SPACE,
         path,
         sampler=TOY_SAMPLER,
-        init_range=(-8, 8),
+        samplers=("annealed_langevin",),
         max_samples=64,
         max_evaluations=2000,  # 39 samples of 51 evaluations
     )
@@ -97,14 +104,15 @@ def test_toy_export_layout_and_signatures(toy_export):
     assert set(loaded.signatures) == {
         "serving_default",
         "sample",
-        "sample_with_steps",
+        "sample_annealed_langevin",
         "score",
-        "score_at_sigma",
+        "denoise",
         "limits",
     }
     caps = {k: v.numpy() for k, v in loaded.signatures["limits"](unused=tf.constant(0)).items()}
+    assert set(caps) == {"max_samples", "max_score_batch", "max_evaluations"}
     assert caps["max_samples"] == 64 and caps["max_evaluations"] == 2000
-    assert caps["step_lr_min"] == pytest.approx(5e-5) and caps["step_lr_max"] == pytest.approx(0.5)
+    assert caps["max_score_batch"] == 1024
 
 
 def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
@@ -116,7 +124,7 @@ def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
     np.testing.assert_allclose(out["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)
     assert int(out["num_evals"]) == int(evals) == 10 * 5 + 1
     loaded = tf.saved_model.load(path)
-    r = loaded.signatures["sample_with_steps"](
+    r = loaded.signatures["sample_annealed_langevin"](
         num_samples=tf.constant(16),
         seed=tf.constant(seed),
         n_steps_each=tf.constant(5),
@@ -130,14 +138,19 @@ def test_toy_score_endpoints_match_the_model(toy_export, tmp_path):
     x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32) * 5
     level = np.array([0, 1, 2, 7, 8, 9], np.int32)
     expected = model(x, level).numpy()
-    rc, out, err = _cli_run(path, "score", tmp_path, x=x, levels=level)
+    # at the levels the network was trained on: its own output
+    rc, out, err = _cli_run(path, "score", tmp_path, x=x, sigma=TOY_SIGMAS[level])
     assert rc == 0, err[-2000:]
     np.testing.assert_allclose(out["score"], expected, rtol=1e-5, atol=1e-6)
     loaded = tf.saved_model.load(path)
-    sigma = TOY_SIGMAS[level] * np.float32(1.05)  # nearest level in log space is `level`
-    r = loaded.signatures["score_at_sigma"](x=tf.constant(x), sigma=tf.constant(sigma))
-    np.testing.assert_array_equal(r["levels"].numpy(), level)
-    np.testing.assert_allclose(r["score"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # between levels: the in-process contract (log-sigma interpolation; above sigma_1 clamped)
+    sigma = TOY_SIGMAS[level] * np.float32(1.05)
+    between = _toy_model(model).score(tf.constant(x), tf.constant(sigma)).numpy()
+    r = loaded.signatures["score"](x=tf.constant(x), sigma=tf.constant(sigma))
+    np.testing.assert_allclose(r["score"].numpy(), between, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(between[0], expected[0], rtol=1e-5, atol=1e-6)
+    d = loaded.signatures["denoise"](x=tf.constant(x), sigma=tf.constant(sigma))["denoised"]
+    np.testing.assert_allclose(d.numpy(), x + sigma[:, None] ** 2 * between, rtol=1e-5, atol=1e-4)
 
 
 def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
@@ -152,18 +165,18 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
         ("sample", {"num_samples": np.int32(0), "seed": seed}, "num_samples must be >= 1"),
         (
             "score",
-            {"x": np.zeros((2, 2), np.float32), "levels": np.array([0, 10], np.int32)},
-            "levels must be <= 9",
+            {"x": np.zeros((2, 2), np.float32), "sigma": np.array([1.0, 0.0], np.float32)},
+            "sigma must be > 0",
         ),
         (
-            "sample_with_steps",
+            "sample_annealed_langevin",
             {
                 "num_samples": np.int32(4),
                 "seed": seed,
                 "n_steps_each": np.int32(0),
                 "step_lr": np.float32(0.01),
             },
-            "n_steps_each must be >= 1",
+            "n_steps_each must be an integer >= 1",
         ),
     ]
     x2 = np.zeros((2, 2), np.float32)
@@ -172,15 +185,20 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
         # the work cap: 40 samples x 51 evaluations > 2000; 40 x (50 x 10 + 1) likewise
         ("sample", {"num_samples": np.int32(40), "seed": seed},
          "num_samples x network evaluations must be <= 2000"),
-        ("sample_with_steps",
+        ("sample_annealed_langevin",
          {**steps, "num_samples": np.int32(40), "step_lr": np.float32(0.05),
           "n_steps_each": np.int32(50)},
          "network evaluations must be <= 2000"),
-        ("sample_with_steps", {**steps, "step_lr": np.float32(np.inf)}, "step_lr must be finite"),
-        ("sample_with_steps", {**steps, "step_lr": np.float32(1e30)}, "step_lr must be <= 0.5"),
+        ("sample_annealed_langevin", {**steps, "step_lr": np.float32(np.inf)},
+         "step_lr must be a finite number > 0"),
+        ("sample_annealed_langevin", {**steps, "step_lr": np.float32(-1.0)},
+         "step_lr must be a finite number > 0"),
+        # no export-time cap on step_lr any more: a diverging one fails on its output
+        ("sample_annealed_langevin", {**steps, "step_lr": np.float32(1e30)},
+         "samples came out non-finite"),
         ("score", {"x": np.array([[np.nan, 0], [0, 0]], np.float32),
-                   "levels": np.array([0, 1], np.int32)}, "x must be finite"),
-        ("score_at_sigma", {"x": x2, "sigma": np.array([1.0, np.inf], np.float32)},
+                   "sigma": np.array([1.0, 1.0], np.float32)}, "x must be finite"),
+        ("score", {"x": x2, "sigma": np.array([1.0, np.inf], np.float32)},
          "sigma must be finite"),
     ]  # fmt: skip
     for signature, inputs, message in bad:
@@ -211,14 +229,14 @@ def test_tfsm_layer_reuses_the_score_endpoint_in_a_new_keras_model(toy_export):
     model, path = toy_export
     layer = keras.layers.TFSMLayer(path, call_endpoint="score")
     x_in = keras.Input((2,), name="x")
-    lvl_in = keras.Input((), dtype="int32", name="levels")
+    sigma_in = keras.Input((), dtype="float32", name="sigma")
     # TFSMLayer passes its first input positionally and the rest as keyword arguments.
-    out = layer(x_in, levels=lvl_in)["score"]
-    wrapper = keras.Model([x_in, lvl_in], keras.layers.Lambda(lambda s: -s)(out))
+    out = layer(x_in, sigma=sigma_in)["score"]
+    wrapper = keras.Model([x_in, sigma_in], keras.layers.Lambda(lambda s: -s)(out))
     x = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
     level = np.array([0, 3, 5, 9], np.int32)
     np.testing.assert_allclose(
-        wrapper([x, level]).numpy(), -model(x, level).numpy(), rtol=1e-5, atol=1e-6
+        wrapper([x, TOY_SIGMAS[level]]).numpy(), -model(x, level).numpy(), rtol=1e-5, atol=1e-6
     )
 
 
@@ -228,11 +246,13 @@ def test_image_model_export_samples_uint8_in_graph(tmp_path):
     model = ConditionalResNet((8, 8, 1), sigmas, ngf=8, channel_mults=(1, 2), num_blocks=1)
     model.build()
     path = savedmodel.version_dir(str(tmp_path / "export"), "mnist", 1)
-    sampler = config.SamplerConfig(step_lr=2e-5, n_steps_each=3)
-    savedmodel.export_score_model(model, sigmas, (8, 8, 1), path, sampler=sampler)
+    sampler = config.SamplerConfig().replace(step_lr=2e-5, n_steps_each=3)
+    score = contract.LevelScoreModel(model, sigmas)
+    space = sampling.SampleSpace((8, 8, 1))
+    savedmodel.export_score_model(model, score, sigmas, space, path, sampler=sampler)
     seed = np.array([5, 6], np.int32)
-    expected = samplers.draw(
-        "annealed_langevin", model, sigmas, [4, 8, 8, 1], seed, **sampler.options()
+    expected = sampling.draw(
+        "annealed_langevin", score, sigmas, 4, seed, space, **sampler.options()
     ).samples
     rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(4), seed=seed)
     assert rc == 0, err[-2000:]
@@ -249,7 +269,7 @@ def test_vae_export_every_endpoint(encoder, tmp_path):
     cfg = vae.VAEConfig(image_shape=(28, 28, 1), encoder=encoder, latent_dim=4, hidden_units=(32,))
     models = {k: fn() for k, fn in vae.model_fns(cfg).items()}
     path = savedmodel.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
-    savedmodel.export_vae(models, cfg, path)
+    vae.export_vae(models, cfg, path)
     loaded = tf.saved_model.load(path)
     expected_sigs = {"serving_default", "sample", "encode", "decode"}
     if encoder == "gaussian":

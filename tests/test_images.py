@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
-from tf_score import config, data
+from tf_score import config, data, sampling
 from tf_score.families import score_model
-from tf_score.networks import ConditionalResNet, CondRefineNetDilated
+from tf_score.networks import ConditionalResNet, CondRefineNetDilated, contract
 from tf_score.networks.layers import ConditionalInstanceNormPlus
 from tf_score.noise import geometric_sigmas
-from tf_score.sampling import samplers
+from tf_score.sampling import registry, solvers
 from tf_score.training import loop
 from tf_score.training.bundle import TrainConfig
 
@@ -286,13 +286,21 @@ def test_image_run_resumes_to_the_same_state(tmp_path):
 def test_image_sampling_is_reproducible():
     m = ConditionalResNet((28, 28, 1), SIGMAS, ngf=8, channel_mults=(1, 2), num_blocks=1)
     m.build()
-    x0 = samplers.uniform_init([4, 28, 28, 1], [0, 0])
-    run = lambda: samplers.annealed_langevin(
-        m, x0, SIGMAS, tf.constant([1, 2]), 2e-5, 3, denoise=True, snapshots=True
-    )
-    a, b = run(), run()
+    model = contract.LevelScoreModel(m, SIGMAS)
+    x0 = registry.uniform_start([4, 28, 28, 1], [0, 0], SIGMAS, sampling.SampleSpace((28, 28, 1)))
+    solver = tf.function(solvers.annealed_langevin)
+
+    def run():
+        frames = []  # the start and the chain after every level (the old snapshots)
+        out = solver(
+            model, x0, SIGMAS, seed=tf.constant([1, 2]), step_lr=2e-5, n_steps_each=3,
+            denoise=True, callback=sampling.py_callback(lambda i, s, x: frames.append(x)),
+        )  # fmt: skip
+        return out, np.stack([x0.numpy(), *frames])
+
+    (a, snapshots), (b, _) = run(), run()
     np.testing.assert_array_equal(a.samples.numpy(), b.samples.numpy())
-    assert a.snapshots.shape == (11, 4, 28, 28, 1) and int(a.num_evals) == 31
+    assert snapshots.shape == (11, 4, 28, 28, 1) and int(a.num_evals) == 31
 
 
 def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
@@ -302,14 +310,17 @@ def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
     precs = tf.constant(
         np.stack([np.linalg.inv(cov + s**2 * np.eye(2)) for s in sigmas]), tf.float32
     )
-    score = lambda x, levels: -tf.einsum("bij,bj->bi", tf.gather(precs, levels), x)
+    score = contract.LevelScoreModel(
+        lambda x, levels: -tf.einsum("bij,bj->bi", tf.gather(precs, levels), x), sigmas
+    )
     n = 8000
     x1 = tf.fill([n, 1], 1.5)
     x_obs = tf.concat([x1, tf.zeros([n, 1])], axis=1)
     mask = tf.constant([1.0, 0.0])
-    out = samplers.annealed_langevin_inpaint(
-        score, x_obs, mask, sigmas, tf.constant([3, 4]), 2e-3, 300, denoise=False
-    )
+    out = sampling.inpaint(
+        "annealed_langevin", score, x_obs, mask, sigmas, tf.constant([3, 4]),
+        sampling.SampleSpace((2,)), step_lr=2e-3, n_steps_each=300, denoise=False,
+    )  # fmt: skip
     x = out.samples.numpy()
     np.testing.assert_array_equal(x[:, 0], 1.5)
     # p(x2 | x1) = N(0.8 * 1.5, 1 - 0.64) (plus sigma_L^2 = 0.0025 from the last level)

@@ -3,31 +3,62 @@
 Tolerances: moment checks allow 5 standard errors of the estimate plus the sampler's known
 discretisation bias (for unadjusted Langevin on a Gaussian, a relative variance bias of
 about a / (2 lambda_min)); mode weights allow about 3 standard errors.
+
+Every solver is called on the one signature ``fn(model, x, sigmas, *, seed, callback=None,
+**options)`` with a contract model (``networks.contract``): exact scores as
+``ScoreFunction``, level-conditioned ``lambda x, levels`` scores as ``LevelScoreModel``.
 """
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import data, noise
+from tf_score import data, noise, sampling
 from tf_score.evaluation import metrics
+from tf_score.networks import contract
 from tf_score.noise import geometric_sigmas
-from tf_score.sampling import samplers
+from tf_score.sampling import registry, solvers
 
 MEAN = np.array([1.0, -2.0], np.float32)
 COV = np.array([[1.0, 0.6], [0.6, 2.0]], np.float32)
 PREC = np.linalg.inv(COV).astype(np.float32)
 
+#: the exact score of N(MEAN, COV) at every sigma (an unperturbed target)
+GAUSSIAN = contract.ScoreFunction(lambda x, sigma: -(x - MEAN) @ PREC.T, name="gaussian")
 
-def gaussian_score(x, levels=None):
-    return -(x - MEAN) @ PREC.T
+_COMPILED: dict = {}
+
+
+def solve(solver, model, x0, sigmas, seed, jit_compile=False, **options):
+    """``solver`` as one ``tf.function`` (one per solver and compile mode, so a replay runs
+    the same compiled loop), on the grid as Python floats (as ``sampling.draw`` passes it:
+    known when traced) from the explicit start ``x0``."""
+    key = (solver, bool(jit_compile))
+    if key not in _COMPILED:
+        _COMPILED[key] = tf.function(solver, jit_compile=bool(jit_compile))
+    grid = tuple(float(v) for v in np.atleast_1d(np.asarray(sigmas, np.float32)))
+    x0 = tf.convert_to_tensor(x0, tf.float32)
+    # Python values (numpy scalars would become tensors; static options must stay Python)
+    options = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
+    return _COMPILED[key](model, x0, grid, seed=tf.constant(seed, tf.int32), **options)
+
+
+def uniform_start(shape, seed, low=0.0, high=1.0):
+    """x0 ~ U[low, high]^shape (the Langevin solvers' start)."""
+    return registry.uniform_start(shape, seed, None, sampling.SampleSpace((2,), (low, high)))
 
 
 def perturbed_gaussian_score(sigmas):
+    """The exact score of N(MEAN, COV + sigma_i^2 I) at level i, as a level-conditioned
+    "network" ``(x, levels) -> s``."""
     precs = tf.constant(
         np.stack([np.linalg.inv(COV + s**2 * np.eye(2)) for s in sigmas]), tf.float32
     )
     return lambda x, levels: -tf.einsum("bij,bj->bi", tf.gather(precs, levels), x - MEAN)
+
+
+def perturbed_gaussian(sigmas):
+    return contract.LevelScoreModel(perturbed_gaussian_score(sigmas), sigmas)
 
 
 def assert_moments(x, mean, cov, rel_bias=0.0):
@@ -42,11 +73,12 @@ def assert_moments(x, mean, cov, rel_bias=0.0):
 
 def test_langevin_matches_gaussian_moments():
     n, a = 10_000, 0.01
-    x0 = samplers.uniform_init([n, 2], [0, 1], -5.0, 5.0)
-    out = samplers.langevin(
-        gaussian_score, x0, [1.0], tf.constant([0, 2]), langevin_step_size=a, langevin_steps=2000
+    x0 = uniform_start([n, 2], [0, 1], -5.0, 5.0)
+    out = solve(
+        solvers.langevin, GAUSSIAN, x0, [1.0], [0, 2], langevin_step_size=a, langevin_steps=2000
     )
-    assert int(out.num_evals) == 2000 and out.snapshots is None
+    # the one output type of every solver: no snapshots field any more (see the callback test)
+    assert int(out.num_evals) == 2000 and out._fields == ("samples", "num_evals")
     lam_min = np.linalg.eigvalsh(COV).min()
     assert_moments(out.samples.numpy(), MEAN, COV, rel_bias=a / lam_min)
 
@@ -58,12 +90,13 @@ def test_annealed_langevin_matches_gaussian_moments():
     discretisation bias a / (2 lambda_min) is 0.2%.
     """
     sigmas = geometric_sigmas(3.0, 0.1, 6)
-    x0 = samplers.uniform_init([10_000, 2], [1, 1], -5.0, 5.0)
-    out = samplers.annealed_langevin(
-        perturbed_gaussian_score(sigmas),
+    x0 = uniform_start([10_000, 2], [1, 1], -5.0, 5.0)
+    out = solve(
+        solvers.annealed_langevin,
+        perturbed_gaussian(sigmas),
         x0,
         sigmas,
-        tf.constant([1, 2]),
+        [1, 2],
         step_lr=3e-3,
         n_steps_each=500,
         denoise=False,
@@ -75,25 +108,43 @@ def test_annealed_langevin_matches_gaussian_moments():
 
 def test_samplers_are_reproducible_and_seed_dependent():
     sigmas = geometric_sigmas(5.0, 0.1, 4)
-    score = perturbed_gaussian_score(sigmas)
-    x0 = samplers.uniform_init([64, 2], [3, 3])
-    run = lambda s: samplers.annealed_langevin(score, x0, sigmas, tf.constant(s), 1e-3, 10)
+    model = perturbed_gaussian(sigmas)
+    x0 = uniform_start([64, 2], [3, 3])
+    run = lambda s: solve(
+        solvers.annealed_langevin, model, x0, sigmas, s, step_lr=1e-3, n_steps_each=10
+    )
     a, b, c = run([5, 6]).samples.numpy(), run([5, 6]).samples.numpy(), run([5, 7]).samples
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c.numpy())
 
 
-def test_snapshots_and_denoise():
+def test_snapshots_through_the_solver_callback_and_denoise():
+    """Snapshots are no solver output any more: a callback (``sampling.py_callback``) sees the
+    chain after every level of annealed Langevin, which with the start are the old
+    ``snapshots`` [L + 1, B, ...] (what ``api.generate(..., snapshots=True)`` stacks)."""
     sigmas = geometric_sigmas(5.0, 0.5, 4)
     score = perturbed_gaussian_score(sigmas)
-    x0 = samplers.uniform_init([128, 2], [4, 4])
-    out = samplers.annealed_langevin(
-        score, x0, sigmas, tf.constant([1, 1]), 1e-2, 5, denoise=False, snapshots=True
-    )
-    assert out.snapshots.shape == (5, 128, 2)
-    np.testing.assert_array_equal(out.snapshots[0].numpy(), x0.numpy())
-    np.testing.assert_array_equal(out.snapshots[-1].numpy(), out.samples.numpy())
-    den = samplers.annealed_langevin(score, x0, sigmas, tf.constant([1, 1]), 1e-2, 5)
+    model = contract.LevelScoreModel(score, sigmas)
+    x0 = uniform_start([128, 2], [4, 4])
+    seen = []
+    callback = sampling.py_callback(lambda i, sigma, x: seen.append((i, sigma, x)))
+    out = solve(
+        solvers.annealed_langevin, model, x0, sigmas, [1, 1], callback=callback,
+        step_lr=1e-2, n_steps_each=5, denoise=False,
+    )  # fmt: skip
+    snapshots = np.stack([x0.numpy(), *(x for _, _, x in seen)])
+    assert snapshots.shape == (5, 128, 2)
+    assert [int(i) for i, _, _ in seen] == [0, 1, 2, 3]
+    np.testing.assert_array_equal([s for _, s, _ in seen], sigmas)
+    np.testing.assert_array_equal(snapshots[0], x0.numpy())
+    np.testing.assert_array_equal(snapshots[-1], out.samples.numpy())
+    # the callback only observes: without it, the same chain
+    plain = solve(
+        solvers.annealed_langevin, model, x0, sigmas, [1, 1],
+        step_lr=1e-2, n_steps_each=5, denoise=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(plain.samples.numpy(), out.samples.numpy())
+    den = solve(solvers.annealed_langevin, model, x0, sigmas, [1, 1], step_lr=1e-2, n_steps_each=5)
     assert int(den.num_evals) == 4 * 5 + 1
     levels = tf.fill([128], 3)
     expected = out.samples + sigmas[-1] ** 2 * score(out.samples, levels)
@@ -103,10 +154,11 @@ def test_snapshots_and_denoise():
 def test_xla_compiled_loop_is_reproducible_and_correct():
     """XLA draws a different (valid) Philox stream than the TF kernels, so compare statistics."""
     n, a = 10_000, 0.02
-    x0 = samplers.uniform_init([n, 2], [0, 9], -5.0, 5.0)
-    run = lambda: samplers.langevin(
-        gaussian_score, x0, [1.0], tf.constant([0, 1]), a, 1000, jit_compile=True
-    ).samples.numpy()
+    x0 = uniform_start([n, 2], [0, 9], -5.0, 5.0)
+    run = lambda: solve(
+        solvers.langevin, GAUSSIAN, x0, [1.0], [0, 1], jit_compile=True,
+        langevin_step_size=a, langevin_steps=1000,
+    ).samples.numpy()  # fmt: skip
     x = run()
     np.testing.assert_array_equal(x, run())
     lam_min = np.linalg.eigvalsh(COV).min()
@@ -114,15 +166,20 @@ def test_xla_compiled_loop_is_reproducible_and_correct():
 
 
 def test_bad_arguments():
-    x0 = tf.zeros([2, 2])
-    with pytest.raises(samplers.SamplerError, match="langevin_step_size must be > 0"):
-        samplers.langevin(gaussian_score, x0, [1.0], tf.constant([0, 0]), 0.0, 10)
-    with pytest.raises(samplers.SamplerError, match="n_steps_each must be >= 1"):
-        samplers.annealed_langevin(gaussian_score, x0, [1.0], [0, 0], n_steps_each=0)
-    with pytest.raises(samplers.SamplerError, match="unknown sampler 'euler'; choose one of"):
-        samplers.draw("euler", gaussian_score, [1.0], [2, 2], 0)
-    with pytest.raises(samplers.SamplerError, match="takes options step_lr"):
-        samplers.draw("annealed_langevin", gaussian_score, [1.0], [2, 2], 0, snr=0.1)
+    """Options are validated by the registry's schema before any sampling."""
+    space = sampling.SampleSpace((2,))
+    bad_step = "langevin_step_size must be a finite number > 0"
+    with pytest.raises(sampling.SamplerError, match=bad_step):
+        sampling.draw(
+            "langevin", GAUSSIAN, [1.0], 2, 0, space, langevin_step_size=0.0, langevin_steps=10
+        )
+    with pytest.raises(sampling.SamplerError, match="n_steps_each must be an integer >= 1"):
+        sampling.draw("annealed_langevin", GAUSSIAN, [1.0], 2, 0, space, n_steps_each=0)
+    with pytest.raises(sampling.SamplerError, match="unknown sampler 'euler'; choose one of"):
+        sampling.draw("euler", GAUSSIAN, [1.0], 2, 0, space)
+    with pytest.raises(sampling.SamplerError, match="takes options step_lr"):
+        sampling.draw("annealed_langevin", GAUSSIAN, [1.0], 2, 0, space, snr=0.1)
+    assert registry.SamplerError is sampling.SamplerError
 
 
 @pytest.mark.slow
@@ -135,14 +192,15 @@ def test_two_mode_plain_vs_annealed_with_exact_scores():
     """
     toy = data.get_toy("two_mode")
     sigmas = geometric_sigmas(20.0, 1.0, 10)
-    x0 = samplers.uniform_init([4000, 2], [0, 1], -8.0, 8.0)
-    exact_p = toy.score_fn()
-    plain = samplers.langevin(lambda x, levels: exact_p(x), x0, sigmas, [0, 2], 0.05).samples
-    annealed = samplers.annealed_langevin(
-        toy.conditional_score_fn(sigmas), x0, sigmas, tf.constant([0, 3]), 0.05, denoise=False
-    ).samples
-    w_plain, _ = metrics.mode_weight(plain.numpy())
-    w_annealed, _ = metrics.mode_weight(annealed.numpy())
+    x0 = uniform_start([4000, 2], [0, 1], -8.0, 8.0)
+    exact_p = contract.ScoreFunction(lambda x, sigma: toy.score(x))  # p itself at every sigma
+    plain = solve(solvers.langevin, exact_p, x0, sigmas, [0, 2], langevin_step_size=0.05)
+    annealed = solve(
+        solvers.annealed_langevin, contract.ScoreFunction(toy.score), x0, sigmas, [0, 3],
+        step_lr=0.05, denoise=False,
+    )  # fmt: skip
+    w_plain, _ = metrics.mode_weight(plain.samples.numpy())
+    w_annealed, _ = metrics.mode_weight(annealed.samples.numpy())
     assert 0.49 < w_plain < 0.55, w_plain
     assert 0.755 < w_annealed < 0.805, w_annealed
 
@@ -156,6 +214,9 @@ FAST_SIGMAS = geometric_sigmas(20.0, 0.05, 30)
 def _iso_score(x, levels):
     s2 = tf.gather(tf.constant(FAST_SIGMAS), levels)[:, None] ** 2
     return -(x - MU) / (C**2 + s2)
+
+
+ISO = contract.LevelScoreModel(_iso_score, FAST_SIGMAS)
 
 
 def _start(n, seed):
@@ -185,13 +246,13 @@ def test_heun_is_the_exact_linear_map_and_nearly_transports_to_the_data():
             m *= 1 + (t - s) * 0.5 * (d + t / (C**2 + t**2) * (1 + (t - s) * d))
         else:
             m *= 1 + (t - s) * d
-    out = samplers.heun(_iso_score, x0, FAST_SIGMAS)
+    out = solve(solvers.heun, ISO, x0, FAST_SIGMAS, [0, 0])
     assert int(out.num_evals) == 2 * 30 - 1
     np.testing.assert_allclose(out.samples.numpy(), MU + m * (x0.numpy() - MU), atol=2e-4)
     assert abs(m**2 * (C**2 + FAST_SIGMAS[0] ** 2) - C**2) < 0.05
     # coarser grids: fewer evaluations, the first and last levels kept
-    np.testing.assert_array_equal(samplers.heun_levels(30, 5), [0, 7, 14, 22, 29])
-    assert int(samplers.heun(_iso_score, x0, FAST_SIGMAS, heun_steps=10).num_evals) == 19
+    np.testing.assert_array_equal(solvers.heun_levels(30, 5), [0, 7, 14, 22, 29])
+    assert int(solve(solvers.heun, ISO, x0, FAST_SIGMAS, [0, 0], heun_steps=10).num_evals) == 19
 
 
 def test_predictor_corrector_matches_its_recursion_and_the_corrector_helps():
@@ -203,11 +264,11 @@ def test_predictor_corrector_matches_its_recursion_and_the_corrector_helps():
     for k in range(len(FAST_SIGMAS)):
         d = grid[k] ** 2 - grid[k + 1] ** 2
         v = (1 - d / (C**2 + grid[k] ** 2)) ** 2 * v + (d if k < len(FAST_SIGMAS) - 1 else 0)
-    pred = samplers.predictor_corrector(_iso_score, x0, FAST_SIGMAS, [5, 6], n_corrector=0)
+    pred = solve(solvers.predictor_corrector, ISO, x0, FAST_SIGMAS, [5, 6], n_corrector=0)
     assert int(pred.num_evals) == 30
     _assert_var(pred.samples.numpy(), v)
     assert v > 1.15 * C**2  # the predictor alone overshoots on this grid ...
-    pc = samplers.predictor_corrector(_iso_score, x0, FAST_SIGMAS, [5, 6], n_corrector=2)
+    pc = solve(solvers.predictor_corrector, ISO, x0, FAST_SIGMAS, [5, 6], n_corrector=2)
     assert int(pc.num_evals) == 90
     # ... and two Langevin corrector steps (snr 0.16) per level bring it within 6% + 5 SE
     x = pc.samples.numpy()
@@ -227,13 +288,19 @@ def test_ancestral_predictor_matches_its_recursion_and_keeps_the_levels_noise():
         d = grid[k] ** 2 - grid[k + 1] ** 2
         v = (1 - d / (C**2 + grid[k] ** 2)) ** 2 * v + grid[k + 1] ** 2 * d / grid[k] ** 2
     assert 0.80 < v < 0.83
-    out = samplers.predictor_corrector(
-        _iso_score, x0, FAST_SIGMAS, [5, 6], n_corrector=0, predictor="ancestral"
-    )
+    out = solve(
+        solvers.predictor_corrector, ISO, x0, FAST_SIGMAS, [5, 6], n_corrector=0,
+        predictor="ancestral",
+    )  # fmt: skip
     assert int(out.num_evals) == 30
     _assert_var(out.samples.numpy(), v)
-    with pytest.raises(samplers.SamplerError, match="predictor must be reverse_diffusion or"):
-        samplers.predictor_corrector(_iso_score, x0, FAST_SIGMAS, [5, 6], predictor="euler")
+    # an unknown predictor is refused by the schema, before sampling
+    assert solvers.PREDICTORS == ("reverse_diffusion", "ancestral")
+    with pytest.raises(sampling.SamplerError, match="predictor must be one of reverse_diffusion"):
+        sampling.draw(
+            "predictor_corrector", ISO, FAST_SIGMAS, 2, 0, sampling.SampleSpace((2,)),
+            predictor="euler",
+        )  # fmt: skip
 
 
 def test_consistent_annealed_sampling_matches_its_recursion():
@@ -247,14 +314,28 @@ def test_consistent_annealed_sampling_matches_its_recursion():
     for i in range(len(sig)):
         added = max(nxt[i] ** 2 - ((1 - eta) * sig[i]) ** 2, 0.0)
         v = (1 - eta * sig[i] ** 2 / (C**2 + sig[i] ** 2)) ** 2 * v + added
-    seed = tf.constant([9, 10])
-    out = samplers.consistent_annealed(_iso_score, x0, FAST_SIGMAS, seed, eta, denoise=False)
+    seed = [9, 10]
+    out = solve(solvers.consistent_annealed, ISO, x0, FAST_SIGMAS, seed, cas_eta=eta, denoise=False)
     assert int(out.num_evals) == 30
     _assert_var(out.samples.numpy(), v)
-    with pytest.raises(samplers.SamplerError, match="cas_eta must be >="):
-        samplers.consistent_annealed(_iso_score, x0, FAST_SIGMAS, seed, eta / 3)
+    # the grid-dependent minimum is checked before any step (here eagerly, the direct call)
+    with pytest.raises(sampling.SamplerError, match="cas_eta must be >="):
+        solvers.consistent_annealed(ISO, x0, FAST_SIGMAS, seed=tf.constant(seed), cas_eta=eta / 3)
     # cas_eta = 0 is the smallest consistent eta
-    assert samplers.consistent_eta(sig) == pytest.approx(1 - sig[1] / sig[0])
+    assert solvers.consistent_eta(sig) == pytest.approx(1 - sig[1] / sig[0])
+
+
+def test_a_cas_eta_below_the_grids_minimum_is_a_sampler_error_through_draw():
+    """The registry's path (``sampling.draw``: the API, the CLI) compiles the solver; the
+    grid-dependent cas_eta check must still surface as ``SamplerError`` (a ValueError), as
+    every other bad option does, not wrapped by autograph."""
+    sig = FAST_SIGMAS.astype(np.float64)
+    too_small = (1 - sig[1] / sig[0]) / 3
+    with pytest.raises(sampling.SamplerError, match="cas_eta must be >="):
+        sampling.draw(
+            "consistent_annealed", ISO, FAST_SIGMAS, 2, 0, sampling.SampleSpace((2,)),
+            cas_eta=float(too_small),
+        )  # fmt: skip
 
 
 #: options per registered sampler for the two-mode test (the rest are the library defaults)
@@ -264,41 +345,50 @@ TWO_MODE_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", samplers.sampler_names())
+@pytest.mark.parametrize("name", list(sampling.SAMPLERS))
 def test_every_registered_sampler_through_the_one_contract_on_the_two_mode_score(name):
-    """Each registered sampler, called by name through ``samplers.draw`` (its own start, the
-    seeding convention) on the exact noise-conditional score of the two-mode mixture, on a
-    40-level grid 50 -> 0.1: the heavy mode's weight within 0.04 of 0.8 (SE at n = 4000 is
-    0.006); plain Langevin at the last level keeps the start's basin split (about 0.5).
+    """Each registered sampler, called by name through ``sampling.draw`` (its own start, the
+    seeding convention) on the exact noise-conditional score of the two-mode mixture as a
+    level-conditioned model (``LevelScoreModel``: solvers off the grid, the ODE, see the
+    log-sigma interpolation between levels, 2 network evaluations per call), on a 40-level
+    grid 50 -> 0.1: the heavy mode's weight within 0.04 of 0.8 (SE at n = 4000 is 0.006);
+    plain Langevin at the last level keeps the start's basin split (about 0.5).
     sigma_1 = 50, not 20: the deterministic samplers map their start (U[-8, 8]^2 + sigma_1 z,
     centred at 0, not at the data mean (3, 3)) onto the modes, and with sigma_1 = 20 that
     offset sent 26% of the chains to the light mode (measured 0.74 with Heun, CAS and the
     ODE); at 50 the start is within the noise of p_sigma_1."""
     toy = data.get_toy("two_mode")
     sigmas = geometric_sigmas(50.0, 0.1, 40)
-    score = toy.conditional_score_fn(sigmas)
-    out = samplers.draw(
-        name, score, sigmas, [4000, 2], 0, (-8.0, 8.0), **TWO_MODE_OPTIONS.get(name, {})
-    )
+    model = contract.LevelScoreModel(toy.conditional_score_fn(sigmas), sigmas)
+    space = sampling.SampleSpace((2,), (-8.0, 8.0))
+    options = TWO_MODE_OPTIONS.get(name, {})
+    out = sampling.draw(name, model, sigmas, 4000, 0, space, **options)
     assert out.samples.shape == (4000, 2) and int(out.num_evals) > 0
+    # network evaluations: the registry's count of model calls, x2 for calls between levels
+    entry = sampling.get(name)
+    resolved = entry.resolve(options)
+    calls = entry.evaluations(len(sigmas), resolved)
+    per_call = 1 if entry.on_grid(resolved) else 2
+    if calls is None:  # the adaptive ODE: known afterwards
+        assert int(out.num_evals) % per_call == 0
+    else:
+        assert int(out.num_evals) == calls * per_call, (int(out.num_evals), calls, per_call)
     w, _ = metrics.mode_weight(out.samples.numpy())
     if name == "langevin":
         assert 0.4 < w < 0.6, w
     else:
         assert abs(w - 0.8) < 0.04, w
     # the same seed replays; batch 1 of the same seed is another draw
-    again = samplers.draw(
-        name, score, sigmas, [4000, 2], 0, (-8.0, 8.0), **TWO_MODE_OPTIONS.get(name, {})
-    )
+    again = sampling.draw(name, model, sigmas, 4000, 0, space, **options)
     np.testing.assert_array_equal(out.samples.numpy(), again.samples.numpy())
-    other = samplers.draw(name, score, sigmas, [8, 2], [0, 1], (-8.0, 8.0))
+    other = sampling.draw(name, model, sigmas, 8, [0, 1], space)
     assert not np.allclose(out.samples.numpy()[:8], other.samples.numpy())
 
 
 def test_deterministic_samplers_started_at_the_data_mean_keep_the_mode_weight():
     """Heun on the exact two-mode score, EDM's grid 80 -> 0.01 (18 levels, 35 evaluations),
-    n = 20480 (SE 0.003): started at the data's mean (3, 3) + sigma_1 z (``init_mean``, what
-    training records as ``data_mean``) the heavy mode keeps 0.80 within 3 SE; the uniform
+    n = 20480 (SE 0.003): started at the data's mean (3, 3) + sigma_1 z (the space's
+    ``data_mean``, what training records) the heavy mode keeps 0.80 within 3 SE; the uniform
     start centred at 0 is 3 units off and loses more than 0.01 of it (measured 0.789 on a
     40-level grid), though sigma_1 = 80. The same z in both starts."""
     from tf_score.config import ExperimentConfig
@@ -308,9 +398,12 @@ def test_deterministic_samplers_started_at_the_data_mean_keep_the_mode_weight():
     mean = score_model.data_mean(ExperimentConfig())
     np.testing.assert_allclose(mean, (3.0, 3.0), atol=1e-12)
     sigmas = noise.karras_sigmas(18, 0.01, 80.0)
-    score = toy.conditional_score_fn(sigmas)
-    centred = samplers.draw("heun", score, sigmas, [20480, 2], 0, (-8.0, 8.0), init_mean=mean)
-    uniform = samplers.draw("heun", score, sigmas, [20480, 2], 0, (-8.0, 8.0))
+    model = contract.LevelScoreModel(toy.conditional_score_fn(sigmas), sigmas)
+    centred_space = sampling.SampleSpace((2,), (-8.0, 8.0), tuple(mean))
+    uniform_space = sampling.SampleSpace((2,), (-8.0, 8.0))
+    centred = sampling.draw("heun", model, sigmas, 20480, 0, centred_space)
+    uniform = sampling.draw("heun", model, sigmas, 20480, 0, uniform_space)
+    assert int(centred.num_evals) == 35
     w_centred, se = metrics.mode_weight(centred.samples.numpy())
     w_uniform, _ = metrics.mode_weight(uniform.samples.numpy())
     assert abs(w_centred - 0.8) < 3 * se, (w_centred, se)
@@ -324,15 +417,17 @@ def test_probability_flow_ode_samples_and_its_likelihood_is_exact_on_a_gaussian(
     estimator (exact in expectation; here the Jacobian is diagonal, so exact per probe)."""
     import tensorflow_probability as tfp
 
+    from tf_score.evaluation import likelihood
+
     tfd = tfp.distributions
 
-    def score(x, sigma):
-        return -(x - MU) / (C**2 + tf.square(tf.cast(sigma, tf.float32)))
-
+    model = contract.ScoreFunction(
+        lambda x, sigma: -(x - MU) / (C**2 + tf.square(sigma)[:, None]), name="iso"
+    )
     smax, smin = 20.0, 0.01
     n = 4000
     x0 = MU + np.sqrt(C**2 + smax**2) * tf.random.stateless_normal([n, 2], [3, 4], alg="philox")
-    out = samplers.probability_flow_ode(score, x0, smax, smin)
+    out = solve(solvers.ode, model, x0, [smax, smin], [0, 0], ode_tol=1e-5)
     x = out.samples.numpy()
     assert np.all(np.abs(x.var(0) - C**2) < 5 * np.sqrt(2 / n) + 0.01), x.var(0)
     assert 20 < int(out.num_evals) < 1000  # adaptive: the solver's own count (+1 denoise)
@@ -344,18 +439,19 @@ def test_probability_flow_ode_samples_and_its_likelihood_is_exact_on_a_gaussian(
     exact = gauss(np.sqrt(C**2 + smin**2)).log_prob(pts).numpy()
     prior = gauss(np.sqrt(C**2 + smax**2)).log_prob
     for kw in ({"exact_trace": True}, {"seed": tf.constant([1, 2])}):
-        ll, evals = samplers.ode_log_likelihood(score, pts, smin, smax, prior, **kw)
+        ll, evals = likelihood.ode_log_likelihood(model.score, pts, smin, smax, prior, **kw)
         np.testing.assert_allclose(ll.numpy(), exact, atol=1e-3)
         assert int(evals) > 10
 
 
-def test_interpolated_score_is_linear_in_log_sigma_between_levels():
+def test_level_score_model_is_linear_in_log_sigma_between_levels():
     sig = geometric_sigmas(10.0, 0.1, 5)  # 10, 3.16, 1, 0.316, 0.1
 
     def by_level(x, levels):  # a "network" whose output is its level index
         return tf.cast(levels, tf.float32)[:, None] + 0.0 * x
 
-    score = samplers.interpolated_score(by_level, sig)
+    model = contract.LevelScoreModel(by_level, sig)
+    score = model.score
     x = tf.zeros([3, 2])
     for sigma, expected in [(10.0, 0.0), (1.0, 2.0), (0.1, 4.0), (np.sqrt(10.0), 1.0)]:
         np.testing.assert_allclose(score(x, sigma).numpy(), expected, atol=1e-5)
@@ -367,18 +463,27 @@ def test_interpolated_score_is_linear_in_log_sigma_between_levels():
     # made the ODE solver loop forever on NaN step sizes).
     for past in (0.0, -0.05):
         np.testing.assert_allclose(score(x, past).numpy(), 4.0)
+    # the contract's sigma per example: each row interpolated at its own sigma
+    per_example = score(x, tf.constant([10.0, mid, 0.01])).numpy()
+    np.testing.assert_allclose(per_example, [[0.0] * 2, [1.5] * 2, [4.0] * 2], atol=1e-5)
+    # 2 network evaluations per call between levels (the ODE's count), 1 at a level
+    assert model.network_calls(off_grid=True) == 2 and model.network_calls(off_grid=False) == 1
 
 
 def test_a_diverging_sampler_is_an_error_and_keeps_nothing():
     """Langevin with a step of 1e30 overflows: ``api.generate_from`` (behind the CLI, the
     evaluations and the benchmarks) raises instead of returning NaN samples."""
     from tf_score import api, config
+    from tf_score.families.run import NonFiniteSamplesError
 
-    cfg = config.SamplerConfig(sampler="langevin", langevin_step_size=1e30, langevin_steps=20)
-    with pytest.raises(api.NonFiniteSamplesError, match="langevin diverged: 16 of 16 samples"):
-        api.generate_from(gaussian_score, [1.0], (2,), 16, 0, cfg)
+    cfg = config.SamplerConfig().replace(
+        sampler="langevin", langevin_step_size=1e30, langevin_steps=20
+    )
+    space = sampling.SampleSpace((2,))
+    with pytest.raises(NonFiniteSamplesError, match="langevin diverged: 16 of 16 samples"):
+        api.generate_from(GAUSSIAN, [1.0], space, 16, 0, cfg)
     ok = api.generate_from(
-        gaussian_score, [1.0], (2,), 16, 0, api.sampler_config(cfg, langevin_step_size=0.01)
+        GAUSSIAN, [1.0], space, 16, 0, api.sampler_config(cfg, langevin_step_size=0.01)
     )
     assert np.all(np.isfinite(ok.samples))
 
@@ -393,10 +498,11 @@ def test_annealed_langevin_at_a_large_batch_runs_twice_on_the_cpu_preset_network
     sigmas = geometric_sigmas(1.0, 0.01, 10)
     net = ConditionalResNet((28, 28, 1), sigmas, ngf=16, channel_mults=(1, 2, 2), num_blocks=2)
     net(tf.zeros([1, 28, 28, 1]), tf.zeros([1], tf.int32))  # built, as a loaded run's is
+    model = contract.LevelScoreModel(net, sigmas)
     seed = tf.constant([0, 0])
     options = dict(step_lr=5e-5, n_steps_each=1, denoise=True)
-    shape = [1024, 28, 28, 1]
-    first = samplers.draw("annealed_langevin", net, sigmas, shape, seed, **options)
-    second = samplers.draw("annealed_langevin", net, sigmas, shape, seed, **options)
+    space = sampling.SampleSpace((28, 28, 1))
+    first = sampling.draw("annealed_langevin", model, sigmas, 1024, seed, space, **options)
+    second = sampling.draw("annealed_langevin", model, sigmas, 1024, seed, space, **options)
     assert int(first.num_evals) == 11
     np.testing.assert_array_equal(first.samples.numpy(), second.samples.numpy())

@@ -25,15 +25,21 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tf_score import atomic, data, sampling
 from tf_score import config as config_lib
 from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
-from tf_score.families.run import (
+from tf_score.export import savedmodel as export_lib
+from tf_score.families import classifier, score_model, vae
+from tf_score.families.run import (  # noqa: F401  (Generated, NonFiniteSamplesError: the API's)
     Generated,
+    NonFiniteSamplesError,
     Run,
     RunError,
     generate_from,
     sampler_config,
 )
+from tf_score.training import checkpoints, distribute, loop, workdir_lock
+from tf_score.training.bundle import TrainConfig
 
 
 def check_writable(directory: str, flag: str = "--workdir") -> None:
@@ -73,31 +79,26 @@ class Family(NamedTuple):
 
 
 def _score_bundle(cfg):
-    from tf_score.families import score_model
 
     return score_model.bundle(cfg)
 
 
 def _score_model_fns(cfg):
-    from tf_score.families import score_model
 
     return {"score": score_model.network_fn(cfg)}
 
 
 def _vae_bundle(cfg):
-    from tf_score.families import vae
 
     return vae.bundle(cfg)
 
 
 def _vae_model_fns(cfg):
-    from tf_score.families import vae
 
     return vae.model_fns(vae.vae_config(cfg))
 
 
 def _load_classifier(workdir):
-    from tf_score.families import classifier
 
     return {"classifier": classifier.load_classifier(workdir)}
 
@@ -147,8 +148,6 @@ def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
     one with checkpoints but no ``config.json`` is checked by the restore itself."""
     import tensorflow as tf
 
-    from tf_score.training import checkpoints
-
     if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
         raise RunError(f"workdir {workdir} is a file, not a directory")
     if not tf.io.gfile.exists(config_path(workdir)):
@@ -168,8 +167,6 @@ def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
 def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
     import tensorflow as tf
 
-    from tf_score import atomic
-
     tf.io.gfile.makedirs(workdir)
     atomic.write_json(config_path(workdir), cfg.to_dict())
 
@@ -179,7 +176,6 @@ def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
 
 def loop_config(cfg: ExperimentConfig, progress: bool = True):
     """The training loop's ``TrainConfig`` of an experiment."""
-    from tf_score.training.bundle import TrainConfig
 
     t = cfg.train
     return TrainConfig(
@@ -243,8 +239,6 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     _set_precision(cfg.network.precision)
     try:
         if cfg.network.model == "score" and cfg.data.data_mean is None:
-            from tf_score.families import score_model
-
             cfg = cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
         bundle, shape = FAMILIES[cfg.network.model].bundle(cfg)
     except ValueError as e:  # bad images, a shape the network cannot take, ...
@@ -270,7 +264,6 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
 def _workdir_held(workdir: str, chief: bool):
     """The workdir's lock for this run (chief only), taken once the data are loaded (a run
     that fails before writes nothing); an unwritable workdir is a RunError."""
-    from tf_score.training import workdir_lock
 
     try:
         with workdir_lock.held(workdir, take=chief):
@@ -282,7 +275,6 @@ def _workdir_held(workdir: str, chief: bool):
 
 
 def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):
-    from tf_score.training import distribute, loop
 
     bundle, cfg = prepare(cfg, workdir, strategy)
 
@@ -299,8 +291,6 @@ def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress:
 
 def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
     """The feature extractor of classifier FID/KID: a supervised Keras fit on one device."""
-    from tf_score import data
-    from tf_score.families import classifier
 
     check_resume(workdir, cfg)
     x_train, y_train = data.load_tfds_labelled(cfg.data.dataset, "train", cfg.data.data_dir)
@@ -325,8 +315,6 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
 def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None) -> Run:
     """Load a trained workdir of any family: its config and the EMA weights of the latest
     checkpoint (or ``checkpoint``, a prefix)."""
-
-    from tf_score.training import checkpoints
 
     cfg = read_config(workdir, data_dir)
     family = FAMILIES[cfg.network.model]
@@ -356,7 +344,6 @@ def generate(
     ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
     TensorBoard. ``snapshots``: the first batch after every solver step (each level of
     annealed Langevin), through the solver callback."""
-    from tf_score import sampling
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
     frames = []
@@ -376,8 +363,6 @@ def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np
     """The first batch's start x0, as the solver drew it (the snapshots' first frame)."""
     import tensorflow as tf
 
-    from tf_score import sampling
-
     init_seed, _ = sampling.batch_seeds(tf.constant([seed, 0], tf.int32))
     start = sampling.registry.STARTS[sampling.get(cfg.sampler).start]
     return start([n, *run.data_shape], init_seed, tf.constant(run.sigmas), run.space).numpy()
@@ -388,8 +373,6 @@ def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
     """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
     the run's, with its options unless overridden). Returns ``SamplerOutput``."""
     import tensorflow as tf
-
-    from tf_score import sampling
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
     return sampling.inpaint(
@@ -416,8 +399,6 @@ def export(
     capped (``export.savedmodel.export_score_model``). Returns the path."""
     import re
 
-    from tf_score.export import savedmodel as export_lib
-
     name = model_name or os.path.basename(os.path.normpath(run.workdir))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name) or ".." in name:
         raise RunError(
@@ -426,9 +407,7 @@ def export(
         )
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
-        from tf_score.families import vae
-
-        return export_lib.export_vae(run.models, vae.vae_config(run.config), path, max_samples)
+        return vae.export_vae(run.models, vae.vae_config(run.config), path, max_samples)
     if run.family != "score":
         raise RunError(f"a {run.family} run has no export; export score models or VAEs")
     return export_lib.export_score_model(

@@ -287,8 +287,9 @@ class SamplerConfig:
         return SamplerConfig(sampler, tuple({**dict(self.values), **changes}.items()))
 
     def to_dict(self) -> dict:
-        """Flat: the sampler and every registered option's value."""
-        names = sorted(sampling.registry.all_options()) + [k for k, _ in self.values]
+        """Flat: the sampler and the value of every option of the library's solvers, and of
+        plugins' options that were given (a config.json reads back without the plugin then)."""
+        names = sorted({*sampling.registry.all_options(builtin_only=True), *dict(self.values)})
         return {"sampler": self.sampler, **{k: _jsonable(getattr(self, k)) for k in names}}
 
     @classmethod

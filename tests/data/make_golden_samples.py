@@ -6,7 +6,8 @@ library of a reference commit first on ``sys.path``::
     git archive 7c2a407 | tar -x -C /tmp/base
     cd /tmp/base && python /path/to/tests/data/make_golden_samples.py /path/to/tests/data
 
-so that later speed work can be checked to leave float32 samples unchanged.
+so that later speed work can be checked to leave float32 samples unchanged. (``draw_all``
+now uses today's API; the recorded file is 7c2a407's.)
 """
 
 import os
@@ -19,10 +20,10 @@ import tensorflow as tf
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())  # the checkout being recorded
 
-from tf_score.networks import preconditioning
+from tf_score import sampling
+from tf_score.networks import contract
 from tf_score.networks.denoisers import EDMUNet
 from tf_score.networks.resnet import ConditionalResNet
-from tf_score.sampling import samplers
 
 SHAPE = (16, 16, 1)
 BATCH = 8
@@ -50,14 +51,16 @@ def networks():
 
 
 def draw_all(nets) -> dict:
-    scores = {
-        "resnet": (nets["resnet"], SIGMAS),
-        "unet": (preconditioning.score_on_grid(nets["unet"], EDM_SIGMAS), EDM_SIGMAS),
+    """Every case's samples through today's library (the model contract, sampling.draw)."""
+    models = {
+        "resnet": (contract.LevelScoreModel(nets["resnet"], SIGMAS), SIGMAS),
+        "unet": (nets["unet"], EDM_SIGMAS),
     }
+    space = sampling.SampleSpace(SHAPE, (0.0, 1.0), None)
     out = {}
     for net, name, options in CASES:
-        score, sigmas = scores[net]
-        sample = samplers.draw(name, score, sigmas, [BATCH, *SHAPE], tf.constant([3, 0]), **options)
+        model, sigmas = models[net]
+        sample = sampling.draw(name, model, sigmas, BATCH, tf.constant([3, 0]), space, **options)
         out[f"{net}/{name}"] = sample.samples.numpy()
     return out
 

@@ -474,6 +474,17 @@ def image_training_dataset(
     # Sizes must be Python numbers (a strategy may trace this function): pass
     # ``num_examples`` (see ``count_examples``) or it is taken from the data once, eagerly.
     total = int(num_examples) if num_examples is not None else count_examples(images)
+    prep = _dequantise(random_flip)
+    if cache:
+        ds = _cached_epochs(images, total, batch_size, seed, start_step, share, prep)
+    else:
+        ds = _streamed(images, total, seed, start_step, share, prep, shuffle_buffer,
+                       num_pipelines, pipeline_id)  # fmt: skip
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _dequantise(random_flip: bool):
+    """(seed, uint8 image) -> (pixel + u) / 256, u ~ U(0, 1), randomly flipped if asked."""
 
     def prep(s, img):
         s_noise, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 2))
@@ -483,61 +494,67 @@ def image_training_dataset(
             x = tf.image.stateless_random_flip_left_right(x, s_flip)
         return x
 
-    if cache:
-        n = total
-        per_epoch = n // batch_size
-        if per_epoch < 1:
-            raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
-        with tf.init_scope():  # materialise eagerly even when traced
-            table = tf.constant(next(iter(images.batch(n))).numpy())
-        first_epoch, skip = divmod(int(start_step), per_epoch)
+    return prep
 
-        def epoch(e):
-            e_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(e, tf.int32))
-            order = tf.random.experimental.stateless_shuffle(tf.range(n), e_seed)
-            # [steps, this pipeline's rows] of the epoch's global batches (remainder dropped)
-            rows = tf.reshape(order[: per_epoch * batch_size], [per_epoch, batch_size])
-            first = tf.where(e == first_epoch, skip, 0)
-            rows = rows[first:, share.start : share.start + share.rows]
-            return (
-                tf.data.Dataset.from_tensor_slices(tf.reshape(rows, [-1]))
-                .map(
-                    lambda i: prep(
-                        tf.random.experimental.stateless_fold_in(e_seed, i), tf.gather(table, i)
-                    ),
-                    num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True,
-                )
-                .batch(share.per_replica, drop_remainder=True)
-            )
 
-        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch)
-    else:
-        n = total // num_pipelines  # shards differ by at most one image; use the common part
-        if num_pipelines > 1:
-            images = images.shard(num_pipelines, pipeline_id)
-        images = images.take(n)
-        if n < share.rows:
-            raise ValueError(f"the data set has {n} images, fewer than one batch of {share.rows}")
-        shuffle_seed = int(tf.random.stateless_uniform([], seed, maxval=2**31 - 1, dtype=tf.int32))
-        ds = (
-            images.shuffle(
-                min(int(shuffle_buffer), n), seed=shuffle_seed, reshuffle_each_iteration=True
-            )
-            .repeat()
-            .enumerate()
+def _cached_epochs(images, n, batch_size, seed, start_step, share, prep):
+    """In memory: epoch e in the order of a stateless permutation seeded fold_in(seed, e)."""
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
+    with tf.init_scope():  # materialise eagerly even when traced
+        table = tf.constant(next(iter(images.batch(n))).numpy())
+    first_epoch, skip = divmod(int(start_step), per_epoch)
+
+    def epoch(e):
+        e_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(e, tf.int32))
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), e_seed)
+        # [steps, this pipeline's rows] of the epoch's global batches (remainder dropped)
+        rows = tf.reshape(order[: per_epoch * batch_size], [per_epoch, batch_size])
+        first = tf.where(e == first_epoch, skip, 0)
+        rows = rows[first:, share.start : share.start + share.rows]
+        return (
+            tf.data.Dataset.from_tensor_slices(tf.reshape(rows, [-1]))
             .map(
-                lambda k, img: prep(
-                    tf.random.experimental.stateless_fold_in(seed, tf.cast(k, tf.int32)), img
+                lambda i: prep(
+                    tf.random.experimental.stateless_fold_in(e_seed, i), tf.gather(table, i)
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-            .batch(share.rows, drop_remainder=True)
-            .skip(int(start_step))
+            .batch(share.per_replica, drop_remainder=True)
         )
-        ds = split_for_replicas(ds, share)
-    return ds.prefetch(tf.data.AUTOTUNE)
+
+    return tf.data.Dataset.counter(start=first_epoch).flat_map(epoch)
+
+
+def _streamed(images, total, seed, start_step, share, prep, shuffle_buffer, num_pipelines,
+              pipeline_id):  # fmt: skip
+    """Too big for memory: this pipeline's shard through a seeded shuffle buffer."""
+    n = total // num_pipelines  # shards differ by at most one image; use the common part
+    if num_pipelines > 1:
+        images = images.shard(num_pipelines, pipeline_id)
+    images = images.take(n)
+    if n < share.rows:
+        raise ValueError(f"the data set has {n} images, fewer than one batch of {share.rows}")
+    shuffle_seed = int(tf.random.stateless_uniform([], seed, maxval=2**31 - 1, dtype=tf.int32))
+    ds = (
+        images.shuffle(
+            min(int(shuffle_buffer), n), seed=shuffle_seed, reshuffle_each_iteration=True
+        )
+        .repeat()
+        .enumerate()
+        .map(
+            lambda k, img: prep(
+                tf.random.experimental.stateless_fold_in(seed, tf.cast(k, tf.int32)), img
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(share.rows, drop_remainder=True)
+        .skip(int(start_step))
+    )
+    return split_for_replicas(ds, share)
 
 
 def image_dataset_fn(images, seed, random_flip: bool = False, cache: bool = True):

@@ -10,12 +10,13 @@ Score models (``export_score_model``):
   - ``sample_<solver>`` for each solver chosen at export time: the same, with that solver's
     float and int options as inputs, each checked against the registry's schema.
   - ``score`` and ``denoise``: (x [B, *shape], sigma float32 [B]) -> the model contract.
-VAEs (``export_vae``): ``encode``, ``decode``, ``sample`` and, for the Gaussian encoder,
-``log_likelihood_bound`` (the IWAE bound).
+VAEs (``families.vae.export_vae``, with the helpers here): ``encode``, ``decode``, ``sample``
+and, for the Gaussian encoder, ``log_likelihood_bound`` (the IWAE bound).
 
 Every request is validated in the graph before any allocation: counts must be >= 1 and at
-most the export-time caps, options within their schema, float inputs finite, and the total work (num_samples x network evaluations) within ``max_evaluations``, so one request
-cannot exhaust the server; outputs are checked finite before they are returned. ``limits``
+most the export-time caps, options within their schema, float inputs finite, and the total
+work (num_samples x network evaluations) within ``max_evaluations``, so one request cannot
+exhaust the server; outputs are checked finite before they are returned. ``limits``
 returns the caps.
 ``sampling.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
 """
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_score import sampling
 from tf_score.networks import contract
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
@@ -135,7 +137,6 @@ def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, served: b
     """A ``tf.function`` drawing from solver ``entry``: inputs num_samples and seed, and with
     ``served`` its servable options (checked against its schema); the other options are
     ``fixed``. Work over ``caps["max_evaluations"]`` is refused before (or, adaptive, after)."""
-    from tf_score import sampling
 
     inputs = [o for o in entry.options if o.servable] if served else []
     dtypes = {float: tf.float32, int: tf.int32}
@@ -171,7 +172,7 @@ def export_score_model(
     sigmas,
     space,
     path: str,
-    sampler=None,
+    sampler,
     samplers: tuple[str, ...] = (),
     max_samples: int = MAX_SAMPLES,
     max_score_batch: int = 1024,
@@ -180,7 +181,7 @@ def export_score_model(
     """Write a servable SavedModel of a score model (``network``'s variables, ``model`` its
     contract, ``networks.contract``) to ``path``.
 
-    ``serving_default`` (= ``sample``) runs ``sampler`` (a ``SamplerConfig``: the registered
+    ``serving_default`` (= ``sample``) runs ``sampler`` (``config.SamplerConfig``: the registered
     solver and its options, fixed here) on the grid ``sigmas``, seeded exactly as
     ``api.generate``; ``sample_<name>`` for each solver of ``samplers`` takes that solver's
     float and int options as inputs, checked against its schema. Caps bound every request:
@@ -188,10 +189,7 @@ def export_score_model(
     evaluations per sample; the adaptive ODE's count is checked after it ran). ``limits``
     returns them.
     """
-    from tf_score import sampling
-    from tf_score.config import SamplerConfig
 
-    sampler = sampler or SamplerConfig()
     grid = np.asarray(sigmas, np.float32)
     caps = dict(max_samples=max_samples, max_score_batch=max_score_batch,
                 max_evaluations=max_evaluations)  # fmt: skip
@@ -227,63 +225,3 @@ def _limits_endpoint(**caps):
         }
 
     return limits
-
-
-def export_vae(
-    models: dict,
-    cfg,
-    path: str,
-    max_samples: int = MAX_SAMPLES,
-    max_batch: int = 1024,
-    max_iwae_samples: int = 5000,
-) -> str:
-    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
-    from tf_score.families import vae
-
-    enc, dec = models["encoder"], models["decoder"]
-    shape = tuple(cfg.image_shape)
-    x_spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
-
-    def batch_checked(x):
-        return _checked(x, _in_range(tf.shape(x)[0], "batch size", 1, max_batch))
-
-    @tf.function(input_signature=[x_spec, SEED_SPEC])
-    def encode(x, seed):
-        x = batch_checked(x)
-        out = {"z": enc.sample(x, seed)}
-        if cfg.encoder == "gaussian":
-            out["loc"], out["scale"] = enc(x)
-        return out
-
-    @tf.function(input_signature=[tf.TensorSpec([None, cfg.latent_dim], tf.float32, name="z")])
-    def decode(z):
-        z = batch_checked(z)
-        probs = tf.sigmoid(dec(z))
-        return {"probs": probs, "images_uint8": _to_uint8(probs)}
-
-    @tf.function(input_signature=[NUM_SAMPLES_SPEC, SEED_SPEC])
-    def sample(num_samples, seed):
-        num_samples = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_samples))
-        probs = vae.prior_samples(cfg, dec, num_samples, seed)
-        return {"samples": probs, "samples_uint8": _to_uint8(probs)}
-
-    archive = keras.export.ExportArchive()
-    for m in models.values():
-        archive.track(m)
-    archive.add_endpoint("sample", sample)
-    archive.add_endpoint("encode", encode)
-    archive.add_endpoint("decode", decode)
-    if cfg.encoder == "gaussian":
-
-        @tf.function(
-            input_signature=[x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), SEED_SPEC]
-        )
-        def log_likelihood_bound(x, num_samples, seed):
-            x = batch_checked(x)
-            k = _checked(num_samples, _in_range(num_samples, "num_samples", 1, max_iwae_samples))
-            r = vae.iwae_bound(enc, dec, x, k, seed)
-            return {"iwae": r.iwae, "elbo": r.elbo}
-
-        archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
-    archive.write_out(path, verbose=False)
-    return path

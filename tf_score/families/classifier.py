@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_score import atomic
+
 CLASSIFIER_FILE = "classifier.keras"
 SUMMARY_FILE = "classifier.json"
 
@@ -165,7 +167,6 @@ def train_classifier(
         seconds=seconds,
         params=int(model.count_params()),
     )
-    from tf_score import atomic
 
     atomic.write_json(
         os.path.join(workdir, SUMMARY_FILE),

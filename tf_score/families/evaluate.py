@@ -12,9 +12,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_score.evaluation import metrics
+from tf_score import data
+from tf_score.evaluation import likelihood, metrics, plotting
+from tf_score.families import classifier, score_model, vae
+from tf_score.families import classifier as classifier_lib
 from tf_score.families.run import Run, generate_from, sampler_config
 from tf_score.networks import contract
+from tf_score.sampling import registry
 
 
 class EvaluationError(RuntimeError):
@@ -61,8 +65,6 @@ def two_mode(
     sampler options are the run's; batch b is seeded (seed, b) as in ``runs.generate``.
     The exact plain-Langevin score is that of p itself (sigma = 0)."""
     import tensorflow as tf
-
-    from tf_score import data
 
     if not run.config.data.is_toy:
         raise EvaluationError(f"the two-mode evaluation needs a 2-D toy run, not {run.workdir}")
@@ -141,8 +143,6 @@ def two_mode_fast(
     each of ``num_seeds`` sampling seeds against as many exact samples."""
     import tensorflow as tf
 
-    from tf_score import data
-
     if not run.config.data.is_toy:
         raise EvaluationError(f"the two-mode evaluation needs a 2-D toy run, not {run.workdir}")
     toy = data.get_toy(run.config.data.dataset)
@@ -177,7 +177,6 @@ def two_mode_fast(
 
 def plot_two_mode(result: TwoModeResult, extent: float, path: str) -> None:
     """Exact samples beside plain / annealed Langevin (first batch of each) as one PNG."""
-    from tf_score.evaluation import plotting
 
     n = result.metrics["num_samples_per_batch"]
     titles = {
@@ -206,7 +205,6 @@ class QualityReference(NamedTuple):
 
 
 def _images_array(data_cfg, split: str) -> np.ndarray:
-    from tf_score.families import score_model
 
     images, *_ = score_model.load_training_images(data_cfg, split=split)
     return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
@@ -214,7 +212,6 @@ def _images_array(data_cfg, split: str) -> np.ndarray:
 
 def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
     """(extractor, classifier path or None, cache key) for ``feature_extractor``."""
-    from tf_score.families import classifier as classifier_lib
 
     if feature_extractor == "inception":
         try:
@@ -255,7 +252,6 @@ def quality_reference(
     """Load everything FID/KID of ``num_samples`` samples need, every error before sampling.
     The training features are cached in ``cache_dir`` (default: the workdir), keyed by the
     extractor (and the classifier file's mtime) and the data set."""
-    from tf_score import data
 
     extractor, net_path, key = _extractor(run, feature_extractor, classifier, inception_weights)
     dataset = run.config.data.dataset
@@ -288,7 +284,6 @@ def quality_reference(
 def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: int = 0) -> dict:
     """FID/KID of 8-bit samples (as saved) against the training features, with the floor of
     as many held-out images, and label histograms for classifier features."""
-    from tf_score.families import classifier
 
     x = np.asarray(images_uint8).astype(np.float32) / 255.0
     t0 = time.time()
@@ -310,9 +305,6 @@ def vae_test_images(run: Run, n: int) -> np.ndarray:
     """The first ``n`` test images in [0, 1] (training images for folder / npz data), with one
     fixed binarisation (the same for every model and seed) when the VAE binarises."""
     import tensorflow as tf
-
-    from tf_score import data
-    from tf_score.families import score_model, vae
 
     split = "train" if run.config.data.dataset in ("folder", "npz") else "test"
     try:
@@ -340,8 +332,6 @@ def vae_likelihood(
     (summary with mean and standard error, per-example values for paired comparisons)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
-
-    from tf_score.families import vae
 
     vcfg, models = vae.vae_config(run.config), run.models
     ais = tf.function(
@@ -413,9 +403,6 @@ def bits_per_dim(
     Returns (summary: mean, se, n, evaluations, seconds; per-image bits/dim)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
-
-    from tf_score.evaluation import likelihood
-    from tf_score.sampling import registry
 
     if not run.config.is_image or run.family != "score":
         raise EvaluationError("bits_per_dim is for image score models")

@@ -10,7 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tf_score import sampling
 from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
+from tf_score.families import score_model
 
 
 class RunError(RuntimeError):
@@ -43,7 +45,6 @@ class Run:
     def model(self):
         """The EMA score model under the model contract (``score(x, sigma)``, ``denoise(x,
         sigma)``; score family only), made once: a new one would retrace the solvers."""
-        from tf_score.families import score_model
 
         if self.family != "score":
             raise RunError(f"{self.workdir} holds a {self.family} run, not a score model")
@@ -52,7 +53,6 @@ class Run:
     @property
     def space(self):
         """The samples' shape, the data's range and mean (``sampling.SampleSpace``)."""
-        from tf_score.families import score_model
 
         return score_model.sample_space(self.config, self.data_shape)
 
@@ -93,8 +93,6 @@ def generate_from(
     (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first batch's steps."""
     import tensorflow as tf
     from tqdm.auto import tqdm
-
-    from tf_score import sampling
 
     if num_samples < 1 or batch_size < 0:
         raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")

@@ -14,7 +14,14 @@ import tensorflow as tf
 from tf_score import data, losses, noise, sampling
 from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
 from tf_score.evaluation import plotting
-from tf_score.networks import contract
+from tf_score.networks import (
+    EDMMLP,
+    ConditionalResNet,
+    CondRefineNetDilated,
+    EDMUNet,
+    NoiseConditionalMLP,
+    contract,
+)
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 
@@ -107,13 +114,6 @@ def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objecti
 
 def network_fn(cfg: ExperimentConfig, data_shape=None):
     """Factory of the built score network of ``cfg`` (``data_shape`` defaults to the config's)."""
-    from tf_score.networks import (
-        EDMMLP,
-        ConditionalResNet,
-        CondRefineNetDilated,
-        EDMUNet,
-        NoiseConditionalMLP,
-    )
 
     net, sigmas = cfg.network, cfg.noise.sigmas()
     shape = tuple(data_shape or cfg.data.data_shape or (2,))

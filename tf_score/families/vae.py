@@ -33,6 +33,8 @@ import tensorflow_probability as tfp
 
 from tf_score import data, losses
 from tf_score.evaluation import plotting
+from tf_score.export import savedmodel
+from tf_score.families import score_model
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 tfd = tfp.distributions
@@ -437,7 +439,6 @@ def vae_config(cfg, image_shape=None) -> VAEConfig:
 
 def bundle(cfg):
     """(bundle, image shape) of a VAE ``ExperimentConfig``; the images are loaded here."""
-    from tf_score.families import score_model
 
     images, shape, _, cache = score_model.load_training_images(cfg.data)
     num_images = data.count_examples(images) if cache else None
@@ -644,3 +645,72 @@ def iwae_bound(encoder: GaussianEncoder, decoder, x, num_samples: int, seed) -> 
     log_w = log_px_z + prior(encoder.latent_dim).log_prob(z) - q.log_prob(z)
     log_k = tf.math.log(tf.cast(num_samples, tf.float32))
     return IWAEResult(tf.reduce_logsumexp(log_w, axis=0) - log_k, tf.reduce_mean(log_w, axis=0))
+
+
+def export_vae(
+    models: dict,
+    cfg,
+    path: str,
+    max_samples: int = savedmodel.MAX_SAMPLES,
+    max_batch: int = 1024,
+    max_iwae_samples: int = 5000,
+) -> str:
+    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
+
+    enc, dec = models["encoder"], models["decoder"]
+    shape = tuple(cfg.image_shape)
+    x_spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
+
+    def batch_checked(x):
+        return savedmodel._checked(
+            x, savedmodel._in_range(tf.shape(x)[0], "batch size", 1, max_batch)
+        )
+
+    @tf.function(input_signature=[x_spec, savedmodel.SEED_SPEC])
+    def encode(x, seed):
+        x = batch_checked(x)
+        out = {"z": enc.sample(x, seed)}
+        if cfg.encoder == "gaussian":
+            out["loc"], out["scale"] = enc(x)
+        return out
+
+    @tf.function(input_signature=[tf.TensorSpec([None, cfg.latent_dim], tf.float32, name="z")])
+    def decode(z):
+        z = batch_checked(z)
+        probs = tf.sigmoid(dec(z))
+        return {"probs": probs, "images_uint8": savedmodel._to_uint8(probs)}
+
+    @tf.function(input_signature=[savedmodel.NUM_SAMPLES_SPEC, savedmodel.SEED_SPEC])
+    def sample(num_samples, seed):
+        num_samples = savedmodel._checked(
+            num_samples, savedmodel._in_range(num_samples, "num_samples", 1, max_samples)
+        )
+        probs = prior_samples(cfg, dec, num_samples, seed)
+        return {"samples": probs, "samples_uint8": savedmodel._to_uint8(probs)}
+
+    archive = keras.export.ExportArchive()
+    for m in models.values():
+        archive.track(m)
+    archive.add_endpoint("sample", sample)
+    archive.add_endpoint("encode", encode)
+    archive.add_endpoint("decode", decode)
+    if cfg.encoder == "gaussian":
+
+        @tf.function(
+            input_signature=[
+                x_spec,
+                tf.TensorSpec([], tf.int32, name="num_samples"),
+                savedmodel.SEED_SPEC,
+            ]
+        )
+        def log_likelihood_bound(x, num_samples, seed):
+            x = batch_checked(x)
+            k = savedmodel._checked(
+                num_samples, savedmodel._in_range(num_samples, "num_samples", 1, max_iwae_samples)
+            )
+            r = iwae_bound(enc, dec, x, k, seed)
+            return {"iwae": r.iwae, "elbo": r.elbo}
+
+        archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
+    archive.write_out(path, verbose=False)
+    return path

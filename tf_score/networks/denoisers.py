@@ -10,6 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tf_score.networks.layers import spatial_moments
 from tf_score.networks.preconditioning import Denoiser
 
 
@@ -64,7 +65,6 @@ class GroupNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
 
     def call(self, x, scale=None, shift=None):
-        from tf_score.networks.layers import spatial_moments
 
         c = int(x.shape[-1])
         mu, mean_sq = spatial_moments(x)  # [B, 1, 1, C]

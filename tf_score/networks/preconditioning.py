@@ -10,9 +10,9 @@ a = 1, b = 0) with sigma_y = a sigma:
     NCSNv2:  c_skip = 1, c_out = s, c_in = 1, c_noise = ln(s) / 4  (score = F / s)
 
 and the score in data units is Tweedie's grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2,
-so every solver runs on a denoiser (``networks.contract``). Noise levels (``sigma_min``, ``sigma_max``, the sampling
-grid) are in data units, as everywhere in the library; ``sigma_data``, ``p_mean`` and
-``p_std`` are in the network's scale, as in the EDM paper.
+so every solver runs on a denoiser (``networks.contract``). Noise levels (``sigma_min``,
+``sigma_max``, the sampling grid) are in data units, as everywhere in the library;
+``sigma_data``, ``p_mean`` and ``p_std`` are in the network's scale, as in the EDM paper.
 """
 
 from __future__ import annotations

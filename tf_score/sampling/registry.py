@@ -54,6 +54,8 @@ class Option:
     #: True: low itself is allowed
     low_closed: bool = False
     choices: tuple[str, ...] | None = None
+    #: a further rule: (predicate of the value, what it allows in words)
+    rule: tuple[Callable, str] | None = None
     #: a Python value when the solver is traced (it shapes the graph): fixed in an export
     static: bool = False
 
@@ -64,6 +66,8 @@ class Option:
         return self.kind in (float, int) and not self.static
 
     def allowed(self) -> str:
+        if self.rule:
+            return self.rule[1]
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.kind is bool:
@@ -89,7 +93,7 @@ class Option:
         if self.kind is int and float(value) != int(value):
             raise bad
         v = self.kind(value)
-        if not math.isfinite(v) or not self._in_range(v):
+        if not math.isfinite(v) or not self._in_range(v) or (self.rule and not self.rule[0](v)):
             raise bad
         return v
 
@@ -135,6 +139,8 @@ class Sampler:
     #: options -> whether every model call is at a sigma of the grid (False: between levels
     #: of a level-conditioned model, which costs it 2 network evaluations per call)
     on_grid: Callable[[dict], bool] = lambda options: True
+    #: (grid as numpy, options) -> raises SamplerError when the options do not fit the grid
+    validate: Callable | None = None
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.options)
@@ -184,9 +190,14 @@ def get(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-def all_options() -> dict[str, Option]:
-    """Every registered option by name."""
-    return {o.name: o for s in SAMPLERS.values() for o in s.options}
+def all_options(builtin_only: bool = False) -> dict[str, Option]:
+    """Every registered option by name (``builtin_only``: of the library's own solvers)."""
+    entries = [s for s in SAMPLERS.values() if s.name in BUILTINS or not builtin_only]
+    return {o.name: o for s in entries for o in s.options}
+
+
+#: names of the library's own solvers (``solvers``); others come from plugins
+BUILTINS: set[str] = set()
 
 
 # --- starts and seeds -------------------------------------------------------------------------
@@ -285,6 +296,8 @@ def draw(
     entry = get(name)
     resolved = entry.resolve(options)
     grid = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
+    if entry.validate is not None:
+        entry.validate(grid, resolved)
     sigmas = tf.constant(grid)
     init_seed, chain_seed = batch_seeds(seed)
     if isinstance(num_samples, int):

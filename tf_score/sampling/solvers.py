@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_score.sampling import registry
 from tf_score.sampling.registry import Option, Sampler, SamplerError, SamplerOutput, register
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -85,7 +86,9 @@ DENOISE = Option(
 STEP_LR = Option(
     "step_lr", float, 0.05, "annealed Langevin eps: a_i = eps sigma_i^2 / sigma_N^2", 0.0
 )
-N_STEPS_EACH = Option("n_steps_each", int, 100, "annealed Langevin steps per level T", 1)
+N_STEPS_EACH = Option(
+    "n_steps_each", int, 100, "annealed Langevin steps per level T", 1, low_closed=True
+)
 
 
 # --- Langevin -----------------------------------------------------------------------------------
@@ -157,10 +160,7 @@ def consistent_annealed(model, x, sigmas, *, seed, callback=None, cas_eta=0.0, d
     eta = ``cas_eta`` (0: the smallest consistent value, ``consistent_eta``), so a chain at
     noise sigma_i is at sigma_(i+1) after the step. N (+1) calls."""
     sig = tf.get_static_value(as_grid(sigmas))
-    need = consistent_eta(sig)
-    eta = float(cas_eta) or need
-    if eta < need * (1 - 1e-6):
-        raise SamplerError(f"sampler option cas_eta must be >= {need:.4g} for this grid, got {eta}")
+    eta = _check_cas(sig, {"cas_eta": cas_eta})
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     eta = tf.constant(eta * float(sig[-1]) ** 2, tf.float32) / tf.square(sigmas[-1])
     num_levels, nxt = _num(sigmas), next_sigmas(sigmas)
@@ -181,6 +181,15 @@ def consistent_annealed(model, x, sigmas, *, seed, callback=None, cas_eta=0.0, d
         x = x + tf.square(resid) * score_at(model, x, sigmas[-1])
         calls += 1
     return SamplerOutput(x, calls)
+
+
+def _check_cas(sigmas, options) -> float:
+    """The eta consistent annealed sampling uses on this grid; SamplerError if too small."""
+    need = consistent_eta(sigmas)
+    eta = float(options["cas_eta"]) or need
+    if eta < need * (1 - 1e-6):
+        raise SamplerError(f"sampler option cas_eta must be >= {need:.4g} for this grid, got {eta}")
+    return eta
 
 
 def _per_example_norm(t):
@@ -339,64 +348,71 @@ def ode(model, x, sigmas, *, seed, callback=None, ode_tol=1e-5, denoise=True):
 # --- the registry entries ---------------------------------------------------------------------
 
 
-def _register_builtins():
-    def o(name, kind, default, help_, low=None, high=None, closed=False, **kw):
-        return Option(name, kind, default, help_, low, high, closed, **kw)
+def _o(name, kind, default, help_, low=None, high=None, closed=False, **kw) -> Option:
+    return Option(name, kind, default, help_, low, high, closed, **kw)
 
-    entries = [
-        Sampler(
-            "annealed_langevin", annealed_langevin, (STEP_LR, N_STEPS_EACH, DENOISE), "uniform",
+
+LANGEVIN_OPTIONS = (
+    _o("langevin_step_size", float, 0.05, "plain Langevin: the fixed step a", 0.0),
+    _o("langevin_steps", int, 1000, "plain Langevin: steps at the last sigma", 0, closed=True),
+)
+CAS_ETA = _o(
+    "cas_eta", float, 0.0, "consistent annealed eta (0: the smallest consistent value)",
+    0.0, 1.0, True, static=True,
+)  # fmt: skip
+PC_OPTIONS = (
+    _o("snr", float, 0.16, "predictor-corrector: corrector signal-to-noise ratio", 0.0),
+    _o("n_corrector", int, 1, "predictor-corrector: corrector steps per level", 0, closed=True),
+    DENOISE,
+    _o("predictor", str, "reverse_diffusion", "predictor-corrector: reverse_diffusion or "
+       "ancestral (ends each step at exactly the next level's noise)", choices=PREDICTORS,
+       static=True),
+)  # fmt: skip
+HEUN_STEPS = _o(
+    "heun_steps",
+    int,
+    0,
+    "heun: sigmas of the grid used (0: all)",
+    0,
+    closed=True,
+    static=True,
+    rule=(lambda v: v == 0 or v >= 2, "0 (all levels) or >= 2"),
+)
+ODE_TOL = _o("ode_tol", float, 1e-5, "ode: rtol = atol of Dormand-Prince", 0.0, 1.0, static=True)
+EDM_OPTIONS = (
+    _o("s_churn", float, 0.0, "edm: stochasticity S_churn (0: Heun)", 0.0, closed=True),
+    _o("s_noise", float, 1.0, "edm: noise inflation S_noise", 0.0),
+    _o("s_tmin", float, 0.0, "edm: churn only for sigma >= s_tmin", 0.0, closed=True),
+    _o("s_tmax", float, 0.0, "edm: churn only for sigma <= s_tmax (0: no limit)", 0.0, closed=True),
+)
+
+
+def _churn_free(options) -> bool:
+    return not tf.is_tensor(options["s_churn"]) and float(options["s_churn"]) == 0.0
+
+
+BUILTINS = (
+    Sampler("annealed_langevin", annealed_langevin, (STEP_LR, N_STEPS_EACH, DENOISE), "uniform",
             lambda n, p: n * p["n_steps_each"] + int(p["denoise"]), True,
-            "NCSN's annealed Langevin dynamics: N x n_steps_each (+1 denoise) evaluations",
-        ),
-        Sampler(
-            "langevin", langevin,
-            (o("langevin_step_size", float, 0.05, "plain Langevin: the fixed step a", 0.0),
-             o("langevin_steps", int, 1000, "plain Langevin: steps at the last sigma", 0, closed=True)),
-            "uniform", lambda n, p: p["langevin_steps"], True,
-            "plain Langevin dynamics at the last sigma: langevin_steps evaluations",
-        ),
-        Sampler(
-            "consistent_annealed", consistent_annealed,
-            (o("cas_eta", float, 0.0, "consistent annealed eta (0: the smallest consistent)", 0.0, 1.0, True, static=True), DENOISE),
-            "perturbed", lambda n, p: n + int(p["denoise"]), True,
-            "consistent annealed sampling: N (+1 denoise) evaluations",
-        ),
-        Sampler(
-            "predictor_corrector", predictor_corrector,
-            (o("snr", float, 0.16, "predictor-corrector: corrector signal-to-noise ratio", 0.0),
-             o("n_corrector", int, 1, "predictor-corrector: Langevin corrector steps per level", 0, closed=True),
-             DENOISE,
-             o("predictor", str, "reverse_diffusion", "predictor-corrector: reverse_diffusion or ancestral", choices=PREDICTORS, static=True)),
-            "perturbed", lambda n, p: n * (1 + p["n_corrector"]), True,
-            "VE predictor-corrector: N x (1 + n_corrector) evaluations",
-        ),
-        Sampler(
-            "heun", heun,
-            (o("heun_steps", int, 0, "heun: sigmas of the grid used (0: all)", 0, closed=True, static=True),),
-            "perturbed", lambda n, p: 2 * len(heun_levels(n, p["heun_steps"] or None)) - 1, False,
-            "Heun's second-order ODE solver (EDM): 2 K - 1 evaluations for K sigmas",
-        ),
-        Sampler(
-            "ode", ode,
-            (o("ode_tol", float, 1e-5, "ode: rtol = atol of Dormand-Prince", 0.0, 1.0, static=True), DENOISE),
-            "perturbed", lambda n, p: None, False,
+            "NCSN's annealed Langevin dynamics: N x n_steps_each (+1 denoise) evaluations"),
+    Sampler("langevin", langevin, LANGEVIN_OPTIONS, "uniform", lambda n, p: p["langevin_steps"],
+            True, "plain Langevin dynamics at the last sigma: langevin_steps evaluations"),
+    Sampler("consistent_annealed", consistent_annealed, (CAS_ETA, DENOISE), "perturbed",
+            lambda n, p: n + int(p["denoise"]), True,
+            "consistent annealed sampling: N (+1 denoise) evaluations", validate=_check_cas),
+    Sampler("predictor_corrector", predictor_corrector, PC_OPTIONS, "perturbed",
+            lambda n, p: n * (1 + p["n_corrector"]), True,
+            "VE predictor-corrector: N x (1 + n_corrector) evaluations"),
+    Sampler("heun", heun, (HEUN_STEPS,), "perturbed",
+            lambda n, p: 2 * len(heun_levels(n, p["heun_steps"] or None)) - 1, False,
+            "Heun's second-order ODE solver (EDM): 2 K - 1 evaluations for K sigmas"),
+    Sampler("ode", ode, (ODE_TOL, DENOISE), "perturbed", lambda n, p: None, False,
             "the adaptive probability-flow ODE (Dormand-Prince): evaluations known afterwards",
-            on_grid=lambda p: False,
-        ),
-        Sampler(
-            "edm", edm,
-            (o("s_churn", float, 0.0, "edm: stochasticity S_churn (0: Heun)", 0.0, closed=True),
-             o("s_noise", float, 1.0, "edm: noise inflation S_noise", 0.0),
-             o("s_tmin", float, 0.0, "edm: churn only for sigma >= s_tmin", 0.0, closed=True),
-             o("s_tmax", float, 0.0, "edm: churn only for sigma <= s_tmax (0: no limit)", 0.0, closed=True)),
-            "perturbed", lambda n, p: 2 * n - 1, True,
+            on_grid=lambda p: False),
+    Sampler("edm", edm, EDM_OPTIONS, "perturbed", lambda n, p: 2 * n - 1, True,
             "EDM's stochastic sampler (Heun with churn): 2 N - 1 evaluations",
-            on_grid=lambda p: not tf.is_tensor(p["s_churn"]) and float(p["s_churn"]) == 0.0,
-        ),
-    ]  # fmt: skip
-    for entry in entries:
-        register(entry, replace=True)
-
-
-_register_builtins()
+            on_grid=_churn_free),
+)  # fmt: skip
+for _entry in BUILTINS:
+    register(_entry, replace=True)
+    registry.BUILTINS.add(_entry.name)

@@ -1,0 +1,119 @@
+"""The shape of the library: packages by layer with imports running one way (no circle, no
+import of a higher layer, function-local imports only beside a reason), and short functions."""
+
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.path.join(REPO, "tf_score")
+#: higher layers may import lower ones, never the reverse (ARCHITECTURE.md)
+LAYERS = {
+    "atomic": 0, "noise": 0, "data": 0, "losses": 0, "networks": 0,
+    "sampling": 1, "training": 1, "evaluation": 1, "export": 1,
+    "config": 2, "families": 3, "api": 4,
+}  # fmt: skip
+MAX_FUNCTION_LINES = 80
+
+
+def _modules():
+    for root, _, files in os.walk(LIB):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+                yield rel.removesuffix(".__init__"), path
+
+
+def _imports(path):
+    """(module imported, line, function-local?) of every tf_score import in a file."""
+    tree = ast.parse(open(path).read())
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+             for n in ast.walk(f)}  # fmt: skip
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tf_score"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                yield name, node.lineno, id(node) in local
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("tf_score"):
+                    yield a.name, node.lineno, id(node) in local
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+def _resolve(name: str, known: set) -> str:
+    """The module an import names (``from a import b`` is module a.b or attribute b of a)."""
+    while name not in known and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def test_no_module_imports_a_higher_layer():
+    known = {m for m, _ in _modules()}
+    bad = []
+    for module, path in _modules():
+        for name, line, _ in _imports(path):
+            target = _resolve(name, known)
+            a, b = _layer(module), _layer(target)
+            if a is not None and b is not None and b > a:
+                bad.append(f"{module}:{line} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circle():
+    known = {m for m, _ in _modules()}
+    graph = {m: set() for m in known}
+    for module, path in _modules():
+        for name, _, _ in _imports(path):
+            target = _resolve(name, known)
+            if target != module and target in known and not module.startswith(target + "."):
+                graph[module].add(target)
+    state, cycle = {}, []
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in graph[m]:
+            if state.get(n) == 1:
+                cycle.append(" -> ".join([*stack[stack.index(n) :], n]))
+            elif n not in state:
+                visit(n, [*stack, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycle, "\n".join(cycle)
+
+
+def test_function_local_imports_of_the_library_say_why():
+    """A function-local import of tf_score must carry its reason in a comment."""
+    bad = []
+    for module, path in _modules():
+        lines = open(path).read().splitlines()
+        for _, line, local in _imports(path):
+            if local and "#" not in lines[line - 1]:
+                bad.append(f"{module}:{line}: {lines[line - 1].strip()}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("where", ["tf_score", "flags", "run_train.py", "run_sample.py"])
+def test_no_function_is_longer_than_80_lines(where):
+    paths = [os.path.join(REPO, where)]
+    if os.path.isdir(paths[0]):
+        paths = [
+            os.path.join(r, f) for r, _, fs in os.walk(paths[0]) for f in fs if f.endswith(".py")
+        ]
+    long = []
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name}: {n}")
+    assert not long, "\n".join(long)
