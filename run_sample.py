@@ -1,4 +1,4 @@
-"""Sample a trained run, plot, evaluate or export: flags -> tf_score.runs / evaluate -> files.
+"""Sample a trained run, plot, evaluate or export: flags -> one tf_score.api call -> a report.
 
     python run_sample.py --workdir=runs/toy_mixture                 # samples.npz + samples.png
     python run_sample.py --workdir=runs/toy_mixture --evaluate      # the two-mode comparison
@@ -7,36 +7,17 @@
     python run_sample.py --workdir=runs/mnist_vae_ssm --evaluate      # VAE: AIS test NLL
 
 The run is rebuilt from workdir/config.json and the EMA weights of the latest checkpoint; its
-sampler settings are the workdir's, except those given on the command line.
+sampler settings are the workdir's, except those given on the command line; the evaluation
+and export settings are this command's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
-import numpy as np
 from absl import app
 
 import flags.definitions as F
-
-
-def _write_json(path, obj):
-    from tf_score import atomic
-
-    atomic.write_json(path, obj)
-
-
-def _save_npz(path, **arrays):
-    """np.savez to a temporary name, then renamed: an interrupted write leaves the old file."""
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _out(run) -> str:
-    """Where this command writes its results: --output_dir, else the run's workdir."""
-    return F.OUTPUT_DIR.value or run.workdir
 
 
 def print_table(m: dict) -> None:
@@ -80,168 +61,6 @@ def print_fast_table(m: dict) -> None:
         print(f"{name:<22}{r['num_evals']:>6}{w:>18}{sd:>14}  {ps}")
 
 
-def _toy_fast(run) -> None:
-    from tf_score import data
-    from tf_score.evaluation import plotting
-    from tf_score.families import evaluate
-
-    r = evaluate.two_mode_fast(
-        run, num_samples=F.NUM_SAMPLES.value, num_batches=F.EVAL_REPEATS.value,
-        seed=F.SEED.value, num_permutations=F.NUM_PERMUTATIONS.value,
-    )  # fmt: skip
-    panels = {"exact samples": r.exact}
-    for name, x in r.samples.items():
-        row = r.metrics["samplers"][name]
-        panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
-    extent = data.get_toy(run.config.data.dataset).extent
-    plotting.scatter_panels(panels, extent, path=os.path.join(_out(run), "samples.png"))
-    _write_json(os.path.join(_out(run), "metrics.json"), r.metrics)
-    print_fast_table(r.metrics)
-    print(f"wrote {_out(run)}/metrics.json and samples.png")
-
-
-def _toy(run) -> None:
-    from tf_score import api, data
-    from tf_score.evaluation import plotting
-    from tf_score.families import evaluate
-
-    extent = data.get_toy(run.config.data.dataset).extent
-    if F.EVALUATE.value and run.config.is_continuous:
-        return _toy_fast(run)
-    if F.EVALUATE.value:
-        r = evaluate.two_mode(
-            run,
-            num_samples=F.NUM_SAMPLES.value,
-            num_batches=F.EVAL_REPEATS.value,
-            seed=F.SEED.value,
-            num_permutations=F.NUM_PERMUTATIONS.value,
-            jit_compile=F.JIT.value,
-        )
-        evaluate.plot_two_mode(r, extent, os.path.join(_out(run), "samples.png"))
-        _write_json(os.path.join(_out(run), "metrics.json"), r.metrics)
-        print_table(r.metrics)
-        print(f"wrote {_out(run)}/metrics.json and samples.png")
-        return
-    out = api.generate(run, F.NUM_SAMPLES.value, F.SEED.value, jit_compile=F.JIT.value)
-    _save_npz(os.path.join(_out(run), "samples.npz"), samples=out.samples)
-    title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
-    plotting.scatter_panels(
-        {title: out.samples}, extent, path=os.path.join(_out(run), "samples.png")
-    )
-    print(f"wrote {len(out.samples)} samples to {_out(run)}/samples.npz and samples.png")
-
-
-def _inpaint(run) -> None:
-    import tensorflow as tf
-
-    from tf_score import api
-    from tf_score.evaluation import plotting
-    from tf_score.families import score_model
-
-    shape, n = run.data_shape, F.NUM_SAMPLES.value
-    images, *_ = score_model.load_training_images(run.config.data, split="test")
-    x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
-    w = shape[1]
-    left = tf.ones([shape[0], w // 2, shape[2]])
-    mask = tf.concat([left, tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)
-    out = api.inpaint(run, x_obs, mask, F.SEED.value, jit_compile=F.JIT.value)
-    occluded = x_obs * mask + 0.5 * (1 - mask)
-    rows = [
-        plotting.image_grid(a, ncols=min(n, 16))
-        for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())
-    ]
-    gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
-    grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
-    plotting.save_png(grid, os.path.join(_out(run), "inpaint.png"), scale=2)
-    _save_npz(
-        os.path.join(_out(run), "inpaint.npz"),
-        observed=x_obs.numpy(),
-        mask=mask.numpy(),
-        samples=out.samples.numpy(),
-    )
-    print(
-        f"inpainted {n} test images ({int(out.num_evals)} evaluations each): "
-        f"{_out(run)}/inpaint.png (rows: occluded, samples, original)"
-    )
-
-
-def _save_snapshots(workdir, snaps, shape) -> None:
-    from tf_score.evaluation import plotting
-
-    k = min(8, snaps.shape[1])
-    strip = snaps[:, :k].transpose(1, 0, 2, 3, 4).reshape(-1, *shape)
-    plotting.save_png(
-        plotting.image_grid(strip, ncols=len(snaps)), os.path.join(workdir, "snapshots.png"), 2
-    )
-    frames = [plotting.image_grid(f) for f in snaps]
-    plotting.save_gif(frames, os.path.join(workdir, "snapshots.gif"), scale=2)
-
-
-def _images(run) -> None:
-    from tf_score import api
-    from tf_score.evaluation import plotting
-    from tf_score.families import evaluate
-
-    n, name = F.NUM_SAMPLES.value, run.config.sampler.sampler
-    reference = None
-    if F.METRICS.value:  # every check and load before any sampling
-        reference = evaluate.quality_reference(
-            run, n, F.FEATURE_EXTRACTOR.value, F.CLASSIFIER.value, F.INCEPTION_WEIGHTS.value
-        )
-    out = api.generate(
-        run,
-        n,
-        F.SEED.value,
-        batch_size=F.SAMPLE_BATCH_SIZE.value,
-        jit_compile=F.JIT.value,
-        snapshots=F.SNAPSHOTS.value,
-        progress=F.PROGRESS.value,
-    )
-    x = out.samples
-    images = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    plotting.save_png(plotting.image_grid(x[:100]), os.path.join(_out(run), "samples.png"), 2)
-    _save_npz(os.path.join(_out(run), "samples.npz"), samples=x, images=images)
-    if out.snapshots is not None:
-        _save_snapshots(_out(run), out.snapshots, run.data_shape)
-    print(
-        f"{name}: {n} samples, {out.num_evals} evaluations each, {out.seconds:.1f} s "
-        f"({n * out.num_evals / out.seconds:.0f} evaluations/s), checkpoint step {run.step} "
-        f"-> {_out(run)}/samples.png, samples.npz"
-        + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
-    )
-    if reference is not None:
-        q = evaluate.image_quality(images, reference, seed=F.SEED.value)
-        q.update(
-            sampler=name,
-            num_evals=out.num_evals,
-            sample_seconds=out.seconds,
-            checkpoint_step=run.step,
-            denoise=run.config.sampler.denoise,
-            seed=F.SEED.value,
-        )
-        path = F.METRICS_FILE.value or os.path.join(_out(run), f"quality_{name}.json")
-        _write_json(path, q)
-        print_quality(q)
-        print(f"wrote {path}")
-
-
-def _bits_per_dim(run) -> None:
-    from tf_score.families import evaluate
-
-    tol = run.config.sampler.ode_tol
-    summary, per_image = evaluate.bits_per_dim(
-        run, F.BITS_PER_DIM.value, F.SEED.value, F.EVAL_BATCH.value, tol, progress=F.PROGRESS.value
-    )
-    path = os.path.join(_out(run), "bits_per_dim.json")
-    _write_json(path, summary)
-    _save_npz(os.path.join(_out(run), "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
-    print(
-        f"bits/dim {summary['mean']:.4f} ± {summary['se']:.4f} on {summary['n']} dequantised "
-        f"test images (ODE tol {tol:g}, {summary['ode_fn_evaluations']:.0f} evaluations, "
-        f"{summary['seconds']:.0f} s, step {run.step}) -> {path}"
-    )
-
-
 def print_quality(q: dict) -> None:
     print(
         f"FID {q['fid']:.3f} (real test images: {q['fid_floor']:.3f}), KID "
@@ -270,59 +89,90 @@ def print_vae_table(m: dict) -> None:
         print(f"  -ELBO     {e['mean']:8.2f} ± {e['se']:.2f} nats")
 
 
-def _vae(run) -> None:
-    import tensorflow as tf
-
-    from tf_score.evaluation import plotting
-    from tf_score.families import evaluate, vae
-
-    vcfg, seed, wd = vae.vae_config(run.config), F.SEED.value, _out(run)
-    prior_x = vae.prior_samples(vcfg, run.models["decoder"], F.NUM_SAMPLES.value, [seed, 0])
-    plotting.save_png(plotting.image_grid(prior_x.numpy()), f"{wd}/prior_samples.png", 2)
-    n_eval = F.EVAL_EXAMPLES.value if F.EVALUATE.value else 32
-    x = evaluate.vae_test_images(run, max(n_eval, 32))
-    rec = vae.reconstructions(vcfg, run.models, x[:32], tf.constant([seed, 1])).numpy()
-    pairs = np.concatenate([x[:32], rec], axis=2)
-    plotting.save_png(plotting.image_grid(pairs, ncols=4), f"{wd}/reconstructions.png", 2)
-    print(f"wrote {wd}/prior_samples.png and reconstructions.png (data | reconstruction)")
-    if not F.EVALUATE.value:
+def _report(run, out_dir: str, result, action: str) -> None:
+    """What one api.sample / api.evaluate call computed, as lines and tables."""
+    cfg, name = run.config, run.config.sampler.sampler
+    if run.family == "vae":
+        print(f"wrote {out_dir}/prior_samples.png and reconstructions.png (data | reconstruction)")
+    if isinstance(result, dict) and "samplers" in result:
+        print_fast_table(result)
+    elif isinstance(result, dict) and "exact_vs_exact_mmd" in result:
+        print_table(result)
+    elif isinstance(result, dict) and "ais_nll" in result:
+        print_vae_table(result)
+    elif isinstance(result, dict) and "ode_fn_evaluations" in result:
+        s = result
+        print(f"bits/dim {s['mean']:.4f} ± {s['se']:.4f} on {s['n']} dequantised test images "
+              f"(ODE tol {s['ode_tol']:g}, {s['ode_fn_evaluations']:.0f} evaluations, "
+              f"{s['seconds']:.0f} s, step {run.step}) -> {s['path']}")  # fmt: skip
         return
-    m, per_example = evaluate.vae_likelihood(
-        run,
-        x[:n_eval],
-        seed,
-        ais_chains=F.AIS_CHAINS.value,
-        ais_temperatures=F.AIS_TEMPERATURES.value,
-        ais_leapfrog_steps=F.AIS_LEAPFROG_STEPS.value,
-        eval_batch=F.EVAL_BATCH.value,
-        iwae_samples=F.IWAE_SAMPLES.value,
-        progress=F.PROGRESS.value,
-    )
-    _write_json(os.path.join(wd, "metrics.json"), m)
-    # Per-example values: two models evaluated on the same images compare pairwise.
-    _save_npz(os.path.join(wd, "nll_per_example.npz"), **per_example)
-    print_vae_table(m)
-    print(f"wrote {os.path.join(wd, 'metrics.json')}")
+    elif result is None and run.family == "vae":
+        return
+    elif action == "images":  # image samples (and their quality)
+        out, q = result
+        n = len(out.samples)
+        print(
+            f"{name}: {n} samples, {out.num_evals} evaluations each, {out.seconds:.1f} s "
+            f"({n * out.num_evals / out.seconds:.0f} evaluations/s), checkpoint step "
+            f"{run.step} -> {out_dir}/samples.png, samples.npz"
+            + (", snapshots.png, snapshots.gif" if out.snapshots is not None else "")
+        )
+        if q is not None:
+            print_quality(q)
+            print(f"wrote {q['path']}")
+    elif action == "toy":
+        print(f"wrote {len(result.samples)} samples to {out_dir}/samples.npz and samples.png")
+    else:  # inpainting
+        print(
+            f"inpainted {cfg.evaluation.num_samples} test images ({int(result.num_evals)} "
+            f"evaluations each): {out_dir}/inpaint.png (rows: occluded, samples, original)"
+        )
+    if isinstance(result, dict):
+        print(f"wrote {out_dir}/" + ("metrics.json" if run.family == "vae" else
+                                     "metrics.json and samples.png"))  # fmt: skip
 
 
 def _load(workdir):
-    """The run with this command line's sampler settings over the workdir's."""
+    """The run with this command line's sampler settings over the workdir's, and the
+    command's evaluation and export sections."""
     from tf_score import api
 
     data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
-    run = api.load(workdir, F.CHECKPOINT.value, data_dir=data_dir)
-    cfg = run.config.replace(sampler=F.sampler_overrides())
+    run = api.load(workdir, F.FLAGS.checkpoint, data_dir=data_dir)
+    cfg = run.config.replace(sampler=F.sampler_overrides(), **F.command_sections())
     return dataclasses.replace(run, config=cfg)
 
 
 def _check_request(run) -> None:
-    if F.BITS_PER_DIM.value and (not run.config.is_image or run.family != "score"):
+    ev = run.config.evaluation
+    if ev.bits_per_dim and (not run.config.is_image or run.family != "score"):
         raise app.UsageError("--bits_per_dim is for image score models")
-    if F.METRICS.value and (not run.config.is_image or F.INPAINT.value):
+    if ev.metrics and (not run.config.is_image or F.FLAGS.inpaint):
         raise app.UsageError(
             "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
             "mode weights, MMD and a two-sample test with --evaluate"
         )
+
+
+def _main(run) -> None:
+    from tf_score import api
+
+    _check_request(run)
+    if run.config.export.export_dir:
+        path = F.export(run, run.config)
+        print(f"exported step {run.step} for TF Serving: {path}")
+        return
+    out_dir = F.FLAGS.output_dir or run.workdir
+    api.check_writable(out_dir, "--output_dir")  # before any work: nothing computed is lost
+    common = dict(seed=F.FLAGS.seed, jit=F.FLAGS.jit, progress=F.FLAGS.progress)
+    evaluated = run.family == "vae" or not run.config.is_image
+    if run.config.evaluation.bits_per_dim or (F.FLAGS.evaluate and evaluated):
+        result, action = api.evaluate(run, out_dir, **common), "evaluate"
+    else:
+        action = "inpaint" if F.FLAGS.inpaint else "images" if run.config.is_image else "toy"
+        result = api.sample(run, out_dir, snapshots=F.FLAGS.snapshots, inpainting=F.FLAGS.inpaint,
+                            metrics_file=F.FLAGS.metrics_file, **common)  # fmt: skip
+    _report(run, out_dir, result, action)
 
 
 def main(argv):
@@ -335,7 +185,7 @@ def main(argv):
     try:
         F.load_plugins()
         with signals.exit_on_interrupt("stopped (results are written only when complete)"):
-            _main(_load(F.WORKDIR.value))
+            _main(_load(F.FLAGS.workdir))
     except (
         config.ConfigError,
         api.RunError,
@@ -343,25 +193,6 @@ def main(argv):
         sampling.SamplerError,
     ) as e:
         raise app.UsageError(str(e)) from e
-
-
-def _main(run) -> None:
-    from tf_score import api
-
-    _check_request(run)
-    if not F.EXPORT_DIR.value:  # before any work: results are never computed to be lost
-        api.check_writable(_out(run), "--output_dir")
-    if F.EXPORT_DIR.value:
-        path = F.export(run)
-        print(f"exported step {run.step} for TF Serving: {path}")
-    elif run.family == "vae":
-        _vae(run)
-    elif run.config.is_image and F.BITS_PER_DIM.value:
-        _bits_per_dim(run)
-    elif run.config.is_image:
-        _inpaint(run) if F.INPAINT.value else _images(run)
-    else:
-        _toy(run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a model: flags -> ExperimentConfig -> tf_score.runs.train(config, workdir).
+"""Train a model: flags -> ExperimentConfig -> tf_score.api.train(config, workdir).
 
     python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
 
@@ -41,26 +41,28 @@ def main(argv):
     from tf_score import api, config, data
     from tf_score.training import checkpoints, distribute, loop
 
+    workdir = F.FLAGS.workdir
     try:
         F.load_plugins()
         cfg = F.experiment_config()
-        api.check_resume(F.WORKDIR.value, cfg)
+        api.check_resume(workdir, cfg)
     except (config.ConfigError, api.RunError) as e:
         raise app.UsageError(str(e)) from e
     try:
         # First: a multi-worker strategy must exist before any other TensorFlow work.
-        strategy = F.strategy() if cfg.network.model != "classifier" else None
+        strategy = F.strategy(cfg) if cfg.network.model != "classifier" else None
     except distribute.StrategyError as e:
         _fail(e)
-    workdir = F.WORKDIR.value
-    where = f"{F.STRATEGY.value}, {distribute.task_name(strategy)}" if strategy else "one device"
+    where = (
+        f"{cfg.distribute.strategy}, {distribute.task_name(strategy)}" if strategy else "one device"
+    )
     print(
         f"training {cfg.network.model} ({cfg.network.network}) on {cfg.data.dataset} for "
         f"{cfg.train.num_steps} steps ({where}) -> {workdir}",
         flush=True,
     )
     try:
-        result = api.train(cfg, workdir, strategy, progress=F.PROGRESS.value)
+        result = api.train(cfg, workdir, strategy, progress=F.FLAGS.progress)
     except (
         config.ConfigError,
         api.RunError,
@@ -78,9 +80,9 @@ def main(argv):
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + int(e.signum))
     _print_result(cfg, result)
-    if F.EXPORT_DIR.value and distribute.is_chief(strategy):
+    if cfg.export.export_dir and distribute.is_chief(strategy):
         run = api.load(workdir)
-        path = F.export(run)
+        path = F.export(run, cfg)
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 
 

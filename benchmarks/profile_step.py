@@ -121,7 +121,7 @@ def main(argv):
     run = workloads.sampling_run(cfg, step)
     options = workloads.sampler_options(model)
     wall = _trace(
-        lambda: api.generate(run, b, 0, batch_size=b, jit_compile=JIT.value, **options),
+        lambda: api.generate(run, b, 0, batch_size=b, jit=JIT.value, **options),
         base + "_sample_trace",
     )
     result["sample"] = summarise(op_times(base + "_sample_trace"), wall, TOP.value)

@@ -56,7 +56,6 @@ def build(repo: str, model: str, precision: str, batch_size: int, jit: bool = Fa
     import keras
     import tensorflow as tf
 
-    from tf_score import api
     from tf_score.families import score_model
     from tf_score.training.step import TrainStep
 
@@ -68,7 +67,7 @@ def build(repo: str, model: str, precision: str, batch_size: int, jit: bool = Fa
     mean = tuple(float(m) for m in (arr.mean(axis=(0, 1, 2)) + 0.5) / 256.0)
     cfg = cfg.replace(data={"data_shape": (28, 28, 1), "data_mean": mean})
     bundle = score_model.image_bundle(cfg, images, (28, 28, 1))
-    step = TrainStep(bundle, api.loop_config(cfg, progress=False))
+    step = TrainStep(bundle, cfg.train, seed=cfg.seed)
     strategy = tf.distribute.get_strategy()
 
     def input_fn(ctx):

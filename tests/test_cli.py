@@ -39,13 +39,13 @@ def _run(repo_root, script, *args, timeout=300):
         (["--dataset=folder", "--network=resnet"], "dataset=folder needs data_path"),
         (["--network=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
         (["--model=vae", "--network=refinenet"], "network must be one of mlp, conv"),
-        (["--strategy=tpu"], "--tpu (a Cloud TPU name"),
-        (["--devices=/gpu:0"], "--devices is for --strategy=mirrored"),
+        (["--strategy=tpu"], "tpu (a Cloud TPU name, grpc://host:port or local) is needed by"),
+        (["--devices=/gpu:0"], "devices is for strategy=mirrored"),
         (["--batch_size=100", "--grad_accum_steps=3"], "divisible by grad_accum_steps"),
         (["--sampler=heun", "--heun_steps=1"], "heun_steps must be 0 (all levels) or >= 2"),
-        (["--export_model_name=../../x"], "--export_model_name must be a TF Serving model name"),
-        (["--export_model_name=a/b"], "--export_model_name must be a TF Serving model name"),
-        (["--export_max_evaluations=0"], "--export_max_evaluations must be >= 1"),
+        (["--export_model_name=../../x"], "export_model_name must be a TF Serving model name"),
+        (["--export_model_name=a/b"], "export_model_name must be a TF Serving model name"),
+        (["--export_max_evaluations=0"], "export_max_evaluations must be an integer >= 1, got 0"),
         (["--predictor=euler"], "flag --predictor=euler: value should be one of"),
         (["--anneal_power=nan"], "anneal_power must be finite"),
     ],
@@ -397,7 +397,7 @@ def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_
     workdir = tmp_path / "theirs"
     cfg = config.ExperimentConfig(
         network=config.NetworkConfig(network="mlp", hidden_units=(16, 16)),
-        train=config.LoopConfig(num_steps=20, checkpoint_every=20, log_every=20),
+        train=config.TrainConfig(num_steps=20, checkpoint_every=20, log_every=20),
     )
     api.train(cfg, str(workdir), progress=False)
     before = sorted(os.listdir(workdir))

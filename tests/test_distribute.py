@@ -17,6 +17,15 @@ from tf_score.families import score_model, vae
 from tf_score.training import checkpoints, distribute, loop
 
 
+def _vae_config(shape, **kw):
+    """A VAE experiment's config on images of ``shape`` (the VAE's former defaults: tanh MLP
+    256-256, RMSprop)."""
+    base = dict(model="vae", dataset="mnist", hidden_units=(256, 256), activation="tanh",
+                optimizer="rmsprop")  # fmt: skip
+    flat = {**base, **kw}
+    return config.from_flat(flat).replace(data={"data_shape": tuple(shape)})
+
+
 def _mirrored():
     assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest configures 2 logical CPUs"
     return distribute.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
@@ -107,7 +116,7 @@ def test_image_and_vae_bundles_under_mirrored_match_one_device(tmp_path, model):
     """The NCSN image pipeline and the VAE's two objectives under MirroredStrategy."""
     images = _mnist_images()
     if model == "vae":
-        cfg = vae.VAEConfig(image_shape=(28, 28, 1), latent_dim=4, hidden_units=(32,))
+        cfg = _vae_config((28, 28, 1), latent_dim=4, hidden_units=(32,))
 
         def bundle():
             return vae.vae_bundle(cfg, images, seed=0, num_summary_images=4)

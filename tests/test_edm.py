@@ -2,6 +2,8 @@
 forms, the denoiser-to-score conversion on a Gaussian whose optimal denoiser is known, every
 registered sampler on that exact denoiser's grid, and training that lowers the EDM loss."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -12,7 +14,6 @@ from tf_score.families import score_model
 from tf_score.networks import EDMMLP, EDMUNet, contract, preconditioning
 from tf_score.sampling import solvers
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
 
 MU, S0 = np.array([0.3, -0.2], np.float32), 0.5  # data N(MU, S0^2 I), in data units
 
@@ -34,14 +35,14 @@ def test_preconditioning_coefficients_match_the_closed_forms():
 
 
 def test_karras_grid():
-    g = noise.karras_sigmas(18, 0.002, 80.0, rho=7.0)
+    g = noise.karras_sigmas(80.0, 0.002, 18, rho=7.0)
     assert g.shape == (18,) and g[0] == pytest.approx(80.0) and g[-1] == pytest.approx(0.002)
     assert np.all(np.diff(g) < 0)
     i = 5 / 17  # the formula at i = 5
     expected = (80.0 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
     assert g[5] == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="num_steps must be >= 2"):
-        noise.karras_sigmas(1, 0.002, 80.0)
+    with pytest.raises(ValueError, match="num_levels must be >= 2"):
+        noise.karras_sigmas(80.0, 0.002, 1)
 
 
 class OptimalGaussianDenoiser(preconditioning.Denoiser):
@@ -110,7 +111,7 @@ def test_the_optimal_denoiser_minimises_the_edm_loss():
     assert diff.mean() > 0
 
 
-GRID = noise.karras_sigmas(30, 0.002, 20.0)
+GRID = noise.karras_sigmas(20.0, 0.002, 30)
 SPACE = sampling.SampleSpace((2,), (-1.0, 1.0))
 #: options per sampler on the exact Gaussian denoiser (the rest: library defaults)
 OPTIONS = {
@@ -198,12 +199,11 @@ def test_short_real_mnist_training_lowers_the_edm_loss(tmp_path):
     bundle = score_model.image_bundle(cfg, images.take(512), (28, 28, 1), num_summary_samples=4)
     keras.utils.set_random_seed(0)
     initial = bundle.model_fns["score"]()
-    tcfg = api.loop_config(cfg, progress=False)
-    tcfg = TrainConfig(
-        **{**tcfg.__dict__, "num_steps": 60, "batch_size": 32, "log_every": 30,
-           "checkpoint_every": 60, "steps_per_loop": 30, "ema_rate": 0.0}
+    tcfg = dataclasses.replace(
+        cfg.train, num_steps=60, batch_size=32, log_every=30, checkpoint_every=60,
+        steps_per_loop=30, ema_rate=0.0,
     )  # fmt: skip
-    trained = loop.train(bundle, tcfg, str(tmp_path)).models["score"]
+    trained = loop.train(bundle, tcfg, str(tmp_path), seed=cfg.seed).models["score"]
     test, _ = data.load_tfds_images("mnist", "test", data_dir=MNIST_DATA_DIR)
     x = tf.cast(next(iter(test.batch(128))), tf.float32) / 255.0
     loss_fn = score_model.denoising_objective_loss(cfg)

@@ -11,12 +11,22 @@ import pytest
 import tensorflow as tf
 
 from tf_score import config, sampling
+from tf_score.config import TrainConfig
 from tf_score.export import savedmodel
 from tf_score.families import score_model, vae
 from tf_score.networks import ConditionalResNet, contract
 from tf_score.noise import geometric_sigmas
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
+
+
+def _vae_config(shape, **kw):
+    """A VAE experiment's config on images of ``shape`` (the VAE's former defaults: tanh MLP
+    256-256, RMSprop)."""
+    base = dict(model="vae", dataset="mnist", hidden_units=(256, 256), activation="tanh",
+                optimizer="rmsprop")  # fmt: skip
+    flat = {**base, **kw}
+    return config.from_flat(flat).replace(data={"data_shape": tuple(shape)})
+
 
 TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 #: the toy export's sampler: annealed Langevin, T = 5, eps 0.05, final denoise
@@ -79,7 +89,7 @@ def _cli_run(path, signature, tmp_path, **inputs):
 def toy_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     bundle = score_model.toy_bundle(config.from_flat(dict(hidden_units=(32, 32), n_steps_each=2)))
-    cfg = TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30, progress=False)
+    cfg = TrainConfig(num_steps=60, batch_size=64, steps_per_loop=30)
     result = loop.train(bundle, cfg, str(root / "run"))
     model = result.ema_models["score"]
     path = savedmodel.version_dir(str(root / "export"), "toy", result.step)
@@ -266,7 +276,7 @@ def test_image_model_export_samples_uint8_in_graph(tmp_path):
 @pytest.mark.parametrize("encoder", ["implicit", "gaussian"])
 def test_vae_export_every_endpoint(encoder, tmp_path):
     keras.utils.set_random_seed(0)
-    cfg = vae.VAEConfig(image_shape=(28, 28, 1), encoder=encoder, latent_dim=4, hidden_units=(32,))
+    cfg = _vae_config((28, 28, 1), vae_encoder=encoder, latent_dim=4, hidden_units=(32,))
     models = {k: fn() for k, fn in vae.model_fns(cfg).items()}
     path = savedmodel.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
     vae.export_vae(models, cfg, path)

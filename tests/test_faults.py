@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 
 from tf_score import api
+from tf_score.config import TrainConfig
 from tf_score.families import score_model
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def _reference(workdir, num_steps, **kw):
     """The uninterrupted run, in-process, from the config.json the CLI wrote."""
     cfg = api.read_config(str(workdir)).replace(sampler={"n_steps_each": 1})
     bundle, _ = score_model.bundle(cfg)
-    base = dict(num_steps=num_steps, batch_size=128, ema_rate=0.999, progress=False)
+    base = dict(num_steps=num_steps, batch_size=128, ema_rate=0.999)
     return loop.train(bundle, TrainConfig(**{**base, **kw}), str(workdir) + "_reference")
 
 

@@ -10,13 +10,13 @@ import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
 from tf_score import config, data, sampling
+from tf_score.config import TrainConfig
 from tf_score.families import score_model
 from tf_score.networks import ConditionalResNet, CondRefineNetDilated, contract
 from tf_score.networks.layers import ConditionalInstanceNormPlus
 from tf_score.noise import geometric_sigmas
 from tf_score.sampling import registry, solvers
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 10)
 
@@ -203,7 +203,7 @@ def test_npz_too_small_for_a_batch_or_the_network_is_refused_before_writing(
         network=config.NetworkConfig(model=model, network=network, ngf=8, channel_mults=(1, 2, 2)),
         noise=config.NoiseConfig(sigma_max=1.0, sigma_min=0.01, num_levels=10),
         loss=config.LossConfig(loss="edm" if network.startswith("edm") else "anneal_dsm"),
-        train=config.LoopConfig(num_steps=2, batch_size=8),
+        train=config.TrainConfig(num_steps=2, batch_size=8),
     )
     workdir = tmp_path / "run"
     with pytest.raises(api.RunError, match=re.escape(message)):
@@ -243,7 +243,6 @@ def _cfg(steps, **kw):
                 log_every=10,
                 checkpoint_every=10,
                 steps_per_loop=10,
-                progress=False,
                 ema_rate=0.9,
             ),
             **kw,

@@ -12,7 +12,7 @@ LIB = os.path.join(REPO, "tf_score")
 LAYERS = {
     "atomic": 0, "noise": 0, "data": 0, "losses": 0, "networks": 0,
     "sampling": 1, "training": 1, "evaluation": 1, "export": 1,
-    "config": 2, "families": 3, "api": 4,
+    "config": 1, "families": 3, "api": 4,
 }  # fmt: skip
 MAX_FUNCTION_LINES = 80
 
@@ -117,3 +117,37 @@ def test_no_function_is_longer_than_80_lines(where):
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name}: {n}")
     assert not long, "\n".join(long)
+
+
+def test_every_flag_is_one_config_field_or_one_api_argument():
+    """flags/definitions.py generates the flags from the config: every field has its flag
+    (same name and default), every other flag is an argument of the command's API call."""
+    import dataclasses
+
+    from absl import flags as absl_flags
+
+    import flags.definitions as F
+    from tf_score import config, sampling
+
+    ours = {
+        name for name, f in absl_flags.FLAGS._flags().items()
+        if name == f.name and f.__module__ and "definitions" in str(
+            absl_flags.FLAGS.find_module_defining_flag(name))
+    }  # fmt: skip
+    plugins = set(sampling.registry.all_options()) - set(
+        sampling.registry.all_options(builtin_only=True)
+    )  # registered by test modules after the flags were defined: --sampler_options
+    fields = set(config.field_names()) - set(F.DERIVED) - plugins
+    assert fields <= ours, sorted(fields - ours)
+    assert ours - fields == {*F.COMMAND, "seed"}, sorted(ours - fields)
+    helped = fields - set(sampling.registry.all_options(builtin_only=True)) | {"seed"}
+    assert set(F.HELP) == helped, sorted(set(F.HELP) ^ helped)
+    for section, cls in config.SECTIONS.items():
+        if section == "sampler":
+            continue
+        for f in dataclasses.fields(cls):
+            if f.name in F.DERIVED:
+                continue
+            default = absl_flags.FLAGS[f.name].default
+            want = [str(v) for v in f.default] if isinstance(f.default, tuple) else f.default
+            assert default == (want or None if f.name == "network" else want), f.name

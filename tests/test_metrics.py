@@ -105,17 +105,19 @@ def test_image_quality_reports_floor_histogram_and_n():
         return f, tf.argmax(f[:, :3], -1)
 
     ext = metrics.FeatureExtractor("pixels", fn, num_classes=3, batch_size=64)
-    out = metrics.image_quality(shifted, ref, held, ext, kid_subsets=10, kid_subset_size=100)
+    out = metrics.fid_kid_with_floor(shifted, ref, held, ext, kid_subsets=10, kid_subset_size=100)
     assert out["n"] == 200 and out["n_reference"] == 400 and out["kid_subset_size"] == 100
     assert out["fid"] > 10 * out["fid_floor"] > 0
     assert out["kid"] > out["kid_floor"] + 5 * out["kid_std"]
     assert sum(out["label_histogram"]) == pytest.approx(1.0)
     assert len(out["label_histogram_floor"]) == 3
     # The floor uses exactly the first n held-out images: samples = those images give FID 0.
-    same = metrics.image_quality(held[:200], ref, held, ext, kid_subsets=5, kid_subset_size=100)
+    same = metrics.fid_kid_with_floor(
+        held[:200], ref, held, ext, kid_subsets=5, kid_subset_size=100
+    )
     assert same["fid"] == pytest.approx(same["fid_floor"], abs=1e-9)
     with pytest.raises(ValueError, match="held-out"):
-        metrics.image_quality(held, ref, held[:10], ext)
+        metrics.fid_kid_with_floor(held, ref, held[:10], ext)
 
 
 def test_inception_route_features_and_a_clear_error_without_weights(tmp_path):

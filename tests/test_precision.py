@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_score import api, config
+from tf_score import config
 from tf_score.families import score_model
 from tf_score.training.step import TrainStep
 
@@ -52,7 +52,7 @@ def _losses(precision: str) -> tuple[list[float], TrainStep]:
     keras.mixed_precision.set_global_policy(precision)
     try:
         bundle = score_model.image_bundle(cfg, tf.data.Dataset.from_tensor_slices(arr), (28, 28, 1))
-        step = TrainStep(bundle, api.loop_config(cfg, progress=False))
+        step = TrainStep(bundle, cfg.train, seed=cfg.seed)
         strategy = tf.distribute.get_strategy()
         iterator = iter(
             strategy.distribute_datasets_from_function(lambda ctx: bundle.dataset_fn(BATCH, ctx, 0))

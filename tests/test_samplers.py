@@ -29,13 +29,13 @@ GAUSSIAN = contract.ScoreFunction(lambda x, sigma: -(x - MEAN) @ PREC.T, name="g
 _COMPILED: dict = {}
 
 
-def solve(solver, model, x0, sigmas, seed, jit_compile=False, **options):
+def solve(solver, model, x0, sigmas, seed, jit=False, **options):
     """``solver`` as one ``tf.function`` (one per solver and compile mode, so a replay runs
     the same compiled loop), on the grid as Python floats (as ``sampling.draw`` passes it:
     known when traced) from the explicit start ``x0``."""
-    key = (solver, bool(jit_compile))
+    key = (solver, bool(jit))
     if key not in _COMPILED:
-        _COMPILED[key] = tf.function(solver, jit_compile=bool(jit_compile))
+        _COMPILED[key] = tf.function(solver, jit_compile=bool(jit))
     grid = tuple(float(v) for v in np.atleast_1d(np.asarray(sigmas, np.float32)))
     x0 = tf.convert_to_tensor(x0, tf.float32)
     # Python values (numpy scalars would become tensors; static options must stay Python)
@@ -156,7 +156,7 @@ def test_xla_compiled_loop_is_reproducible_and_correct():
     n, a = 10_000, 0.02
     x0 = uniform_start([n, 2], [0, 9], -5.0, 5.0)
     run = lambda: solve(
-        solvers.langevin, GAUSSIAN, x0, [1.0], [0, 1], jit_compile=True,
+        solvers.langevin, GAUSSIAN, x0, [1.0], [0, 1], jit=True,
         langevin_step_size=a, langevin_steps=1000,
     ).samples.numpy()  # fmt: skip
     x = run()
@@ -397,7 +397,7 @@ def test_deterministic_samplers_started_at_the_data_mean_keep_the_mode_weight():
     toy = data.get_toy("two_mode")
     mean = score_model.data_mean(ExperimentConfig())
     np.testing.assert_allclose(mean, (3.0, 3.0), atol=1e-12)
-    sigmas = noise.karras_sigmas(18, 0.01, 80.0)
+    sigmas = noise.karras_sigmas(80.0, 0.01, 18)
     model = contract.LevelScoreModel(toy.conditional_score_fn(sigmas), sigmas)
     centred_space = sampling.SampleSpace((2,), (-8.0, 8.0), tuple(mean))
     uniform_space = sampling.SampleSpace((2,), (-8.0, 8.0))

@@ -11,9 +11,9 @@ import urllib.request
 import pytest
 
 from tf_score import config
+from tf_score.config import TrainConfig
 from tf_score.families import score_model
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
 
 
 def _free_port():
@@ -38,7 +38,6 @@ def test_tensorboard_serves_the_scalars_and_images(tmp_path):
         log_every=20,
         checkpoint_every=40,
         sample_every=40,
-        progress=False,
     )
     loop.train(bundle, cfg, str(tmp_path))
     port = _free_port()

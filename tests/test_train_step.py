@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_score.config import TrainConfig
 from tf_score.training import distribute
 from tf_score.training import step as train_step
-from tf_score.training.bundle import LossOutput, ModelBundle, Objective, TrainConfig
+from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 DIM = 3
 SEED = 5
@@ -76,7 +77,11 @@ def _bundle(noise=0.3, optimizer="sgd", two_objectives=False, poison_step=None):
 
 
 def _config(**kw):
-    return TrainConfig(**{"num_steps": 10, "batch_size": 8, "seed": SEED, "ema_rate": 0.9, **kw})
+    return TrainConfig(**{"num_steps": 10, "batch_size": 8, "ema_rate": 0.9, **kw})
+
+
+def _step(bundle, config, strategy=None):
+    return train_step.TrainStep(bundle, config, strategy, seed=SEED)
 
 
 def _seed(step, shard=0, objective=0):
@@ -111,7 +116,7 @@ def _mean_loss(obj, models, x, seed):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_one_step_is_the_optimizer_update_of_the_tape_gradient(optimizer):
-    step = train_step.TrainStep(_bundle(optimizer=optimizer), _config())
+    step = _step(_bundle(optimizer=optimizer), _config())
     obj, model = step.bundle.objectives[0], step.models["a"]
     x = _global_batch(tf.constant(1, tf.int64))
     w0 = [v.numpy() for v in model.trainable_variables]
@@ -156,7 +161,7 @@ def test_one_step_is_the_optimizer_update_of_the_tape_gradient(optimizer):
 
 
 def test_held_out_loss_changes_nothing_and_is_each_objectives_mean_loss():
-    step = train_step.TrainStep(_bundle(two_objectives=True), _config())
+    step = _step(_bundle(two_objectives=True), _config())
     loop = _loop(step)
     loop(tf.constant(2, tf.int64))  # EMA and live weights differ from here on
     x = _global_batch(tf.constant(3, tf.int64))
@@ -179,7 +184,7 @@ def test_held_out_loss_changes_nothing_and_is_each_objectives_mean_loss():
 
 
 def test_nan_guard_leaves_weights_ema_and_optimizer_unchanged_and_reports_the_step():
-    step = train_step.TrainStep(_bundle(optimizer="adam", poison_step=3), _config())
+    step = _step(_bundle(optimizer="adam", poison_step=3), _config())
     loop = _loop(step)
     initial = _state(step)
     out = loop(tf.constant(2, tf.int64))
@@ -200,9 +205,7 @@ def test_two_micro_batches_update_like_one_full_batch_without_noise():
     summation order (rtol 1e-6), over 3 Adam steps."""
     runs = {}
     for accum in (1, 2):
-        step = train_step.TrainStep(
-            _bundle(noise=0.0, optimizer="adam"), _config(grad_accum_steps=accum)
-        )
+        step = _step(_bundle(noise=0.0, optimizer="adam"), _config(grad_accum_steps=accum))
         out = _loop(step)(tf.constant(3, tf.int64))
         runs[accum] = (_weights(step.models), float(out["loss"][0]))
     for a, b in zip(runs[1][0], runs[2][0], strict=True):
@@ -214,8 +217,8 @@ def test_micro_batches_draw_their_own_shards_noise():
     """With noise, micro-batch a is shard a: rows [4a, 4a + 4) use the seed of shard a, so two
     micro-batches are not the full batch (one shard) but the 2-replica run (see test_distribute)."""
     x = _global_batch(tf.constant(1, tf.int64))
-    full = train_step.TrainStep(_bundle(), _config())
-    halves = train_step.TrainStep(_bundle(), _config(grad_accum_steps=2))
+    full = _step(_bundle(), _config())
+    halves = _step(_bundle(), _config(grad_accum_steps=2))
     obj = halves.bundle.objectives[0]
     per_shard = [
         obj.loss_fn(halves.models, x[4 * a : 4 * a + 4], _seed(1, shard=a)).loss for a in (0, 1)
@@ -232,8 +235,8 @@ def test_micro_batches_draw_their_own_shards_noise():
 def test_two_replicas_step_like_one_device_with_two_micro_batches():
     assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest configures 2 logical CPUs"
     mirrored = distribute.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
-    one = train_step.TrainStep(_bundle(), _config(grad_accum_steps=2))
-    two = train_step.TrainStep(_bundle(), _config(), mirrored)
+    one = _step(_bundle(), _config(grad_accum_steps=2))
+    two = _step(_bundle(), _config(), mirrored)
     x = _global_batch(tf.constant(4, tf.int64))
     # a plain global batch is split between the replicas as the loop splits its batches
     assert float(two.loss(x, 4)["a"]) == pytest.approx(float(one.loss(x, 4)["a"]), rel=1e-6)

@@ -6,11 +6,21 @@ import pytest
 import tensorflow as tf
 from conftest import MNIST_DATA_DIR
 
-from tf_score import data
+from tf_score import config, data
+from tf_score.config import TrainConfig
 from tf_score.families import vae
 from tf_score.training import loop
-from tf_score.training.bundle import TrainConfig
 from tf_score.training.step import build_models
+
+
+def _vae_config(shape, **kw):
+    """A VAE experiment's config on images of ``shape`` (the VAE's former defaults: tanh MLP
+    256-256, RMSprop)."""
+    base = dict(model="vae", dataset="mnist", hidden_units=(256, 256), activation="tanh",
+                optimizer="rmsprop")  # fmt: skip
+    flat = {**base, **kw}
+    return config.from_flat(flat).replace(data={"data_shape": tuple(shape)})
+
 
 SHAPE = (2, 2, 1)  # a 4-pixel "image": the encoder tests need x, not its size
 
@@ -54,7 +64,7 @@ def _binary_images(n, seed):
 
 
 def _cfg(**kw):
-    return vae.VAEConfig(image_shape=SHAPE, latent_dim=3, hidden_units=(32,), binarize=False, **kw)
+    return _vae_config(SHAPE, latent_dim=3, hidden_units=(32,), binarize=False, **kw)
 
 
 def _grads(loss_fn, variables):
@@ -70,7 +80,7 @@ def test_surrogate_gradient_with_the_exact_score_is_the_analytic_entropy_gradien
     keras.utils.set_random_seed(0)
     cfg = _cfg()
     enc = GaussianAsImplicit(3, [-1.0, 0.0, 0.5])
-    dec = vae.BernoulliDecoder(**cfg.network_kwargs())
+    dec = vae.BernoulliDecoder(**vae.network_kwargs(cfg))
     dec.build()
     models = {"encoder": enc, "decoder": dec, "score": ExactScore(enc)}
     x = tf.repeat(_binary_images(4, 0), 50_000, axis=0)
@@ -105,7 +115,7 @@ def test_score_net_trained_by_ssm_vr_gives_the_entropy_gradient():
     keras.utils.set_random_seed(0)
     cfg = _cfg()
     enc = GaussianAsImplicit(3, [-1.0, 0.0, 0.5])
-    score = vae.LatentScoreNetwork(**{**cfg.network_kwargs(), "hidden_units": (64, 64)})
+    score = vae.LatentScoreNetwork(**{**vae.network_kwargs(cfg), "hidden_units": (64, 64)})
     score.build()
     models = {"encoder": enc, "score": score}
     opt = keras.optimizers.Adam(3e-3)
@@ -158,7 +168,7 @@ def test_ais_recovers_the_exact_log_likelihood_of_a_linear_gaussian_model():
 
     res = tf.function(
         lambda: vae.ais_log_likelihood(
-            loglik, x, 2, tf.constant([0, 1]), num_chains=128, num_temperatures=500
+            loglik, x, 2, tf.constant([0, 1]), ais_chains=128, ais_temperatures=500
         )
     )()
     est = res.log_likelihood.numpy()
@@ -200,7 +210,7 @@ def test_conv_arch_rejects_sizes_not_divisible_by_8():
 def test_short_real_mnist_training_lowers_the_loss(encoder, tmp_path):
     images, spec = data.load_tfds_images("mnist", "train", MNIST_DATA_DIR, download=False)
     images = images.take(2048)
-    cfg = vae.VAEConfig(image_shape=spec.image_shape, encoder=encoder, latent_dim=8)
+    cfg = _vae_config(spec.image_shape, vae_encoder=encoder, latent_dim=8)
     bundle = vae.vae_bundle(cfg, images, seed=0)
     config = TrainConfig(
         num_steps=300,
@@ -208,7 +218,6 @@ def test_short_real_mnist_training_lowers_the_loss(encoder, tmp_path):
         log_every=50,
         checkpoint_every=300,
         steps_per_loop=50,
-        progress=False,
     )
     keras.utils.set_random_seed(0)
     initial, *_ = build_models(bundle, tf.distribute.get_strategy())

@@ -23,23 +23,22 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
-
-from tf_score import atomic, data, sampling
+from tf_score import atomic, data
 from tf_score import config as config_lib
-from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
+from tf_score.config import ConfigError, ExperimentConfig
 from tf_score.export import savedmodel as export_lib
-from tf_score.families import classifier, score_model, vae
-from tf_score.families.run import (  # noqa: F401  (Generated, NonFiniteSamplesError: the API's)
+from tf_score.families import classifier, outputs, score_model, vae
+from tf_score.families.run import (  # noqa: F401  (the API's calls and types, defined there)
     Generated,
     NonFiniteSamplesError,
     Run,
     RunError,
+    generate,
     generate_from,
+    inpaint,
     sampler_config,
 )
 from tf_score.training import checkpoints, distribute, loop, workdir_lock
-from tf_score.training.bundle import TrainConfig
 
 
 def check_writable(directory: str, flag: str = "--workdir") -> None:
@@ -95,7 +94,7 @@ def _vae_bundle(cfg):
 
 def _vae_model_fns(cfg):
 
-    return vae.model_fns(vae.vae_config(cfg))
+    return vae.model_fns(cfg)
 
 
 def _load_classifier(workdir):
@@ -131,7 +130,7 @@ def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
         text = f.read()
     try:
         cfg = ExperimentConfig.from_dict(json.loads(text))
-    except (json.JSONDecodeError, ConfigError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:  # JSON, ConfigError, int('x'), ...
         raise RunError(
             f"{path} cannot be read as a tf_score config ({e}); it may have been cut short or "
             "edited. To recover: delete it and run run_train.py with the run's original flags "
@@ -172,27 +171,6 @@ def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
 
 
 # --- train --------------------------------------------------------------------------------------
-
-
-def loop_config(cfg: ExperimentConfig, progress: bool = True):
-    """The training loop's ``TrainConfig`` of an experiment."""
-
-    t = cfg.train
-    return TrainConfig(
-        num_steps=t.num_steps,
-        batch_size=t.batch_size,
-        seed=cfg.seed,
-        log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every,
-        keep_checkpoints=t.keep_checkpoints,
-        sample_every=t.sample_every,
-        ema_rate=t.ema_rate,
-        ema_warmup=t.ema_warmup,
-        jit_compile=t.jit,
-        steps_per_loop=t.steps_per_loop,
-        grad_accum_steps=t.grad_accum_steps,
-        progress=progress,
-    )
 
 
 def native_bfloat16() -> bool | None:
@@ -285,7 +263,13 @@ def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress:
 
     with _workdir_held(workdir, distribute.is_chief(strategy)):
         return loop.train(
-            bundle, loop_config(cfg, progress), workdir, strategy, on_restored=settings_verified
+            bundle,
+            cfg.train,
+            workdir,
+            strategy,
+            on_restored=settings_verified,
+            seed=cfg.seed,
+            progress=progress,
         )
 
 
@@ -333,54 +317,6 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
 # --- generate -----------------------------------------------------------------------------------
 
 
-def generate(
-    run: Run, num_samples: int, seed: int = 0, sampler: str | None = None, sigmas=None,
-    batch_size: int = 0, jit_compile: bool = False, snapshots: bool = False,
-    progress: bool = False, **options,
-) -> Generated:  # fmt: skip
-    """Samples from a loaded score run with any registered sampler (default: the run's own,
-    with its options; ``options`` override them, e.g. ``n_steps_each=10``) on the run's grid
-    (or ``sigmas``). Images are in [0, 1] before clipping; the same seed gives the samples of
-    ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
-    TensorBoard. ``snapshots``: the first batch after every solver step (each level of
-    annealed Langevin), through the solver callback."""
-
-    cfg = sampler_config(run.config.sampler, sampler, **options)
-    frames = []
-    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
-    out = generate_from(
-        run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples, seed,
-        cfg, batch_size=batch_size, jit_compile=jit_compile, callback=callback,
-        progress=progress,
-    )  # fmt: skip
-    if not snapshots:
-        return out
-    x0 = _start_of_first_batch(run, cfg, min(batch_size or num_samples, num_samples), seed)
-    return out._replace(snapshots=np.stack([x0, *frames]))
-
-
-def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np.ndarray:
-    """The first batch's start x0, as the solver drew it (the snapshots' first frame)."""
-    import tensorflow as tf
-
-    init_seed, _ = sampling.batch_seeds(tf.constant([seed, 0], tf.int32))
-    start = sampling.registry.STARTS[sampling.get(cfg.sampler).start]
-    return start([n, *run.data_shape], init_seed, tf.constant(run.sigmas), run.space).numpy()
-
-
-def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
-            jit_compile: bool = False, **options):  # fmt: skip
-    """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
-    the run's, with its options unless overridden). Returns ``SamplerOutput``."""
-    import tensorflow as tf
-
-    cfg = sampler_config(run.config.sampler, sampler, **options)
-    return sampling.inpaint(
-        cfg.sampler, run.model, x_obs, mask, run.sigmas, tf.constant([seed, 1], tf.int32),
-        run.space, jit_compile=jit_compile, **cfg.options(),
-    )  # fmt: skip
-
-
 # --- export -------------------------------------------------------------------------------------
 
 
@@ -407,7 +343,7 @@ def export(
         )
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
-        return vae.export_vae(run.models, vae.vae_config(run.config), path, max_samples)
+        return vae.export_vae(run.models, run.config, path, max_samples)
     if run.family != "score":
         raise RunError(f"a {run.family} run has no export; export score models or VAEs")
     return export_lib.export_score_model(
@@ -415,3 +351,39 @@ def export(
         samplers=tuple(samplers or (run.config.sampler.sampler,)), max_samples=max_samples,
         max_evaluations=max_evaluations,
     )  # fmt: skip
+
+
+# --- sample and evaluate into a directory (what run_sample.py does) ------------------------------
+
+
+def sample(
+    run: Run, out_dir: str, seed: int = 0, jit: bool = False, snapshots: bool = False,
+    inpainting: bool = False, progress: bool = False, metrics_file: str | None = None,
+):  # fmt: skip
+    """Samples of any family, with their figures, written into ``out_dir`` (settings: the
+    run's ``sampler`` and ``evaluation`` sections): a toy's samples.npz / .png; an image
+    model's samples (and snapshots, and FID / KID with ``evaluation.metrics``) or, with
+    ``inpainting``, inpainted test images (the right half); a VAE's prior samples and
+    reconstructions. Returns what ``families.outputs`` computed."""
+    if run.family == "vae":
+        return outputs.vae_outputs(run, out_dir, seed, likelihood=False, progress=progress)
+    if run.config.is_image and inpainting:
+        return outputs.inpaint_test_images(run, out_dir, seed, jit)
+    if run.config.is_image:
+        return outputs.image_samples(run, out_dir, seed, jit, snapshots, progress, metrics_file)
+    return outputs.toy_samples(run, out_dir, seed, jit)
+
+
+def evaluate(run: Run, out_dir: str, seed: int = 0, jit: bool = False,
+             progress: bool = False) -> dict:  # fmt: skip
+    """The run's evaluation, written into ``out_dir`` (metrics.json or bits_per_dim.json and
+    figures): the two-mode comparison of a toy, the AIS / IWAE likelihood of a VAE, or an
+    image score model's bits/dim (``evaluation.bits_per_dim`` test images)."""
+    if run.family == "vae":
+        return outputs.vae_outputs(run, out_dir, seed, likelihood=True, progress=progress)
+    if run.config.is_image:
+        if not run.config.evaluation.bits_per_dim:
+            raise ConfigError("an image score model is evaluated by --bits_per_dim=N or "
+                              "--metrics=fid,kid (with sampling)")  # fmt: skip
+        return outputs.bits_per_dim(run, out_dir, seed, progress)
+    return outputs.toy_evaluation(run, out_dir, seed, jit)

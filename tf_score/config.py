@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 
 from tf_score import noise, sampling
@@ -43,6 +44,9 @@ OPTIMIZERS = ("adam", "rmsprop")
 PRECISIONS = ("float32", "mixed_bfloat16")
 ACTIVATIONS = ("softplus", "elu", "swish", "tanh")
 VAE_ENCODERS = ("implicit", "gaussian")
+METRICS = ("fid", "kid")
+FEATURE_EXTRACTORS = ("classifier", "inception")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 #: data settings that may change between a run and its resumption (where the data lives)
 PORTABLE_FIELDS = ("data_dir", "data_path", "download")
 CONFIG_FILE = "config.json"
@@ -203,7 +207,7 @@ class NoiseConfig:
     def sigmas(self):
         """The schedule as float32 numpy [L]."""
         if self.schedule == "karras":
-            return noise.karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho)
+            return noise.karras_sigmas(self.sigma_max, self.sigma_min, self.num_levels, self.rho)
         return noise.geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
 
 
@@ -300,19 +304,30 @@ class SamplerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """Training-loop settings (``tf_score.train.TrainConfig`` is built from these)."""
+class TrainConfig:
+    """The training loop's settings (``training.loop.train`` reads this section).
+    ``batch_size`` is the global batch over all replicas."""
 
     num_steps: int = 20000
     batch_size: int = 128
     log_every: int = 500
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    #: image summaries every this many steps (0: only at the end)
     sample_every: int = 0
+    #: EMA decay of the weights; 0 makes the EMA copy equal the live weights
     ema_rate: float = 0.999
+    #: ramp the decay up as min(ema_rate, (1 + t) / (10 + t)) at step t, so the average
+    #: forgets the random initial weights (the undebiased 0.999 EMA still holds 13% of them
+    #: after 2000 steps, enough to ruin short runs' samples)
     ema_warmup: bool = True
+    #: XLA-compile each replica's loss and gradient, and the solvers (measure first: on CPUs
+    #: it can be slower)
     jit: bool = False
+    #: steps run inside one compiled call (cuts Python overhead for small models)
     steps_per_loop: int = 100
+    #: micro-batches per replica per step, run one after another with their gradients summed
+    #: (R replicas x A micro-batches give the same run as 1 replica x R*A)
     grad_accum_steps: int = 1
 
     def __post_init__(self):
@@ -329,9 +344,97 @@ class LoopConfig:
         _positive_ints(self, "sample_every", minimum=0)
         _finite(self, "ema_rate", 0.0, 1.0, low_open=False)
         _require(
-            self.batch_size % self.grad_accum_steps == 0,
+            isinstance(self.batch_size, int)
+            and isinstance(self.grad_accum_steps, int)
+            and self.batch_size % self.grad_accum_steps == 0,
             f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
             f"({self.grad_accum_steps})",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What a sampling or evaluation command draws and measures (``evaluate.*``)."""
+
+    num_samples: int = 64
+    #: chains run at once on image models (0: all num_samples together); batch b is seeded
+    #: (seed, b)
+    sample_batch_size: int = 0
+    #: toys, --evaluate: batches of num_samples pooled for the metrics
+    eval_repeats: int = 4
+    num_permutations: int = 500
+    metrics: tuple[str, ...] = ()
+    feature_extractor: str = "classifier"
+    classifier: str | None = None
+    inception_weights: str = "imagenet"
+    ais_chains: int = 16
+    ais_temperatures: int = 1000
+    ais_leapfrog_steps: int = 10
+    eval_examples: int = 200
+    eval_batch: int = 100
+    iwae_samples: int = 1000
+    bits_per_dim: int = 0
+
+    def __post_init__(self):
+        _positive_ints(self, "num_samples", "eval_repeats", "num_permutations", "ais_chains",
+                       "ais_temperatures", "ais_leapfrog_steps", "eval_examples", "eval_batch",
+                       "iwae_samples")  # fmt: skip
+        _positive_ints(self, "sample_batch_size", "bits_per_dim", minimum=0)
+        _require(
+            set(self.metrics) <= set(METRICS),
+            f"metrics takes a subset of {', '.join(METRICS)}, got {','.join(self.metrics)}",
+        )
+        _one_of(self, "feature_extractor", FEATURE_EXTRACTORS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """A SavedModel export for TF Serving (``api.export``)."""
+
+    export_dir: str | None = None
+    export_model_name: str | None = None
+    export_samplers: tuple[str, ...] = ()
+    export_max_samples: int = 256
+    export_max_evaluations: int = 1_000_000
+
+    def __post_init__(self):
+        _positive_ints(self, "export_max_samples", "export_max_evaluations")
+        name = self.export_model_name
+        _require(
+            name is None or (bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name))
+                             and ".." not in name),
+            "export_model_name must be a TF Serving model name: letters, digits, '_', '.', "
+            "'-', starting with a letter or digit, no '/' or '..' path parts",
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """The tf.distribute strategy of a training command."""
+
+    strategy: str = "default"
+    devices: tuple[str, ...] = ()
+    tpu: str | None = None
+    cpu_devices: int = 0
+    collective_timeout: float = 0.0
+
+    def __post_init__(self):
+        _one_of(self, "strategy", STRATEGIES)
+        _positive_ints(self, "cpu_devices", minimum=0)
+        _finite(self, "collective_timeout", 0.0, low_open=False)
+        _require(
+            not self.devices or self.strategy == "mirrored",
+            "devices is for strategy=mirrored",
+        )
+        _require(
+            bool(self.tpu) == (self.strategy == "tpu"),
+            "tpu (a Cloud TPU name, grpc://host:port or local) is needed by strategy=tpu and only "
+            "by it",
+        )
+        _require(
+            not self.cpu_devices or self.strategy in ("mirrored", "default"),
+            "cpu_devices is for strategy=mirrored or default (a multi-worker strategy must set "
+            "up TensorFlow's devices itself)",
         )
 
 
@@ -342,8 +445,14 @@ SECTIONS = {
     "loss": LossConfig,
     "optimizer": OptimizerConfig,
     "sampler": SamplerConfig,
-    "train": LoopConfig,
+    "train": TrainConfig,
+    "evaluation": EvalConfig,
+    "export": ExportConfig,
+    "distribute": DistributeConfig,
 }
+#: sections of a command (what to measure, where to export, how to distribute), not of the
+#: run: never written to config.json, always the command's own
+COMMAND_SECTIONS = ("evaluation", "export", "distribute")
 #: sections whose settings define the trained model (checked when a run resumes)
 MODEL_SECTIONS = ("data", "network", "noise", "loss", "optimizer")
 
@@ -356,7 +465,10 @@ class ExperimentConfig:
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     sampler: SamplerConfig = SamplerConfig()
-    train: LoopConfig = LoopConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    distribute: DistributeConfig = DistributeConfig()
     seed: int = 0
 
     def __post_init__(self):
@@ -407,13 +519,16 @@ class ExperimentConfig:
         for name, value in sections.items():
             if name == "sampler" and isinstance(value, dict):
                 value = self.sampler.replace(**value)
-            elif name in SECTIONS and isinstance(value, dict):
-                value = dataclasses.replace(getattr(self, name), **value)
+            elif name in SECTIONS and isinstance(value, dict):  # typed as from JSON
+                current = dataclasses.asdict(getattr(self, name))
+                value = _section_from_dict(SECTIONS[name], {**current, **value}, name)
             changes[name] = value
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        out = {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        """The run's settings (config.json): every section but the command's."""
+        run = [name for name in SECTIONS if name not in COMMAND_SECTIONS]
+        out = {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name in run}
         return {**out, "sampler": self.sampler.to_dict(), "seed": self.seed}
 
     def to_json(self) -> str:
@@ -471,7 +586,9 @@ def _section_from_dict(section_cls, d: dict, name: str):
     hints = typing.get_type_hints(section_cls)
     kwargs = {}
     for key, value in d.items():
-        if value is not None and "tuple[float" in str(hints[key]):
+        if value is not None and "tuple[str" in str(hints[key]):
+            value = tuple(str(v) for v in value)
+        elif value is not None and "tuple[float" in str(hints[key]):
             value = tuple(float(v) for v in value)
         elif value is not None and "tuple" in str(hints[key]):
             value = tuple(int(v) for v in value)

@@ -96,7 +96,10 @@ def paired_difference(a, b) -> dict:
         )
     d = a - b
     mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-    t = mean / se if se > 0 else float("inf") * np.sign(mean)
+    if se > 0:
+        t = mean / se
+    else:  # no spread: identical values are no evidence of a difference, any other is total
+        t = 0.0 if mean == 0 else float("inf") * np.sign(mean)
     df = len(d) - 1.0
     # P(|T| > t) = I_(df / (df + t^2))(df / 2, 1 / 2), the regularised incomplete beta
     p = float(tf.math.betainc(df / 2, 0.5, df / (df + t * t))) if np.isfinite(t) else 0.0
@@ -238,7 +241,7 @@ def label_histogram(labels, num_classes: int) -> list[float]:
     return (counts / max(1, counts.sum())).tolist()
 
 
-def image_quality(
+def fid_kid_with_floor(
     samples,
     reference,
     floor_images,

@@ -13,9 +13,10 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_score import data
+from tf_score.config import EvalConfig
 from tf_score.evaluation import likelihood, metrics, plotting
-from tf_score.families import classifier, score_model, vae
-from tf_score.families import classifier as classifier_lib
+from tf_score.families import classifier as classifiers  # `classifier` names the path
+from tf_score.families import score_model, vae
 from tf_score.families.run import Run, generate_from, sampler_config
 from tf_score.networks import contract
 from tf_score.sampling import registry
@@ -57,7 +58,7 @@ def two_mode(
     num_batches: int = 4,
     seed: int = 0,
     num_permutations: int = 500,
-    jit_compile: bool = False,
+    jit: bool = False,
 ) -> TwoModeResult:
     """Plain vs annealed Langevin with the learned and the exact score on a 2-D toy: mode
     weight (fraction with x1 + x2 > 0) over ``num_batches`` batches of ``num_samples``,
@@ -86,7 +87,7 @@ def two_mode(
             seed,
             sampler_config(run.config.sampler, sampler),
             batch_size=num_samples,
-            jit_compile=jit_compile,
+            jit=jit,
         )
         samples[key], seconds[key] = out.samples, out.seconds
     exact = toy.sample(num_samples, seed=tf.constant([seed, 99991])).numpy()
@@ -226,7 +227,7 @@ def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
             "or use the inception feature extractor"
         )
     try:
-        net = classifier_lib.load_classifier(classifier)
+        net = classifiers.load_classifier(classifier)
     except (FileNotFoundError, ValueError) as e:
         raise EvaluationError(f"classifier {classifier}: {e}") from e
     if tuple(net.image_shape) != run.data_shape:
@@ -236,7 +237,7 @@ def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
         )
     path = classifier
     if os.path.isdir(path):
-        path = os.path.join(path, classifier_lib.CLASSIFIER_FILE)
+        path = os.path.join(path, classifiers.CLASSIFIER_FILE)
     path = os.path.realpath(path)
     return metrics.classifier_extractor(net), path, f"classifier:{path}:{os.path.getmtime(path)}"
 
@@ -287,14 +288,14 @@ def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: i
 
     x = np.asarray(images_uint8).astype(np.float32) / 255.0
     t0 = time.time()
-    q = metrics.image_quality(
+    q = metrics.fid_kid_with_floor(
         x, None, reference.held_out, reference.extractor, seed=seed,
         reference_features=reference.features,
     )  # fmt: skip
     q["metric_seconds"] = time.time() - t0
     if reference.classifier_path:
         q["classifier"] = reference.classifier_path
-        q["classifier_test_accuracy"] = classifier.test_accuracy_of(reference.classifier_path)
+        q["classifier_test_accuracy"] = classifiers.test_accuracy_of(reference.classifier_path)
     return q
 
 
@@ -321,24 +322,23 @@ def vae_likelihood(
     run: Run,
     x: np.ndarray,
     seed: int = 0,
-    ais_chains: int = 16,
-    ais_temperatures: int = 500,
-    ais_leapfrog_steps: int = 10,
-    eval_batch: int = 100,
-    iwae_samples: int = 1000,
+    settings: EvalConfig | None = None,
     progress: bool = False,
 ) -> tuple[dict, dict]:
-    """Test NLL by AIS for either encoder; IWAE and -ELBO for the Gaussian one. Returns
+    """Test NLL by AIS for either encoder; IWAE and -ELBO for the Gaussian one, with the
+    ``evaluation`` section's ``ais_chains``, ``ais_temperatures``, ``ais_leapfrog_steps``,
+    ``eval_batch`` and ``iwae_samples`` (default: ``run.config.evaluation``). Returns
     (summary with mean and standard error, per-example values for paired comparisons)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    vcfg, models = vae.vae_config(run.config), run.models
+    ev, cfg, models = settings or run.config.evaluation, run.config, run.models
+    latent_dim, eval_batch = cfg.network.latent_dim, ev.eval_batch
     ais = tf.function(
         lambda xb, s: vae.ais_log_likelihood(
-            vae.decoder_log_likelihood_fn(models["decoder"]), xb, vcfg.latent_dim, s,
-            num_chains=ais_chains, num_temperatures=ais_temperatures,
-            num_leapfrog_steps=ais_leapfrog_steps,
+            vae.decoder_log_likelihood_fn(models["decoder"]), xb, latent_dim, s,
+            ais_chains=ev.ais_chains, ais_temperatures=ev.ais_temperatures,
+            ais_leapfrog_steps=ev.ais_leapfrog_steps,
         )
     )  # fmt: skip
     starts = range(0, len(x), eval_batch)
@@ -349,21 +349,21 @@ def vae_likelihood(
         log_px.append(res.log_likelihood.numpy())
         accept.append(float(res.accept_rate))
     per_example = {"ais_nll": -np.concatenate(log_px)}
-    out = {"step": run.step, "encoder": vcfg.encoder, "latent_dim": vcfg.latent_dim}
+    out = {"step": run.step, "encoder": cfg.network.vae_encoder, "latent_dim": latent_dim}
     out["n_examples"] = len(x)
     out["ais_nll"] = {
-        **_mean_se(per_example["ais_nll"]), "chains": ais_chains,
-        "temperatures": ais_temperatures, "leapfrog_steps": ais_leapfrog_steps,
+        **_mean_se(per_example["ais_nll"]), "chains": ev.ais_chains,
+        "temperatures": ev.ais_temperatures, "leapfrog_steps": ev.ais_leapfrog_steps,
         "accept_rate": float(np.mean(accept)), "seconds": time.time() - t0,
     }  # fmt: skip
-    if vcfg.encoder == "gaussian":
+    if cfg.network.vae_encoder == "gaussian":
         for i in starts:
             xb, s = tf.constant(x[i : i + eval_batch]), tf.constant([seed, 200 + i])
-            r = vae.iwae_bound(models["encoder"], models["decoder"], xb, iwae_samples, s)
+            r = vae.iwae_bound(models["encoder"], models["decoder"], xb, ev.iwae_samples, s)
             iwae.append(r.iwae.numpy())
             elbo.append(r.elbo.numpy())
         per_example["iwae_nll"] = -np.concatenate(iwae)
-        out["iwae_nll"] = {**_mean_se(per_example["iwae_nll"]), "samples": iwae_samples}
+        out["iwae_nll"] = {**_mean_se(per_example["iwae_nll"]), "samples": ev.iwae_samples}
         out["neg_elbo"] = _mean_se(-np.concatenate(elbo))
     return out, per_example
 
@@ -386,12 +386,12 @@ def bits_per_dim(
     n: int = 1000,
     seed: int = 0,
     batch_size: int = 100,
-    tol: float = 1e-5,
+    ode_tol: float = 1e-5,
     exact_trace: bool = False,
     progress: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Bits per dimension of the first ``n`` test images under a score model's probability
-    flow ODE (``likelihood.ode_log_likelihood``, Dormand-Prince at rtol = atol = ``tol``).
+    flow ODE (``likelihood.ode_log_likelihood``, Dormand-Prince at rtol = atol = ``ode_tol``).
 
     Each 8-bit image k is dequantised as in training, x = (k + u) / 256 with u ~ U(0, 1)^D,
     and log p(x) is the density of p_sigma_min on [0, 1]^D, the ODE carried from sigma_min up
@@ -424,7 +424,7 @@ def bits_per_dim(
         return likelihood.ode_log_likelihood(
             score, x, float(sig[-1]), float(sig[0]),
             lambda y: _gaussian_log_prob(y, mean, float(sig[0])),
-            seed=probe_seed, exact_trace=exact_trace, rtol=tol, atol=tol,
+            seed=probe_seed, exact_trace=exact_trace, rtol=ode_tol, atol=ode_tol,
         )  # fmt: skip
 
     bpd, evals, t0 = [], [], time.time()
@@ -439,7 +439,7 @@ def bits_per_dim(
     bpd = np.concatenate(bpd)
     summary = dict(
         _mean_se(bpd), n=n, dim=dim, sigma_min=float(sig[-1]), sigma_max=float(sig[0]),
-        tol=tol, exact_trace=exact_trace, ode_fn_evaluations=float(np.mean(evals)),
+        ode_tol=ode_tol, exact_trace=exact_trace, ode_fn_evaluations=float(np.mean(evals)),
         seconds=time.time() - t0, step=run.step, seed=seed,
     )  # fmt: skip
     return summary, bpd

@@ -86,7 +86,7 @@ def _check_finite(x, name: str, options: dict, b: int) -> None:
 
 def generate_from(
     model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
-    batch_size: int = 0, jit_compile: bool = False, callback=None, progress: bool = False,
+    batch_size: int = 0, jit: bool = False, callback=None, progress: bool = False,
 ) -> Generated:  # fmt: skip
     """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas`` in
     batches of ``batch_size`` (0: one batch); batch b is seeded (seed, b)
@@ -104,9 +104,57 @@ def generate_from(
         out = sampling.draw(
             sampler.sampler, model, sigmas, min(bs, num_samples - i),
             tf.constant([seed, b], tf.int32), space, callback=callback if b == 0 else None,
-            jit_compile=jit_compile, **options,
+            jit=jit, **options,
         )  # fmt: skip
         xs.append(out.samples.numpy())
         _check_finite(xs[-1], sampler.sampler, options, b)
         evals += float(out.num_evals) * len(xs[-1])
     return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0)
+
+
+def generate(
+    run: Run, num_samples: int, seed: int = 0, sampler: str | None = None, sigmas=None,
+    batch_size: int = 0, jit: bool = False, snapshots: bool = False,
+    progress: bool = False, **options,
+) -> Generated:  # fmt: skip
+    """Samples from a loaded score run with any registered sampler (default: the run's own,
+    with its options; ``options`` override them, e.g. ``n_steps_each=10``) on the run's grid
+    (or ``sigmas``). Images are in [0, 1] before clipping; the same seed gives the samples of
+    ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
+    TensorBoard. ``snapshots``: the first batch after every solver step (each level of
+    annealed Langevin), through the solver callback."""
+
+    cfg = sampler_config(run.config.sampler, sampler, **options)
+    frames = []
+    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
+    out = generate_from(
+        run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples, seed,
+        cfg, batch_size=batch_size, jit=jit, callback=callback,
+        progress=progress,
+    )  # fmt: skip
+    if not snapshots:
+        return out
+    x0 = _start_of_first_batch(run, cfg, min(batch_size or num_samples, num_samples), seed)
+    return out._replace(snapshots=np.stack([x0, *frames]))
+
+
+def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np.ndarray:
+    """The first batch's start x0, as the solver drew it (the snapshots' first frame)."""
+    import tensorflow as tf
+
+    init_seed, _ = sampling.batch_seeds(tf.constant([seed, 0], tf.int32))
+    start = sampling.registry.STARTS[sampling.get(cfg.sampler).start]
+    return start([n, *run.data_shape], init_seed, tf.constant(run.sigmas), run.space).numpy()
+
+
+def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
+            jit: bool = False, **options):  # fmt: skip
+    """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
+    the run's, with its options unless overridden). Returns ``SamplerOutput``."""
+    import tensorflow as tf
+
+    cfg = sampler_config(run.config.sampler, sampler, **options)
+    return sampling.inpaint(
+        cfg.sampler, run.model, x_obs, mask, run.sigmas, tf.constant([seed, 1], tf.int32),
+        run.space, jit=jit, **cfg.options(),
+    )  # fmt: skip

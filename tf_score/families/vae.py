@@ -22,7 +22,6 @@ Bernoulli decoder ``tfd.Independent(tfd.Bernoulli(logits))``, prior ``Multivaria
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -32,6 +31,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_score import data, losses
+from tf_score.config import ExperimentConfig
 from tf_score.evaluation import plotting
 from tf_score.export import savedmodel
 from tf_score.families import score_model
@@ -270,50 +270,30 @@ def entropy_surrogate(score: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.stop_gradient(tf.cast(score, tf.float32)) * z, axis=-1)
 
 
-@dataclasses.dataclass(frozen=True)
-class VAEConfig:
-    image_shape: tuple
-    encoder: str = "implicit"
-    latent_dim: int = 8
-    hidden_units: tuple = (256, 256)
-    activation: str = "tanh"
-    arch: str = "mlp"
-    ngf: int = 64
-    binarize: bool = True
-    #: SSM-VR of the entropy score network
-    n_particles: int = 1
-    projection: str = "gaussian"
-    learning_rate: float = 1e-3
-    optimizer: str = "rmsprop"
-
-    def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.optimizer not in ("rmsprop", "adam"):
-            raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
-
-    def network_kwargs(self) -> dict:
-        return dict(
-            image_shape=self.image_shape,
-            latent_dim=self.latent_dim,
-            hidden_units=self.hidden_units,
-            activation=self.activation,
-            arch=self.arch,
-            ngf=self.ngf,
-        )
+def network_kwargs(cfg: ExperimentConfig) -> dict:
+    """The VAE networks' settings of an experiment (``network`` section, the data's shape)."""
+    net = cfg.network
+    return dict(
+        image_shape=tuple(cfg.data.data_shape),
+        latent_dim=net.latent_dim,
+        hidden_units=tuple(net.hidden_units),
+        activation=net.activation,
+        arch=net.network,
+        ngf=net.ngf,
+    )
 
 
-def _maybe_binarize(cfg: VAEConfig, x, seed):
-    return binarize(x, seed) if cfg.binarize else tf.convert_to_tensor(x, tf.float32)
+def _maybe_binarize(cfg: ExperimentConfig, x, seed):
+    return binarize(x, seed) if cfg.data.binarize else tf.convert_to_tensor(x, tf.float32)
 
 
-def implicit_autoencoder_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
+def implicit_autoencoder_loss(cfg: ExperimentConfig, models: dict, x, seed) -> LossOutput:
     """The score-entropy surrogate of the negative ELBO, per example."""
     bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     x = _maybe_binarize(cfg, x, bin_seed)
     z = models["encoder"].sample(x, eps_seed)
     rec = -likelihood(models["decoder"](z)).log_prob(x)
-    prior_nll = -prior(cfg.latent_dim).log_prob(z)
+    prior_nll = -prior(cfg.network.latent_dim).log_prob(z)
     entropy_term = entropy_surrogate(models["score"](x, z), z)
     return LossOutput(
         rec + prior_nll + entropy_term,
@@ -321,22 +301,22 @@ def implicit_autoencoder_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutp
     )
 
 
-def entropy_score_loss(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
+def entropy_score_loss(cfg: ExperimentConfig, models: dict, x, seed) -> LossOutput:
     """SSM-VR of s_psi(x, .) on fresh samples of the (fixed) encoder."""
     bin_seed, eps_seed, proj_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 3, alg="philox")
     )
     x = _maybe_binarize(cfg, x, bin_seed)
     z = tf.stop_gradient(models["encoder"].sample(x, eps_seed))
-    if cfg.n_particles > 1:
-        x = tf.repeat(x, cfg.n_particles, axis=0)
+    if cfg.loss.n_particles > 1:
+        x = tf.repeat(x, cfg.loss.n_particles, axis=0)
     loss = losses.ssm_vr(
-        lambda zz: models["score"](x, zz), z, proj_seed, cfg.n_particles, cfg.projection
+        lambda zz: models["score"](x, zz), z, proj_seed, cfg.loss.n_particles, cfg.loss.projection
     )
     return LossOutput(loss)
 
 
-def gaussian_negative_elbo(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
+def gaussian_negative_elbo(cfg: ExperimentConfig, models: dict, x, seed) -> LossOutput:
     """-ELBO = -E_q log p(x|z) + KL(q(z|x) || p(z)), analytic KL, one reparameterised z."""
     bin_seed, eps_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     x = _maybe_binarize(cfg, x, bin_seed)
@@ -344,12 +324,12 @@ def gaussian_negative_elbo(cfg: VAEConfig, models: dict, x, seed) -> LossOutput:
     q = tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
     z = loc + scale * tf.random.stateless_normal(tf.shape(loc), seed=eps_seed, alg="philox")
     rec = -likelihood(models["decoder"](z)).log_prob(x)
-    kl = tfd.kl_divergence(q, prior(cfg.latent_dim))
+    kl = tfd.kl_divergence(q, prior(cfg.network.latent_dim))
     return LossOutput(rec + kl, metrics={"reconstruction": rec, "kl": kl})
 
 
-def model_fns(cfg: VAEConfig) -> dict:
-    kw = cfg.network_kwargs()
+def model_fns(cfg: ExperimentConfig) -> dict:
+    kw = network_kwargs(cfg)
 
     def built(cls, name):
         def make():
@@ -360,7 +340,7 @@ def model_fns(cfg: VAEConfig) -> dict:
         return make
 
     fns = {"decoder": built(BernoulliDecoder, "decoder")}
-    if cfg.encoder == "implicit":
+    if cfg.network.vae_encoder == "implicit":
         fns["encoder"] = built(ImplicitEncoder, "encoder")
         fns["score"] = built(LatentScoreNetwork, "score")
     else:
@@ -368,19 +348,19 @@ def model_fns(cfg: VAEConfig) -> dict:
     return fns
 
 
-def _optimizer(cfg: VAEConfig):
-    if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.learning_rate)
-    return keras.optimizers.Adam(cfg.learning_rate)
+def _optimizer(cfg: ExperimentConfig):
+    if cfg.optimizer.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(cfg.optimizer.learning_rate)
+    return keras.optimizers.Adam(cfg.optimizer.learning_rate)
 
 
-def objectives(cfg: VAEConfig) -> list[Objective]:
+def objectives(cfg: ExperimentConfig) -> list[Objective]:
     """Implicit: [score net (SSM-VR), autoencoder (surrogate)]; Gaussian: [autoencoder]."""
 
     def ae_vars(models):
         return models["encoder"].trainable_variables + models["decoder"].trainable_variables
 
-    if cfg.encoder == "gaussian":
+    if cfg.network.vae_encoder == "gaussian":
         return [
             Objective(
                 "autoencoder",
@@ -407,34 +387,15 @@ def objectives(cfg: VAEConfig) -> list[Objective]:
     ]
 
 
-def prior_samples(cfg: VAEConfig, decoder, n: int, seed) -> tf.Tensor:
+def prior_samples(cfg: ExperimentConfig, decoder, n: int, seed) -> tf.Tensor:
     """Decoder means (pixel probabilities) of n prior draws."""
-    z = tf.random.stateless_normal([n, cfg.latent_dim], seed=seed, alg="philox")
+    z = tf.random.stateless_normal([n, cfg.network.latent_dim], seed=seed, alg="philox")
     return tf.sigmoid(decoder(z))
 
 
-def reconstructions(cfg: VAEConfig, models: dict, x, seed) -> tf.Tensor:
+def reconstructions(cfg: ExperimentConfig, models: dict, x, seed) -> tf.Tensor:
     """Decoder means of z ~ q(z|x)."""
     return tf.sigmoid(models["decoder"](models["encoder"].sample(x, seed)))
-
-
-def vae_config(cfg, image_shape=None) -> VAEConfig:
-    """The VAEConfig of an ``ExperimentConfig`` (``image_shape`` defaults to the config's)."""
-    net = cfg.network
-    return VAEConfig(
-        image_shape=tuple(image_shape or cfg.data.data_shape),
-        encoder=net.vae_encoder,
-        latent_dim=net.latent_dim,
-        hidden_units=tuple(net.hidden_units),
-        activation=net.activation,
-        arch=net.network,
-        ngf=net.ngf,
-        binarize=cfg.data.binarize,
-        n_particles=cfg.loss.n_particles,
-        projection=cfg.loss.projection,
-        learning_rate=cfg.optimizer.learning_rate,
-        optimizer=cfg.optimizer.optimizer,
-    )
 
 
 def bundle(cfg):
@@ -443,13 +404,13 @@ def bundle(cfg):
     images, shape, _, cache = score_model.load_training_images(cfg.data)
     num_images = data.count_examples(images) if cache else None
     score_model.check_images(cfg, shape, num_images, spatial=False)
-    vcfg = vae_config(cfg, shape)
+    vcfg = cfg.replace(data={"data_shape": tuple(int(d) for d in shape)})
     model_fns(vcfg)["decoder"]()  # fail now, before anything is written, on a bad shape
     return vae_bundle(vcfg, images, seed=int(cfg.seed), cache=cache), shape
 
 
 def vae_bundle(
-    cfg: VAEConfig,
+    cfg: ExperimentConfig,
     images: tf.data.Dataset,
     seed: int,
     cache: bool = True,
@@ -465,7 +426,7 @@ def vae_bundle(
             )
         )
     )
-    summary_x = binarize(summary_x, tf.constant([seed, 0x5B])) if cfg.binarize else summary_x
+    summary_x = binarize(summary_x, tf.constant([seed, 0x5B])) if cfg.data.binarize else summary_x
 
     dataset_fn = data.image_dataset_fn(images, data_seed, cache=cache)
 
@@ -481,7 +442,7 @@ def vae_bundle(
     def custom_summaries(ema_models, step):
         z = ema_models["encoder"].sample(summary_x, tf.constant([seed, 5]))
         tf.summary.histogram("vae/latent_z", z)
-        for k in range(min(cfg.latent_dim, 4)):
+        for k in range(min(cfg.network.latent_dim, 4)):
             tf.summary.histogram(f"vae/latent_z_{k}", z[:, k])
 
     return ModelBundle(
@@ -581,9 +542,9 @@ def ais_log_likelihood(
     x: tf.Tensor,
     latent_dim: int,
     seed,
-    num_chains: int = 16,
-    num_temperatures: int = 1000,
-    num_leapfrog_steps: int = 10,
+    ais_chains: int = 16,
+    ais_temperatures: int = 1000,
+    ais_leapfrog_steps: int = 10,
     init_step_size: float = 0.05,
     target_accept: float = 0.65,
     adaptation_rate: float = 0.02,
@@ -592,10 +553,10 @@ def ais_log_likelihood(
     """log p(x) by annealed importance sampling from the prior N(0, I) to p(z|x).
 
     Intermediate targets log p(z) + beta_t log p(x|z) on a sigmoid schedule; each temperature
-    takes one ``tfp.mcmc.HamiltonianMonteCarlo`` step of ``num_leapfrog_steps``.
+    takes one ``tfp.mcmc.HamiltonianMonteCarlo`` step of ``ais_leapfrog_steps``.
 
     Step sizes are tuned towards ``target_accept`` by a pilot run (``pilot_chains`` chains,
-    default num_chains // 4, at least 2): one step size per example, multiplied or divided by
+    default ais_chains // 4, at least 2): one step size per example, multiplied or divided by
     1 + ``adaptation_rate`` after each temperature (the rule of
     ``tfp.mcmc.SimpleStepSizeAdaptation``). The estimate then comes from a second run that
     replays the recorded step sizes. Adapting inside the estimating run would make each
@@ -605,22 +566,22 @@ def ais_log_likelihood(
 
     Args:
       log_likelihood_fn: ``(z [N, latent_dim], x [N, ...]) -> log p(x|z) [N]``.
-      x: [B, ...] data; every example gets ``num_chains`` chains.
+      x: [B, ...] data; every example gets ``ais_chains`` chains.
     """
     x = tf.convert_to_tensor(x, tf.float32)
-    betas = tf.constant(sigmoid_schedule(num_temperatures))
+    betas = tf.constant(sigmoid_schedule(ais_temperatures))
     pilot_seed, run_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
-    pilot = pilot_chains or max(2, num_chains // 4)
+    pilot = pilot_chains or max(2, ais_chains // 4)
     adapt = dict(
         init_step_size=init_step_size, target_accept=target_accept, adaptation_rate=adaptation_rate
     )
     _, _, steps = _ais_pass(
-        log_likelihood_fn, x, latent_dim, pilot_seed, pilot, betas, num_leapfrog_steps, **adapt
+        log_likelihood_fn, x, latent_dim, pilot_seed, pilot, betas, ais_leapfrog_steps, **adapt
     )
     log_w, accept, _ = _ais_pass(
-        log_likelihood_fn, x, latent_dim, run_seed, num_chains, betas, num_leapfrog_steps, steps
+        log_likelihood_fn, x, latent_dim, run_seed, ais_chains, betas, ais_leapfrog_steps, steps
     )
-    log_px = tf.reduce_logsumexp(log_w, axis=0) - math.log(num_chains)
+    log_px = tf.reduce_logsumexp(log_w, axis=0) - math.log(ais_chains)
     return AISResult(log_px, log_w, accept, tf.reduce_mean(steps, axis=0))
 
 
@@ -658,7 +619,7 @@ def export_vae(
     """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
 
     enc, dec = models["encoder"], models["decoder"]
-    shape = tuple(cfg.image_shape)
+    shape = tuple(cfg.data.data_shape)
     x_spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
 
     def batch_checked(x):
@@ -670,11 +631,13 @@ def export_vae(
     def encode(x, seed):
         x = batch_checked(x)
         out = {"z": enc.sample(x, seed)}
-        if cfg.encoder == "gaussian":
+        if cfg.network.vae_encoder == "gaussian":
             out["loc"], out["scale"] = enc(x)
         return out
 
-    @tf.function(input_signature=[tf.TensorSpec([None, cfg.latent_dim], tf.float32, name="z")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, cfg.network.latent_dim], tf.float32, name="z")]
+    )
     def decode(z):
         z = batch_checked(z)
         probs = tf.sigmoid(dec(z))
@@ -694,7 +657,7 @@ def export_vae(
     archive.add_endpoint("sample", sample)
     archive.add_endpoint("encode", encode)
     archive.add_endpoint("decode", decode)
-    if cfg.encoder == "gaussian":
+    if cfg.network.vae_encoder == "gaussian":
 
         @tf.function(
             input_signature=[

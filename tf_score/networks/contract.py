@@ -84,41 +84,59 @@ class LevelScoreModel(ScoreModel):
         return tf.math.log(tf.clip_by_value(sigma, self.levels[-1], self.levels[0]))
 
     def _between(self, x, t):
-        """Scores linear in log sigma between the two levels around t = log sigma: per
-        example (t [B]) or for the batch (t a scalar, the solvers' case)."""
+        """Scores linear in log sigma between the two levels around t = log sigma [B]."""
         log_s, last = self._log_levels, len(self.levels) - 1
         # i with log_s[i] >= t >= log_s[i + 1]
-        above = tf.reduce_sum(tf.cast(log_s > t[..., None], tf.int32), axis=-1)
+        above = tf.reduce_sum(tf.cast(log_s[None, :] > t[:, None], tf.int32), axis=-1)
         i = tf.clip_by_value(above - 1, 0, last - 1)
         log_i, log_j = tf.gather(log_s, i), tf.gather(log_s, i + 1)
-        w = tf.math.divide_no_nan(log_i - t, log_i - log_j)
-        if t.shape.rank:
-            w = expand_like(w, x)
-        else:
-            i = tf.fill(tf.shape(x)[:1], i)
+        w = expand_like(tf.math.divide_no_nan(log_i - t, log_i - log_j), x)
         return (1.0 - w) * self._at(x, i) + w * self._at(x, i + 1)
+
+    def _nearest(self, sigma):
+        """(index of the level equal to each sigma, whether every sigma is one)."""
+        at_level = tf.equal(sigma[:, None], tf.constant(self.levels)[None, :])
+        nearest = tf.argmax(tf.cast(at_level, tf.int32), axis=1, output_type=tf.int32)
+        return nearest, tf.reduce_all(tf.reduce_any(at_level, axis=1))
 
     def score(self, x, sigma) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
         sigma = per_example_sigma(x, sigma)
         if len(self.levels) == 1:
             return self._at(x, tf.zeros(tf.shape(x)[:1], tf.int32))
-        t = self._log_sigma(sigma)
-        # exactly at a level: one call (near one, the interpolation is as smooth as elsewhere)
-        at_level = tf.equal(sigma[:, None], tf.constant(self.levels)[None, :])
-        nearest = tf.argmax(tf.cast(at_level, tf.int32), axis=1, output_type=tf.int32)
-        on_grid = tf.reduce_all(tf.reduce_any(at_level, axis=1))
-        # one sigma for the batch: the scalar log (a vector's may differ in the last bit)
+        nearest, on_grid = self._nearest(sigma)
+        # one sigma for the batch: the log of the scalar, broadcast (a vector's log may differ
+        # from the scalar's in the last bit, and solvers share one sigma)
         shared = tf.reduce_all(tf.equal(sigma, sigma[0]))
-        off_grid = lambda: tf.cond(
-            shared,
-            lambda: self._between(x, self._log_sigma(sigma[0])),
-            lambda: self._between(x, t),
-        )
-        return tf.cond(on_grid, lambda: self._at(x, nearest), off_grid)
+        t = tf.where(shared, tf.fill(tf.shape(sigma), self._log_sigma(sigma[0])),
+                     self._log_sigma(sigma))  # fmt: skip
+        # exactly at a level: one call (near one, the interpolation is as smooth as elsewhere)
+        return tf.cond(on_grid, lambda: self._at(x, nearest), lambda: self._between(x, t))
+
+    def at_levels(self) -> ScoreModel:
+        """This model for solvers that call it only at its levels (``registry.draw`` checks
+        that statically): the network's call alone, no branch to interpolate."""
+        if not hasattr(self, "_at_levels"):
+            self._at_levels = _AtLevels(self)
+        return self._at_levels
 
     def network_calls(self, off_grid: bool = True) -> int:
         return 2 if off_grid and len(self.levels) > 1 else 1
+
+
+class _AtLevels(ScoreModel):
+    """A ``LevelScoreModel`` called only at its levels (see ``LevelScoreModel.at_levels``)."""
+
+    def __init__(self, model: LevelScoreModel):
+        self.model, self.levels = model, model.levels
+
+    def score(self, x, sigma) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
+        nearest, _ = self.model._nearest(per_example_sigma(x, sigma))
+        return self.model._at(x, nearest)
+
+    def network_calls(self, off_grid: bool = True) -> int:
+        return 1
 
 
 def as_score_model(model, levels=None) -> ScoreModel:

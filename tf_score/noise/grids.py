@@ -119,15 +119,16 @@ def step_size_for(n_steps_each: int, sigmas) -> float:
 # --- continuous models (EDM, Karras et al. 2022) ------------------------------------------
 
 
-def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0):
+def karras_sigmas(sigma_max: float, sigma_min: float, num_levels: int, rho: float = 7.0):
     """The EDM time grid sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) -
-    sigma_max^(1/rho)))^rho, i < N, decreasing from sigma_max to sigma_min (float32 [N]; the
-    samplers append sigma_N = 0 themselves)."""
-    if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+    sigma_max^(1/rho)))^rho, i < N = ``num_levels``, decreasing from sigma_max to sigma_min
+    (float32 [N]; the solvers append sigma_N = 0 themselves). Same argument order as
+    ``geometric_sigmas``."""
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    i = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
+    i = np.arange(num_levels, dtype=np.float64) / (num_levels - 1)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return ((hi + i * (lo - hi)) ** rho).astype(np.float32)
 

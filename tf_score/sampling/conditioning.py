@@ -42,7 +42,7 @@ class Inpainted(ScoreModel):
         return self.model.network_calls(off_grid)
 
 
-def inpaint(name, model, x_obs, mask, sigmas, seed, space, jit_compile=False, **options):
+def inpaint(name, model, x_obs, mask, sigmas, seed, space, jit=False, **options):
     """Fill ``mask == 0`` of ``x_obs`` [B, ...] with solver ``name`` on the grid ``sigmas``,
     seeded by ``registry.batch_seeds(seed)``. Returns ``SamplerOutput``."""
     entry = registry.get(name)
@@ -55,11 +55,10 @@ def inpaint(name, model, x_obs, mask, sigmas, seed, space, jit_compile=False, **
     sigmas = tf.constant(grid, tf.float32)
     x0 = registry.STARTS[entry.start](tf.shape(x_obs), init_seed, sigmas, space)
     x0 = mask * x_obs + (1.0 - mask) * x0
-    wrapped = Inpainted(model, x_obs, mask, obs_seed)
-    fn = registry._compiled(entry, jit_compile)
-    out = fn(
-        wrapped, x0, sigmas, seed=chain_seed, callback=None, **registry._as_tensors(entry, resolved)
-    )
+    wrapped = Inpainted(registry.model_for(entry, model, grid, resolved), x_obs, mask, obs_seed)
+    fn = registry._compiled(entry, jit)
+    grid_key = tuple(grid)  # known at trace time (see solvers.as_grid)
+    out = fn(wrapped, x0, grid_key, seed=chain_seed, **registry._as_tensors(entry, resolved))
     x = mask * x_obs + (1.0 - mask) * out.samples
     evals = registry.network_evaluations(entry, model, grid, resolved, out.num_evals)
     return registry.SamplerOutput(x, evals)

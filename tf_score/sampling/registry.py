@@ -250,6 +250,16 @@ def batch_seeds(seed, batch_index=0):
     return fold(pair, 0, alg="philox"), fold(pair, 1, alg="philox")
 
 
+def model_for(entry: Sampler, model, sigmas, options: dict):
+    """``model``, or its at-levels view when every call of the solver is at one of a
+    level-conditioned model's levels (one network trace instead of a branch of three)."""
+    from tf_score.networks.contract import grid_on_levels  # lower layer; kept beside its use
+
+    if hasattr(model, "at_levels") and grid_on_levels(model, sigmas) and entry.on_grid(options):
+        return model.at_levels()
+    return model
+
+
 def network_evaluations(entry: Sampler, model, sigmas, options: dict, calls) -> tf.Tensor:
     """Network evaluations per sample of ``calls`` model calls: a level-conditioned model
     costs 2 per call between its levels (``contract.LevelScoreModel``)."""
@@ -262,11 +272,11 @@ def network_evaluations(entry: Sampler, model, sigmas, options: dict, calls) -> 
 _COMPILED: dict = {}
 
 
-def _compiled(entry: Sampler, jit_compile: bool):
+def _compiled(entry: Sampler, jit: bool):
     """The solver as one ``tf.function`` (per solver function and compile mode)."""
-    key = (entry.fn, bool(jit_compile))
+    key = (entry.fn, bool(jit))
     if key not in _COMPILED:
-        _COMPILED[key] = tf.function(entry.fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+        _COMPILED[key] = tf.function(entry.fn, jit_compile=bool(jit), reduce_retracing=True)
     return _COMPILED[key]
 
 
@@ -287,7 +297,7 @@ def draw(
     seed,
     space: SampleSpace,
     callback=None,
-    jit_compile: bool = False,
+    jit: bool = False,
     **options,
 ) -> SamplerOutput:
     """One batch of ``num_samples`` from solver ``name`` on the grid ``sigmas``: started by
@@ -305,11 +315,13 @@ def draw(
     else:
         shape = tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), space.shape], 0)
     x0 = STARTS[entry.start](shape, init_seed, sigmas, space)
-    fn = _compiled(entry, jit_compile)
+    fn = _compiled(entry, jit)
     grid_key = tuple(float(v) for v in grid)  # known at trace time (see solvers.as_grid)
+    solver_model = model_for(entry, model, grid, resolved)
     out = fn(
-        model, x0, grid_key, seed=chain_seed, callback=callback, **_as_tensors(entry, resolved)
-    )
+        solver_model, x0, grid_key, seed=chain_seed, callback=callback,
+        **_as_tensors(entry, resolved),
+    )  # fmt: skip
     evals = network_evaluations(entry, model, grid, resolved, out.num_evals)
     return SamplerOutput(out.samples, evals)
 

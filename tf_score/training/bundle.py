@@ -1,6 +1,6 @@
 """What a model hands the training loop: a ``ModelBundle`` of model factories, ``Objective``s
-(a per-example loss callable, its variables, an optimizer) and an input pipeline, and the
-loop's settings (``TrainConfig``)."""
+(a per-example loss callable, its variables, an optimizer) and an input pipeline (the loop's
+settings are the experiment's ``train`` section, ``config.TrainConfig``)."""
 
 from __future__ import annotations
 
@@ -21,53 +21,6 @@ class LossOutput(NamedTuple):
     loss: tf.Tensor
     levels: tf.Tensor | None = None
     metrics: dict[str, tf.Tensor] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Loop settings. ``batch_size`` is the global batch over all replicas."""
-
-    num_steps: int
-    batch_size: int
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    #: image summaries every this many steps (0: only at the end)
-    sample_every: int = 0
-    #: EMA decay of the weights; 0 makes the EMA copy equal the live weights
-    ema_rate: float = 0.999
-    #: ramp the decay up as min(ema_rate, (1 + t) / (10 + t)) at step t, so the average
-    #: forgets the random initial weights (the undebiased 0.999 EMA still holds 13% of them
-    #: after 2000 steps, enough to ruin short runs' samples)
-    ema_warmup: bool = True
-    #: XLA-compile each replica's loss and gradient (measure first: on CPUs it can be slower)
-    jit_compile: bool = False
-    #: steps run inside one compiled call (cuts Python overhead for small models)
-    steps_per_loop: int = 100
-    #: micro-batches per replica per step, run one after another with their gradients summed
-    #: (a global batch larger than fits on the devices; R replicas x A micro-batches give the
-    #: same run as 1 replica x R*A)
-    grad_accum_steps: int = 1
-    progress: bool = True
-
-    def __post_init__(self):
-        positive = (
-            "num_steps",
-            "batch_size",
-            "log_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "steps_per_loop",
-            "grad_accum_steps",
-        )
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.sample_every < 0:
-            raise ValueError(f"sample_every must be >= 0, got {self.sample_every}")
-        if not 0.0 <= self.ema_rate < 1.0:
-            raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
 
 
 @dataclasses.dataclass

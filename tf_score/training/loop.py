@@ -41,8 +41,9 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from tf_score import atomic
+from tf_score.config import TrainConfig
 from tf_score.training import distribute, signals
-from tf_score.training.bundle import ModelBundle, TrainConfig
+from tf_score.training.bundle import ModelBundle
 from tf_score.training.checkpoints import (
     _restore,
     candidates,
@@ -338,12 +339,15 @@ def train(
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
     on_restored: Callable[[int], None] | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> TrainResult:
-    """Train ``bundle`` for ``config.num_steps`` steps, resuming from ``workdir`` if possible
-    (the newest good checkpoint). ``on_restored(start_step)`` runs once the checkpoint, if
-    any, has been restored into these models (a run writes its settings there)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    step_fn = TrainStep(bundle, config, strategy)  # checks the batch split, seeds, builds
+    """Train ``bundle`` for ``config.num_steps`` steps (``config``: an experiment's ``train``
+    section), seeded by ``seed``, resuming from ``workdir`` if possible (the newest good
+    checkpoint); ``progress`` shows a bar. ``on_restored(start_step)`` runs once the
+    checkpoint, if any, has been restored into these models (a run writes its settings there)."""
+    strategy, show_bar = strategy or tf.distribute.get_strategy(), progress
+    step_fn = TrainStep(bundle, config, strategy, seed)  # checks the batch split, seeds, builds
     checkpoints = _Checkpoints(step_fn, config, workdir, strategy)
     chief = checkpoints.chief
     latest = checkpoints.restore()
@@ -367,7 +371,7 @@ def train(
         initial=start_step,
         unit="step",
         dynamic_ncols=True,
-        disable=not (config.progress and chief),
+        disable=not (show_bar and chief),
         mininterval=1.0,
     )
     with signals.StopSignals() as stop:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_score.training.bundle import ModelBundle, TrainConfig
+from tf_score.config import TrainConfig
+from tf_score.training.bundle import ModelBundle
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -70,7 +71,7 @@ class TrainStep:
     """The step of ``bundle``'s objectives on global batches of ``config.batch_size`` rows.
 
     Building it checks that the global batch splits into replicas x ``grad_accum_steps``
-    micro-batches, seeds Keras (and Python/NumPy/TF's global RNGs) with ``config.seed``, and
+    micro-batches, seeds Keras (and Python/NumPy/TF's global RNGs) with ``seed``, and
     builds (``build_models``) the ``models``, ``ema_models``, ``optimizers`` (by objective
     name) and the ``step_var`` counter (the last step taken) under ``strategy``.
     """
@@ -80,6 +81,7 @@ class TrainStep:
         bundle: ModelBundle,
         config: TrainConfig,
         strategy: tf.distribute.Strategy | None = None,
+        seed: int = 0,
     ):
         strategy = strategy or tf.distribute.get_strategy()
         self.bundle, self.config, self.strategy = bundle, config, strategy
@@ -94,19 +96,19 @@ class TrainStep:
         self.micro_batch = config.batch_size // (self.replicas * self.accum)
         # Seeds Keras' initialisers (and Python/NumPy/TF global RNGs), so the same seed gives
         # the same initial weights: a fresh run and a resumed one start from identical states.
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(seed)
         self.models, self.ema_models, self.optimizers, self.step_var = build_models(
             bundle, strategy
         )
         self.num_levels = max(int(bundle.num_levels), 1)
-        self._base_seed = tf.constant([config.seed, 0x5C0E], tf.int32)
+        self._base_seed = tf.constant([seed, 0x5C0E], tf.int32)
         self._ema_pairs = [
             (e, w)
             for name in self.models
             for e, w in zip(self.ema_models[name].weights, self.models[name].weights, strict=True)
         ]
         self._local_grads, self._local_loss = self.local_grads, self.local_loss
-        if config.jit_compile:
+        if config.jit:
             self._local_grads = tf.function(self.local_grads, jit_compile=True)
             self._local_loss = tf.function(self.local_loss, jit_compile=True)
 

@@ -1,0 +1,139 @@
+"""What ``api.sample`` and ``api.evaluate`` compute and write into a directory: samples, figures
+and metrics of a loaded run, by family (toy, image or VAE), with the settings of the run's
+``evaluation`` section. Every file is written whole or not at all (``atomic``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_score import atomic, data
+from tf_score.evaluation import plotting
+from tf_score.families import evaluate, score_model, vae
+from tf_score.families.run import Generated, Run, generate, inpaint
+
+
+def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False) -> Generated:
+    """samples.npz and samples.png of a 2-D toy run's sampler."""
+    ev = run.config.evaluation
+    out = generate(run, ev.num_samples, seed, jit=jit)
+    atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples)
+    title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
+    extent = data.get_toy(run.config.data.dataset).extent
+    plotting.scatter_panels({title: out.samples}, extent, path=os.path.join(out_dir, "samples.png"))
+    return out
+
+
+def toy_evaluation(run: Run, out_dir: str, seed: int, jit: bool = False) -> dict:
+    """metrics.json and samples.png: the two-mode comparison (NCSN runs: plain vs annealed
+    Langevin, learned vs exact score) or the fast solvers of a continuous run."""
+    ev, extent = run.config.evaluation, data.get_toy(run.config.data.dataset).extent
+    common = dict(num_samples=ev.num_samples, num_batches=ev.eval_repeats, seed=seed,
+                  num_permutations=ev.num_permutations)  # fmt: skip
+    if run.config.is_continuous:
+        r = evaluate.two_mode_fast(run, **common)
+        panels = {"exact samples": r.exact}
+        for name, x in r.samples.items():
+            row = r.metrics["samplers"][name]
+            panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
+        plotting.scatter_panels(panels, extent, path=os.path.join(out_dir, "samples.png"))
+    else:
+        r = evaluate.two_mode(run, jit=jit, **common)
+        evaluate.plot_two_mode(r, extent, os.path.join(out_dir, "samples.png"))
+    atomic.write_json(os.path.join(out_dir, "metrics.json"), r.metrics)
+    return r.metrics
+
+
+def _save_snapshots(out_dir: str, snaps, shape) -> None:
+    k = min(8, snaps.shape[1])
+    strip = snaps[:, :k].transpose(1, 0, *range(2, snaps.ndim)).reshape(-1, *shape)
+    grid = plotting.image_grid(strip, ncols=len(snaps))
+    plotting.save_png(grid, os.path.join(out_dir, "snapshots.png"), 2)
+    frames = [plotting.image_grid(f) for f in snaps]
+    plotting.save_gif(frames, os.path.join(out_dir, "snapshots.gif"), scale=2)
+
+
+def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False,
+                  metrics_file=None) -> tuple[Generated, dict | None]:  # fmt: skip
+    """samples.png / samples.npz (and snapshots.png / .gif) of an image run's sampler; with
+    the evaluation section's ``metrics``, their FID / KID against the real-vs-real floor in
+    ``metrics_file`` (default OUT_DIR/quality_SAMPLER.json). Every check and load before
+    any sampling."""
+    ev, name = run.config.evaluation, run.config.sampler.sampler
+    reference = None
+    if ev.metrics:
+        reference = evaluate.quality_reference(
+            run, ev.num_samples, ev.feature_extractor, ev.classifier, ev.inception_weights
+        )
+    out = generate(run, ev.num_samples, seed, batch_size=ev.sample_batch_size, jit=jit,
+                   snapshots=snapshots, progress=progress)  # fmt: skip
+    images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
+    plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
+    atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)
+    if out.snapshots is not None:
+        _save_snapshots(out_dir, out.snapshots, run.data_shape)
+    if reference is None:
+        return out, None
+    q = evaluate.image_quality(images, reference, seed=seed)
+    q.update(sampler=name, num_evals=out.num_evals, sample_seconds=out.seconds,
+             checkpoint_step=run.step, denoise=run.config.sampler.denoise, seed=seed)  # fmt: skip
+    q["path"] = metrics_file or os.path.join(out_dir, f"quality_{name}.json")
+    atomic.write_json(q["path"], q)
+    return out, q
+
+
+def inpaint_test_images(run: Run, out_dir: str, seed: int, jit: bool = False):
+    """inpaint.png (rows: occluded, samples, original) and inpaint.npz: the right half of the
+    first ``num_samples`` test images filled by the run's sampler. Returns ``SamplerOutput``."""
+    shape, n = run.data_shape, run.config.evaluation.num_samples
+    images, *_ = score_model.load_training_images(run.config.data, split="test")
+    x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
+    w = shape[1]
+    mask = tf.concat([tf.ones([shape[0], w // 2, shape[2]]),
+                      tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)  # fmt: skip
+    out = inpaint(run, x_obs, mask, seed, jit=jit)
+    occluded = x_obs * mask + 0.5 * (1 - mask)
+    rows = [plotting.image_grid(a, ncols=min(n, 16))
+            for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())]  # fmt: skip
+    gap = np.full((4, rows[0].shape[1], rows[0].shape[2]), 255, np.uint8)
+    grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
+    plotting.save_png(grid, os.path.join(out_dir, "inpaint.png"), scale=2)
+    atomic.save_npz(os.path.join(out_dir, "inpaint.npz"), observed=x_obs.numpy(),
+                    mask=mask.numpy(), samples=out.samples.numpy())  # fmt: skip
+    return out
+
+
+def bits_per_dim(run: Run, out_dir: str, seed: int, progress: bool = False) -> dict:
+    """bits_per_dim.json and bits_per_dim_per_image.npz (``evaluate.bits_per_dim`` of the
+    evaluation section's ``bits_per_dim`` test images at the sampler's ``ode_tol``)."""
+    ev = run.config.evaluation
+    summary, per_image = evaluate.bits_per_dim(
+        run, ev.bits_per_dim, seed, ev.eval_batch, run.config.sampler.ode_tol, progress=progress
+    )
+    summary["path"] = os.path.join(out_dir, "bits_per_dim.json")
+    atomic.write_json(summary["path"], summary)
+    atomic.save_npz(os.path.join(out_dir, "bits_per_dim_per_image.npz"), bits_per_dim=per_image)
+    return summary
+
+
+def vae_outputs(run: Run, out_dir: str, seed: int, likelihood: bool = False,
+                progress: bool = False) -> dict | None:  # fmt: skip
+    """prior_samples.png and reconstructions.png of a VAE; with ``likelihood`` the AIS / IWAE
+    negative log-likelihoods of ``eval_examples`` test images in metrics.json (and the
+    per-example values in nll_per_example.npz, for paired comparisons)."""
+    ev = run.config.evaluation
+    prior_x = vae.prior_samples(run.config, run.models["decoder"], ev.num_samples, [seed, 0])
+    plotting.save_png(plotting.image_grid(prior_x.numpy()), f"{out_dir}/prior_samples.png", 2)
+    n_eval = ev.eval_examples if likelihood else 32
+    x = evaluate.vae_test_images(run, max(n_eval, 32))
+    rec = vae.reconstructions(run.config, run.models, x[:32], tf.constant([seed, 1])).numpy()
+    pairs = np.concatenate([x[:32], rec], axis=2)
+    plotting.save_png(plotting.image_grid(pairs, ncols=4), f"{out_dir}/reconstructions.png", 2)
+    if not likelihood:
+        return None
+    m, per_example = evaluate.vae_likelihood(run, x[:n_eval], seed, ev, progress=progress)
+    atomic.write_json(os.path.join(out_dir, "metrics.json"), m)
+    atomic.save_npz(os.path.join(out_dir, "nll_per_example.npz"), **per_example)
+    return m
