@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from tf_score import atomic, data
 from tf_score import config as config_lib
-from tf_score.config import ConfigError, ExperimentConfig
+from tf_score.config import ConfigError, ExperimentConfig, ExportConfig
 from tf_score.export import savedmodel as export_lib
 from tf_score.families import classifier, outputs, score_model, vae
 from tf_score.families.run import (  # noqa: F401  (the API's calls and types, defined there)
@@ -325,8 +325,8 @@ def export(
     export_dir: str,
     model_name: str | None = None,
     samplers: tuple[str, ...] | None = None,
-    max_samples: int = 256,
-    max_evaluations: int = 1_000_000,
+    max_samples: int = ExportConfig.export_max_samples,
+    max_evaluations: int = ExportConfig.export_max_evaluations,
 ) -> str:
     """Write the run's EMA models as a SavedModel for TF Serving to
     ``export_dir/<model_name>/<step>/`` (``model_name`` defaults to the workdir's name);

@@ -30,12 +30,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score import sampling
+from tf_score.config import ExportConfig
 from tf_score.networks import contract
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
 NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
-#: the largest num_samples of one request unless the export says otherwise
-MAX_SAMPLES = 256
+#: the caps of one request unless the export says otherwise (the config's defaults)
+MAX_SAMPLES = ExportConfig.export_max_samples
+MAX_EVALUATIONS = ExportConfig.export_max_evaluations
 
 
 def version_dir(export_dir: str, model_name: str, version: int) -> str:
@@ -176,7 +178,7 @@ def export_score_model(
     samplers: tuple[str, ...] = (),
     max_samples: int = MAX_SAMPLES,
     max_score_batch: int = 1024,
-    max_evaluations: int = 1_000_000,
+    max_evaluations: int = MAX_EVALUATIONS,
 ) -> str:
     """Write a servable SavedModel of a score model (``network``'s variables, ``model`` its
     contract, ``networks.contract``) to ``path``.

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tf_score.networks.contract import grid_on_levels
+
 
 class SamplerError(ValueError):
     """A sampler or one of its options is invalid (raised before any sampling)."""
@@ -253,8 +255,6 @@ def batch_seeds(seed, batch_index=0):
 def model_for(entry: Sampler, model, sigmas, options: dict):
     """``model``, or its at-levels view when every call of the solver is at one of a
     level-conditioned model's levels (one network trace instead of a branch of three)."""
-    from tf_score.networks.contract import grid_on_levels  # lower layer; kept beside its use
-
     if hasattr(model, "at_levels") and grid_on_levels(model, sigmas) and entry.on_grid(options):
         return model.at_levels()
     return model
@@ -263,8 +263,6 @@ def model_for(entry: Sampler, model, sigmas, options: dict):
 def network_evaluations(entry: Sampler, model, sigmas, options: dict, calls) -> tf.Tensor:
     """Network evaluations per sample of ``calls`` model calls: a level-conditioned model
     costs 2 per call between its levels (``contract.LevelScoreModel``)."""
-    from tf_score.networks.contract import grid_on_levels  # lower layer; kept beside its use
-
     on_grid = grid_on_levels(model, sigmas) and entry.on_grid(options)
     return tf.cast(calls, tf.int32) * int(model.network_calls(off_grid=not on_grid))
 
