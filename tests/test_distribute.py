@@ -11,19 +11,11 @@ from conftest import MNIST_DATA_DIR
 from test_train import _bundle as _toy_bundle
 from test_train import _config as _train_config
 from test_train import _weights
+from test_vae import _vae_config
 
 from tf_score import config, data
 from tf_score.families import score_model, vae
 from tf_score.training import checkpoints, distribute, loop
-
-
-def _vae_config(shape, **kw):
-    """A VAE experiment's config on images of ``shape`` (the VAE's former defaults: tanh MLP
-    256-256, RMSprop)."""
-    base = dict(model="vae", dataset="mnist", hidden_units=(256, 256), activation="tanh",
-                optimizer="rmsprop")  # fmt: skip
-    flat = {**base, **kw}
-    return config.from_flat(flat).replace(data={"data_shape": tuple(shape)})
 
 
 def _mirrored():

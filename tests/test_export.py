@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_vae import _vae_config
 
 from tf_score import config, sampling
 from tf_score.config import TrainConfig
@@ -17,16 +18,6 @@ from tf_score.families import score_model, vae
 from tf_score.networks import ConditionalResNet, contract
 from tf_score.noise import geometric_sigmas
 from tf_score.training import loop
-
-
-def _vae_config(shape, **kw):
-    """A VAE experiment's config on images of ``shape`` (the VAE's former defaults: tanh MLP
-    256-256, RMSprop)."""
-    base = dict(model="vae", dataset="mnist", hidden_units=(256, 256), activation="tanh",
-                optimizer="rmsprop")  # fmt: skip
-    flat = {**base, **kw}
-    return config.from_flat(flat).replace(data={"data_shape": tuple(shape)})
-
 
 TOY_SIGMAS = geometric_sigmas(20.0, 1.0, 10)
 #: the toy export's sampler: annealed Langevin, T = 5, eps 0.05, final denoise
