@@ -18,9 +18,10 @@ SAMPLERS = (
     "annealed_langevin", "langevin", "consistent_annealed", "predictor_corrector", "heun",
     "ode", "edm",
 )  # fmt: skip
-#: evaluation counts a4ac31d reported wrongly: edm with churn on a level-conditioned model
-#: makes 2 network calls per call between levels (it said 2N - 1)
-RECOUNTED = {}
+#: evaluation counts a4ac31d reported wrongly: the ODE left out the solver's first call
+#: (a call counter finds one more, tests/test_denoiser_solvers.py), i.e. one network
+#: evaluation on the continuous model, two on the level-conditioned one
+RECOUNTED = {("toy_ncsn", "ode"): 2, ("toy_edm", "ode"): 1}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def test_every_sampler_draws_the_a4ac31d_samples(run, reference, sampler):
     name, r = run
     out = api.generate(r, 64, seed=5, sampler=sampler)
     np.testing.assert_allclose(out.samples, reference[f"{name}/{sampler}"], rtol=0, atol=1e-4)
-    assert out.num_evals == int(reference[f"{name}/{sampler}/num_evals"])
+    recorded = int(reference[f"{name}/{sampler}/num_evals"])
+    assert out.num_evals == recorded + RECOUNTED.get((name, sampler), 0)
 
 
 def test_the_a4ac31d_export_loads_and_serves_its_samples(run, reference):

@@ -41,7 +41,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(num_levels=1), "with num_levels=1, sigma_max (20.0) must equal sigma_min (1.0)"),
         (dict(model="vae"), "model=vae needs image data, not dataset=two_mode"),
         (dict(model="classifier", dataset="npz", data_path="x.npz"), "needs labelled images"),
-        (dict(sampler="euler"), "sampler must be one of annealed_langevin, langevin"),
+        (dict(sampler="leapfrog"), "sampler must be one of annealed_langevin, langevin"),
         (dict(cas_eta=1.5), "cas_eta must be a finite number >= 0 and <= 1, got 1.5"),
         (dict(predictor="euler"), "predictor must be one of reverse_diffusion, ancestral"),
         (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),

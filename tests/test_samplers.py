@@ -175,8 +175,8 @@ def test_bad_arguments():
         )
     with pytest.raises(sampling.SamplerError, match="n_steps_each must be an integer >= 1"):
         sampling.draw("annealed_langevin", GAUSSIAN, [1.0], 2, 0, space, n_steps_each=0)
-    with pytest.raises(sampling.SamplerError, match="unknown sampler 'euler'; choose one of"):
-        sampling.draw("euler", GAUSSIAN, [1.0], 2, 0, space)
+    with pytest.raises(sampling.SamplerError, match="unknown sampler 'leapfrog'; choose one of"):
+        sampling.draw("leapfrog", GAUSSIAN, [1.0], 2, 0, space)
     with pytest.raises(sampling.SamplerError, match="takes options step_lr"):
         sampling.draw("annealed_langevin", GAUSSIAN, [1.0], 2, 0, space, snr=0.1)
     assert registry.SamplerError is sampling.SamplerError

@@ -3,7 +3,7 @@ the built-in solvers (``solvers``: Langevin, annealed Langevin, consistent annea
 predictor-corrector, Heun, EDM, the adaptive ODE) and conditioning wrappers
 (``conditioning``: inpainting around any solver)."""
 
-from tf_score.sampling import solvers  # noqa: F401  (registers the built-in solvers)
+from tf_score.sampling import denoiser_solvers, solvers  # noqa: F401  (register the built-ins)
 from tf_score.sampling.conditioning import inpaint
 from tf_score.sampling.registry import (
     SAMPLERS,

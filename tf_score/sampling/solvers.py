@@ -324,7 +324,7 @@ def edm(model, x, sigmas, *, seed, callback=None, s_churn=0.0, s_noise=1.0, s_tm
 def ode(model, x, sigmas, *, seed, callback=None, ode_tol=1e-5, denoise=True):
     """The adaptive probability-flow ODE dx/dsigma = -sigma s(x, sigma) from sigma_1 to sigma_N
     by Dormand-Prince (``tfp.math.ode``, rtol = atol = ``ode_tol``), then with ``denoise`` the
-    Tweedie step at sigma_N. Calls: the solver's function evaluations (+1). ``seed`` is unused."""
+    Tweedie step at sigma_N. Calls: every evaluation the solver makes (+1). ``seed`` is unused."""
     import tensorflow_probability as tfp  # heavy; only the ODE solvers need it
 
     del seed, callback
@@ -338,7 +338,8 @@ def ode(model, x, sigmas, *, seed, callback=None, ode_tol=1e-5, denoise=True):
 
     result = solver.solve(ode_fn, -sigma_max, x, solution_times=[-sigma_min])
     x = result.states[-1]
-    calls = tf.cast(result.diagnostics.num_ode_fn_evaluations, tf.int32)
+    # the solver's count leaves out its first evaluation (at sigma_1; counted by a call counter)
+    calls = tf.cast(result.diagnostics.num_ode_fn_evaluations, tf.int32) + 1
     if denoise:
         x = x + tf.square(sigma_min) * score_at(model, x, sigma_min)
         calls += 1
