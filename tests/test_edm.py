@@ -137,11 +137,18 @@ def _cas_variance(grid, start_var):
     return (1 - r2 / (S0**2 + r2)) ** 2 * v
 
 
-@pytest.mark.parametrize("name", list(sampling.SAMPLERS))
+#: first-order solvers: at 30 levels their variance error is above 5% by construction (Euler
+#: ancestral's own variance map gives sd 1.19 for 1.3 at 40 sigmas); tests/test_denoiser_solvers.py
+#: measures them against their exact error and order instead
+FIRST_ORDER = ("euler", "euler_ancestral")
+
+
+@pytest.mark.parametrize("name", [s for s in sampling.SAMPLERS if s not in FIRST_ORDER])
 def test_every_sampler_on_the_continuous_grid_reproduces_the_gaussian(name):
     """The exact denoiser of N(MU, S0^2 I) on EDM's rho = 7 grid 20 -> 0.002 (30 levels):
     mean within 5 SE and variance within 5 SE + 5% of the data's (+ sigma_L^2 for the
-    samplers that end at sigma_L), n = 4000. The ODE uses the continuous score directly."""
+    samplers that end at sigma_L), n = 4000, for every solver of order 2 or more. The ODE
+    uses the continuous score directly."""
     out = sampling.draw(name, _optimal(), GRID, 4000, 7, SPACE, **OPTIONS.get(name, {}))
     x = out.samples.numpy()
     var = S0**2 + (GRID[-1] ** 2 if name in ("annealed_langevin", "langevin") else 0.0)
