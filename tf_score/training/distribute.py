@@ -26,7 +26,7 @@ import tempfile
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+from tf_score.config import STRATEGIES
 
 
 class StrategyError(ValueError):
