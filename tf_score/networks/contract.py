@@ -139,19 +139,6 @@ class _AtLevels(ScoreModel):
         return 1
 
 
-def as_score_model(model, levels=None) -> ScoreModel:
-    """``model`` if it answers the contract (has ``score`` and ``denoise``), else a level
-    network wrapped on ``levels``."""
-    if hasattr(model, "score") and hasattr(model, "denoise"):
-        return model
-    if levels is None:
-        raise TypeError(
-            f"{type(model).__name__} has no score(x, sigma) / denoise(x, sigma): pass the "
-            "levels it was trained on to wrap it as a LevelScoreModel"
-        )
-    return LevelScoreModel(model, levels)
-
-
 def grid_on_levels(model, sigmas) -> bool:
     """Whether every sigma of the grid is one of the model's levels (continuous: always)."""
     levels = getattr(model, "levels", None)
