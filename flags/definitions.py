@@ -70,6 +70,8 @@ HELP = {
     "optimizer": "Optimizer of every objective.",
     "learning_rate": "Learning rate.",
     "grad_clip_norm": "Clip gradients by global norm (0: off).",
+    "lr_schedule": "constant, or cosine decay from --learning_rate to 0 at --num_steps.",
+    "lr_warmup_steps": "Linear learning-rate warm-up from 0 over this many steps.",
     # train
     "num_steps": "Training steps.",
     "batch_size": "Global batch size.",
@@ -97,7 +99,11 @@ HELP = {
     "with the real-vs-real floor (as many test images) and the label histogram.",
     "feature_extractor": "--metrics feature space: classifier (the 128-d features of "
     "--classifier) or inception (Inception-v3 pool features, RGB data; --inception_weights).",
-    "classifier": "The saved classifier (.keras file or its workdir) for --metrics.",
+    "classifier": "The saved classifier (.keras file or its workdir) for --metrics and "
+    "--fid_every.",
+    "fid_every": "Training image models: classifier FID (needs --classifier) of --fid_samples "
+    "samples and its real-vs-real floor, TensorBoard scalars every this many steps (0: off).",
+    "fid_samples": "Samples (and held-out test images of the floor) of --fid_every.",
     "inception_weights": "'imagenet' (Keras downloads them once) or the path of "
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.",
     "ais_chains": "AIS chains per test example.",
@@ -158,7 +164,8 @@ CHOICES = {
     "activation": C.ACTIVATIONS, "precision": C.PRECISIONS, "vae_encoder": C.VAE_ENCODERS,
     "schedule": C.SCHEDULES, "sigma_dist": C.noise.SIGMA_DISTS, "loss": C.SCORE_LOSSES,
     "parameterization": C.PARAMETERIZATIONS, "projection": C.PROJECTIONS,
-    "optimizer": C.OPTIMIZERS, "feature_extractor": C.FEATURE_EXTRACTORS,
+    "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES,
+    "feature_extractor": C.FEATURE_EXTRACTORS,
     "strategy": C.STRATEGIES,
 }  # fmt: skip
 

@@ -3,6 +3,7 @@ forms, the denoiser-to-score conversion on a Gaussian whose optimal denoiser is 
 registered sampler on that exact denoiser's grid, and training that lowers the EDM loss."""
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -313,3 +314,44 @@ def test_bits_per_dim_of_the_exact_gaussian_score_on_dequantised_mnist():
     np.testing.assert_allclose(bpd, np.concatenate(want), atol=2e-3)
     assert summary["n"] == 6 and abs(summary["mean"] - bpd.mean()) < 1e-9
     assert summary["se"] == pytest.approx(bpd.std(ddof=1) / np.sqrt(6))
+
+
+def test_fid_during_training_is_a_scalar_with_its_floor(tmp_path):
+    """--fid_every on a tiny MNIST U-Net (a random-weight saved classifier: the values mean
+    nothing, the plumbing is the point): a missing classifier fails before anything is
+    written; then fid/fid, fid/floor, fid/ratio and fid/num_evals at steps 2, 4 and the last."""
+    from conftest import MNIST_DATA_DIR
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from tf_score.families import classifier
+
+    net = classifier.DigitClassifier()
+    net.build()
+    os.makedirs(tmp_path / "clf")
+    net.save(str(tmp_path / "clf" / "classifier.keras"))
+    flat = dict(dataset="mnist", data_dir=MNIST_DATA_DIR, download=False, network="edm_unet",
+                loss="edm", ngf=4, channel_mults=(1,), num_res_blocks=1, sigma_max=17.0,
+                sigma_min=0.002, num_levels=4, schedule="karras", sampler="heun",
+                heun_steps=2, num_steps=5, batch_size=8, log_every=5, checkpoint_every=5,
+                steps_per_loop=5, fid_every=2, fid_samples=20)  # fmt: skip
+    with pytest.raises(api.RunError, match=r"fid_every: .*need a trained classifier"):
+        api.train(config.from_flat(flat), str(tmp_path / "w"), progress=False)
+    assert not os.path.exists(tmp_path / "w")
+    cfg = config.from_flat({**flat, "classifier": str(tmp_path / "clf")})
+    api.train(cfg, str(tmp_path / "w"), progress=False)
+    tb = str(tmp_path / "w" / "tb")
+    acc = event_accumulator.EventAccumulator(tb, size_guidance={"tensors": 0})
+    acc.Reload()
+    got = {t: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(t)}
+           for t in ("fid/fid", "fid/floor", "fid/ratio", "fid/num_evals")}  # fmt: skip
+    assert sorted(got["fid/fid"]) == [2, 4, 5]
+    for s in (2, 4, 5):
+        assert got["fid/fid"][s] > 0 and got["fid/floor"][s] > 0
+        assert got["fid/ratio"][s] == pytest.approx(got["fid/fid"][s] / got["fid/floor"][s], 1e-5)
+        assert got["fid/num_evals"][s] == 3  # Heun on 2 levels: 2N - 1
+    assert len(set(got["fid/floor"].values())) == 1  # one floor, the same held-out images
+
+
+def test_fid_every_is_for_image_score_models():
+    with pytest.raises(config.ConfigError, match="fid_every is for image score models"):
+        config.from_flat(dict(fid_every=10))

@@ -13,8 +13,8 @@ from tf_score import config, data
 from tf_score.config import TrainConfig
 from tf_score.families import score_model
 from tf_score.noise import geometric_sigmas
-from tf_score.training import checkpoints, loop
-from tf_score.training.bundle import LossOutput
+from tf_score.training import checkpoints, loop, optimizers
+from tf_score.training.bundle import LossOutput, Monitor
 from tf_score.training.step import build_models, ema_decay
 
 SIGMAS = geometric_sigmas(20.0, 1.0, 10)
@@ -173,3 +173,61 @@ def test_xla_compiled_step_computes_the_same_updates(tmp_path):
     assert xla.loss == pytest.approx(plain.loss, rel=1e-4)
     for a, b in zip(_weights(plain.models), _weights(xla.models), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_warmup_cosine_ramps_then_decays_to_zero_at_the_last_step():
+    """The schedule's closed form: (t + 1) / warmup of the peak during the warm-up, then
+    peak (1 + cos(pi f)) / 2 with f the fraction of the remaining steps; restored from its
+    config."""
+    sched = optimizers.WarmupCosine(2e-3, num_steps=1100, warmup_steps=100)
+    lr = lambda t: float(sched(tf.constant(t, tf.int64)))
+    assert lr(0) == pytest.approx(2e-5) and lr(49) == pytest.approx(1e-3)
+    assert lr(99) == pytest.approx(2e-3) and lr(100) == pytest.approx(2e-3)
+    assert lr(600) == pytest.approx(1e-3, rel=1e-5) and lr(350) == pytest.approx(
+        1e-3 * (1 + np.cos(np.pi / 4)), rel=1e-5
+    )
+    assert lr(1100) == pytest.approx(0.0, abs=1e-9) and lr(5000) == pytest.approx(0.0, abs=1e-9)
+    again = optimizers.WarmupCosine.from_config(sched.get_config())
+    assert float(again(tf.constant(350))) == pytest.approx(lr(350))
+    flat = optimizers.WarmupCosine(1e-3, 1000, warmup_steps=10, cosine=False)
+    assert float(flat(tf.constant(4))) == pytest.approx(5e-4, rel=1e-6)
+    assert float(flat(999)) == pytest.approx(1e-3, rel=1e-6)
+    opt = config.OptimizerConfig()
+    assert optimizers.learning_rate(opt, 10) == 1e-3  # constant: a plain float
+
+
+def test_the_cosine_rate_reaches_zero_at_the_end_and_resumes_on_schedule(tmp_path):
+    """The optimizer's rate follows the schedule of the configured run length through a
+    resume (its step is the optimizer's restored iteration count)."""
+    cfg = config.from_flat(
+        dict(hidden_units=(16,), n_steps_each=2, denoise=False, lr_schedule="cosine",
+             lr_warmup_steps=10, num_steps=80)
+    )  # fmt: skip
+    bundle = score_model.toy_bundle(cfg)
+    loop.train(bundle, _config(40, log_every=40), str(tmp_path))
+    loop.train(bundle, _config(80, log_every=40), str(tmp_path))
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    logged = acc.Tensors("score/learning_rate")
+    rates = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in logged}
+    sched = optimizers.WarmupCosine(1e-3, 80, 10)
+    assert rates[40] == pytest.approx(float(sched(40)), rel=1e-5)  # logged after step 40's update
+    assert rates[80] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_monitors_run_at_their_steps_and_at_the_end_as_scalars(tmp_path):
+    """A ``Monitor`` every 25 steps of a 60-step run sees the EMA models at steps 25, 50 and
+    60 (compiled loops stop there), and its values are TensorBoard scalars at those steps."""
+    seen = []
+
+    def fn(ema_models, step):
+        seen.append((step, sorted(ema_models)))
+        return {"probe/value": float(step) / 10}
+
+    bundle = dataclasses.replace(_bundle(), monitors=(Monitor(25, fn),))
+    loop.train(bundle, _config(60), str(tmp_path))
+    assert seen == [(25, ["score"]), (50, ["score"]), (60, ["score"])]
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    values = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("probe/value")}
+    assert values == {25: 2.5, 50: 5.0, 60: 6.0}

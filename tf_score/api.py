@@ -18,6 +18,7 @@ Model families (score networks, VAEs, the classifier) are chosen in one registry
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from tf_score import config as config_lib
 from tf_score.config import ConfigError, ExperimentConfig, ExportConfig
 from tf_score.export import savedmodel as export_lib
 from tf_score.families import classifier, outputs, score_model, vae
+from tf_score.families import evaluate as evaluations  # api.evaluate is the call
 from tf_score.families.run import (  # noqa: F401  (the API's calls and types, defined there)
     Generated,
     NonFiniteSamplesError,
@@ -238,6 +240,15 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
     return _train_score_or_vae(cfg, workdir, strategy, progress)
 
 
+def _fid_monitor(cfg: ExperimentConfig, workdir: str, progress: bool):
+    """``evaluations.fid_monitor`` (the config allows it for image score models only), every
+    error (no classifier, too many samples) before training."""
+    try:
+        return evaluations.fid_monitor(cfg, workdir, cfg.data.data_shape, progress)
+    except evaluations.EvaluationError as e:
+        raise RunError(f"fid_every: {e}") from e
+
+
 @contextlib.contextmanager
 def _workdir_held(workdir: str, chief: bool):
     """The workdir's lock for this run (chief only), taken once the data are loaded (a run
@@ -255,6 +266,8 @@ def _workdir_held(workdir: str, chief: bool):
 def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):
 
     bundle, cfg = prepare(cfg, workdir, strategy)
+    if cfg.evaluation.fid_every:
+        bundle = dataclasses.replace(bundle, monitors=(_fid_monitor(cfg, workdir, progress),))
 
     def settings_verified(start_step: int) -> None:
         # after the restore matched these settings' variables, never before

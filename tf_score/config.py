@@ -41,6 +41,7 @@ CONTINUOUS_NETWORKS = ("edm_mlp", "edm_unet")
 SCHEDULES = ("geometric", "karras")
 PROJECTIONS = ("gaussian", "rademacher")
 OPTIMIZERS = ("adam", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_bfloat16")
 ACTIVATIONS = ("softplus", "elu", "swish", "tanh")
 VAE_ENCODERS = ("implicit", "gaussian")
@@ -234,11 +235,17 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     #: clip gradients by global norm (0: off)
     grad_clip_norm: float = 0.0
+    #: constant, or cosine: decay from learning_rate to 0 at the run's last step (num_steps)
+    lr_schedule: str = "constant"
+    #: linear warm-up from 0 over this many steps (before the schedule)
+    lr_warmup_steps: int = 0
 
     def __post_init__(self):
         _one_of(self, "optimizer", OPTIMIZERS)
         _finite(self, "learning_rate", 0.0)
         _finite(self, "grad_clip_norm", 0.0, low_open=False)
+        _one_of(self, "lr_schedule", LR_SCHEDULES)
+        _positive_ints(self, "lr_warmup_steps", minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,12 +381,16 @@ class EvalConfig:
     eval_batch: int = 100
     iwae_samples: int = 1000
     bits_per_dim: int = 0
+    #: training image models: classifier FID of fid_samples samples (the run's sampler) with
+    #: its real-vs-real floor, a TensorBoard scalar every this many steps (0: off)
+    fid_every: int = 0
+    fid_samples: int = 500
 
     def __post_init__(self):
         _positive_ints(self, "num_samples", "eval_repeats", "num_permutations", "ais_chains",
                        "ais_temperatures", "ais_leapfrog_steps", "eval_examples", "eval_batch",
-                       "iwae_samples")  # fmt: skip
-        _positive_ints(self, "sample_batch_size", "bits_per_dim", minimum=0)
+                       "iwae_samples", "fid_samples")  # fmt: skip
+        _positive_ints(self, "sample_batch_size", "bits_per_dim", "fid_every", minimum=0)
         _require(
             set(self.metrics) <= set(METRICS),
             f"metrics takes a subset of {', '.join(METRICS)}, got {','.join(self.metrics)}",
@@ -499,6 +510,10 @@ class ExperimentConfig:
                 ds in LABELLED_DATASETS,
                 f"model=classifier needs labelled images: dataset={' or '.join(LABELLED_DATASETS)}",
             )
+        _require(
+            not self.evaluation.fid_every or (family == "score" and not self.data.is_toy),
+            f"fid_every is for image score models, not model={family} dataset={ds}",
+        )
         _require(
             self.loss.loss != "dsm" or self.noise.num_levels == 1,
             "loss=dsm is single-level: it needs num_levels=1 (anneal_dsm is the multi-level one)",

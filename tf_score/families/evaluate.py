@@ -20,6 +20,7 @@ from tf_score.families import score_model, vae
 from tf_score.families.run import Run, generate_from, sampler_config
 from tf_score.networks import contract
 from tf_score.sampling import registry
+from tf_score.training.bundle import Monitor
 
 
 class EvaluationError(RuntimeError):
@@ -277,8 +278,9 @@ def quality_reference(
                 ref = z["features"]
     if ref is None:
         ref, _ = extractor(_images_array(run.config.data, "train").astype(np.float32) / 255.0)
-        np.savez(cache + ".tmp.npz", features=ref, key=key)
-        os.replace(cache + ".tmp.npz", cache)
+        if os.path.isdir(os.path.dirname(cache)):  # a run not yet started writes nothing
+            np.savez(cache + ".tmp.npz", features=ref, key=key)
+            os.replace(cache + ".tmp.npz", cache)
     return QualityReference(extractor, ref, held.astype(np.float32) / 255.0, net_path)
 
 
@@ -297,6 +299,40 @@ def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: i
         q["classifier"] = reference.classifier_path
         q["classifier_test_accuracy"] = classifiers.test_accuracy_of(reference.classifier_path)
     return q
+
+
+def to_uint8(samples) -> np.ndarray:
+    """Samples in [0, 1] as the 8-bit images that are saved and measured."""
+    return np.round(np.clip(samples, 0, 1) * 255).astype(np.uint8)
+
+
+def fid_monitor(cfg, workdir: str, data_shape, progress: bool = False) -> Monitor:
+    """The training ``Monitor`` of ``cfg.evaluation.fid_every``: classifier (or Inception) FID
+    of ``fid_samples`` samples of the EMA model with the run's sampler (seed ``cfg.seed``),
+    beside the floor of as many held-out test images, and their ratio. Loads the extractor
+    and the reference features now, so a missing classifier fails before training."""
+
+    ev = cfg.evaluation
+    probe = Run(workdir, cfg, {}, 0)
+    reference = quality_reference(
+        probe, ev.fid_samples, ev.feature_extractor, ev.classifier, ev.inception_weights
+    )
+    models = {}  # one contract model per network (a new one would retrace the solver)
+
+    def measure(ema_models, step):
+        net = ema_models["score"]
+        if id(net) not in models:
+            models[id(net)] = score_model.score_model(cfg, net)
+        out = generate_from(
+            models[id(net)], cfg.noise.sigmas(), score_model.sample_space(cfg, data_shape),
+            ev.fid_samples, cfg.seed, cfg.sampler, batch_size=ev.sample_batch_size,
+            progress=progress,
+        )  # fmt: skip
+        q = image_quality(to_uint8(out.samples), reference, seed=cfg.seed)
+        return {"fid/fid": q["fid"], "fid/floor": q["fid_floor"],
+                "fid/ratio": q["fid"] / q["fid_floor"], "fid/num_evals": out.num_evals}  # fmt: skip
+
+    return Monitor(ev.fid_every, measure)
 
 
 # --- VAE likelihood --------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
         )
     out = generate(run, ev.num_samples, seed, batch_size=ev.sample_batch_size, jit=jit,
                    snapshots=snapshots, progress=progress)  # fmt: skip
-    images = np.round(np.clip(out.samples, 0, 1) * 255).astype(np.uint8)
+    images = evaluate.to_uint8(out.samples)
     plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)
     if out.snapshots is not None:

@@ -7,7 +7,6 @@ Everything is built from an ``ExperimentConfig``.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -22,6 +21,7 @@ from tf_score.networks import (
     NoiseConditionalMLP,
     contract,
 )
+from tf_score.training import optimizers
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 
@@ -62,10 +62,7 @@ def make_score_loss(cfg: LossConfig, sigmas):
 
 def optimizer_fn(cfg: ExperimentConfig):
     """Factory of the configured Keras optimizer."""
-    opt = cfg.optimizer
-    if opt.optimizer == "rmsprop":
-        return lambda: keras.optimizers.RMSprop(opt.learning_rate)
-    return lambda: keras.optimizers.Adam(opt.learning_rate, beta_1=0.9)
+    return lambda: optimizers.make_optimizer(cfg.optimizer, cfg.train.num_steps)
 
 
 def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:

@@ -35,6 +35,7 @@ from tf_score.config import ExperimentConfig
 from tf_score.evaluation import plotting
 from tf_score.export import savedmodel
 from tf_score.families import score_model
+from tf_score.training import optimizers
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
 tfd = tfp.distributions
@@ -349,9 +350,7 @@ def model_fns(cfg: ExperimentConfig) -> dict:
 
 
 def _optimizer(cfg: ExperimentConfig):
-    if cfg.optimizer.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.optimizer.learning_rate)
-    return keras.optimizers.Adam(cfg.optimizer.learning_rate)
+    return optimizers.make_optimizer(cfg.optimizer, cfg.train.num_steps)
 
 
 def objectives(cfg: ExperimentConfig) -> list[Objective]:

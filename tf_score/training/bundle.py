@@ -40,6 +40,15 @@ class Objective:
     metric_names: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+    """A measurement of the EMA models every ``every`` steps (and at the end), written as
+    TensorBoard scalars: ``fn(ema_models, step) -> {tag: float}`` (e.g. FID during training)."""
+
+    every: int
+    fn: Callable[[dict, int], dict[str, float]]
+
+
 @dataclasses.dataclass
 class ModelBundle:
     """What a model hands the loop.
@@ -56,6 +65,7 @@ class ModelBundle:
       image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
       custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
         summary writer's context, for anything else (histograms, text).
+      monitors: ``Monitor`` s, each run at its own steps (chief only).
     """
 
     model_fns: dict[str, Callable[[], keras.Model]]
@@ -64,3 +74,4 @@ class ModelBundle:
     num_levels: int = 0
     image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
     custom_summaries: Callable[[dict, int], None] | None = None
+    monitors: tuple[Monitor, ...] = ()

@@ -203,7 +203,7 @@ class _Summaries:
     """TensorBoard summaries in ``workdir/tb`` (a no-op writer off the chief)."""
 
     def __init__(self, bundle: ModelBundle, step: TrainStep, workdir: str, chief: bool):
-        self._bundle = bundle
+        self.bundle = bundle
         self._step = step
         self.writer = (
             tf.summary.create_file_writer(os.path.join(workdir, "tb"))
@@ -213,7 +213,7 @@ class _Summaries:
 
     def images(self, step: int) -> None:
         """The bundle's custom and image summaries of the EMA models."""
-        bundle, ema_models = self._bundle, self._step.ema_models
+        bundle, ema_models = self.bundle, self._step.ema_models
         if bundle.custom_summaries is not None:
             with self.writer.as_default(step=step):
                 bundle.custom_summaries(ema_models, step)
@@ -225,10 +225,22 @@ class _Summaries:
                 img = np.asarray(img)
                 tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
 
+    def monitors(self, step: int, final: bool) -> None:
+        """The bundle's monitors due at ``step`` (all of them at the run's end)."""
+        for m in self.bundle.monitors:
+            if step % m.every and not final:
+                continue
+            values = m.fn(self._step.ema_models, step)
+            with self.writer.as_default(step=step):
+                for tag, value in values.items():
+                    tf.summary.scalar(tag, value)
+            self.writer.flush()
+            logging.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
     def scalars(self, step: int, out: dict, done: int, dt: float, bar_shown: bool) -> None:
         """A compiled loop's statistics (``TrainStep.make_train_loop``), ``done`` steps in
         ``dt`` seconds; also logged unless the progress bar shows them."""
-        bundle = self._bundle
+        bundle = self.bundle
         losses = out["loss"].numpy()
         last_loss = float(losses.sum())
         with self.writer.as_default(step=step):
@@ -273,15 +285,16 @@ def _next_boundary(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-def _loop_end(step: int, config: TrainConfig) -> int:
+def _loop_end(step: int, config: TrainConfig, monitors=()) -> int:
     """Where the compiled loop starting after ``step`` stops: after at most ``steps_per_loop``
-    steps, at the next log, checkpoint or sample step, at the end."""
+    steps, at the next log, checkpoint, sample or monitor step, at the end."""
     return min(
         config.num_steps,
         step + config.steps_per_loop,
         _next_boundary(step, config.log_every),
         _next_boundary(step, config.checkpoint_every),
         _next_boundary(step, config.sample_every) if config.sample_every else config.num_steps,
+        *(_next_boundary(step, m.every) for m in monitors),
     )
 
 
@@ -290,7 +303,7 @@ def _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, 
     steps they are due; stop (saved) on a signal, a non-finite step or a lost worker."""
     while progress.step < config.num_steps:
         step = progress.step
-        end = _loop_end(step, config)
+        end = _loop_end(step, config, summaries.bundle.monitors)
         t0 = time.time()
         out = workers.collective(step, train_loop, tf.constant(end - step, tf.int64))
         done = int(out["steps"])
@@ -308,6 +321,8 @@ def _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, 
             summaries.scalars(step, out, done, dt, bar_shown=not bar.disable)
         if config.sample_every and step % config.sample_every == 0 and checkpoints.chief:
             summaries.images(step)
+        if checkpoints.chief and step < config.num_steps:
+            summaries.monitors(step, final=False)
         stopping = workers.any(step, stop.signum is not None)
         if stopping or step % config.checkpoint_every == 0 or step == config.num_steps:
             checkpoints.save(step)
@@ -382,6 +397,8 @@ def train(
     seconds = time.time() - t_start
     if chief and (not config.sample_every or config.num_steps % config.sample_every):
         summaries.images(progress.step)
+    if chief and progress.step == config.num_steps:
+        summaries.monitors(progress.step, final=True)
     summaries.writer.flush()
     if chief:
         summary = _train_summary(progress, seconds, step_fn)
