@@ -8,6 +8,12 @@ grid sigma_1 > ... > sigma_N, then 0:
     dpm2             a midpoint step at sqrt(sigma_i sigma_(i+1))                2 N - 1 calls
     lms              linear multistep of order 4 on the past derivatives        N calls
     dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, in t = -log sigma         N calls
+    dpm2_ancestral   the DPM2 midpoint to sigma_down, then sigma_up z            2 N - 1 calls
+    dpmpp_2s_ancestral  DPM-Solver++(2S) single-step midpoint, ancestral noise   2 N - 1 calls
+    dpmpp_2m_sde     DPM-Solver++(2M) SDE: the 2M update with noise (sde_eta)    N calls
+    dpmpp_3m_sde     the third-order multistep SDE variant (sde_eta 0: an ODE)   N calls
+    dpm_adaptive     DPM-Solver-12/23 with an error-controlled step in log sigma  as needed
+                     (rtol, atol, h_init), from the grid's first to last sigma
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ import tensorflow as tf
 
 from tf_score.sampling import registry
 from tf_score.sampling.registry import Option, Sampler, SamplerOutput, register
-from tf_score.sampling.solvers import after_step, as_grid, next_sigmas, step_noise
+from tf_score.sampling.solvers import (
+    DENOISE,
+    after_step,
+    as_grid,
+    next_sigmas,
+    plus_noise,
+    step_noise,
+)
 
 
 def denoised_at(model, x, sigma):
@@ -166,8 +179,206 @@ def dpmpp_2m(model, x, sigmas, *, seed, callback=None):
     return SamplerOutput(x, n)
 
 
-ETA = Option("eta", float, 1.0, "euler_ancestral: noise of each step (0: Euler)", 0.0, 1.0,
-             True)  # fmt: skip
+def _denoised_diff(model, x, sigma):
+    """(D, d = (x - D) / sigma) at one sigma."""
+    denoised = denoised_at(model, x, sigma)
+    return denoised, (x - denoised) / sigma
+
+
+def dpm2_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
+    """DPM2 ancestral (k-diffusion): the DPM2 midpoint step from sigma_i to sigma_down (the
+    midpoint at sqrt(sigma_i sigma_down)), then sigma_up z (``ancestral_step``); Euler on the
+    last step (sigma_down = 0)."""
+    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
+    n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(eta, tf.float32)
+
+    def body(i, x):
+        sigma = sigmas[i]
+        down, up = ancestral_step(sigma, nxt[i], eta)
+        _, d = _denoised_diff(model, x, sigma)
+
+        def midpoint():
+            mid = tf.exp(0.5 * (tf.math.log(sigma) + tf.math.log(down)))
+            _, d_mid = _denoised_diff(model, x + (mid - sigma) * d, mid)
+            return x + (down - sigma) * d_mid
+
+        x = tf.cond(i < n - 1, midpoint, lambda: x + (down - sigma) * d)
+        x = plus_noise(x, up, step_noise(seed, i, tf.shape(x)))
+        return i + 1, after_step(callback, i, sigma, x)
+
+    return SamplerOutput(_loop(body, x, n), 2 * n - 1)
+
+
+def dpmpp_2s_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
+    """DPM-Solver++(2S) ancestral (Lu et al. 2022; k-diffusion): in t = -log sigma, a
+    single-step second-order move from sigma_i to sigma_down through the midpoint
+    s = t + h / 2, x_s = (sigma_s / sigma_i) x - expm1(-h/2) D(x), then
+    x <- (sigma_down / sigma_i) x - expm1(-h) D(x_s; sigma_s), then sigma_up z; Euler on
+    the last step."""
+    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
+    n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(eta, tf.float32)
+
+    def body(i, x):
+        sigma = sigmas[i]
+        down, up = ancestral_step(sigma, nxt[i], eta)
+        denoised, d = _denoised_diff(model, x, sigma)
+
+        def single_step():
+            h = tf.math.log(sigma) - tf.math.log(down)
+            mid = sigma * tf.exp(-0.5 * h)
+            x_mid = (mid / sigma) * x - tf.math.expm1(-0.5 * h) * denoised
+            return (down / sigma) * x - tf.math.expm1(-h) * denoised_at(model, x_mid, mid)
+
+        x = tf.cond(i < n - 1, single_step, lambda: x + (down - sigma) * d)
+        x = plus_noise(x, up, step_noise(seed, i, tf.shape(x)))
+        return i + 1, after_step(callback, i, sigma, x)
+
+    return SamplerOutput(_loop(body, x, n), 2 * n - 1)
+
+
+def _sde_noise(sigma_next, eta_h):
+    """The noise of a DPM-Solver++ SDE step: sigma_(i+1) sqrt(1 - exp(-2 eta h))."""
+    return sigma_next * tf.sqrt(tf.maximum(-tf.math.expm1(-2.0 * eta_h), 0.0))
+
+
+def dpmpp_2m_sde(model, x, sigmas, *, seed, callback=None, sde_eta=1.0):
+    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, midpoint form): with
+    h = log(sigma_i / sigma_(i+1)) and eta h, x <- (sigma_(i+1) / sigma_i) e^(-eta h) x
+    - expm1(-(1 + eta) h) (D_i + (D_i - D_(i-1)) / (2 r)), r = h_(i-1) / h (first order on
+    the first step), plus sigma_(i+1) sqrt(1 - e^(-2 eta h)) z; the last step returns D.
+    ``sde_eta`` 0 is the deterministic DPM-Solver++(2M)."""
+    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
+    n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(sde_eta, tf.float32)
+    h_all = tf.math.log(sigmas) - tf.math.log(tf.maximum(nxt, 1e-30))
+
+    def body(i, state):
+        x, old = state
+        sigma, sigma_next, h = sigmas[i], nxt[i], h_all[i]
+        denoised = denoised_at(model, x, sigma)
+
+        def step():
+            eta_h = eta * h
+            phi = -tf.math.expm1(-h - eta_h)
+            moved = (sigma_next / sigma) * tf.exp(-eta_h) * x + phi * denoised
+            r = h_all[tf.maximum(i - 1, 0)] / h
+            correction = tf.cast(i > 0, tf.float32) * 0.5 * phi / r * (denoised - old)
+            return plus_noise(moved + correction, _sde_noise(sigma_next, eta_h),
+                              step_noise(seed, i, tf.shape(x)))  # fmt: skip
+
+        x = tf.cond(i < n - 1, step, lambda: denoised)
+        return i + 1, (after_step(callback, i, sigma, x), denoised)
+
+    _, (x, _) = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), (x, tf.zeros_like(x))))
+    return SamplerOutput(x, n)
+
+
+def dpmpp_3m_sde(model, x, sigmas, *, seed, callback=None, sde_eta=1.0):
+    """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde): the exponential step with
+    eta, x <- e^(-(1 + eta) h) x + (1 - e^(-(1 + eta) h)) D_i, corrected by the first and
+    second divided differences of the last three denoised (phi_2 d1 - phi_3 d2; phi_2 d1
+    only on the second step, none on the first), plus sigma_(i+1) sqrt(1 - e^(-2 eta h)) z;
+    the last step returns D. ``sde_eta`` 0 is the deterministic DPM-Solver++(3M)."""
+    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
+    n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(sde_eta, tf.float32)
+    h_all = tf.math.log(sigmas) - tf.math.log(tf.maximum(nxt, 1e-30))
+
+    def body(i, state):
+        x, d_1, d_2 = state  # the denoised of the last two steps
+        sigma, sigma_next, h = sigmas[i], nxt[i], h_all[i]
+        denoised = denoised_at(model, x, sigma)
+
+        def step():
+            h_eta = h * (eta + 1.0)
+            x_new = tf.exp(-h_eta) * x - tf.math.expm1(-h_eta) * denoised
+            phi_2 = tf.math.expm1(-h_eta) / h_eta + 1.0
+            phi_3 = phi_2 / h_eta - 0.5
+            r0 = h_all[tf.maximum(i - 1, 0)] / h
+            r1 = h_all[tf.maximum(i - 2, 0)] / h
+            d1_0, d1_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
+            third = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1), (d1_0 - d1_1) / (r0 + r1)
+            x_new += tf.case([(i >= 2, lambda: phi_2 * third[0] - phi_3 * third[1]),
+                              (i == 1, lambda: phi_2 * d1_0)],
+                             default=lambda: tf.zeros_like(x))  # fmt: skip
+            return plus_noise(x_new, _sde_noise(sigma_next, eta * h),
+                              step_noise(seed, i, tf.shape(x)))  # fmt: skip
+
+        x = tf.cond(i < n - 1, step, lambda: denoised)
+        return i + 1, (after_step(callback, i, sigma, x), denoised, d_1)
+
+    zeros = tf.zeros_like(x)
+    _, (x, *_) = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), (x, zeros, zeros)))
+    return SamplerOutput(x, n)
+
+
+def _dpm_eps(model, x, t):
+    """The noise prediction eps(x, t) = (x - D(x; sigma)) / sigma at sigma = e^(-t)."""
+    sigma = tf.exp(-t)
+    return (x - denoised_at(model, x, sigma)) / sigma
+
+
+def _dpm_low_high(model, x, s, t, eps):
+    """DPM-Solver's second-order step (r1 = 1/3) and third-order step (r1 = 1/3, r2 = 2/3)
+    from t = -log sigma to t'' = t + h, sharing eps at t and at t + h/3: 2 new calls."""
+    h = t - s
+    sig = lambda u: tf.exp(-u)
+    s1, s2 = s + h / 3.0, s + 2.0 * h / 3.0
+    u1 = x - sig(s1) * tf.math.expm1(h / 3.0) * eps
+    eps_1 = _dpm_eps(model, u1, s1)
+    base = x - sig(t) * tf.math.expm1(h) * eps
+    low = base - sig(t) * 1.5 * tf.math.expm1(h) * (eps_1 - eps)
+    r2h = 2.0 * h / 3.0
+    u2 = (x - sig(s2) * tf.math.expm1(r2h) * eps
+          - sig(s2) * 2.0 * (tf.math.expm1(r2h) / r2h - 1.0) * (eps_1 - eps))  # fmt: skip
+    eps_2 = _dpm_eps(model, u2, s2)
+    high = base - sig(t) * 1.5 * (tf.math.expm1(h) / h - 1.0) * (eps_2 - eps)
+    return low, high
+
+
+def dpm_adaptive(model, x, sigmas, *, seed, callback=None, rtol=0.05, atol=0.0078,
+                 h_init=0.05, denoise=True):  # fmt: skip
+    """DPM-Solver adaptive (Lu et al. 2022, order 3; k-diffusion's dpm_solver_adaptive with
+    its defaults): steps in t = -log sigma from sigma_1 to sigma_N, each an embedded pair of
+    orders 2 and 3 (3 calls); the step is accepted when the error of the pair, the RMS of
+    (x_2 - x_3) / max(atol, rtol max(|x_2|, |x_prev|)) over the batch, gives the I-controller
+    factor 1 + atan(err^(-1/3) - 1) >= 0.81, and h is multiplied by that factor either way.
+    With ``denoise`` a last call returns D(x; sigma_N). Calls: 3 per attempted step (+1)."""
+    del seed
+    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
+    t_end = -tf.math.log(sigmas[-1])
+    rtol, atol = tf.cast(rtol, tf.float32), tf.cast(atol, tf.float32)
+
+    def body(k, s, x, x_prev, h, calls):
+        t = tf.minimum(t_end, s + h)
+        low, high = _dpm_low_high(model, x, s, t, _dpm_eps(model, x, s))
+        delta = tf.maximum(atol, rtol * tf.maximum(tf.abs(low), tf.abs(x_prev)))
+        err = tf.sqrt(tf.reduce_mean(tf.square((low - high) / delta)))
+        factor = 1.0 + tf.atan((1.0 / (err + 1e-8)) ** (1.0 / 3.0) - 1.0)
+        ok = factor >= 0.81
+        if callback is not None:
+            high = tf.cond(ok, lambda: after_step(callback, k, tf.exp(-s), high), lambda: high)
+        return (k + tf.cast(ok, tf.int32), tf.where(ok, t, s), tf.where(ok, high, x),
+                tf.where(ok, low, x_prev), h * factor, calls + 3)  # fmt: skip
+
+    state = (tf.constant(0), -tf.math.log(sigmas[0]), x, x, tf.cast(h_init, tf.float32),
+             tf.constant(0))  # fmt: skip
+    _, _, x, _, _, calls = tf.while_loop(
+        lambda k, s, *_: (s < t_end - 1e-5) & (k < 100_000), body, state
+    )
+    if denoise:
+        x, calls = denoised_at(model, x, sigmas[-1]), calls + 1
+    return SamplerOutput(x, calls)
+
+
+ETA = Option("eta", float, 1.0, "euler_ancestral, dpm2_ancestral, dpmpp_2s_ancestral: noise of "
+             "each step (0: no noise)", 0.0, 1.0, True)  # fmt: skip
+SDE_ETA = Option("sde_eta", float, 1.0, "dpmpp_2m_sde, dpmpp_3m_sde: noise of each step "
+                 "(0: the ODE solver)", 0.0, 1.0, True)  # fmt: skip
+ADAPTIVE = (
+    Option("rtol", float, 0.05, "dpm_adaptive: relative tolerance", 0.0),
+    Option("atol", float, 0.0078, "dpm_adaptive: absolute tolerance (data units)", 0.0),
+    Option("h_init", float, 0.05, "dpm_adaptive: first step in log sigma", 0.0),
+    DENOISE,
+)
 LMS_ORDER = Option("lms_order", int, 4, "lms: derivatives combined", 1, 4, True, static=True)
 SOLVERS = (
     Sampler("euler", euler, (), "perturbed", lambda n, p: n, False,
@@ -180,6 +391,18 @@ SOLVERS = (
             "linear multistep of order lms_order: N evaluations"),
     Sampler("dpmpp_2m", dpmpp_2m, (), "perturbed", lambda n, p: n, False,
             "DPM-Solver++(2M): N evaluations"),
+    Sampler("dpm2_ancestral", dpm2_ancestral, (ETA,), "perturbed", lambda n, p: 2 * n - 1,
+            True, "DPM2 ancestral (eta): 2 N - 1 evaluations", on_grid=lambda p: False),
+    Sampler("dpmpp_2s_ancestral", dpmpp_2s_ancestral, (ETA,), "perturbed",
+            lambda n, p: 2 * n - 1, True, "DPM-Solver++(2S) ancestral (eta): 2 N - 1 evaluations",
+            on_grid=lambda p: False),
+    Sampler("dpmpp_2m_sde", dpmpp_2m_sde, (SDE_ETA,), "perturbed", lambda n, p: n, True,
+            "DPM-Solver++(2M) SDE (sde_eta): N evaluations"),
+    Sampler("dpmpp_3m_sde", dpmpp_3m_sde, (SDE_ETA,), "perturbed", lambda n, p: n, True,
+            "DPM-Solver++(3M) SDE (sde_eta): N evaluations"),
+    Sampler("dpm_adaptive", dpm_adaptive, ADAPTIVE, "perturbed", lambda n, p: None, False,
+            "DPM-Solver adaptive, order 3, steps in log sigma: evaluations known afterwards",
+            on_grid=lambda p: False),
 )  # fmt: skip
 for _entry in SOLVERS:
     register(_entry, replace=True)
