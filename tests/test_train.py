@@ -231,3 +231,15 @@ def test_monitors_run_at_their_steps_and_at_the_end_as_scalars(tmp_path):
     acc.Reload()
     values = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("probe/value")}
     assert values == {25: 2.5, 50: 5.0, 60: 6.0}
+
+
+def test_the_progress_bar_loss_is_robust_to_one_heavy_batch():
+    """The bar shows the median of the last SMOOTHING_LOOPS loop means: a 70.94 spike among
+    steady 1.6s (the EDM toy's step 33,900) does not show, a lasting change does."""
+    p = loop._Progress(start_step=0, step=0)
+    for loss in [1.6] * 6 + [70.94] + [1.6] * 4:
+        p.record(loss)
+    assert p.last_loss == 1.6 and p.smoothed_loss == 1.6
+    for _ in range(loop.SMOOTHING_LOOPS // 2 + 1):
+        p.record(0.5)
+    assert p.smoothed_loss == 0.5

@@ -29,6 +29,7 @@ complete one. A resume takes the newest checkpoint on disk that reads back whole
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import signal
@@ -270,6 +271,10 @@ class _Summaries:
         )
 
 
+#: compiled loops whose median loss the progress bar shows
+SMOOTHING_LOOPS = 11
+
+
 @dataclasses.dataclass
 class _Progress:
     """How far the loop got: the step, the last loss, throughput after the first call."""
@@ -279,6 +284,19 @@ class _Progress:
     last_loss: float = float("nan")
     steady_steps: int = 0
     steady_seconds: float = 0.0
+    #: the mean losses of the last compiled loops, for the progress bar's smoothed loss
+    recent_losses: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=SMOOTHING_LOOPS)
+    )
+
+    def record(self, loss: float) -> None:
+        self.last_loss = loss
+        self.recent_losses.append(loss)
+
+    @property
+    def smoothed_loss(self) -> float:
+        """The median of the recent loops' mean losses: one heavy batch does not show."""
+        return float(np.median(self.recent_losses)) if self.recent_losses else float("nan")
 
 
 def _next_boundary(step: int, every: int) -> int:
@@ -315,8 +333,8 @@ def _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, 
             raise NonFiniteLossError(int(out["bad_step"]), checkpoints.latest())
         progress.step = step = step + done
         bar.update(done)
-        progress.last_loss = float(out["loss"].numpy().sum())
-        bar.set_postfix(loss=f"{progress.last_loss:.4g}")
+        progress.record(float(out["loss"].numpy().sum()))
+        bar.set_postfix(loss=f"{progress.smoothed_loss:.4g}")
         if step % config.log_every == 0 or step == config.num_steps:
             summaries.scalars(step, out, done, dt, bar_shown=not bar.disable)
         if config.sample_every and step % config.sample_every == 0 and checkpoints.chief:
