@@ -44,6 +44,8 @@ HELP = {
     "channel_mults": "ResNet / U-Net width multiplier per resolution stage.",
     "num_res_blocks": "ResNet / U-Net blocks per stage.",
     "hidden_units": "MLP hidden layer widths.",
+    "embed_dim": "edm_mlp: width of the noise embedding and of its projection into each hidden "
+    "layer (0: the first hidden width).",
     "activation": "MLP activation.",
     "log_sigma_input": "Feed log(sigma_i) to the MLP as an extra input.",
     "scale_by_sigma": "Parameterise s(x, i) = f(x, i) / sigma_i (NCSNv2).",

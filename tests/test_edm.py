@@ -175,8 +175,11 @@ def test_the_ode_counts_one_evaluation_per_call_on_a_continuous_model():
 @pytest.mark.parametrize("network", ["edm_mlp", "edm_unet"])
 def test_denoiser_networks_are_serialisable_and_precondition(network):
     if network == "edm_mlp":
-        m = EDMMLP((2,), hidden_units=(16, 16), sigma_data=4.0)
+        m = EDMMLP((2,), hidden_units=(16, 16), sigma_data=4.0, embed_dim=6)
         x = tf.random.stateless_normal([4, 2], [1, 1])
+        m.build()
+        # the noise embedding (6 wide: 6 x 6 twice) and its projections (6 x 16 per layer)
+        assert m.embed.dense2.kernel.shape == (6, 6) and m.emb_1.kernel.shape == (6, 16)
     else:
         m = EDMUNet((8, 8, 1), ngf=4, channel_mults=(1, 2), num_blocks=1, data_scale=2.0,
                     data_shift=-1.0)  # fmt: skip

@@ -128,6 +128,8 @@ class NetworkConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     hidden_units: tuple[int, ...] = (128, 128)
+    #: edm_mlp: width of the noise embedding and its per-layer projections (0: hidden_units[0])
+    embed_dim: int = 0
     activation: str = "softplus"
     log_sigma_input: bool = True
     #: parameterise s(x, i) = f(x, i) / sigma_i (NCSNv2)
@@ -142,6 +144,7 @@ class NetworkConfig:
             object.__setattr__(self, "network", FAMILY_NETWORKS[self.model][0])
         _one_of(self, "network", FAMILY_NETWORKS[self.model])
         _positive_ints(self, "ngf", "num_res_blocks", "latent_dim")
+        _positive_ints(self, "embed_dim", minimum=0)
         _require(
             len(self.channel_mults) > 0 and all(int(u) > 0 for u in self.channel_mults),
             f"channel_mults must be positive integers, got {self.channel_mults!r}",

@@ -127,7 +127,8 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
                 num_blocks=net.num_res_blocks, **denoiser,
             )  # fmt: skip
         elif net.network == "edm_mlp":
-            m = EDMMLP(shape, hidden_units=net.hidden_units, activation=net.activation, **denoiser)
+            m = EDMMLP(shape, hidden_units=net.hidden_units, activation=net.activation,
+                       embed_dim=net.embed_dim, **denoiser)  # fmt: skip
         elif net.network == "mlp":
             m = NoiseConditionalMLP(
                 sigmas,

@@ -185,15 +185,21 @@ class EDMUNet(Denoiser):
 
 @keras.saving.register_keras_serializable(package="tf_score")
 class EDMMLP(Denoiser):
-    """A low-dimensional denoiser: MLP whose hidden layers add the noise embedding."""
+    """A low-dimensional denoiser: MLP whose hidden layers add the noise embedding (width
+    ``embed_dim``, 0: the first hidden width). The embedding depends on sigma only, yet is
+    computed per example: at equal widths its MLP and projections cost 2.5x the hidden
+    layers' multiply-adds, so a narrow one makes a step several times cheaper."""
 
-    def __init__(self, data_shape=(2,), hidden_units=(128, 128), activation="silu", **kwargs):
+    def __init__(self, data_shape=(2,), hidden_units=(128, 128), activation="silu",
+                 embed_dim=0, **kwargs):  # fmt: skip
         super().__init__(data_shape, **kwargs)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
+        self.embed_dim = int(embed_dim)
         self._act = keras.activations.get(activation)
         dt = self.dtype_policy
-        self.embed = NoiseEmbedding(self.hidden_units[0], dtype=dt, name="embed")
+        width = self.embed_dim or self.hidden_units[0]
+        self.embed = NoiseEmbedding(width, dtype=dt, name="embed")
         for i, u in enumerate(self.hidden_units):
             setattr(self, f"hidden_{i}", keras.layers.Dense(u, dtype=dt, name=f"hidden_{i}"))
             setattr(self, f"emb_{i}", keras.layers.Dense(u, dtype=dt, name=f"emb_{i}"))
@@ -211,4 +217,5 @@ class EDMMLP(Denoiser):
             **super().get_config(),
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
+            "embed_dim": self.embed_dim,
         }
