@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python run_train.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm \
 		--export_dir=runs/toy_edm/export
 	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --evaluate
+	$(BIN)/python run_sample.py --overview=runs/toy_mixture,runs/toy_edm --output_dir=runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

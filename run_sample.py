@@ -175,6 +175,25 @@ def _main(run) -> None:
     _report(run, out_dir, result, action)
 
 
+def _overview(workdirs: list[str], out_dir: str) -> None:
+    """The toys' picture, and where a newcomer looks next."""
+    import os
+
+    from tf_score import api
+
+    api.check_writable(out_dir, "--output_dir")
+    path = api.toy_overview(workdirs, os.path.join(out_dir, "overview.png"))
+    print(f"\nthe picture: {path}")
+    spec = ",".join(f"{os.path.basename(os.path.normpath(w))}:{w}/tb" for w in workdirs)
+    print(f"training curves: tensorboard --logdir_spec={spec}")
+    for w in workdirs:
+        export = os.path.join(w, "export")
+        for name in sorted(os.listdir(export)) if os.path.isdir(export) else []:
+            print(f"serve the export: tensorflow_model_server --rest_api_port=8501 "
+                  f"--model_name={name} --model_base_path=$PWD/{export}/{name}  "
+                  "(docker and requests: docs/serving.md)")  # fmt: skip
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -185,7 +204,10 @@ def main(argv):
     try:
         F.load_plugins()
         with signals.exit_on_interrupt("stopped (results are written only when complete)"):
-            _main(_load(F.FLAGS.workdir))
+            if F.FLAGS.overview:
+                _overview(F.FLAGS.overview, F.FLAGS.output_dir or ".")
+            else:
+                _main(_load(F.FLAGS.workdir))
     except (
         config.ConfigError,
         api.RunError,
@@ -198,5 +220,8 @@ def main(argv):
 if __name__ == "__main__":
     from absl import flags
 
-    flags.mark_flag_as_required("workdir")
+    flags.register_multi_flags_validator(
+        ["workdir", "overview"], lambda f: bool(f["workdir"] or f["overview"]),
+        message="--workdir is required (or --overview=W1,W2: the toys' picture)",
+    )  # fmt: skip
     app.run(main)

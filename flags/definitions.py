@@ -150,6 +150,8 @@ COMMAND = {
     "evaluate": ("boolean", False, "The two-mode sampler comparison (toys) or the VAE test "
                  "likelihood by AIS (and IWAE); writes metrics.json."),
     "inpaint": ("boolean", False, "Inpaint the right half of test images instead of sampling."),
+    "overview": ("list", [], "Instead of sampling: one picture of these 2-D toy workdirs' "
+                 "--evaluate results, a row each, into OUTPUT_DIR/overview.png."),
     "snapshots": ("boolean", False, "Also write the chain after every solver step (strip + GIF)."),
     "metrics_file": ("string", None, "Where --metrics writes its JSON (default "
                      "OUTPUT_DIR/quality_SAMPLER.json)."),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from absl import flags as absl_flags
 from absl.testing import flagsaver
+from matplotlib import image as plt_image
 
 import flags.definitions as F
 
@@ -108,6 +109,8 @@ def test_a_download_that_cannot_reach_its_server_fails_at_once(tmp_path, monkeyp
 def test_missing_workdir(repo_root):
     proc = _run(repo_root, "run_train.py", timeout=120)
     assert proc.returncode != 0 and "--workdir" in proc.stderr
+    proc = _run(repo_root, "run_sample.py", timeout=120)
+    assert proc.returncode != 0 and "--workdir is required (or --overview" in proc.stderr
 
 
 def test_experiment_config_follows_flags_and_round_trips():
@@ -209,6 +212,17 @@ def test_train_then_evaluate_end_to_end(repo_root, tmp_path):
     assert m["checkpoint_step"] == 400
     with open(os.path.join(workdir, "samples.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the newcomer's picture of evaluated toys (one row per workdir), and where to look next
+    proc = _run(repo_root, "run_sample.py", f"--overview={workdir},{workdir}",
+                f"--output_dir={tmp_path / 'overview'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = plt_image.imread(str(tmp_path / "overview" / "overview.png"))
+    one_row = plt_image.imread(os.path.join(workdir, "samples.png"))
+    assert png.shape[0] > 1.8 * one_row.shape[0]  # two rows of the same four panels
+    assert "tensorboard --logdir_spec=" in proc.stdout and "the picture:" in proc.stdout
+    proc = _run(repo_root, "run_sample.py", f"--overview={tmp_path}",
+                f"--output_dir={tmp_path / 'overview'}")  # fmt: skip
+    assert proc.returncode != 0 and "config.json" in proc.stderr, proc.stderr[-2000:]
     proc = _run(
         repo_root,
         "run_sample.py",

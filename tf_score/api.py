@@ -387,6 +387,20 @@ def sample(
     return outputs.toy_samples(run, out_dir, seed, jit)
 
 
+def toy_overview(workdirs: list[str], path: str) -> str:
+    """One PNG of the 2-D toy workdirs' evaluations (``evaluate`` wrote their panels), a row
+    each: data, plain and annealed Langevin of an NCSN toy, the solvers of an EDM toy."""
+    cfgs = [read_config(w) for w in workdirs]
+    bad = [w for w, c in zip(workdirs, cfgs, strict=True) if not c.data.is_toy]
+    if bad:
+        raise ConfigError(f"the overview is of 2-D toy runs, not {', '.join(bad)}")
+    extent = max(data.get_toy(c.data.dataset).extent for c in cfgs)
+    try:
+        return outputs.toy_overview(list(workdirs), path, extent)
+    except evaluations.EvaluationError as e:
+        raise RunError(str(e)) from e
+
+
 def evaluate(run: Run, out_dir: str, seed: int = 0, jit: bool = False,
              progress: bool = False) -> dict:  # fmt: skip
     """The run's evaluation, written into ``out_dir`` (metrics.json or bits_per_dim.json and

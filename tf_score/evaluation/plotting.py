@@ -19,16 +19,31 @@ def scatter_panels(
     Points outside [-extent, extent]^2 are clipped to the frame edge, so a sampler that
     diverges is visible rather than silently dropped.
     """
-    n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
-    for ax, (title, x) in zip(axes[0], panels.items(), strict=True):
-        x = np.clip(np.asarray(x), -extent, extent)
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="tab:blue", linewidths=0)
-        ax.set_xlim(-extent, extent)
-        ax.set_ylim(-extent, extent)
-        ax.set_aspect("equal")
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
+    return scatter_grid([("", panels)], extent, path, dpi)
+
+
+def scatter_grid(
+    rows: list[tuple[str, dict[str, np.ndarray]]], extent: float, path: str | None = None,
+    dpi: int = 110,
+) -> bytes:  # fmt: skip
+    """``scatter_panels`` in rows, each ``(label, panels)`` (the label is drawn on its left);
+    shorter rows leave their last cells blank. Returns the PNG bytes (also written to path)."""
+    ncols = max(len(p) for _, p in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.2 * ncols, 3.4 * len(rows)),
+                             squeeze=False)  # fmt: skip
+    for r, (label, panels) in enumerate(rows):
+        for ax, (title, x) in zip(axes[r], panels.items(), strict=False):
+            x = np.clip(np.asarray(x), -extent, extent)
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="tab:blue", linewidths=0)
+            ax.set_xlim(-extent, extent)
+            ax.set_ylim(-extent, extent)
+            ax.set_aspect("equal")
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(labelsize=7)
+        for ax in axes[r][len(panels) :]:
+            ax.axis("off")
+        if label:
+            axes[r][0].set_ylabel(label, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

@@ -14,7 +14,7 @@ import numpy as np
 
 from tf_score import data
 from tf_score.config import EvalConfig
-from tf_score.evaluation import likelihood, metrics, plotting
+from tf_score.evaluation import likelihood, metrics
 from tf_score.families import classifier as classifiers  # `classifier` names the path
 from tf_score.families import score_model, vae
 from tf_score.families.run import Run, generate_from, sampler_config
@@ -180,8 +180,8 @@ def two_mode_fast(
     return TwoModeResult(out, samples, exact)
 
 
-def plot_two_mode(result: TwoModeResult, extent: float, path: str) -> None:
-    """Exact samples beside plain / annealed Langevin (first batch of each) as one PNG."""
+def two_mode_panels(result: TwoModeResult) -> dict:
+    """Exact samples beside plain / annealed Langevin (first batch of each), titled."""
 
     n = result.metrics["num_samples_per_batch"]
     titles = {
@@ -193,7 +193,7 @@ def plot_two_mode(result: TwoModeResult, extent: float, path: str) -> None:
     for key, title in titles.items():
         w = result.metrics[f"{key}_mode_weight"]
         panels[f"{title} (w={w:.2f})"] = result.samples[key][:n]
-    plotting.scatter_panels(panels, extent, path=path)
+    return panels
 
 
 # --- image quality ---------------------------------------------------------------------------

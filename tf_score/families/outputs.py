@@ -38,12 +38,34 @@ def toy_evaluation(run: Run, out_dir: str, seed: int, jit: bool = False) -> dict
         for name, x in r.samples.items():
             row = r.metrics["samplers"][name]
             panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
-        plotting.scatter_panels(panels, extent, path=os.path.join(out_dir, "samples.png"))
     else:
         r = evaluate.two_mode(run, jit=jit, **common)
-        evaluate.plot_two_mode(r, extent, os.path.join(out_dir, "samples.png"))
+        panels = evaluate.two_mode_panels(r)
+    plotting.scatter_panels(panels, extent, path=os.path.join(out_dir, "samples.png"))
+    atomic.save_npz(os.path.join(out_dir, EVALUATION_PANELS), titles=np.array(list(panels)),
+                    **{f"panel_{i}": x for i, x in enumerate(panels.values())})  # fmt: skip
     atomic.write_json(os.path.join(out_dir, "metrics.json"), r.metrics)
     return r.metrics
+
+
+#: the panels of a toy's samples.png, saved beside it for ``toy_overview``
+EVALUATION_PANELS = "evaluation_panels.npz"
+
+
+def toy_overview(out_dirs: list[str], path: str, extent: float = 10.0) -> str:
+    """One PNG of several toy evaluations (``toy_evaluation``'s panels in each of
+    ``out_dirs``), one row per run labelled with its directory; returns ``path``."""
+    rows = []
+    for d in out_dirs:
+        f = os.path.join(d, EVALUATION_PANELS)
+        if not os.path.exists(f):
+            raise evaluate.EvaluationError(f"no toy evaluation in {d} (run --evaluate first)")
+        with np.load(f) as z:
+            rows.append((os.path.basename(os.path.normpath(d)),
+                         {str(t): z[f"panel_{i}"] for i, t in enumerate(z["titles"])}))  # fmt: skip
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plotting.scatter_grid(rows, extent, path=path)
+    return path
 
 
 def _save_snapshots(out_dir: str, snaps, shape) -> None:
