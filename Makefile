@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
+#: run a command and print its wall time: $(PHASE) "name" command...
+PHASE = bash -c 'TIMEFORMAT="[$$0: %1R s]"; time "$$@"'
+
 .PHONY: install demo test test-fast lint bench vae-compare quality clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -20,12 +23,16 @@ install: $(STAMP)
 ## Then the same mixture as a user who wants samples of p: a continuous-noise EDM denoiser
 ## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve.
 demo: $(STAMP)
-	$(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
-	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
-	$(BIN)/python run_train.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm \
-		--export_dir=runs/toy_edm/export
-	$(BIN)/python run_sample.py --flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --evaluate
-	$(BIN)/python run_sample.py --overview=runs/toy_mixture,runs/toy_edm --output_dir=runs
+	@$(PHASE) "NCSN toy: train" $(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg \
+		--workdir=runs/toy_mixture
+	@$(PHASE) "NCSN toy: evaluate" $(BIN)/python run_sample.py \
+		--flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
+	@$(PHASE) "EDM toy: train and export" $(BIN)/python run_train.py \
+		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --export_dir=runs/toy_edm/export
+	@$(PHASE) "EDM toy: evaluate" $(BIN)/python run_sample.py \
+		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --evaluate
+	@$(PHASE) "the picture" $(BIN)/python run_sample.py --overview=runs/toy_mixture,runs/toy_edm \
+		--output_dir=runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
