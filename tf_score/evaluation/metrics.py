@@ -48,6 +48,20 @@ def mmd_rbf(x, y, bandwidth: float | None = None) -> float:
     return float(term_x + term_y - 2.0 * tf.reduce_mean(kxy))
 
 
+def energy_distance(x, y) -> float:
+    """Unbiased energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Euclidean norms; the
+    diagonal pairs left out, so it can be slightly negative when p = q). Zero iff p = q."""
+    x = tf.convert_to_tensor(x, tf.float64)
+    y = tf.convert_to_tensor(y, tf.float64)
+
+    def mean_dist(a, b, same):
+        d = tf.sqrt(tf.maximum(_sq_dists(a, b), 0.0))
+        n, m = tf.cast(tf.shape(a)[0], tf.float64), tf.cast(tf.shape(b)[0], tf.float64)
+        return tf.reduce_sum(d) / (n * (n - 1) if same else n * m)
+
+    return float(2.0 * mean_dist(x, y, False) - mean_dist(x, x, True) - mean_dist(y, y, True))
+
+
 def kernel_two_sample_test(
     x, y, num_permutations: int = 1000, seed: int = 0, bandwidth: float | None = None
 ) -> tuple[float, float]:
