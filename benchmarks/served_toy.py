@@ -6,7 +6,7 @@ samples of seed s: requests of at most the export's cap (--request_size) with se
 exact samples, and the same three for a second set of exact samples: the targets' own
 pass rate at this n (the light mode's ~410 samples give its sd a standard error of 0.035).
 
-    python benchmarks/served_toy.py --export=runs/toy_edm/export/toy_edm/40000 \\
+    python benchmarks/served_toy.py --export=runs/toy_edm/export/toy_edm/16000 \\
         [--seeds=0,1,2] [--num_samples=2048] [--out=runs/bench/served_toy.json]
 
 Writes the JSON and prints a row per seed with the pass/fail of the targets: weight

@@ -7,7 +7,7 @@ allows: it must be refused with INVALID_ARGUMENT; export with
 ``--export_samplers=...,annealed_langevin``). The server's resident memory is sampled every
 second. Only 127.0.0.1 is contacted; the loop stops by itself.
 
-    python benchmarks/serving_load.py --export=runs/toy_edm/export/toy_edm/40000 \\
+    python benchmarks/serving_load.py --export=runs/toy_edm/export/toy_edm/16000 \\
         --clients=8 --duration=60 --num_samples=64
 
 Writes runs/bench/serving_load.json: requests answered and refused, wrong answers (must be

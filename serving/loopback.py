@@ -3,7 +3,7 @@ with a gRPC PredictRequest (each input converted to the signature's dtype, the s
 called, a failed in-graph check returned as INVALID_ARGUMENT), for tests and the load
 benchmark on machines where TF Serving itself cannot run.
 
-    server, port = serve("runs/toy_edm/export/toy_edm/40000", max_workers=4)
+    server, port = serve("runs/toy_edm/export/toy_edm/16000", max_workers=4)
 """
 
 from __future__ import annotations
