@@ -33,10 +33,9 @@ OUT = flags.DEFINE_string("out", "runs/bench/served_toy.json", "Output JSON.")
 
 def _row(samples, exact) -> dict:
     from tf_score.evaluation import metrics
-    from tf_score.families import evaluate
 
     w, se = metrics.mode_weight(samples)
-    sd = evaluate._mode_sds(samples)
+    sd = metrics.mode_sds(samples)
     ed = metrics.energy_distance(samples, exact)
     ok = abs(w - 0.8) <= 0.02 and all(abs(s - 1) <= 0.03 for s in sd) and ed < 0.005
     return dict(mode_weight=w, mode_weight_se=se, mode_sd=sd, energy_distance=ed, passes=ok)

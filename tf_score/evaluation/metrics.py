@@ -14,6 +14,14 @@ def mode_weight(x) -> tuple[float, float]:
     return w, float(np.sqrt(w * (1.0 - w) / len(x)))
 
 
+def mode_sds(x) -> tuple[float, float]:
+    """Per-coordinate standard deviation within each mode (light, heavy), averaged over the
+    two coordinates: each mode centred on its own mean."""
+    x = np.asarray(x)
+    heavy = x[:, 0] + x[:, 1] > 0
+    return tuple(float(np.mean(x[m].std(axis=0, ddof=1))) for m in (~heavy, heavy))
+
+
 def _median_bandwidth(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     z = tf.concat([x, y], 0)
     d2 = _sq_dists(z, z).numpy().ravel()

@@ -121,13 +121,6 @@ def two_mode(
 FAST_SAMPLERS = ("heun", "edm", "dpmpp_2m", "dpmpp_3m_sde", "dpm_adaptive", "ode")
 
 
-def _mode_sds(x) -> tuple[float, float]:
-    """Per-coordinate standard deviation within each mode (light, heavy), averaged over the
-    two coordinates: each mode centred on its own mean."""
-    heavy = x[:, 0] + x[:, 1] > 0
-    return tuple(float(np.mean(x[m].std(axis=0, ddof=1))) for m in (~heavy, heavy))
-
-
 def _toy_samples(run: Run, cfg, seed: int, n: int, batch_size: int):
     return generate_from(run.model, run.sigmas, run.space, n, seed, cfg, batch_size=batch_size)
 
@@ -172,7 +165,7 @@ def two_mode_fast(
             )
         out["samplers"][name] = {
             "num_evals": first.num_evals, "mode_weight": w, "mode_weight_se": se,
-            "mode_sd": _mode_sds(first.samples), "two_sample_p": p_values,
+            "mode_sd": metrics.mode_sds(first.samples), "two_sample_p": p_values,
             "sample_seconds": first.seconds,
         }  # fmt: skip
         samples[name] = first.samples

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -25,7 +27,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             return self.peak * ramp
         span = float(max(self.num_steps - self.warmup_steps, 1))
         frac = tf.clip_by_value((t - self.warmup_steps) / span, 0.0, 1.0)
-        return self.peak * ramp * 0.5 * (1.0 + tf.cos(float(tf.experimental.numpy.pi) * frac))
+        return self.peak * ramp * 0.5 * (1.0 + tf.cos(math.pi * frac))
 
     def get_config(self):
         return {"peak": self.peak, "num_steps": self.num_steps,
