@@ -203,6 +203,15 @@ def test_read_config_of_a_garbage_config_json_says_how_to_recover(tmp_path, text
         api.read_config(workdir)
 
 
+def test_a_config_json_of_random_bytes_is_the_same_message(tmp_path):
+    """Bytes that are not UTF-8 (issue 29 #9: a UnicodeDecodeError traceback before)."""
+    workdir = _copy(tmp_path, "toy_ncsn")
+    with open(api.config_path(workdir), "wb") as f:
+        f.write(bytes(range(128, 256)) * 4)
+    with pytest.raises(api.RunError, match=r"(?s)config.json cannot be read.*To recover"):
+        api.read_config(workdir)
+
+
 def test_read_config_with_a_moved_data_dir_changes_only_that(tmp_path):
     """read_config(data_dir=D) is the stored config with data.data_dir = D and nothing else."""
     workdir = _copy(tmp_path, "toy_edm")

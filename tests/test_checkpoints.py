@@ -117,6 +117,11 @@ def test_an_explicit_damaged_checkpoint_is_refused(tmp_path):
         checkpoints.load_ema_models(
             _bundle().model_fns, ckpt_dir, os.path.join(ckpt_dir, "ckpt-40")
         )
+    # a prefix that does not exist is "not found", not "damaged" (issue 29 #6)
+    with pytest.raises(checkpoints.CheckpointError, match="ckpt-999 not found"):
+        checkpoints.load_ema_models(
+            _bundle().model_fns, ckpt_dir, os.path.join(ckpt_dir, "ckpt-999")
+        )
 
 
 def _toy_cfg(**kw):

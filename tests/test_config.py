@@ -35,6 +35,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
     "values, message",
     [
         (dict(num_steps=0), "num_steps must be an integer >= 1, got 0"),
+        (dict(seed=-1), "seed must be an integer in [0, 2**31), got -1"),
         (dict(learning_rate=float("nan")), "learning_rate must be finite"),
         (dict(step_lr=-1.0), "sampler option step_lr must be a finite number > 0, got -1.0"),
         (dict(sigma_min=0.0), "sigma_min must be > 0.0"),

@@ -128,9 +128,9 @@ def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
     path = config_path(workdir)
     if not tf.io.gfile.exists(path):
         raise RunError(f"{workdir} has no {config_lib.CONFIG_FILE}: train there first")
-    with tf.io.gfile.GFile(path) as f:
-        text = f.read()
     try:
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()  # bytes that are not UTF-8: a UnicodeDecodeError, a ValueError
         cfg = ExperimentConfig.from_dict(json.loads(text))
     except (ValueError, TypeError, AttributeError) as e:  # JSON, ConfigError, int('x'), ...
         raise RunError(

@@ -486,7 +486,10 @@ class ExperimentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _require(
+            isinstance(self.seed, int) and 0 <= self.seed < 2**31,
+            f"seed must be an integer in [0, 2**31), got {self.seed!r}",
+        )
         family, net, ds = self.network.model, self.network.network, self.data.dataset
         if family == "score":
             _require(

@@ -137,6 +137,8 @@ def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
     another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
     asked for, or every one, is damaged."""
     if checkpoint:
+        if not tf.io.gfile.glob(checkpoint + ".*"):
+            raise CheckpointError(f"checkpoint {checkpoint} not found (no {checkpoint}.index)")
         why = problem(checkpoint)
         if why:
             raise CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
