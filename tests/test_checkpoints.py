@@ -199,3 +199,22 @@ def test_a_truncated_config_json_is_a_message_with_the_way_back(tmp_path):
             api.load(workdir)
     os.remove(api.config_path(workdir))
     assert api.train(_toy_cfg(num_steps=80), workdir, progress=False).step == 80
+
+
+def test_an_unwritable_workdir_is_a_message_not_a_traceback(tmp_path):
+    """A workdir that cannot be created (here under a regular file; a read-only mount gives
+    the same OSError) is a RunError naming it and the flag (issue 29 #7), and the lock
+    helper's error does not swallow errors raised while the lock is held."""
+    from tf_score import api, config
+    from tf_score.training import workdir_lock
+
+    (tmp_path / "file").write_text("x")
+    bad = str(tmp_path / "file" / "w")
+    with pytest.raises(workdir_lock.WorkdirUnwritableError, match="pass --workdir=DIR"):
+        workdir_lock.acquire(bad)
+    cfg = config.from_flat(dict(hidden_units=(8,), num_steps=2, log_every=1, checkpoint_every=1))
+    with pytest.raises(api.RunError, match=f"cannot write to workdir {bad}"):
+        api.train(cfg, bad, progress=False)
+    with pytest.raises(PermissionError):  # raised inside the block: not turned into a message
+        with workdir_lock.held(str(tmp_path / "ok")):
+            raise PermissionError("from the training loop")

@@ -257,10 +257,8 @@ def _workdir_held(workdir: str, chief: bool):
     try:
         with workdir_lock.held(workdir, take=chief):
             yield
-    except workdir_lock.WorkdirLockedError as e:
+    except (workdir_lock.WorkdirLockedError, workdir_lock.WorkdirUnwritableError) as e:
         raise RunError(str(e)) from e
-    except PermissionError as e:
-        raise RunError(f"cannot write to workdir {workdir}: {e.strerror} ({e.filename})") from e
 
 
 def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):

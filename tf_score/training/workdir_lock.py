@@ -20,6 +20,10 @@ import psutil
 LOCK_FILE = "LOCK"
 
 
+class WorkdirUnwritableError(RuntimeError):
+    """The workdir (or its LOCK) cannot be created: read-only, no permission, no space."""
+
+
 class WorkdirLockedError(RuntimeError):
     """Another live process holds the workdir."""
 
@@ -62,11 +66,11 @@ def acquire(workdir: str) -> str | None:
     ``WorkdirLockedError`` naming the holder if a live process has it."""
     if "://" in workdir:
         return None
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     me = json.dumps(_me())
     for _ in range(3):
         try:
+            os.makedirs(workdir, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _read(path)
@@ -81,6 +85,11 @@ def acquire(workdir: str) -> str | None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # stale: its process is gone
             continue
+        except OSError as e:  # read-only file system, permissions, no space
+            raise WorkdirUnwritableError(
+                f"cannot write to workdir {workdir}: {e.strerror} ({e.filename}); pass "
+                "--workdir=DIR somewhere you can write"
+            ) from e
         with os.fdopen(fd, "w") as f:
             f.write(me)
         return path
