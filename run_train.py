@@ -62,6 +62,8 @@ def main(argv):
         flush=True,
     )
     try:
+        if cfg.export.export_dir and distribute.is_chief(strategy):
+            api.check_writable(cfg.export.export_dir, "--export_dir")  # before training
         result = api.train(cfg, workdir, strategy, progress=F.FLAGS.progress)
     except (
         config.ConfigError,

@@ -424,6 +424,11 @@ def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_
         assert f"cannot write to {workdir} (" in proc.stderr, proc.stderr[-2000:]
         assert "pass --output_dir=DIR" in proc.stderr and "Traceback" not in proc.stderr
         assert "samples" not in proc.stdout
+        # an export into the read-only place is the same message, for --export_dir (#8)
+        proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}",
+                    f"--export_dir={workdir / 'export'}")  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "pass --export_dir=DIR" in proc.stderr, proc.stderr[-2000:]
         mine = tmp_path / "mine"
         proc = _run(
             repo_root,

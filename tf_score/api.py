@@ -352,6 +352,7 @@ def export(
             f"model name {name!r} is not a TF Serving model name (letters, digits, '_', '.', "
             "'-'; no path parts): give one with --export_model_name"
         )
+    check_writable(export_dir, "--export_dir")
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
         return vae.export_vae(run.models, run.config, path, max_samples)
