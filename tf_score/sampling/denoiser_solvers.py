@@ -185,28 +185,35 @@ def _denoised_diff(model, x, sigma):
     return denoised, (x - denoised) / sigma
 
 
-def dpm2_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
-    """DPM2 ancestral (k-diffusion): the DPM2 midpoint step from sigma_i to sigma_down (the
-    midpoint at sqrt(sigma_i sigma_down)), then sigma_up z (``ancestral_step``); Euler on the
-    last step (sigma_down = 0)."""
+def _ancestral(model, x, sigmas, seed, callback, eta, move):
+    """The loop of the second-order ancestral solvers: at each sigma_i, ``move(x, sigma_i,
+    sigma_down, D, d)`` (one more call) to sigma_down, Euler instead on the last step
+    (sigma_down = 0), then sigma_up z (``ancestral_step``). 2 N - 1 calls."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(eta, tf.float32)
 
     def body(i, x):
         sigma = sigmas[i]
         down, up = ancestral_step(sigma, nxt[i], eta)
-        _, d = _denoised_diff(model, x, sigma)
-
-        def midpoint():
-            mid = tf.exp(0.5 * (tf.math.log(sigma) + tf.math.log(down)))
-            _, d_mid = _denoised_diff(model, x + (mid - sigma) * d, mid)
-            return x + (down - sigma) * d_mid
-
-        x = tf.cond(i < n - 1, midpoint, lambda: x + (down - sigma) * d)
+        denoised, d = _denoised_diff(model, x, sigma)
+        x = tf.cond(i < n - 1, lambda: move(x, sigma, down, denoised, d),
+                    lambda: x + (down - sigma) * d)  # fmt: skip
         x = plus_noise(x, up, step_noise(seed, i, tf.shape(x)))
         return i + 1, after_step(callback, i, sigma, x)
 
     return SamplerOutput(_loop(body, x, n), 2 * n - 1)
+
+
+def dpm2_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
+    """DPM2 ancestral (k-diffusion): the DPM2 midpoint step from sigma_i to sigma_down (the
+    midpoint at sqrt(sigma_i sigma_down)), then sigma_up z; Euler on the last step."""
+
+    def midpoint(x, sigma, down, denoised, d):
+        mid = tf.exp(0.5 * (tf.math.log(sigma) + tf.math.log(down)))
+        _, d_mid = _denoised_diff(model, x + (mid - sigma) * d, mid)
+        return x + (down - sigma) * d_mid
+
+    return _ancestral(model, x, sigmas, seed, callback, eta, midpoint)
 
 
 def dpmpp_2s_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
@@ -215,25 +222,14 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, seed, callback=None, eta=1.0):
     s = t + h / 2, x_s = (sigma_s / sigma_i) x - expm1(-h/2) D(x), then
     x <- (sigma_down / sigma_i) x - expm1(-h) D(x_s; sigma_s), then sigma_up z; Euler on
     the last step."""
-    x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
-    n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(eta, tf.float32)
 
-    def body(i, x):
-        sigma = sigmas[i]
-        down, up = ancestral_step(sigma, nxt[i], eta)
-        denoised, d = _denoised_diff(model, x, sigma)
+    def single_step(x, sigma, down, denoised, d):
+        h = tf.math.log(sigma) - tf.math.log(down)
+        mid = sigma * tf.exp(-0.5 * h)
+        x_mid = (mid / sigma) * x - tf.math.expm1(-0.5 * h) * denoised
+        return (down / sigma) * x - tf.math.expm1(-h) * denoised_at(model, x_mid, mid)
 
-        def single_step():
-            h = tf.math.log(sigma) - tf.math.log(down)
-            mid = sigma * tf.exp(-0.5 * h)
-            x_mid = (mid / sigma) * x - tf.math.expm1(-0.5 * h) * denoised
-            return (down / sigma) * x - tf.math.expm1(-h) * denoised_at(model, x_mid, mid)
-
-        x = tf.cond(i < n - 1, single_step, lambda: x + (down - sigma) * d)
-        x = plus_noise(x, up, step_noise(seed, i, tf.shape(x)))
-        return i + 1, after_step(callback, i, sigma, x)
-
-    return SamplerOutput(_loop(body, x, n), 2 * n - 1)
+    return _ancestral(model, x, sigmas, seed, callback, eta, single_step)
 
 
 def _sde_noise(sigma_next, eta_h):
