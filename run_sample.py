@@ -29,8 +29,8 @@ def print_table(m: dict) -> None:
         f"\nmode weight = fraction with x1 + x2 > 0 (target 0.80), n = {n} "
         f"({m['num_batches']} x {m['num_samples_per_batch']}); MMD^2 vs exact samples, "
         f"n = {m['num_samples_per_batch']} (exact vs exact: {m['exact_vs_exact_mmd']:.4f}); "
-        f"p: kernel two-sample test against exact samples ({m['num_permutations']} "
-        "permutations)"
+        "p: kernel two-sample test against exact samples of the chain's target (p for plain "
+        f"Langevin, p_sigma_L for annealed; {m['num_permutations']} permutations)"
     )
     print(f"{'sampler':<28}{'score':<9}{'mode weight':>18}{'MMD^2':>10}{'p':>8}")
     for key, sampler, score in TWO_MODE_ROWS:

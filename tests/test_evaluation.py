@@ -206,6 +206,26 @@ def test_two_mode_on_a_copied_workdir_reports_every_row_with_valid_values(tmp_pa
     assert m["sample_seconds"] > 0 and np.isfinite(m["exact_vs_exact_mmd"])
 
 
+def test_chain_target_is_p_for_plain_and_p_sigma_last_for_annealed_langevin(tmp_path):
+    """The two-mode test's reference (n = 20,000 per case): plain Langevin's is p (mode sd 1);
+    annealed Langevin's is p_sigma_L, mode sd sqrt(1 + sigma_L^2); with the final denoise it
+    is Tweedie's E[x0 | x] of p_sigma_L, mode sd 1 / sqrt(1 + sigma_L^2) (Gaussian modes far
+    apart); heavy-mode weight 0.8 in all three. Tolerances: 4 standard errors."""
+    run = _load_copy(tmp_path, "toy_ncsn")
+    toy, n = data.get_toy("two_mode"), 20_000
+    s2 = float(run.sigmas[-1]) ** 2
+    denoised = Run(run.workdir, run.config.replace(sampler={"denoise": True}), run.models, 0)
+    for x, sd in [
+        (evaluate.chain_target(toy, run, "langevin", n, 0), 1.0),
+        (evaluate.chain_target(toy, run, "annealed_langevin", n, 0), math.sqrt(1 + s2)),
+        (evaluate.chain_target(toy, denoised, "annealed_langevin", n, 0), 1 / math.sqrt(1 + s2)),
+    ]:
+        w, se = metrics.mode_weight(x)
+        assert abs(w - 0.8) < 4 * se
+        heavy = x[x.sum(1) > 0] - 5.0  # ~16,000 points, 2 coordinates: se = sd / sqrt(2 * 32,000)
+        assert np.std(heavy) == pytest.approx(sd, abs=4 * sd / math.sqrt(2 * len(heavy) * 2))
+
+
 def test_two_mode_fast_on_a_copied_workdir_and_non_toy_runs_are_refused(tmp_path):
     """evaluate.two_mode_fast on the toy EDM workdir (heun, edm; 2 seeds): per sampler the
     registry's count (heun 2 x 8 - 1 = 15), the mode weight of api.generate's samples (exact),

@@ -46,6 +46,23 @@ TWO_MODE_ROWS = (
 )
 
 
+def chain_target(toy, run: Run, sampler: str, n: int, seed: int) -> np.ndarray:
+    """``n`` exact samples of what a perfect chain of ``sampler`` draws: p for plain Langevin
+    (the score of p itself); for annealed Langevin p_sigma_L = p * N(0, sigma_L^2 I), the
+    last level's density, then, with the run's final denoise, its exact Tweedie step
+    x + sigma_L^2 grad log p_sigma_L(x). The NCSN toy's sigma_L = 1 makes that p_1, not p."""
+    import tensorflow as tf
+
+    key = tf.constant([seed, 99991])
+    if sampler == "langevin":
+        return toy.sample(n, seed=key).numpy()
+    sigma_last = float(run.sigmas[-1])
+    x = toy.distribution(sigma_last).sample(n, seed=key)
+    if sampler_config(run.config.sampler, sampler).options().get("denoise", False):
+        x = x + sigma_last**2 * toy.score(x, sigma_last)
+    return x.numpy()
+
+
 class TwoModeResult(NamedTuple):
     metrics: dict
     #: row key -> samples [num_batches * n, 2]
@@ -63,7 +80,8 @@ def two_mode(
 ) -> TwoModeResult:
     """Plain vs annealed Langevin with the learned and the exact score on a 2-D toy: mode
     weight (fraction with x1 + x2 > 0) over ``num_batches`` batches of ``num_samples``,
-    MMD^2 and a kernel two-sample p-value of the first batch against exact samples. The
+    MMD^2 and a kernel two-sample p-value of the first batch against exact samples of the
+    chain's target (``chain_target``: p, or p_sigma_L for annealed Langevin). The
     sampler options are the run's; batch b is seeded (seed, b) as in ``runs.generate``.
     The exact plain-Langevin score is that of p itself (sigma = 0)."""
     import tensorflow as tf
@@ -96,12 +114,16 @@ def two_mode(
     out = {"num_samples_per_batch": num_samples, "num_batches": num_batches}
     out["checkpoint_step"] = run.step
     out["num_permutations"] = num_permutations
-    for key, x in samples.items():
-        first = x[:num_samples]
+    targets = {
+        sampler: chain_target(toy, run, sampler, num_samples, seed)
+        for sampler in ("langevin", "annealed_langevin")
+    }
+    for key, sampler, _ in TWO_MODE_ROWS:
+        x, first = samples[key], samples[key][:num_samples]
         out[f"{key}_mode_weight"], out[f"{key}_mode_weight_se"] = metrics.mode_weight(x)
-        out[f"{key}_mmd"] = metrics.mmd_rbf(first, exact)
+        out[f"{key}_mmd"] = metrics.mmd_rbf(first, targets[sampler])
         out[f"{key}_two_sample_p"] = metrics.kernel_two_sample_test(
-            first, exact, num_permutations=num_permutations, seed=seed
+            first, targets[sampler], num_permutations=num_permutations, seed=seed
         )[1]
     out["exact_samples_mode_weight"] = metrics.mode_weight(exact)[0]
     out["exact_vs_exact_mmd"] = metrics.mmd_rbf(exact_ref, exact)
