@@ -14,10 +14,15 @@ and export settings are this command's.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-from absl import app
+try:  # Ctrl-C while TensorFlow loads: one line, not a traceback from inside the imports
+    from absl import app
 
-import flags.definitions as F
+    import flags.definitions as F
+except KeyboardInterrupt:
+    print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def print_table(m: dict) -> None:
@@ -132,14 +137,22 @@ def _report(run, out_dir: str, result, action: str) -> None:
                                      "metrics.json and samples.png"))  # fmt: skip
 
 
+def _grid(n) -> str:
+    rho = f", rho {n.rho:g}" if n.schedule == "karras" else ""
+    return f"{n.schedule}, {n.num_levels} levels, sigma {n.sigma_max:g} -> {n.sigma_min:g}{rho}"
+
+
 def _load(workdir):
-    """The run with this command line's sampler settings over the workdir's, and the
-    command's evaluation and export sections."""
+    """The run with this command's settings over the workdir's (``F.sample_config``: the
+    sampler's, the evaluation and export sections, a continuous model's sampling grid),
+    every flag checked before the checkpoint is read."""
     from tf_score import api
 
     data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
+    cfg = F.sample_config(api.read_config(workdir, data_dir), F.typed(sys.argv))
     run = api.load(workdir, F.FLAGS.checkpoint, data_dir=data_dir)
-    cfg = run.config.replace(sampler=F.sampler_overrides(), **F.command_sections())
+    if cfg.noise != run.config.noise:
+        print(f"sampling grid: {_grid(cfg.noise)} (trained run's: {_grid(run.config.noise)})")
     return dataclasses.replace(run, config=cfg)
 
 
@@ -181,6 +194,11 @@ def _overview(workdirs: list[str], out_dir: str) -> None:
 
     from tf_score import api
 
+    try:
+        for w in workdirs:  # each is a run, and every flag's value is valid, before any work
+            F.sample_config(api.read_config(w), typed_names=set())
+    except api.RunError as e:
+        raise api.RunError(f"--overview: {e}") from e
     api.check_writable(out_dir, "--output_dir")
     path = api.toy_overview(workdirs, os.path.join(out_dir, "overview.png"))
     print(f"\nthe picture: {path}")
@@ -195,26 +213,36 @@ def _overview(workdirs: list[str], out_dir: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_score import api, config, sampling
-    from tf_score.families import evaluate
-    from tf_score.training import signals
+    with F.one_line_usage_errors():
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        from tf_score import api, config, sampling
+        from tf_score.families import evaluate
+        from tf_score.training import signals
 
-    try:
-        F.load_plugins()
-        with signals.exit_on_interrupt("stopped (results are written only when complete)"):
-            if F.FLAGS.overview:
-                _overview(F.FLAGS.overview, F.FLAGS.output_dir or ".")
-            else:
-                _main(_load(F.FLAGS.workdir))
-    except (
-        config.ConfigError,
-        api.RunError,
-        evaluate.EvaluationError,
-        sampling.SamplerError,
-    ) as e:
-        raise app.UsageError(str(e)) from e
+        try:
+            F.load_plugins()
+            with signals.exit_on_interrupt("stopped (results are written only when complete)"):
+                if F.FLAGS.overview:
+                    _overview(F.FLAGS.overview, F.FLAGS.output_dir or ".")
+                else:
+                    _main(_load(F.FLAGS.workdir))
+        except (
+            config.ConfigError,
+            api.RunError,
+            evaluate.EvaluationError,
+            sampling.SamplerError,
+        ) as e:
+            raise app.UsageError(str(e)) from e
+
+
+def declare_key_flags() -> None:
+    """--help and --helpshort list the flags this command reads (they are defined in
+    flags/definitions.py, so absl lists none of them by itself)."""
+    from absl import flags
+
+    for name in F.sample_flags():
+        flags.declare_key_flag(name)
 
 
 if __name__ == "__main__":
@@ -224,4 +252,9 @@ if __name__ == "__main__":
         ["workdir", "overview"], lambda f: bool(f["workdir"] or f["overview"]),
         message="--workdir is required (or --overview=W1,W2: the toys' picture)",
     )  # fmt: skip
-    app.run(main)
+    declare_key_flags()
+    try:
+        app.run(main, flags_parser=F.parse)
+    except KeyboardInterrupt:  # before the work (during it, Ctrl-C ends it with a message)
+        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+        sys.exit(130)

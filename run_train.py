@@ -7,11 +7,16 @@ Re-running with the same --workdir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, logging
+try:  # Ctrl-C while TensorFlow loads: one line, not a traceback from inside the imports
+    from absl import app, logging
 
-import flags.definitions as F
+    import flags.definitions as F
+except KeyboardInterrupt:
+    print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def _fail(e: Exception, code: int = 2):
@@ -35,7 +40,40 @@ def _print_result(cfg, result) -> None:
     )
 
 
+def _newest_step(workdir: str | None) -> int:
+    """The step of the newest checkpoint file in ``workdir`` (-1: none)."""
+    import re
+
+    import tensorflow as tf  # loaded already, with the flags
+
+    pattern = os.path.join(workdir or ".", "checkpoints", "ckpt-*.index")
+    paths = tf.io.gfile.glob(pattern) if workdir else []
+    steps = [re.search(r"ckpt-(\d+)\.index$", p) for p in paths]
+    return max((int(m.group(1)) for m in steps if m), default=-1)
+
+
+def _interrupted(workdir: str, newest_before: int) -> None:
+    """Ctrl-C outside the training loop (which saves and reports on its own): one line."""
+    newest = _newest_step(workdir)
+    if newest > newest_before:  # the loop ran and saved; what follows it did not finish
+        message = (f"interrupted after training to step {newest} (checkpoint saved): run the "
+                   "same command again for the final summaries and the export")  # fmt: skip
+    else:
+        message = "interrupted during start-up, before any training step; no checkpoint written"
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
 def main(argv):
+    with F.one_line_usage_errors():
+        newest = _newest_step(F.FLAGS.workdir)
+        try:
+            _train(argv)
+        except KeyboardInterrupt:  # not TrainingInterrupted: _train reports that one
+            _interrupted(F.FLAGS.workdir, newest)
+
+
+def _train(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from tf_score import api, config, data
@@ -64,7 +102,13 @@ def main(argv):
     try:
         if cfg.export.export_dir and distribute.is_chief(strategy):
             api.check_writable(cfg.export.export_dir, "--export_dir")  # before training
-        result = api.train(cfg, workdir, strategy, progress=F.FLAGS.progress)
+        result = api.train(
+            cfg,
+            workdir,
+            strategy,
+            progress=F.FLAGS.progress,
+            restart_from_scratch=F.FLAGS.restart_from_scratch,
+        )
     except (
         config.ConfigError,
         api.RunError,
@@ -88,8 +132,22 @@ def main(argv):
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
 
 
+def declare_key_flags() -> None:
+    """--help and --helpshort list the flags this command reads (they are defined in
+    flags/definitions.py, so absl lists none of them by itself)."""
+    from absl import flags
+
+    for name in F.train_flags():
+        flags.declare_key_flag(name)
+
+
 if __name__ == "__main__":
     from absl import flags
 
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    declare_key_flags()
+    try:
+        app.run(main, flags_parser=F.parse)
+    except KeyboardInterrupt:  # while the flags are parsed (main reports the rest)
+        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+        sys.exit(130)

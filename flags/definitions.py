@@ -10,13 +10,15 @@ before any work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import os
+import sys
 import typing
 
-from absl import flags
+from absl import app, flags
 
 from tf_score import config as C
 from tf_score import sampling
@@ -106,6 +108,9 @@ HELP = {
     "fid_every": "Training image models: classifier FID (needs --classifier) of --fid_samples "
     "samples and its real-vs-real floor, TensorBoard scalars every this many steps (0: off).",
     "fid_samples": "Samples (and held-out test images of the floor) of --fid_every.",
+    "max_evaluations": "run_sample.py: refuse sampling whose work, --num_samples x network "
+    "evaluations x the network's cost per evaluation (max(1, MFLOPs of one evaluation)), is "
+    "above this (0: no cap; the unit of --export_max_evaluations).",
     "inception_weights": "'imagenet' (Keras downloads them once) or the path of "
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.",
     "ais_chains": "AIS chains per test example.",
@@ -144,6 +149,10 @@ DERIVED = ("data_shape", "data_mean")
 COMMAND = {
     "workdir": ("string", None, "Directory for checkpoints, TensorBoard, figures."),
     "progress": ("boolean", True, "Show progress bars."),
+    "restart_from_scratch": ("boolean", False, "run_train.py on a workdir whose checkpoints "
+                             "are all unusable (damaged, orphaned, set aside before): train "
+                             "again from step 0, keeping them in checkpoints/damaged/ and "
+                             "orphaned/ (without it such a workdir is refused, nothing changed)."),
     "output_dir": ("string", None, "Where run_sample.py writes samples, figures and metrics "
                    "(default: --workdir; give one to sample a run you cannot write to)."),
     "checkpoint": ("string", None, "Checkpoint prefix to sample from (default: the latest)."),
@@ -210,20 +219,36 @@ _define_all()
 for _name in ("channel_mults", "hidden_units"):
     flags.register_validator(
         _name,
-        lambda v: all(u.isdigit() and int(u) > 0 for u in v),
+        lambda v: bool(v) and all(u.isdigit() and int(u) > 0 for u in v),
         message=f"--{_name} must be a comma-separated list of positive ints",
+    )
+for _name in [n for n in (*C.field_names(), *COMMAND) if n in FLAGS]:
+    if FLAGS[_name].flag_type() != "string":
+        continue
+    # an empty value (--export_dir=$UNSET) is a mistake, not the default: leave the flag out
+    flags.register_validator(
+        _name,
+        lambda v: v is None or bool(v.strip()),
+        message=f"--{_name} is empty: give a value",
     )
 
 
 def load_plugins() -> None:
     """Import the --plugins modules (before the sampler flags are read)."""
     for name in FLAGS.plugins:
+        if name.endswith(".py") and not os.path.isfile(name):
+            raise C.ConfigError(f"--plugins: no file {name}")
         if name.endswith(".py"):
             spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-        else:
+            continue
+        try:
             importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):  # the plugin's own import
+                raise
+            raise C.ConfigError(f"--plugins: no module {name!r} ({e})") from e
 
 
 def _sampler_option_values() -> dict:
@@ -238,7 +263,12 @@ def _sampler_option_values() -> dict:
                 f"({', '.join(sorted(known))}); got {pair!r}"
             )
         kind = known[name].kind
-        out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+        try:
+            value = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+            out[name] = known[name].check(value)
+        except (ValueError, sampling.SamplerError) as e:
+            raise C.ConfigError(f"--sampler_options: {name} must be {known[name].allowed()}, "
+                                f"got {text!r}") from e  # fmt: skip
     return out
 
 
@@ -290,3 +320,115 @@ def export(run, cfg: C.ExperimentConfig) -> str:
         run, e.export_dir, e.export_model_name, samplers=tuple(e.export_samplers) or None,
         max_samples=e.export_max_samples, max_evaluations=e.export_max_evaluations,
     )  # fmt: skip
+
+
+# --- the commands: parsing, one-line errors, which flags run_sample.py reads ------------------
+
+#: the noise settings of the grid a continuous-sigma model samples on: run_sample.py takes
+#: them as another sampling grid (a level-conditioned network only has its trained levels)
+GRID = ("sigma_max", "sigma_min", "num_levels", "schedule", "rho")
+#: settings of a trained run that run_sample.py reads: where the data are, XLA, the seed
+SAMPLE_READS = ("data_dir", "jit", "seed")
+#: flags of training only, whatever their section
+TRAIN_ONLY = ("fid_every", "fid_samples", "restart_from_scratch")
+#: flags of run_sample.py only
+SAMPLE_ONLY = ("output_dir", "checkpoint", "evaluate", "inpaint", "overview", "snapshots",
+               "metrics_file")  # fmt: skip
+
+
+def parse(argv: list[str]) -> list[str]:
+    """``app.run``'s flag parsing, with a bad value as one line naming the flag (exit 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors():
+    """A usage error (a bad setting) as one line, exit code 1: absl's ``app.run`` would
+    print the script's docstring and the help of every key flag before it."""
+    try:
+        yield
+    except app.UsageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def train_flags() -> list[str]:
+    """The flags run_train.py reads (its --help): all but run_sample.py's own."""
+    return sorted(({*C.field_names(), *COMMAND, "seed"} - {*SAMPLE_ONLY, *DERIVED}) & set(FLAGS))
+
+
+def sample_flags() -> list[str]:
+    """The flags run_sample.py reads (its --help): its own, the sampler's, the evaluation's
+    and the export's, and a continuous model's sampling grid."""
+    used = {n for n, s in C.field_names().items() if s in ("sampler", "evaluation", "export")}
+    names = {*used, *COMMAND, *SAMPLE_READS, *GRID} - set(TRAIN_ONLY)
+    return sorted(names & set(FLAGS))
+
+
+def typed(argv: list[str]) -> set[str]:
+    """The flags named on the command line ``argv`` itself, not read from a --flagfile."""
+    names = set()
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name = arg.lstrip("-").partition("=")[0] if arg.startswith("-") else ""
+        if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+            name = name[2:]  # --noflag
+        if name in FLAGS and name != "flagfile":
+            names.add(name)
+    return names
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def _inapplicable(name: str, value, trained, cfg: C.ExperimentConfig) -> C.ConfigError:
+    """Why flag ``name`` typed for run_sample.py cannot apply to the trained run ``cfg``."""
+    if name in GRID and cfg.network.model == "score":  # a level-conditioned network
+        return C.ConfigError(
+            f"--{name}={_text(value)} does not apply: network={cfg.network.network} samples on "
+            f"the noise levels it was trained on ({name}={_text(trained)}); only the "
+            f"continuous-sigma networks ({', '.join(C.CONTINUOUS_NETWORKS)}) sample on "
+            "another grid"
+        )
+    return C.ConfigError(
+        f"--{name}={_text(value)} does not apply to sampling: it is a training setting "
+        f"(this run's: {_text(trained)}); run_sample.py samples the run as it was trained, "
+        "so leave the flag out"
+    )
+
+
+def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.ExperimentConfig:
+    """run_sample.py's config of a trained run: ``run_cfg`` with this command's sampler
+    settings, evaluation and export sections and, for a continuous-sigma model, the GRID
+    flags given as its sampling grid. Every flag given is checked as the config checks it
+    (``ConfigError``), and one typed on the command line (``typed_names``) that cannot apply
+    to sampling (a setting of training, given another value than the run's) is refused
+    naming it; a --flagfile's training settings (a preset's) are left alone."""
+    owner = C.field_names()
+    given = {n for n in FLAGS if FLAGS[n].present}
+    checked = {}  # the run's sections with the flags given, each checked on its own
+    for section in (*C.MODEL_SECTIONS, "train", "distribute"):
+        values = {n: FLAGS[n].value for n in given if owner.get(n) == section}
+        checked[section] = C.section_with(run_cfg, section, values)
+    run_cfg.replace(seed=FLAGS.seed)  # checked: the seed of the samples
+    cfg = run_cfg.replace(sampler=sampler_overrides(), **command_sections())
+    if run_cfg.is_continuous:
+        cfg = cfg.replace(noise={n: getattr(checked["noise"], n) for n in GRID})
+    for name in sorted(typed_names):
+        section, value = owner.get(name), FLAGS[name].value
+        if name in TRAIN_ONLY and value != FLAGS[name].default:
+            raise _inapplicable(name, value, FLAGS[name].default, run_cfg)
+        if section not in checked or name in (*SAMPLE_READS, *C.PORTABLE_FIELDS):
+            continue
+        if run_cfg.is_continuous and name in GRID:
+            continue
+        new, trained = getattr(checked[section], name), getattr(run_cfg, section)
+        if new != getattr(trained, name):
+            raise _inapplicable(name, new, getattr(trained, name), run_cfg)
+    return cfg

@@ -392,6 +392,18 @@ def test_image_quality_reference_fails_early_caches_and_reports_the_floor(tmp_pa
     assert q["classifier_test_accuracy"] is None  # no classifier.json beside this one
 
 
+def _tiny_toy_run(workdir):
+    """A two-mode NCSN MLP (16, 16) trained 20 steps into ``workdir``."""
+    from tf_score import api, config
+
+    cfg = config.ExperimentConfig(
+        network=config.NetworkConfig(network="mlp", hidden_units=(16, 16)),
+        train=config.TrainConfig(num_steps=20, checkpoint_every=20, log_every=20),
+    )
+    api.train(cfg, str(workdir), progress=False)
+    return workdir
+
+
 def _make_read_only(path):
     """Read-only for this process: chmod, or as root (who ignores modes) the immutable flag.
     Returns the undo function, or None where neither is possible."""
@@ -406,14 +418,7 @@ def _make_read_only(path):
 def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_root, tmp_path):
     """Another user's run: run_sample.py stops before sampling with a message naming
     --output_dir (no traceback, the workdir untouched); with --output_dir it writes there."""
-    from tf_score import api, config
-
-    workdir = tmp_path / "theirs"
-    cfg = config.ExperimentConfig(
-        network=config.NetworkConfig(network="mlp", hidden_units=(16, 16)),
-        train=config.TrainConfig(num_steps=20, checkpoint_every=20, log_every=20),
-    )
-    api.train(cfg, str(workdir), progress=False)
+    workdir = _tiny_toy_run(tmp_path / "theirs")
     before = sorted(os.listdir(workdir))
     undo = _make_read_only(workdir)
     if undo is None:
@@ -442,4 +447,26 @@ def test_read_only_workdir_is_refused_before_sampling_and_output_dir_works(repo_
             assert f["samples"].shape == (16, 2)
     finally:
         undo()
+    assert sorted(os.listdir(workdir)) == before
+
+
+def test_sampling_that_cannot_fit_or_is_over_the_work_cap_is_one_line_before_any_work(
+    repo_root, tmp_path
+):
+    """Issue 29 #13: run_sample.py --num_samples=1000000000 on the toy grew to 24 GB and was
+    killed (rc 137, no message). Now the memory it needs is compared with what is available
+    first (10**12 here: a machine of any size refuses it); --max_evaluations caps the work
+    (#15) in the export's unit. Nothing is written."""
+    workdir = _tiny_toy_run(tmp_path / "toy")
+    before = sorted(os.listdir(workdir))
+    proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", f"--num_samples={10**12}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = [ln for ln in proc.stderr.splitlines() if "--num_samples=" in ln]
+    assert len(line) == 1 and "needs about" in line[0] and "GB available here" in line[0], line
+    assert "ask for at most --num_samples=" in line[0]
+    proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", "--num_samples=16",
+                "--max_evaluations=5000")  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "--num_samples=16 x 1001 network evaluations is 16016 units of work" in proc.stderr
+    assert "must be <= 5000 (--max_evaluations): ask for at most --num_samples=4" in proc.stderr
     assert sorted(os.listdir(workdir)) == before

@@ -2,6 +2,7 @@
 a separate process) and with tf.saved_model.load, against the in-process result."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from tf_score import config, sampling
 from tf_score.config import TrainConfig
 from tf_score.export import savedmodel
 from tf_score.families import score_model, vae
-from tf_score.networks import ConditionalResNet, contract
+from tf_score.networks import ConditionalResNet, NoiseConditionalMLP, contract
 from tf_score.noise import geometric_sigmas
 from tf_score.training import loop
 
@@ -111,9 +112,12 @@ def test_toy_export_layout_and_signatures(toy_export):
         "limits",
     }
     caps = {k: v.numpy() for k, v in loaded.signatures["limits"](unused=tf.constant(0)).items()}
-    assert set(caps) == {"max_samples", "max_score_batch", "max_evaluations"}
+    assert set(caps) == {"max_samples", "max_score_batch", "max_evaluations", "evaluation_cost",
+                         "flops_per_evaluation"}  # fmt: skip
     assert caps["max_samples"] == 64 and caps["max_evaluations"] == 2000
     assert caps["max_score_batch"] == 1024
+    # the toy MLP (32-32) is far below 1 MFLOP: an evaluation costs one unit
+    assert caps["evaluation_cost"] == 1 and 0 < caps["flops_per_evaluation"] < 10_000
 
 
 def test_toy_sample_matches_in_process_via_cli_and_load(toy_export, tmp_path):
@@ -272,7 +276,7 @@ def test_vae_export_every_endpoint(encoder, tmp_path):
     path = savedmodel.version_dir(str(tmp_path / "export"), f"vae_{encoder}", 1)
     vae.export_vae(models, cfg, path)
     loaded = tf.saved_model.load(path)
-    expected_sigs = {"serving_default", "sample", "encode", "decode"}
+    expected_sigs = {"serving_default", "sample", "encode", "decode", "limits"}
     if encoder == "gaussian":
         expected_sigs.add("log_likelihood_bound")
     assert set(loaded.signatures) == expected_sigs
@@ -367,3 +371,152 @@ def test_bounded_load_on_the_loopback_service_answers_right_and_refuses_over_bud
     assert report["wrong"] == 0 and report["error"] == 0
     assert report["answered"] > 0 and report["refused"] > 0
     assert report["limits"]["max_evaluations"] == 2000
+
+
+class _PriorEncoder:
+    """q(z|x) = p(z) = N(0, I) for every x: every importance weight is p(x|z)."""
+
+    latent_dim = 3
+
+    def distribution(self, x):
+        zeros = tf.zeros([tf.shape(x)[0], self.latent_dim])
+        return vae.tfd.MultivariateNormalDiag(loc=zeros, scale_diag=tf.ones_like(zeros))
+
+
+def test_iwae_bound_decodes_in_chunks_of_bounded_rows():
+    """Issue 29 #12: K importance samples of a batch were decoded at once (batch 1024 x K 5000
+    is 5M rows, about 70 GB). Now a chunk of about chunk_bytes of pixels at a time, each draw
+    counted once: with q = p(z) and a decoder of logits 0, log w = -P log 2 exactly, so the
+    bound and the ELBO are exactly that whatever the chunking."""
+    x = tf.constant((np.random.default_rng(0).random((3, 4, 4, 1)) < 0.5).astype(np.float32))
+    rows_seen = []
+
+    def decoder(z):
+        rows_seen.append(int(z.shape[0]))
+        return tf.zeros([tf.shape(z)[0], 4, 4, 1])
+
+    # 16 pixels x 4 bytes x 8 copies = 512 bytes a row: 7 rows a chunk, 2 samples of the 3
+    r = vae.iwae_bound(_PriorEncoder(), decoder, x, 50, tf.constant([1, 2]), chunk_bytes=7 * 512)
+    assert max(rows_seen) == 6 and sum(rows_seen) == 3 * 50 and len(rows_seen) == 25
+    exact = -16 * np.log(2.0)
+    np.testing.assert_allclose(r.iwae.numpy(), exact, rtol=1e-6)
+    np.testing.assert_allclose(r.elbo.numpy(), exact, rtol=1e-6)
+
+
+def test_vae_export_caps_the_bound_s_work_refuses_non_finite_inputs_and_has_limits(tmp_path):
+    """Issue 29 #12: batch x importance samples were unbounded (up to 1024 x 5000), NaN x went
+    through every signature and there was no ``limits``. Now the bound's decodes count
+    against max_evaluations (x the decoder's cost), floats must be finite, limits says so."""
+    keras.utils.set_random_seed(0)
+    cfg = _vae_config((28, 28, 1), vae_encoder="gaussian", latent_dim=4, hidden_units=(32,))
+    models = {k: fn() for k, fn in vae.model_fns(cfg).items()}
+    path = savedmodel.version_dir(str(tmp_path / "export"), "vae", 1)
+    vae.export_vae(models, cfg, path, max_evaluations=2000)
+    loaded = tf.saved_model.load(path)
+    caps = {k: v.numpy() for k, v in loaded.signatures["limits"](unused=tf.constant(0)).items()}
+    assert caps["max_evaluations"] == 2000 and caps["max_iwae_samples"] == 5000
+    assert caps["max_batch"] == 1024 and caps["evaluation_cost"] == 1
+    seed = tf.constant([1, 2])
+    x = tf.constant((np.random.default_rng(0).random((3, 28, 28, 1)) < 0.2).astype(np.float32))
+    bound = loaded.signatures["log_likelihood_bound"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"batch size x num_samples \(decodes\) must be <= 2000"):  # fmt: skip
+        bound(x=x, num_samples=tf.constant(700), seed=seed)  # 2100 decodes
+    r = bound(x=x, num_samples=tf.constant(600), seed=seed)  # 1800
+    ref = vae.iwae_bound(models["encoder"], models["decoder"], x, 600, seed)
+    np.testing.assert_allclose(r["iwae"].numpy(), ref.iwae.numpy(), rtol=1e-5)
+    nan_x = tf.constant(np.full((2, 28, 28, 1), np.nan, np.float32))
+    for name, inputs, message in [
+        ("log_likelihood_bound", dict(x=nan_x, num_samples=tf.constant(5), seed=seed), "x must"),
+        ("encode", dict(x=nan_x, seed=seed), "x must be finite"),
+        ("decode", dict(z=tf.constant([[np.inf, 0, 0, 0]], tf.float32)), "z must be finite"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures[name](**inputs)
+
+
+def test_the_export_s_work_cap_counts_the_network_s_cost(tmp_path):
+    """Issue 29 #15: one cap of network evaluations let a 195k-parameter image network run
+    23-31 minutes where the toy ran 3.6 s. An evaluation now costs max(1, ceil(MFLOPs)) units
+    (tests/test_budget.py: 76 for that ResNet): this 2-MFLOP MLP is allowed a third of the
+    toy's evaluations, and limits reports the cost."""
+    keras.utils.set_random_seed(0)
+    model = NoiseConditionalMLP(TOY_SIGMAS, data_dim=2, hidden_units=(1000, 1000))
+    model.build()
+    path = savedmodel.version_dir(str(tmp_path / "export"), "wide", 1)
+    sampler = TOY_SAMPLER.replace(n_steps_each=1)  # 10 levels x 1 + the final denoise
+    savedmodel.export_score_model(model, _toy_model(model), TOY_SIGMAS, TOY_SPACE, path,
+                                  sampler=sampler, max_evaluations=132)  # fmt: skip
+    loaded = tf.saved_model.load(path)
+    caps = {k: v.numpy() for k, v in loaded.signatures["limits"](unused=tf.constant(0)).items()}
+    assert caps["evaluation_cost"] == 3 and 2e6 < caps["flops_per_evaluation"] <= 3e6
+    seed = tf.constant([0, 0])
+    out = loaded.signatures["sample"](num_samples=tf.constant(4), seed=seed)  # 4 x 11 x 3 = 132
+    assert out["samples"].shape == (4, 2) and int(out["num_evals"]) == 11
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"network evaluations x cost \(3 per evaluation"):  # fmt: skip
+        loaded.signatures["sample"](num_samples=tf.constant(5), seed=seed)  # 55 evaluations
+
+
+def _proto(dtype, dims, **values):
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+    )
+    return tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, tensor_shape=shape, **values)
+
+
+def test_loopback_checks_declared_shapes_and_values_before_allocating(
+    toy_export, repo_root, monkeypatch
+):
+    """Issue 29 #14: a 21-byte proto declaring score.x of shape [2**26, 2] took the server from
+    653 to 2,187 MB before the graph refused it; an int64 num_samples of 2**32 + 4 wrapped to
+    4 and was answered; unknown inputs and malformed protos were UNKNOWN. Each is now
+    INVALID_ARGUMENT naming the input, and the oversized proto is never decoded."""
+    import grpc
+
+    sys.path.insert(0, os.path.join(repo_root, "serving"))
+    import grpc_client
+    import loopback
+
+    decoded = []
+    make_ndarray = tf.make_ndarray
+    monkeypatch.setattr(tf, "make_ndarray", lambda p: decoded.append(p) or make_ndarray(p))
+    huge = _proto(tf.float32, [2**26, 2], float_val=[0.5])
+    assert len(huge.SerializeToString()) == 21
+
+    def request(signature="sample", **inputs):
+        r = grpc_client.sample_request("toy", 4, [0, 0], signature=signature)
+        for k in list(r.inputs):
+            if k not in inputs and signature != "sample":
+                del r.inputs[k]
+        for k, v in inputs.items():
+            r.inputs[k].CopyFrom(v)
+        return r
+
+    bad = [
+        (request("score", x=huge, sigma=tf.make_tensor_proto(np.ones(1, np.float32))),
+         r"input 'x' must have shape \(None, 2\); a free dimension at most 1024, not \[67108864"),
+        (request(num_samples=tf.make_tensor_proto(np.int64(2**32 + 4))),
+         "input 'num_samples' must be int32: 4294967300 does not fit"),
+        (request(num_samples=tf.make_tensor_proto(np.float32(4.5))), "4.5 does not fit"),
+        (request(bogus=tf.make_tensor_proto(np.int32(1))), "unknown input.s. bogus"),
+        (request(seed=_proto(tf.int32, [2], tensor_content=b"\x01\x02\x03")),
+         "input 'seed' is malformed: 3 bytes of tensor_content"),
+        (request(seed=tf.make_tensor_proto(np.int32([1, 2, 3]))),
+         r"input 'seed' must have shape \(2,\), not \[3\]"),
+    ]  # fmt: skip
+    server, port = loopback.serve(toy_export[1])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for req, message in bad:
+                with pytest.raises(grpc.RpcError) as err:
+                    grpc_client.predict(channel, req)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+                assert re.search(message, err.value.details()), err.value.details()
+            assert not [p for p in decoded if p.tensor_shape.dim[:1] == huge.tensor_shape.dim[:1]]
+            out = grpc_client.predict(channel, request())
+            assert out["samples"].shape == (4, 2)
+    finally:
+        server.stop(None)

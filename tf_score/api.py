@@ -77,6 +77,8 @@ class Family(NamedTuple):
     train: Callable | None = None
     #: workdir -> {name: model}, replacing the checkpoint restore
     load: Callable | None = None
+    #: cfg -> the settings its checkpoints record (``ModelBundle.checkpoint_settings``)
+    checkpoint_settings: Callable | None = None
 
 
 def _score_bundle(cfg):
@@ -105,7 +107,12 @@ def _load_classifier(workdir):
 
 
 FAMILIES: dict[str, Family] = {
-    "score": Family("score", _score_bundle, _score_model_fns),
+    "score": Family(
+        "score",
+        _score_bundle,
+        _score_model_fns,
+        checkpoint_settings=score_model.checkpoint_settings,
+    ),
     "vae": Family("vae", _vae_bundle, _vae_model_fns),
     # a supervised Keras fit, saved as a .keras file
     "classifier": Family(
@@ -226,18 +233,23 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     return bundle, cfg.replace(data={"data_shape": tuple(int(d) for d in shape)})
 
 
-def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = True):
+def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = True,
+          restart_from_scratch: bool = False):  # fmt: skip
     """Train (or resume) ``cfg`` in ``workdir``: checks, loads the data, writes
     ``config.json`` (chief only), runs the training loop. Returns ``train.TrainResult``
-    (``classifier.ClassifierResult`` for the classifier)."""
+    (``classifier.ClassifierResult`` for the classifier). A workdir whose checkpoints are all
+    unusable (damaged, orphaned, set aside) is refused unless ``restart_from_scratch``: then
+    they are kept aside and training starts at step 0."""
 
     family = FAMILIES[cfg.network.model]
     if family.train is not None and strategy is not None and strategy.num_replicas_in_sync > 1:
         raise ConfigError(f"model={family.name} trains on one device: use no strategy")
+    if family.train is not None and restart_from_scratch:
+        raise ConfigError(f"restart_from_scratch is for checkpointed runs, not model={family.name}")
     check_resume(workdir, cfg)
     if family.train is not None:
         return family.train(cfg, workdir, progress)
-    return _train_score_or_vae(cfg, workdir, strategy, progress)
+    return _train_score_or_vae(cfg, workdir, strategy, progress, restart_from_scratch)
 
 
 def _fid_monitor(cfg: ExperimentConfig, workdir: str, progress: bool):
@@ -261,7 +273,8 @@ def _workdir_held(workdir: str, chief: bool):
         raise RunError(str(e)) from e
 
 
-def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool):
+def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress: bool,
+                        restart_from_scratch: bool = False):  # fmt: skip
 
     bundle, cfg = prepare(cfg, workdir, strategy)
     if cfg.evaluation.fid_every:
@@ -281,6 +294,7 @@ def _train_score_or_vae(cfg: ExperimentConfig, workdir: str, strategy, progress:
             on_restored=settings_verified,
             seed=cfg.seed,
             progress=progress,
+            restart_from_scratch=restart_from_scratch,
         )
 
 
@@ -308,8 +322,9 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
 
 
 def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None) -> Run:
-    """Load a trained workdir of any family: its config and the EMA weights of the latest
-    checkpoint (or ``checkpoint``, a prefix)."""
+    """Load a trained workdir of any family: its config and the EMA weights of the newest
+    good checkpoint (or ``checkpoint``, a prefix), taken again if a run training there
+    removes it while it is read (``checkpoints.restore_newest``)."""
 
     cfg = read_config(workdir, data_dir)
     family = FAMILIES[cfg.network.model]
@@ -318,8 +333,9 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     _set_precision(cfg.network.precision)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     try:
-        path = checkpoints.pick_checkpoint(ckpt_dir, checkpoint)
-        models, step = checkpoints.restore_ema_models(family.model_fns(cfg), path)
+        models, step, path = checkpoints.restore_newest(family.model_fns(cfg), ckpt_dir, checkpoint)
+        if family.checkpoint_settings is not None:  # config.json and the weights agree
+            checkpoints.check_settings(path, family.checkpoint_settings(cfg))
     except (FileNotFoundError, checkpoints.CheckpointError) as e:
         raise RunError(str(e)) from e
     return Run(workdir, cfg, models, step, path)
@@ -355,7 +371,8 @@ def export(
     check_writable(export_dir, "--export_dir")
     path = export_lib.version_dir(export_dir, name, max(int(run.step), 1))
     if run.family == "vae":
-        return vae.export_vae(run.models, run.config, path, max_samples)
+        return vae.export_vae(run.models, run.config, path, max_samples,
+                              max_evaluations=max_evaluations)  # fmt: skip
     if run.family != "score":
         raise RunError(f"a {run.family} run has no export; export score models or VAEs")
     return export_lib.export_score_model(

@@ -388,12 +388,16 @@ class EvalConfig:
     #: its real-vs-real floor, a TensorBoard scalar every this many steps (0: off)
     fid_every: int = 0
     fid_samples: int = 500
+    #: sampling: the largest work, num_samples x network evaluations x the network's cost per
+    #: evaluation (``sampling.budget``, the export's unit; 0: no cap)
+    max_evaluations: int = 0
 
     def __post_init__(self):
         _positive_ints(self, "num_samples", "eval_repeats", "num_permutations", "ais_chains",
                        "ais_temperatures", "ais_leapfrog_steps", "eval_examples", "eval_batch",
                        "iwae_samples", "fid_samples")  # fmt: skip
-        _positive_ints(self, "sample_batch_size", "bits_per_dim", "fid_every", minimum=0)
+        _positive_ints(self, "sample_batch_size", "bits_per_dim", "fid_every",
+                       "max_evaluations", minimum=0)  # fmt: skip
         _require(
             set(self.metrics) <= set(METRICS),
             f"metrics takes a subset of {', '.join(METRICS)}, got {','.join(self.metrics)}",
@@ -420,6 +424,12 @@ class ExportConfig:
             "export_model_name must be a TF Serving model name: letters, digits, '_', '.', "
             "'-', starting with a letter or digit, no '/' or '..' path parts",
         )  # fmt: skip
+        unknown = [s for s in self.export_samplers if s not in sampling.SAMPLERS]
+        _require(
+            not unknown,
+            f"export_samplers takes registered solvers ({', '.join(sampling.SAMPLERS)}); "
+            f"got {', '.join(map(repr, unknown))}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -666,3 +676,10 @@ def from_flat(values: dict) -> ExperimentConfig:
         _require(key in owner, f"unknown config field {key!r}")
         sections[owner[key]][key] = value
     return ExperimentConfig.from_dict({**sections, "seed": seed})
+
+
+def section_with(cfg: ExperimentConfig, name: str, values: dict):
+    """Section ``name`` of ``cfg`` with some fields changed (``values``, typed as from JSON
+    or flags), checked on its own: not against the other sections."""
+    current = dataclasses.asdict(getattr(cfg, name))
+    return _section_from_dict(SECTIONS[name], {**current, **values}, name)

@@ -10,14 +10,16 @@ Score models (``export_score_model``):
   - ``sample_<solver>`` for each solver chosen at export time: the same, with that solver's
     float and int options as inputs, each checked against the registry's schema.
   - ``score`` and ``denoise``: (x [B, *shape], sigma float32 [B]) -> the model contract.
-VAEs (``families.vae.export_vae``, with the helpers here): ``encode``, ``decode``, ``sample``
-and, for the Gaussian encoder, ``log_likelihood_bound`` (the IWAE bound).
+VAEs (``families.vae.export_vae``, with the helpers here): ``encode``, ``decode``, ``sample``,
+``limits`` and, for the Gaussian encoder, ``log_likelihood_bound`` (the IWAE bound, decoded in
+chunks of bounded memory; batch x importance samples are its decodes, within the work cap).
 
 Every request is validated in the graph before any allocation: counts must be >= 1 and at
 most the export-time caps, options within their schema, float inputs finite, and the total
-work (num_samples x network evaluations) within ``max_evaluations``, so one request cannot
-exhaust the server; outputs are checked finite before they are returned. ``limits``
-returns the caps.
+work (num_samples x network evaluations x the network's cost per evaluation,
+``sampling.budget``: max(1, MFLOPs of one evaluation)) within ``max_evaluations``, so one
+request cannot exhaust the server, whatever the network's size; outputs are checked finite
+before they are returned. ``limits`` returns the caps and the cost.
 ``sampling.draw`` / the VAE functions are the exact in-process equivalents of the endpoints.
 """
 
@@ -32,6 +34,7 @@ import tensorflow as tf
 from tf_score import sampling
 from tf_score.config import ExportConfig
 from tf_score.networks import contract
+from tf_score.sampling import budget
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
 NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
@@ -87,11 +90,15 @@ def _finite_output(outputs: dict) -> dict:
     }
 
 
-def _work_cap(evaluations, max_evaluations: int):
-    """Assert one request's network evaluations (samples x evaluations each) are within the
-    export-time cap (int64: the product of int32 caps overflows int32)."""
-    return _in_range(tf.cast(evaluations, tf.int64), "num_samples x network evaluations", 1,
-                     max_evaluations)  # fmt: skip
+def _work_cap(evaluations, max_evaluations: int, cost: budget.Cost, what: str | None = None):
+    """Assert one request's work (samples x network evaluations each x the network's cost
+    units, ``sampling.budget``) is within the export-time cap (int64: the product of int32
+    caps overflows int32)."""
+    work = tf.cast(evaluations, tf.int64) * cost.units
+    message = budget.work_message(cost, max_evaluations, *([what] if what else []))
+    message += " (the cap set when this model was exported)"
+    cap = tf.constant(max_evaluations, tf.int64)
+    return [tf.debugging.assert_less_equal(work, cap, message=message)]
 
 
 def _to_uint8(x):
@@ -135,10 +142,11 @@ def _score_endpoints(model, data_shape, max_score_batch):
     return score, denoise
 
 
-def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, served: bool):
+def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, cost, served: bool):
     """A ``tf.function`` drawing from solver ``entry``: inputs num_samples and seed, and with
     ``served`` its servable options (checked against its schema); the other options are
-    ``fixed``. Work over ``caps["max_evaluations"]`` is refused before (or, adaptive, after)."""
+    ``fixed``. Work (``cost`` per network evaluation) over ``caps["max_evaluations"]`` is
+    refused before (or, adaptive, after)."""
 
     inputs = [o for o in entry.options if o.servable] if served else []
     dtypes = {float: tf.float32, int: tf.int32}
@@ -159,10 +167,10 @@ def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, served: b
         calls = entry.evaluations(len(grid), options)
         if calls is not None:  # after the range checks, so a request fails on those first
             work = tf.cast(num_samples, tf.int64) * tf.cast(calls, tf.int64) * per_call
-            num_samples = _checked(num_samples, _work_cap(work, caps["max_evaluations"]))
+            num_samples = _checked(num_samples, _work_cap(work, caps["max_evaluations"], cost))
         out = sampling.draw(entry.name, model, grid, num_samples, seed, space, **options)
         work = tf.cast(num_samples, tf.int64) * tf.cast(out.num_evals, tf.int64)
-        x = _checked(out.samples, _work_cap(work, caps["max_evaluations"]))
+        x = _checked(out.samples, _work_cap(work, caps["max_evaluations"], cost))
         return _finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
 
     return tf.function(run, input_signature=specs)
@@ -187,31 +195,37 @@ def export_score_model(
     solver and its options, fixed here) on the grid ``sigmas``, seeded exactly as
     ``api.generate``; ``sample_<name>`` for each solver of ``samplers`` takes that solver's
     float and int options as inputs, checked against its schema. Caps bound every request:
-    ``max_samples`` and ``max_evaluations`` network evaluations in all (num_samples x
-    evaluations per sample; the adaptive ODE's count is checked after it ran). ``limits``
-    returns them.
+    ``max_samples`` and ``max_evaluations`` units of work in all (num_samples x network
+    evaluations per sample x the network's measured cost per evaluation, ``sampling.budget``;
+    the adaptive ODE's count is checked after it ran). ``limits`` returns them and the cost.
     """
 
     grid = np.asarray(sigmas, np.float32)
     caps = dict(max_samples=max_samples, max_score_batch=max_score_batch,
                 max_evaluations=max_evaluations)  # fmt: skip
+    cost = budget.network_cost(model, tuple(space.shape))
     archive = keras.export.ExportArchive()
     archive.track(network)
     default = sampling.get(sampler.sampler)
-    sample = _draw_endpoint(model, grid, space, default, sampler.options(), caps, served=False)
+    sample = _draw_endpoint(model, grid, space, default, sampler.options(), caps, cost, False)
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
     for name in dict.fromkeys(samplers):
         entry = sampling.get(name)
         fixed = sampler.replace(sampler=name).options()
         archive.add_endpoint(
-            f"sample_{name}", _draw_endpoint(model, grid, space, entry, fixed, caps, True)
+            f"sample_{name}", _draw_endpoint(model, grid, space, entry, fixed, caps, cost, True)
         )
     score, denoise = _score_endpoints(model, tuple(space.shape), max_score_batch)
     archive.add_endpoint("score", score)
     archive.add_endpoint("denoise", denoise)
-    archive.add_endpoint("limits", _limits_endpoint(**caps))
+    archive.add_endpoint("limits", _limits_endpoint(**caps, **cost_outputs(cost)))
     archive.write_out(path, verbose=False)
     return path
+
+
+def cost_outputs(cost: budget.Cost) -> dict:
+    """The cost of one network evaluation as ``limits`` outputs: work units, FLOPs."""
+    return {"evaluation_cost": cost.units, "flops_per_evaluation": cost.flops}
 
 
 def _limits_endpoint(**caps):

@@ -13,12 +13,13 @@ from tf_score import atomic, data
 from tf_score.evaluation import plotting
 from tf_score.families import evaluate, score_model, vae
 from tf_score.families.run import Generated, Run, generate, inpaint
+from tf_score.sampling import budget
 
 
 def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False) -> Generated:
     """samples.npz and samples.png of a 2-D toy run's sampler."""
     ev = run.config.evaluation
-    out = generate(run, ev.num_samples, seed, jit=jit)
+    out = generate(run, ev.num_samples, seed, jit=jit, max_evaluations=ev.max_evaluations)
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples)
     title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
     extent = data.get_toy(run.config.data.dataset).extent
@@ -84,13 +85,16 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
     ``metrics_file`` (default OUT_DIR/quality_SAMPLER.json). Every check and load before
     any sampling."""
     ev, name = run.config.evaluation, run.config.sampler.sampler
+    budget.check_draw(name, run.model, run.sigmas, run.space, run.config.sampler.options(),
+                      ev.num_samples, ev.sample_batch_size, ev.max_evaluations)  # fmt: skip
     reference = None
     if ev.metrics:
         reference = evaluate.quality_reference(
             run, ev.num_samples, ev.feature_extractor, ev.classifier, ev.inception_weights
         )
     out = generate(run, ev.num_samples, seed, batch_size=ev.sample_batch_size, jit=jit,
-                   snapshots=snapshots, progress=progress)  # fmt: skip
+                   snapshots=snapshots, progress=progress,
+                   max_evaluations=ev.max_evaluations)  # fmt: skip
     images = evaluate.to_uint8(out.samples)
     plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)

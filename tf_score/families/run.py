@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ import numpy as np
 from tf_score import sampling
 from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
 from tf_score.families import score_model
+from tf_score.sampling import budget
 
 
 class RunError(RuntimeError):
@@ -87,16 +89,21 @@ def _check_finite(x, name: str, options: dict, b: int) -> None:
 def generate_from(
     model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
     batch_size: int = 0, jit: bool = False, callback=None, progress: bool = False,
+    max_evaluations: int = 0,
 ) -> Generated:  # fmt: skip
     """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas`` in
     batches of ``batch_size`` (0: one batch); batch b is seeded (seed, b)
-    (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first batch's steps."""
+    (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first batch's steps.
+    Refused before any work (``sampling.budget``) if it would not fit in memory, or its work
+    exceeds ``max_evaluations`` (0: no cap)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     if num_samples < 1 or batch_size < 0:
         raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
     bs, options = batch_size or num_samples, sampler.options()
+    cost = budget.check_draw(sampler.sampler, model, sigmas, space, options, num_samples,
+                             batch_size, max_evaluations)  # fmt: skip
     xs, evals, t0 = [], 0.0, time.time()
     starts = range(0, num_samples, bs)
     bar = tqdm(starts, desc=sampler.sampler, unit="batch", disable=not progress or len(starts) < 2)
@@ -109,20 +116,24 @@ def generate_from(
         xs.append(out.samples.numpy())
         _check_finite(xs[-1], sampler.sampler, options, b)
         evals += float(out.num_evals) * len(xs[-1])
+        if max_evaluations:  # an adaptive solver's count is known only now
+            done = i + len(xs[-1])
+            budget.check_work(done, math.ceil(evals / done), cost, max_evaluations)
     return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0)
 
 
 def generate(
     run: Run, num_samples: int, seed: int = 0, sampler: str | None = None, sigmas=None,
     batch_size: int = 0, jit: bool = False, snapshots: bool = False,
-    progress: bool = False, **options,
+    progress: bool = False, max_evaluations: int = 0, **options,
 ) -> Generated:  # fmt: skip
     """Samples from a loaded score run with any registered sampler (default: the run's own,
     with its options; ``options`` override them, e.g. ``n_steps_each=10``) on the run's grid
     (or ``sigmas``). Images are in [0, 1] before clipping; the same seed gives the samples of
     ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
     TensorBoard. ``snapshots``: the first batch after every solver step (each level of
-    annealed Langevin), through the solver callback."""
+    annealed Langevin), through the solver callback. ``max_evaluations``: the work cap of
+    ``generate_from`` (``sampling.budget``; 0: none)."""
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
     frames = []
@@ -130,7 +141,7 @@ def generate(
     out = generate_from(
         run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples, seed,
         cfg, batch_size=batch_size, jit=jit, callback=callback,
-        progress=progress,
+        progress=progress, max_evaluations=max_evaluations,
     )  # fmt: skip
     if not snapshots:
         return out

@@ -7,6 +7,8 @@ Everything is built from an ``ExperimentConfig``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -159,6 +161,13 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
     return build
 
 
+def checkpoint_settings(cfg: ExperimentConfig) -> dict:
+    """What a score model's checkpoints record and a resume or load must match: the noise
+    section (the levels a network is trained on; a continuous one's training sigmas, its
+    preconditioning and sampling grid). The shapes alone do not tell another grid."""
+    return dataclasses.asdict(cfg.noise)
+
+
 def score_model(cfg: ExperimentConfig, network):
     """The network under the model contract (``networks.contract``): a continuous denoiser
     as it is, a level-conditioned network wrapped on the levels it was trained on."""
@@ -238,6 +247,7 @@ def toy_bundle(cfg: ExperimentConfig, num_summary_samples: int = 512) -> ModelBu
         dataset_fn=dataset_fn,
         num_levels=cfg.noise.num_levels,
         image_summaries=sample_summaries(cfg, (2,), num_summary_samples),
+        checkpoint_settings=checkpoint_settings(cfg),
     )
 
 
@@ -259,6 +269,7 @@ def image_bundle(
         dataset_fn=dataset_fn,
         num_levels=cfg.noise.num_levels,
         image_summaries=sample_summaries(cfg, image_shape, num_summary_samples),
+        checkpoint_settings=checkpoint_settings(cfg),
     )
 
 

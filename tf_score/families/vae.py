@@ -35,6 +35,7 @@ from tf_score.config import ExperimentConfig
 from tf_score.evaluation import plotting
 from tf_score.export import savedmodel
 from tf_score.families import score_model
+from tf_score.sampling import budget
 from tf_score.training import optimizers
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
@@ -594,17 +595,93 @@ class IWAEResult(NamedTuple):
     elbo: tf.Tensor  # [B] (1/K) sum_k log w_k, the ELBO estimated from the same draws
 
 
-def iwae_bound(encoder: GaussianEncoder, decoder, x, num_samples: int, seed) -> IWAEResult:
-    """IWAE bound with K = ``num_samples`` draws z_k ~ q(z|x), w_k = p(x, z_k) / q(z_k|x)."""
-    q = encoder.distribution(x)
-    z = q.sample(num_samples, seed=seed)  # [K, B, d]
-    k, b = num_samples, tf.shape(x)[0]
-    log_px_z = tf.reshape(
-        likelihood(decoder(tf.reshape(z, [k * b, -1]))).log_prob(_tile_batch(x, k)), [k, b]
-    )
-    log_w = log_px_z + prior(encoder.latent_dim).log_prob(z) - q.log_prob(z)
-    log_k = tf.math.log(tf.cast(num_samples, tf.float32))
+#: bytes of pixels one chunk of the IWAE bound decodes at once (8 float32 copies of a row)
+IWAE_CHUNK_BYTES = 64 << 20
+
+
+def iwae_bound(encoder: GaussianEncoder, decoder, x, num_samples, seed,
+               chunk_bytes: int = IWAE_CHUNK_BYTES) -> IWAEResult:  # fmt: skip
+    """IWAE bound with K = ``num_samples`` draws z_k ~ q(z|x), w_k = p(x, z_k) / q(z_k|x).
+
+    The draws are decoded a chunk of k at a time (k x B rows of about ``chunk_bytes`` of
+    pixels; chunk c drawn from fold_in(seed, c)) in a ``tf.while_loop``, so memory stays
+    bounded whatever K; only log w [K, B] is kept."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    q, p_z = encoder.distribution(x), prior(encoder.latent_dim)
+    b, k = tf.shape(x)[0], tf.cast(num_samples, tf.int32)
+    rows = max(1, chunk_bytes // (8 * 4 * int(np.prod(x.shape[1:]))))
+    per_chunk = tf.maximum(1, rows // b)
+    num_chunks = (k + per_chunk - 1) // per_chunk
+
+    def body(c, log_ws):
+        n = tf.minimum(per_chunk, k - c * per_chunk)
+        z = q.sample(n, seed=tf.random.experimental.stateless_fold_in(seed, c, alg="philox"))
+        logits = decoder(tf.reshape(z, [n * b, -1]))
+        log_px_z = tf.reshape(likelihood(logits).log_prob(_tile_batch(x, n)), [n, b])
+        return c + 1, log_ws.write(c, log_px_z + p_z.log_prob(z) - q.log_prob(z))
+
+    empty = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)
+    _, log_ws = tf.while_loop(lambda c, _: c < num_chunks, body, (tf.constant(0), empty))
+    log_w = log_ws.concat()  # [K, B]
+    log_k = tf.math.log(tf.cast(k, tf.float32))
     return IWAEResult(tf.reduce_logsumexp(log_w, axis=0) - log_k, tf.reduce_mean(log_w, axis=0))
+
+
+def _decoder_cost(cfg, decoder) -> budget.Cost:
+    """The cost of decoding one latent into log p(x|z) (one unit of a VAE request's work)."""
+    z = tf.TensorSpec([1, cfg.network.latent_dim], tf.float32)
+    x = tf.TensorSpec([1, *cfg.data.data_shape], tf.float32)
+    return budget.graph_cost(lambda z, x: likelihood(decoder(z)).log_prob(x), z, x)
+
+
+def _vae_endpoints(models: dict, cfg, caps: dict, cost: budget.Cost) -> dict:
+    """The VAE's signatures, each input checked (counts within ``caps``, floats finite, work
+    of decodes x ``cost`` within caps["max_evaluations"]) before any allocation."""
+    enc, dec, sm = models["encoder"], models["decoder"], savedmodel
+    x_spec = tf.TensorSpec([None, *cfg.data.data_shape], tf.float32, name="x")
+    z_spec = tf.TensorSpec([None, cfg.network.latent_dim], tf.float32, name="z")
+
+    def checked(x, name, *more):
+        checks = sm._in_range(tf.shape(x)[0], "batch size", 1, caps["max_batch"])
+        return sm._checked(x, checks + sm._finite_input(x, name) + list(more))
+
+    def decodes(n, what):  # the work cap, in decodes of one latent
+        return sm._work_cap(tf.cast(n, tf.int64), caps["max_evaluations"], cost, what)
+
+    @tf.function(input_signature=[x_spec, sm.SEED_SPEC])
+    def encode(x, seed):
+        x = checked(x, "x")
+        out = {"z": enc.sample(x, seed)}
+        if cfg.network.vae_encoder == "gaussian":
+            out["loc"], out["scale"] = enc(x)
+        return sm._finite_output(out)
+
+    @tf.function(input_signature=[z_spec])
+    def decode(z):
+        probs = tf.sigmoid(dec(checked(z, "z")))
+        return sm._finite_output({"probs": probs, "images_uint8": sm._to_uint8(probs)})
+
+    @tf.function(input_signature=[sm.NUM_SAMPLES_SPEC, sm.SEED_SPEC])
+    def sample(num_samples, seed):
+        n = sm._checked(num_samples, sm._in_range(num_samples, "num_samples", 1,
+                                                  caps["max_samples"]))  # fmt: skip
+        probs = prior_samples(cfg, dec, sm._checked(n, decodes(n, "num_samples (decodes)")), seed)
+        return sm._finite_output({"samples": probs, "samples_uint8": sm._to_uint8(probs)})
+
+    endpoints = {"sample": sample, "encode": encode, "decode": decode}
+    if cfg.network.vae_encoder != "gaussian":
+        return endpoints
+
+    @tf.function(input_signature=[x_spec, sm.NUM_SAMPLES_SPEC, sm.SEED_SPEC])
+    def log_likelihood_bound(x, num_samples, seed):
+        k_range = sm._in_range(num_samples, "num_samples", 1, caps["max_iwae_samples"])
+        x = checked(x, "x", *k_range)  # the counts first, then their product
+        rows = tf.cast(tf.shape(x)[0], tf.int64) * tf.cast(num_samples, tf.int64)
+        x, k = sm._checked((x, num_samples), decodes(rows, "batch size x num_samples (decodes)"))
+        r = iwae_bound(enc, dec, x, k, seed)
+        return sm._finite_output({"iwae": r.iwae, "elbo": r.elbo})
+
+    return {**endpoints, "log_likelihood_bound": log_likelihood_bound}
 
 
 def export_vae(
@@ -614,65 +691,22 @@ def export_vae(
     max_samples: int = savedmodel.MAX_SAMPLES,
     max_batch: int = 1024,
     max_iwae_samples: int = 5000,
+    max_evaluations: int = savedmodel.MAX_EVALUATIONS,
 ) -> str:
-    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``."""
-
-    enc, dec = models["encoder"], models["decoder"]
-    shape = tuple(cfg.data.data_shape)
-    x_spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
-
-    def batch_checked(x):
-        return savedmodel._checked(
-            x, savedmodel._in_range(tf.shape(x)[0], "batch size", 1, max_batch)
-        )
-
-    @tf.function(input_signature=[x_spec, savedmodel.SEED_SPEC])
-    def encode(x, seed):
-        x = batch_checked(x)
-        out = {"z": enc.sample(x, seed)}
-        if cfg.network.vae_encoder == "gaussian":
-            out["loc"], out["scale"] = enc(x)
-        return out
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, cfg.network.latent_dim], tf.float32, name="z")]
-    )
-    def decode(z):
-        z = batch_checked(z)
-        probs = tf.sigmoid(dec(z))
-        return {"probs": probs, "images_uint8": savedmodel._to_uint8(probs)}
-
-    @tf.function(input_signature=[savedmodel.NUM_SAMPLES_SPEC, savedmodel.SEED_SPEC])
-    def sample(num_samples, seed):
-        num_samples = savedmodel._checked(
-            num_samples, savedmodel._in_range(num_samples, "num_samples", 1, max_samples)
-        )
-        probs = prior_samples(cfg, dec, num_samples, seed)
-        return {"samples": probs, "samples_uint8": savedmodel._to_uint8(probs)}
-
+    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``: ``sample``
+    (= serving_default), ``encode``, ``decode``, ``log_likelihood_bound`` (Gaussian encoder)
+    and ``limits``. A request's work is its decodes (num_samples, or batch x importance
+    samples) x the decoder's cost (``sampling.budget``), at most ``max_evaluations``."""
+    caps = dict(max_samples=max_samples, max_batch=max_batch,
+                max_iwae_samples=max_iwae_samples, max_evaluations=max_evaluations)  # fmt: skip
+    cost = _decoder_cost(cfg, models["decoder"])
     archive = keras.export.ExportArchive()
     for m in models.values():
         archive.track(m)
-    archive.add_endpoint("sample", sample)
-    archive.add_endpoint("encode", encode)
-    archive.add_endpoint("decode", decode)
-    if cfg.network.vae_encoder == "gaussian":
-
-        @tf.function(
-            input_signature=[
-                x_spec,
-                tf.TensorSpec([], tf.int32, name="num_samples"),
-                savedmodel.SEED_SPEC,
-            ]
-        )
-        def log_likelihood_bound(x, num_samples, seed):
-            x = batch_checked(x)
-            k = savedmodel._checked(
-                num_samples, savedmodel._in_range(num_samples, "num_samples", 1, max_iwae_samples)
-            )
-            r = iwae_bound(enc, dec, x, k, seed)
-            return {"iwae": r.iwae, "elbo": r.elbo}
-
-        archive.add_endpoint("log_likelihood_bound", log_likelihood_bound)
+    for name, fn in _vae_endpoints(models, cfg, caps, cost).items():
+        archive.add_endpoint(name, fn)  # the first, sample, is also serving_default
+    archive.add_endpoint(
+        "limits", savedmodel._limits_endpoint(**caps, **savedmodel.cost_outputs(cost))
+    )
     archive.write_out(path, verbose=False)
     return path

@@ -66,6 +66,8 @@ class ModelBundle:
       custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
         summary writer's context, for anything else (histograms, text).
       monitors: ``Monitor`` s, each run at its own steps (chief only).
+      checkpoint_settings: {name: value} of settings the weights only fit (a score model's
+        noise grid): recorded in every checkpoint, and a resume with other values is refused.
     """
 
     model_fns: dict[str, Callable[[], keras.Model]]
@@ -75,3 +77,4 @@ class ModelBundle:
     image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
     custom_summaries: Callable[[dict, int], None] | None = None
     monitors: tuple[Monitor, ...] = ()
+    checkpoint_settings: dict | None = None

@@ -1,18 +1,35 @@
-"""Finding a good checkpoint on disk: what a resume or a load picks when the newest is damaged.
+"""Checkpoints on disk: one inventory that every entry point acts on (a training run's resume,
+``api.load`` and through it sampling and export).
 
 ``tf.train.CheckpointManager`` trusts its state file (``checkpoints/checkpoint``): if that file
-or the newest ``.index`` is lost, ``latest_checkpoint`` says there is nothing and a resumed
-run would start again at step 0 over the older checkpoints; if the newest ``.data`` is
-truncated or overwritten, restoring it raises a low-level error. Here the candidates are
-every ``ckpt-<step>.index`` on disk (with the state file's list), newest step first, and each
-is checked before use: readable (every tensor read, which checks the checksums), complete
-and finite. A damaged one is reported and, when training, set aside in ``damaged/``.
+or an ``.index`` is lost it starts again at step 0 over the older checkpoints, and deletes or
+overwrites files it no longer knows. Here ``inventory`` lists every ``ckpt-<step>`` that the
+directory or its state file names, newest first, and classifies each:
+
+- good: ``.index`` and data read back whole (every tensor, which checks the checksums) and
+  finite;
+- damaged: unreadable, a data file missing, or a non-finite value;
+- orphaned: a ``.data-*`` file without its ``.index`` (unreadable, but someone's weights);
+- missing: named in the state file, no files on disk.
+
+The callers act on that list. A resume (``resume_point``) takes the newest good one and warns
+about each newer one it passes over; the chief moves damaged and orphaned files into
+``damaged/`` and ``orphaned/`` (kept, and out of the way of a later save of the same step)
+and lists the good ones in the state file with timestamps, so that ``keep_checkpoints`` holds
+exactly over any number of restarts. With no good checkpoint but some files (here, or set
+aside before) it refuses and changes nothing, unless ``restart_from_scratch``. A reader
+(``restore_newest``) moves nothing, warns the same way, and when the checkpoint it chose is
+removed while it reads it (a run training in the workdir rotates its checkpoints) it takes
+the newest good one again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -20,38 +37,168 @@ import tensorflow as tf
 from absl import logging
 
 DAMAGED_DIR = "damaged"
-_PREFIX = re.compile(r"^ckpt-(\d+)\.index$")
+ORPHANED_DIR = "orphaned"
+STATE_FILE = "checkpoint"
+GOOD, DAMAGED, ORPHANED, MISSING = "good", "damaged", "orphaned", "missing"
+#: where ``set_aside`` moves each kind of unusable checkpoint
+ASIDE = {DAMAGED: DAMAGED_DIR, ORPHANED: ORPHANED_DIR}
+#: how many times a reader takes the newest good checkpoint again after it vanished
+READ_ATTEMPTS = 10
+_FILE = re.compile(r"^(ckpt-(\d+))\.(index|data-\d{5}-of-\d{5})$")
+_SUFFIX = re.compile(r"\.(index|data-\d{5}-of-\d{5})$")
+_VANISHED = "missing: removed while it was being read"
+#: the checkpoint's record of the settings its weights were trained with (JSON)
+SETTINGS = "settings"
+#: make_checkpoint's checkpoints with a record -> (settings, a view without the record)
+_RECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was asked for; the message says what was found."""
 
 
+class CheckpointVanishedError(CheckpointError):
+    """The checkpoint being read was removed meanwhile (a run training there rotates them)."""
+
+
+class Entry(NamedTuple):
+    """One checkpoint of the inventory: its prefix, step, status and (unless good) why."""
+
+    prefix: str
+    step: int
+    status: str
+    why: str = ""
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.prefix)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.why}"
+
+
+class Inventory(NamedTuple):
+    """A checkpoint directory's entries (newest step first) and the prefixes set aside before
+    in ``damaged/`` and ``orphaned/``."""
+
+    directory: str
+    entries: tuple[Entry, ...]
+    set_aside: tuple[str, ...]
+
+    @property
+    def good(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == GOOD]
+
+    @property
+    def newest_good(self) -> Entry | None:
+        return next(iter(self.good), None)
+
+    @property
+    def unusable(self) -> list[Entry]:
+        """The damaged and orphaned entries: files that ``set_aside`` moves."""
+        return [e for e in self.entries if e.status in ASIDE]
+
+
 def _step_of(prefix: str) -> int:
-    m = _PREFIX.match(os.path.basename(prefix) + ".index")
-    return int(m.group(1)) if m else -1
+    m = _FILE.match(os.path.basename(prefix) + ".index")
+    return int(m.group(2)) if m else -1
 
 
-def candidates(ckpt_dir: str) -> list[str]:
-    """Every checkpoint prefix in ``ckpt_dir``: the ``ckpt-<step>.index`` files on disk and
-    the state file's entries that still have an index, newest step first."""
-    if not tf.io.gfile.isdir(ckpt_dir):
-        return []
-    found = {
-        os.path.join(ckpt_dir, name[: -len(".index")])
-        for name in tf.io.gfile.listdir(ckpt_dir)
-        if _PREFIX.match(name)
-    }
+def _files_by_step(ckpt_dir: str) -> dict[int, dict]:
+    """{step: {"index": bool, "data": [file names]}} of the ``ckpt-<step>`` files on disk."""
+    found: dict[int, dict] = {}
+    for name in tf.io.gfile.listdir(ckpt_dir):
+        m = _FILE.match(name.rstrip("/"))
+        if m:
+            files = found.setdefault(int(m.group(2)), {"index": False, "data": []})
+            if m.group(3) == "index":
+                files["index"] = True
+            else:
+                files["data"].append(m.group(0))
+    return found
+
+
+def _state_steps(ckpt_dir: str) -> set[int]:
+    """The steps the state file names (by base name: the workdir may have moved)."""
     try:
         state = tf.train.get_checkpoint_state(ckpt_dir)
     except (tf.errors.OpError, ValueError):  # an unparseable state file: the disk decides
-        state = None
-    if state is not None:
-        for p in state.all_model_checkpoint_paths:
-            p = p if os.path.isabs(p) else os.path.join(ckpt_dir, p)
-            if tf.io.gfile.exists(p + ".index"):
-                found.add(p)
-    return sorted(found, key=lambda p: (_step_of(p), p), reverse=True)
+        return set()
+    if state is None:
+        return set()
+    paths = [*state.all_model_checkpoint_paths, state.model_checkpoint_path]
+    return {s for s in (_step_of(p) for p in paths if p) if s >= 0}
+
+
+def _vanished(prefix: str) -> bool:
+    return not (tf.io.gfile.exists(prefix + ".index") and tf.io.gfile.glob(prefix + ".data-*"))
+
+
+def _classify(prefix: str, files: dict | None, verify: bool) -> Entry:
+    step, name = _step_of(prefix), os.path.basename(prefix)
+    if files is None:
+        return Entry(prefix, step, MISSING, "missing: listed in the state file, no files on disk")
+    if not files["index"]:
+        data = ", ".join(sorted(files["data"]))
+        return Entry(prefix, step, ORPHANED, f"orphaned: {data} has no {name}.index")
+    if not files["data"]:
+        return Entry(prefix, step, DAMAGED, f"data file missing: {name}.index has no {name}.data-*")
+    entry = Entry(prefix, step, GOOD)
+    return _checked(entry) if verify else entry
+
+
+def _checked(entry: Entry) -> Entry:
+    """A complete ``entry`` read back (``problem``): good, damaged, or missing if it was
+    removed meanwhile."""
+    why = problem(entry.prefix)
+    if why is None:
+        return entry
+    if _vanished(entry.prefix):
+        return entry._replace(status=MISSING, why=_VANISHED)
+    return entry._replace(status=DAMAGED, why=why)
+
+
+def _checked_to_newest_good(inv: Inventory) -> Inventory:
+    """``inv`` (listed with ``verify=False``) with its complete entries read back newest first
+    up to the first good one: all a reader uses, and the shortest time between its choice
+    and its restore."""
+    entries = list(inv.entries)
+    for i, e in enumerate(entries):
+        if e.status == GOOD:
+            entries[i] = _checked(e)
+            if entries[i].status == GOOD:
+                break
+    return inv._replace(entries=tuple(entries))
+
+
+def _set_aside_before(ckpt_dir: str) -> tuple[str, ...]:
+    out = []
+    for sub in (DAMAGED_DIR, ORPHANED_DIR):
+        d = os.path.join(ckpt_dir, sub)
+        if tf.io.gfile.isdir(d):
+            bases = {_SUFFIX.sub("", n) for n in tf.io.gfile.listdir(d) if _SUFFIX.search(n)}
+            out += sorted(os.path.join(d, b) for b in bases)
+    return tuple(out)
+
+
+def inventory(ckpt_dir: str, verify: bool = True) -> Inventory:
+    """Every checkpoint ``ckpt_dir`` holds or its state file names, newest step first, each
+    classified good, damaged, orphaned or missing (``verify=False``: by its files alone, a
+    complete one counts as good unread), and what was set aside there before."""
+    if not tf.io.gfile.isdir(ckpt_dir):
+        return Inventory(ckpt_dir, (), ())
+    files = _files_by_step(ckpt_dir)
+    steps = sorted(set(files) | _state_steps(ckpt_dir), reverse=True)
+    entries = tuple(
+        _classify(os.path.join(ckpt_dir, f"ckpt-{s}"), files.get(s), verify) for s in steps
+    )
+    return Inventory(ckpt_dir, entries, _set_aside_before(ckpt_dir))
+
+
+def candidates(ckpt_dir: str) -> list[str]:
+    """The prefixes of the checkpoints in ``ckpt_dir`` with an ``.index`` and data on disk
+    (unread), newest step first."""
+    return [e.prefix for e in inventory(ckpt_dir, verify=False).entries if e.status == GOOD]
 
 
 def problem(prefix: str) -> str | None:
@@ -69,73 +216,155 @@ def problem(prefix: str) -> str | None:
     return None
 
 
-def set_aside(prefix: str) -> str:
-    """Move the files of ``prefix`` into ``damaged/`` beside it (kept for inspection, never
-    picked again); returns the new prefix."""
-    ckpt_dir, base = os.path.split(prefix)
-    dest = os.path.join(ckpt_dir, DAMAGED_DIR)
+def set_aside(entry: Entry) -> str:
+    """Move the files of an unusable ``entry`` into ``damaged/`` or ``orphaned/`` beside it
+    (kept for inspection, never picked again), under a name no earlier one there has;
+    returns the new prefix."""
+    dest = os.path.join(os.path.dirname(entry.prefix), ASIDE[entry.status])
     tf.io.gfile.makedirs(dest)
-    for path in tf.io.gfile.glob(prefix + ".*"):
-        tf.io.gfile.rename(path, os.path.join(dest, os.path.basename(path)), overwrite=True)
+    base, k = entry.name, 1
+    while tf.io.gfile.glob(os.path.join(dest, base) + ".*"):
+        k += 1
+        base = f"{entry.name}_{k}"
+    for path in tf.io.gfile.glob(entry.prefix + ".*"):
+        suffix = os.path.basename(path)[len(entry.name) :]
+        tf.io.gfile.rename(path, os.path.join(dest, base + suffix), overwrite=False)
     return os.path.join(dest, base)
 
 
-class Pick(NamedTuple):
-    """The checkpoint to use (None: there is none) and the damaged ones passed over."""
-
-    path: str | None
-    damaged: list[tuple[str, str]]
-
-
-def newest_good(ckpt_dir: str, set_aside_damaged: bool = False) -> Pick:
-    """The newest checkpoint in ``ckpt_dir`` that ``problem`` finds nothing wrong with. Each
-    damaged newer one is logged and, with ``set_aside_damaged`` (training, the chief), moved
-    to ``damaged/``. Raises ``CheckpointError`` if there are checkpoints but none is good: a
-    run must not start again from step 0 over them."""
-    damaged = []
-    for prefix in candidates(ckpt_dir):
-        why = problem(prefix)
-        if why is None:
-            return Pick(prefix, damaged)
-        logging.warning("checkpoint %s is damaged (%s); trying an older one", prefix, why)
-        if set_aside_damaged:
-            moved = set_aside(prefix)
-            logging.warning("set aside as %s", moved)
-        damaged.append((prefix, why))
-    if damaged:
-        raise CheckpointError(
-            f"no usable checkpoint in {ckpt_dir}: "
-            + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in damaged)
-        )
-    return Pick(None, damaged)
-
-
-def repair_state(ckpt_dir: str, keep: list[str]) -> None:
-    """Rewrite the state file to list ``keep`` (oldest first), so that a
-    ``CheckpointManager`` made next manages (and later deletes) the checkpoints on disk."""
+def write_state(ckpt_dir: str, prefixes: list[str]) -> None:
+    """List ``prefixes`` (oldest first) in the state file, with timestamps, so that the next
+    ``CheckpointManager`` manages them: its saves delete the oldest beyond ``max_to_keep``
+    (listed without timestamps, it would keep them for ever). No prefixes: no state file."""
     from tensorflow.python.checkpoint import checkpoint_management
 
-    if not keep:
+    if not prefixes:
+        state = os.path.join(ckpt_dir, STATE_FILE)
+        if tf.io.gfile.exists(state):  # it names only files that are gone or set aside
+            tf.io.gfile.remove(state)
         return
-    names = [os.path.basename(p) for p in keep]  # relative, as the manager writes them
+    names = [os.path.basename(p) for p in prefixes]  # relative, as the manager writes them
+    now = time.time()  # a second apart, all after the last preserved time: all deletable
+    stamps = [now - len(names) + i for i in range(len(names))]
     checkpoint_management.update_checkpoint_state_internal(
-        ckpt_dir, names[-1], all_model_checkpoint_paths=names, save_relative_paths=True
-    )
+        ckpt_dir, names[-1], all_model_checkpoint_paths=names,
+        all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=stamps[0] - 1,
+        save_relative_paths=True,
+    )  # fmt: skip
 
 
-def make_checkpoint(models, ema_models, optimizers, step) -> tf.train.Checkpoint:
+def _report(inv: Inventory, using: Entry | None, action: str, move: bool = False) -> None:
+    """A warning for each checkpoint newer than ``using`` (the step goes back: say so, and
+    what is used instead) and, with ``move``, for each older unusable one, as it is set
+    aside."""
+    for e in inv.entries:
+        newer = using is None or e.step > using.step
+        if e.status == GOOD or not (newer or (move and e.status in ASIDE)):
+            continue
+        where = ""
+        if move and e.status in ASIDE:
+            where = f"; set aside as {set_aside(e)} (kept)"
+        instead = f"; {action} {using.name} (step {using.step})" if using and newer else ""
+        logging.warning("checkpoint %s cannot be used: %s%s%s", e.prefix, e.why, where, instead)
+
+
+def _none_usable(inv: Inventory, training: bool) -> Exception:
+    """The error of a directory without a good checkpoint: what it holds, and for training,
+    that nothing was changed and how to start again."""
+    if not inv.entries and not inv.set_aside:
+        return FileNotFoundError(f"no checkpoint found in {inv.directory!r}: train first")
+    parts = [e.describe() for e in inv.entries]
+    if inv.set_aside:
+        shown = [os.path.relpath(p, inv.directory) for p in inv.set_aside]
+        more = f" and {len(shown) - 6} more" if len(shown) > 6 else ""
+        parts.append(f"set aside before: {', '.join(shown[:6])}{more}")
+    message = f"no usable checkpoint in {inv.directory}: " + "; ".join(parts)
+    if training:
+        message += (
+            ". Nothing was changed. To train again from step 0, rerun with "
+            "--restart_from_scratch: the unusable files are then moved into "
+            f"{os.path.join(inv.directory, DAMAGED_DIR)} and "
+            f"{os.path.join(inv.directory, ORPHANED_DIR)} and kept"
+        )
+    return CheckpointError(message)
+
+
+def resume_point(ckpt_dir: str, restart_from_scratch: bool = False, chief: bool = True):
+    """Where a training run starts: the prefix of the newest good checkpoint (None: step 0),
+    with a warning for each newer one passed over. The chief (``chief``) sets the damaged and
+    orphaned ones aside and lists the good ones in the state file. With no good checkpoint
+    but some files, here or set aside before, a ``CheckpointError`` that changes nothing,
+    unless ``restart_from_scratch``: then they are set aside and the run starts at step 0."""
+    inv = inventory(ckpt_dir)
+    using = inv.newest_good
+    anything = bool(inv.entries or inv.set_aside)
+    if using is None and anything and not restart_from_scratch:
+        raise _none_usable(inv, training=True)
+    _report(inv, using, "resuming from", move=chief)
+    if chief:
+        write_state(ckpt_dir, [e.prefix for e in reversed(inv.good)])
+    if restart_from_scratch and using is None and anything:
+        kept = [os.path.join(ckpt_dir, d) for d in (DAMAGED_DIR, ORPHANED_DIR)]
+        logging.warning(
+            "restart_from_scratch: training from step 0; the unusable checkpoints are kept "
+            "in %s", " and ".join(d for d in kept if tf.io.gfile.isdir(d)),
+        )  # fmt: skip
+    elif restart_from_scratch and using is not None:
+        logging.warning(
+            "restart_from_scratch: %s is good, so the run resumes from it (step %d); to start "
+            "again from step 0 use a new workdir", using.prefix, using.step,
+        )  # fmt: skip
+    return using.prefix if using else None
+
+
+def make_checkpoint(models, ema_models, optimizers, step, settings=None) -> tf.train.Checkpoint:
+    """What a training run saves and restores; with ``settings`` ({name: value}, e.g. the
+    noise grid the weights are trained on) also a record of them, which ``_restore``
+    compares with the checkpoint's own before restoring (``check_settings``)."""
     items = {"step": step}
     items.update({f"model_{k}": v for k, v in models.items()})
     items.update({f"ema_{k}": v for k, v in ema_models.items()})
     items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
-    return tf.train.Checkpoint(**items)
+    if not settings:
+        return tf.train.Checkpoint(**items)
+    record = tf.Variable(json.dumps(settings, sort_keys=True), trainable=False, name=SETTINGS)
+    ckpt = tf.train.Checkpoint(**items, **{SETTINGS: record})
+    # restored through a view without the record: a checkpoint written before there were
+    # records restores as before, and the record is compared, never overwritten
+    _RECORDED[ckpt] = (settings, tf.train.Checkpoint(**items))
+    return ckpt
+
+
+def recorded_settings(path: str) -> dict | None:
+    """The settings checkpoint ``path`` records (None: written before checkpoints did)."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except tf.errors.NotFoundError:  # removed meanwhile: the restore reports it
+        return None
+    key = f"{SETTINGS}/.ATTRIBUTES/VARIABLE_VALUE"
+    return json.loads(reader.get_tensor(key)) if reader.has_tensor(key) else None
+
+
+def check_settings(path: str, settings: dict | None) -> None:
+    """``CheckpointError`` naming each setting that checkpoint ``path`` records with another
+    value than ``settings`` has (both values); one without a record passes."""
+    recorded = recorded_settings(path) if settings else None
+    differ = [(k, recorded[k], v) for k, v in (settings or {}).items()
+              if recorded is not None and k in recorded and recorded[k] != v]  # fmt: skip
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with "
+            + ", ".join(f"{k}={a!r} (not {b!r})" for k, a, b in differ)
+            + ": its weights belong to those settings. Resume or sample it with them (or "
+            "train in a new workdir)"
+        )
 
 
 def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
     """``checkpoint`` (a prefix) if it reads back whole, else the newest good one in
-    ``checkpoint_dir`` (a damaged newer one is reported, not moved: the workdir may be
+    ``checkpoint_dir`` (a newer unusable one is reported, not moved: the workdir may be
     another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
-    asked for, or every one, is damaged."""
+    asked for, or every one, cannot be used."""
     if checkpoint:
         if not tf.io.gfile.glob(checkpoint + ".*"):
             raise CheckpointError(f"checkpoint {checkpoint} not found (no {checkpoint}.index)")
@@ -143,36 +372,95 @@ def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
         if why:
             raise CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
         return checkpoint
-    path = newest_good(checkpoint_dir).path
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir!r}: train first")
-    return path
+    inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
+    if inv.newest_good is None:
+        raise _none_usable(inv, training=False)
+    _report(inv, inv.newest_good, "loading")
+    return inv.newest_good.prefix
+
+
+class Loaded(NamedTuple):
+    """EMA models restored from a checkpoint, its step and prefix."""
+
+    models: dict
+    step: int
+    path: str
+
+
+def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
+    """The EMA weights (``Loaded``) of ``checkpoint`` or else of the newest good checkpoint
+    (``pick_checkpoint``). If the chosen one is removed while it is read (a run training in
+    the workdir rotates its checkpoints), the newest good one is chosen again."""
+    if checkpoint:
+        path = pick_checkpoint(checkpoint_dir, checkpoint)
+        return Loaded(*restore_ema_models(model_fns, path), path)
+    for _ in range(READ_ATTEMPTS):
+        models, step, ckpt = _ema_checkpoint(model_fns)  # before the choice: a short window
+        inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
+        using = inv.newest_good
+        if using is None:
+            if any(e.why == _VANISHED for e in inv.entries):
+                continue  # all removed while being read: look again
+            raise _none_usable(inv, training=False)
+        _report(inv, using, "loading")
+        try:
+            _restore(ckpt, using.prefix, partial=True)
+            return Loaded(models, int(step.numpy()), using.prefix)
+        except CheckpointVanishedError:
+            logging.warning(
+                "checkpoint %s was removed while it was being read (a run training there "
+                "rotates its checkpoints); taking the newest good one again", using.prefix,
+            )  # fmt: skip
+    raise CheckpointError(
+        f"the checkpoints in {checkpoint_dir} were removed while being read {READ_ATTEMPTS} "
+        "times in a row (a run training there saves very often?): try again, or pass "
+        "--checkpoint"
+    )
 
 
 def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
     """Restore only the EMA weights (what samplers and exports use) from a training run.
 
     Returns (models, step). ``checkpoint`` picks a specific prefix; default: the newest good
-    one (``pick_checkpoint``).
+    one (``restore_newest``).
     """
-    return restore_ema_models(model_fns, pick_checkpoint(checkpoint_dir, checkpoint))
+    return tuple(restore_newest(model_fns, checkpoint_dir, checkpoint)[:2])
+
+
+def _ema_checkpoint(model_fns: dict):
+    """(models, step, a ``tf.train.Checkpoint`` of their EMA weights) to restore into."""
+    models = {name: fn() for name, fn in model_fns.items()}
+    step = tf.Variable(0, dtype=tf.int64)
+    return (
+        models,
+        step,
+        tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()}),
+    )
 
 
 def restore_ema_models(model_fns: dict, path: str):
     """(models, step) of checkpoint ``path``'s EMA weights."""
-    models = {name: fn() for name, fn in model_fns.items()}
-    step = tf.Variable(0, dtype=tf.int64)
-    ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
+    models, step, ckpt = _ema_checkpoint(model_fns)
     _restore(ckpt, path, partial=True)
     return models, int(step.numpy())
 
 
 def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error."""
+    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error, one
+    removed meanwhile a ``CheckpointVanishedError``; one recording other settings than
+    ``make_checkpoint`` was given a ``CheckpointError`` (``check_settings``)."""
+    settings, view = _RECORDED.get(ckpt, (None, ckpt))
     try:
-        status = ckpt.restore(path)
+        check_settings(path, settings)
+        status = view.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        if view is not ckpt:
+            status.expect_partial()  # the record in the checkpoint, compared above
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        if _vanished(path):
+            raise CheckpointVanishedError(f"checkpoint {path} was removed while being read") from e
+        if isinstance(e, tf.errors.OpError) and not isinstance(e, tf.errors.InvalidArgumentError):
+            raise
         raise CheckpointError(
             f"checkpoint {path} does not hold this model's variables (a run with other "
             f"settings?): {str(e).splitlines()[0][:300]}"

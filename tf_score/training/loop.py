@@ -24,7 +24,8 @@ compiled loop (all workers agree on the step), save a checkpoint and raise
 Checkpoints are written by ``tf.train.CheckpointManager``, which records a checkpoint only
 after its files are complete, so a process killed at any moment resumes from the last
 complete one. A resume takes the newest checkpoint on disk that reads back whole and finite
-(``tf_score.checkpoints``), even if the state file is lost; damaged newer ones are set aside.
+(``checkpoints.resume_point``), even if the state file is lost; damaged and orphaned files
+are set aside (kept), and the state file is rewritten so that retention stays exact.
 """
 
 from __future__ import annotations
@@ -45,13 +46,7 @@ from tf_score import atomic
 from tf_score.config import TrainConfig
 from tf_score.training import distribute, signals
 from tf_score.training.bundle import ModelBundle
-from tf_score.training.checkpoints import (
-    _restore,
-    candidates,
-    make_checkpoint,
-    newest_good,
-    repair_state,
-)
+from tf_score.training.checkpoints import _restore, make_checkpoint, resume_point
 from tf_score.training.distribute import is_chief
 from tf_score.training.step import TrainStep
 
@@ -124,17 +119,20 @@ class _Checkpoints:
     """``workdir/checkpoints``: every worker restores the chief's latest checkpoint; every
     worker saves, but only the chief's files are kept."""
 
-    def __init__(self, step: TrainStep, config: TrainConfig, workdir: str, strategy):
+    def __init__(self, step: TrainStep, config: TrainConfig, workdir: str, strategy, restart: bool):
         self.chief = is_chief(strategy)
         self._strategy = strategy
-        self.ckpt = make_checkpoint(step.models, step.ema_models, step.optimizers, step.step_var)
+        self.ckpt = make_checkpoint(
+            step.models, step.ema_models, step.optimizers, step.step_var,
+            settings=step.bundle.checkpoint_settings,  # a resume with others is refused
+        )  # fmt: skip
         # Every worker resumes from the chief's checkpoints (a directory they all can read).
         self.dir = os.path.join(workdir, "checkpoints")
         # The newest good checkpoint on disk, whatever the state file says; the chief sets
-        # damaged newer ones aside and lists what is left in the state file for its manager.
-        self.resume_from = newest_good(self.dir, set_aside_damaged=self.chief).path
-        if self.chief and self.resume_from:
-            repair_state(self.dir, candidates(self.dir)[::-1])
+        # damaged and orphaned files aside (a save of the same step would overwrite them) and
+        # lists the good ones, with timestamps, in the state file its manager reads, so that
+        # max_to_keep counts them. No good one but some files: refused unless ``restart``.
+        self.resume_from = resume_point(self.dir, restart, chief=self.chief)
         self.manager = (
             tf.train.CheckpointManager(
                 self.ckpt, self.dir, max_to_keep=config.keep_checkpoints, step_counter=step.step_var
@@ -374,14 +372,17 @@ def train(
     on_restored: Callable[[int], None] | None = None,
     seed: int = 0,
     progress: bool = False,
+    restart_from_scratch: bool = False,
 ) -> TrainResult:
     """Train ``bundle`` for ``config.num_steps`` steps (``config``: an experiment's ``train``
     section), seeded by ``seed``, resuming from ``workdir`` if possible (the newest good
     checkpoint); ``progress`` shows a bar. ``on_restored(start_step)`` runs once the
-    checkpoint, if any, has been restored into these models (a run writes its settings there)."""
+    checkpoint, if any, has been restored into these models (a run writes its settings there).
+    A workdir whose checkpoints are all unusable is refused (``CheckpointError``) unless
+    ``restart_from_scratch`` (they are kept aside; ``checkpoints.resume_point``)."""
     strategy, show_bar = strategy or tf.distribute.get_strategy(), progress
     step_fn = TrainStep(bundle, config, strategy, seed)  # checks the batch split, seeds, builds
-    checkpoints = _Checkpoints(step_fn, config, workdir, strategy)
+    checkpoints = _Checkpoints(step_fn, config, workdir, strategy, restart_from_scratch)
     chief = checkpoints.chief
     latest = checkpoints.restore()
     start_step = int(step_fn.step_var.numpy())
