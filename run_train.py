@@ -41,15 +41,13 @@ def _print_result(cfg, result) -> None:
 
 
 def _newest_step(workdir: str | None) -> int:
-    """The step of the newest checkpoint file in ``workdir`` (-1: none)."""
-    import re
+    """The step of the newest complete checkpoint in ``workdir`` (-1: none; unread)."""
+    from tf_score.training import checkpoints  # loaded already, with the flags
 
-    import tensorflow as tf  # loaded already, with the flags
-
-    pattern = os.path.join(workdir or ".", "checkpoints", "ckpt-*.index")
-    paths = tf.io.gfile.glob(pattern) if workdir else []
-    steps = [re.search(r"ckpt-(\d+)\.index$", p) for p in paths]
-    return max((int(m.group(1)) for m in steps if m), default=-1)
+    if not workdir:
+        return -1
+    entries = checkpoints.inventory(os.path.join(workdir, "checkpoints"), verify=False).entries
+    return max((e.step for e in entries if e.status == checkpoints.GOOD), default=-1)
 
 
 def _interrupted(workdir: str, newest_before: int) -> None:

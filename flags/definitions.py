@@ -246,7 +246,8 @@ def load_plugins() -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name is None or not name.startswith(e.name):  # the plugin's own import
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                # a module the plugin itself imports is missing: its own traceback
                 raise
             raise C.ConfigError(f"--plugins: no module {name!r} ({e})") from e
 
@@ -423,7 +424,8 @@ def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.Exper
     for name in sorted(typed_names):
         section, value = owner.get(name), FLAGS[name].value
         if name in TRAIN_ONLY and value != FLAGS[name].default:
-            raise _inapplicable(name, value, FLAGS[name].default, run_cfg)
+            trained = getattr(run_cfg.evaluation, name, FLAGS[name].default)
+            raise _inapplicable(name, value, trained, run_cfg)
         if section not in checked or name in (*SAMPLE_READS, *C.PORTABLE_FIELDS):
             continue
         if run_cfg.is_continuous and name in GRID:

@@ -294,7 +294,8 @@ def test_ctrl_c_before_the_training_loop_is_one_line(tmp_path, monkeypatch, caps
 
     def trained_then_interrupted(cfg, workdir, *a, **k):
         os.makedirs(os.path.join(workdir, "checkpoints"))
-        open(os.path.join(workdir, "checkpoints", "ckpt-7.index"), "w").close()
+        for name in ("ckpt-7.index", "ckpt-7.data-00000-of-00001"):  # a complete one's files
+            open(os.path.join(workdir, "checkpoints", name), "w").close()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(api, "train", trained_then_interrupted)
@@ -319,3 +320,20 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line(repo_root, tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted during start-up"), err[-3000:]
     assert not workdir.exists()
+
+
+def test_a_plugin_whose_own_import_fails_is_not_reported_missing(tmp_path, monkeypatch):
+    """--plugins=tfs_plugin_xyz exists but imports a missing module tfs_plugin: that is the
+    plugin's ModuleNotFoundError (its traceback), not "no module 'tfs_plugin_xyz'" (the old
+    prefix test took 'tfs_plugin' for the plugin); a plugin that does not exist is the
+    one-line ConfigError."""
+    from tf_score import config
+
+    (tmp_path / "tfs_plugin_xyz.py").write_text("import tfs_plugin  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with flagsaver.flagsaver(plugins=["tfs_plugin_xyz"]):
+        with pytest.raises(ModuleNotFoundError, match="tfs_plugin'"):
+            F.load_plugins()
+    with flagsaver.flagsaver(plugins=["tfs_plugin_nowhere"]):
+        with pytest.raises(config.ConfigError, match="no module 'tfs_plugin_nowhere'"):
+            F.load_plugins()
