@@ -360,23 +360,15 @@ def check_settings(path: str, settings: dict | None) -> None:
         )
 
 
-def pick_checkpoint(checkpoint_dir: str, checkpoint: str | None = None) -> str:
-    """``checkpoint`` (a prefix) if it reads back whole, else the newest good one in
-    ``checkpoint_dir`` (a newer unusable one is reported, not moved: the workdir may be
-    another user's). ``FileNotFoundError`` if there is none, ``CheckpointError`` if the one
-    asked for, or every one, cannot be used."""
-    if checkpoint:
-        if not tf.io.gfile.glob(checkpoint + ".*"):
-            raise CheckpointError(f"checkpoint {checkpoint} not found (no {checkpoint}.index)")
-        why = problem(checkpoint)
-        if why:
-            raise CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
-        return checkpoint
-    inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
-    if inv.newest_good is None:
-        raise _none_usable(inv, training=False)
-    _report(inv, inv.newest_good, "loading")
-    return inv.newest_good.prefix
+def checked_prefix(checkpoint: str) -> str:
+    """``checkpoint`` (a prefix asked for by name) if it reads back whole; else a
+    ``CheckpointError`` saying it is not found or why it is damaged."""
+    if not tf.io.gfile.glob(checkpoint + ".*"):
+        raise CheckpointError(f"checkpoint {checkpoint} not found (no {checkpoint}.index)")
+    why = problem(checkpoint)
+    if why:
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: {why}")
+    return checkpoint
 
 
 class Loaded(NamedTuple):
@@ -388,11 +380,11 @@ class Loaded(NamedTuple):
 
 
 def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
-    """The EMA weights (``Loaded``) of ``checkpoint`` or else of the newest good checkpoint
-    (``pick_checkpoint``). If the chosen one is removed while it is read (a run training in
-    the workdir rotates its checkpoints), the newest good one is chosen again."""
+    """The EMA weights (``Loaded``) of ``checkpoint`` (``checked_prefix``) or else of the newest
+    good checkpoint of the inventory. If the chosen one is removed while it is read (a run
+    training in the workdir rotates its checkpoints), the newest good one is chosen again."""
     if checkpoint:
-        path = pick_checkpoint(checkpoint_dir, checkpoint)
+        path = checked_prefix(checkpoint)
         return Loaded(*restore_ema_models(model_fns, path), path)
     for _ in range(READ_ATTEMPTS):
         models, step, ckpt = _ema_checkpoint(model_fns)  # before the choice: a short window
