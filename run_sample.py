@@ -150,7 +150,9 @@ def _load(workdir):
 
     data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
     cfg = F.sample_config(api.read_config(workdir, data_dir), F.typed(sys.argv))
-    run = api.load(workdir, F.FLAGS.checkpoint, data_dir=data_dir)
+    if F.FLAGS.checkpoint and F.FLAGS.posthoc_sigma_rel:
+        raise app.UsageError("--checkpoint and --posthoc_sigma_rel: give one of them")
+    run = api.load(workdir, F.FLAGS.checkpoint, data_dir, F.FLAGS.posthoc_sigma_rel)
     if cfg.noise != run.config.noise:
         print(f"sampling grid: {_grid(cfg.noise)} (trained run's: {_grid(run.config.noise)})")
     return dataclasses.replace(run, config=cfg)
@@ -253,8 +255,4 @@ if __name__ == "__main__":
         message="--workdir is required (or --overview=W1,W2: the toys' picture)",
     )  # fmt: skip
     declare_key_flags()
-    try:
-        app.run(main, flags_parser=F.parse)
-    except KeyboardInterrupt:  # before the work (during it, Ctrl-C ends it with a message)
-        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
-        sys.exit(130)
+    F.run(main)  # Ctrl-C while the flags are parsed: one line (main reports the rest)

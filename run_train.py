@@ -144,8 +144,4 @@ if __name__ == "__main__":
 
     flags.mark_flag_as_required("workdir")
     declare_key_flags()
-    try:
-        app.run(main, flags_parser=F.parse)
-    except KeyboardInterrupt:  # while the flags are parsed (main reports the rest)
-        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
-        sys.exit(130)
+    F.run(main)  # Ctrl-C while the flags are parsed: one line (main reports the rest)

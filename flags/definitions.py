@@ -85,6 +85,10 @@ HELP = {
     "sample_every": "Steps between TensorBoard samples (0: at the end).",
     "ema_rate": "EMA decay of the weights (0: no averaging).",
     "ema_warmup": "Ramp the EMA decay as min(ema_rate, (1+t)/(10+t)).",
+    "posthoc_ema": "Post-hoc EMA (EDM2): widths sigma_rel of the power-function EMA profiles "
+    "tracked in training, snapshotted with every checkpoint into WORKDIR/posthoc_ema/ (e.g. "
+    "0.05,0.10; empty: none); sample any width in between with run_sample.py "
+    "--posthoc_sigma_rel.",
     "jit": "XLA-compile the training step's loss and gradient, and the solvers.",
     "steps_per_loop": "Steps per compiled call.",
     "grad_accum_steps": "Micro-batches per replica per step, gradients summed: --batch_size is "
@@ -156,6 +160,9 @@ COMMAND = {
     "output_dir": ("string", None, "Where run_sample.py writes samples, figures and metrics "
                    "(default: --workdir; give one to sample a run you cannot write to)."),
     "checkpoint": ("string", None, "Checkpoint prefix to sample from (default: the latest)."),
+    "posthoc_sigma_rel": ("float", 0.0, "Sample the post-hoc EMA of this relative width "
+                          "(EDM2), reconstructed from the snapshots of a run trained with "
+                          "--posthoc_ema, instead of the checkpoint's EMA (0: that one)."),
     "evaluate": ("boolean", False, "The two-mode sampler comparison (toys) or the VAE test "
                  "likelihood by AIS (and IWAE); writes metrics.json."),
     "inpaint": ("boolean", False, "Inpaint the right half of test images instead of sampling."),
@@ -194,6 +201,14 @@ def _define(name: str, hint: str, default, help_: str) -> None:
         getattr(flags, f"DEFINE_{kind}")(name, default, help_)
 
 
+def _is_width(value) -> bool:
+    """A post-hoc EMA width: a number in (0, MAX_SIGMA_REL)."""
+    try:
+        return 0.0 < float(value) < C.MAX_SIGMA_REL
+    except ValueError:
+        return False
+
+
 def _define_all() -> None:
     for section, section_cls in C.SECTIONS.items():
         if section == "sampler":
@@ -222,6 +237,18 @@ for _name in ("channel_mults", "hidden_units"):
         lambda v: bool(v) and all(u.isdigit() and int(u) > 0 for u in v),
         message=f"--{_name} must be a comma-separated list of positive ints",
     )
+flags.register_validator(
+    "posthoc_ema",
+    lambda v: all(_is_width(u) for u in v),
+    message=f"--posthoc_ema must be a comma-separated list of widths sigma_rel in (0, "
+    f"{C.MAX_SIGMA_REL:.4f}), e.g. 0.05,0.10",
+)
+flags.register_validator(
+    "posthoc_sigma_rel",
+    lambda v: v == 0.0 or _is_width(v),
+    message=f"--posthoc_sigma_rel must be 0 (the checkpoint's EMA) or in (0, "
+    f"{C.MAX_SIGMA_REL:.4f})",
+)
 for _name in [n for n in (*C.field_names(), *COMMAND) if n in FLAGS]:
     if FLAGS[_name].flag_type() != "string":
         continue
@@ -334,7 +361,7 @@ SAMPLE_READS = ("data_dir", "jit", "seed")
 TRAIN_ONLY = ("fid_every", "fid_samples", "restart_from_scratch")
 #: flags of run_sample.py only
 SAMPLE_ONLY = ("output_dir", "checkpoint", "evaluate", "inpaint", "overview", "snapshots",
-               "metrics_file")  # fmt: skip
+               "metrics_file", "posthoc_sigma_rel")  # fmt: skip
 
 
 def parse(argv: list[str]) -> list[str]:
@@ -344,6 +371,16 @@ def parse(argv: list[str]) -> list[str]:
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def run(main) -> None:
+    """``app.run(main)`` with ``parse``; Ctrl-C before ``main`` takes over (while the flags are
+    parsed) is one line and exit 130, not a traceback."""
+    try:
+        app.run(main, flags_parser=parse)
+    except KeyboardInterrupt:
+        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ SPECIFIC = {
     "export_samplers": ["nope"], "devices": ["/gpu:0"], "tpu": ["local"],
     "sampler_options": ["x", "step_lr=abc", "nope=1", "step_lr=nan"],
     "plugins": ["no_such_module_xyz", "/nonexistent/plugin.py"],
+    "posthoc_ema": ["x", "0", "0.3", "-0.1", "nan", "0.05,,0.1"], "posthoc_sigma_rel": ["0.3"],
 }  # fmt: skip
 #: run_sample.py's own flags with values only it can find invalid
 SAMPLE_SPECIFIC = {"checkpoint": ["/nonexistent/ckpt-1"], "overview": ["/nonexistent"]}

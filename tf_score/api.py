@@ -40,7 +40,7 @@ from tf_score.families.run import (  # noqa: F401  (the API's calls and types, d
     inpaint,
     sampler_config,
 )
-from tf_score.training import checkpoints, distribute, loop, workdir_lock
+from tf_score.training import checkpoints, distribute, loop, posthoc_ema, workdir_lock
 
 
 def check_writable(directory: str, flag: str = "--workdir") -> None:
@@ -321,21 +321,33 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
 # --- load ---------------------------------------------------------------------------------------
 
 
-def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None) -> Run:
+def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None,
+         posthoc_sigma_rel: float = 0.0) -> Run:  # fmt: skip
     """Load a trained workdir of any family: its config and the EMA weights of the newest
     good checkpoint (or ``checkpoint``, a prefix), taken again if a run training there
-    removes it while it is read (``checkpoints.restore_newest``)."""
+    removes it while it is read (``checkpoints.restore_newest``). ``posthoc_sigma_rel``: the
+    post-hoc EMA of that width instead, reconstructed from the run's snapshots at the newest
+    one's step (a run trained with ``posthoc_ema``; ``training.posthoc_ema``)."""
 
     cfg = read_config(workdir, data_dir)
     family = FAMILIES[cfg.network.model]
     if family.load is not None:
         return Run(workdir, cfg, family.load(workdir), 0)
     _set_precision(cfg.network.precision)
+    if posthoc_sigma_rel:
+        try:
+            models, step = posthoc_ema.reconstruct_models(
+                family.model_fns(cfg), workdir, posthoc_sigma_rel
+            )
+        except ValueError as e:
+            raise RunError(f"posthoc_sigma_rel={posthoc_sigma_rel}: {e}") from e
+        return Run(workdir, cfg, models, step, os.path.join(workdir, posthoc_ema.SNAPSHOT_DIR))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     try:
-        models, step, path = checkpoints.restore_newest(family.model_fns(cfg), ckpt_dir, checkpoint)
-        if family.checkpoint_settings is not None:  # config.json and the weights agree
-            checkpoints.check_settings(path, family.checkpoint_settings(cfg))
+        settings = family.checkpoint_settings(cfg) if family.checkpoint_settings else None
+        models, step, path = checkpoints.restore_newest(  # config.json and the weights agree
+            family.model_fns(cfg), ckpt_dir, checkpoint, settings
+        )
     except (FileNotFoundError, checkpoints.CheckpointError) as e:
         raise RunError(str(e)) from e
     return Run(workdir, cfg, models, step, path)

@@ -313,6 +313,10 @@ class SamplerConfig:
         return cls(sampler, tuple(d.items()))
 
 
+#: the widest power-function EMA profile: the uniform average of all steps (gamma = 0)
+MAX_SIGMA_REL = 1.0 / math.sqrt(12.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The training loop's settings (``training.loop.train`` reads this section).
@@ -339,6 +343,10 @@ class TrainConfig:
     #: micro-batches per replica per step, run one after another with their gradients summed
     #: (R replicas x A micro-batches give the same run as 1 replica x R*A)
     grad_accum_steps: int = 1
+    #: post-hoc EMA (EDM2): the relative widths sigma_rel of the power-function EMA profiles
+    #: tracked beside ``ema_rate``'s, a snapshot of each with every checkpoint (workdir/
+    #: posthoc_ema/); any width in between is reconstructed after training. EDM2: 0.05, 0.10
+    posthoc_ema: tuple[float, ...] = ()
 
     def __post_init__(self):
         _positive_ints(
@@ -353,6 +361,12 @@ class TrainConfig:
         )
         _positive_ints(self, "sample_every", minimum=0)
         _finite(self, "ema_rate", 0.0, 1.0, low_open=False)
+        _require(
+            all(isinstance(v, float) and 0.0 < v < MAX_SIGMA_REL for v in self.posthoc_ema)
+            and len(set(self.posthoc_ema)) == len(self.posthoc_ema),
+            f"posthoc_ema must be distinct widths sigma_rel in (0, {MAX_SIGMA_REL:.4f}), got "
+            f"{self.posthoc_ema!r}",
+        )
         _require(
             isinstance(self.batch_size, int)
             and isinstance(self.grad_accum_steps, int)

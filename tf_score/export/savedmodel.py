@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from tf_score import sampling
 from tf_score.config import ExportConfig
-from tf_score.networks import contract
 from tf_score.sampling import budget
 
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
@@ -153,9 +152,7 @@ def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, cost, ser
     specs = [NUM_SAMPLES_SPEC, SEED_SPEC] + [
         tf.TensorSpec([], dtypes[o.kind], name=o.name) for o in inputs
     ]
-    per_call = model.network_calls(
-        off_grid=not (contract.grid_on_levels(model, grid) and entry.on_grid(fixed))
-    )
+    per_call = budget.network_calls(model, grid, entry, fixed)
     is_image = len(space.shape) == 3
 
     def run(num_samples, seed, *values):

@@ -190,6 +190,13 @@ def check_generation(num_samples: int, batch_size: int, shape, cost: Cost, calls
     )
 
 
+def network_calls(model, grid, entry, options: dict) -> int:
+    """Network calls of one evaluation of ``model`` by solver ``entry`` with ``options`` on
+    ``grid``: a level-conditioned model off its levels interpolates between two."""
+    on_grid = grid_on_levels(model, grid) and entry.on_grid(options)
+    return int(model.network_calls(off_grid=not on_grid))
+
+
 def check_draw(name: str, model, sigmas, space, options: dict, num_samples: int,
                batch_size: int = 0, max_evaluations: int = 0) -> Cost:  # fmt: skip
     """Before a generation of ``num_samples`` with solver ``name``: BudgetError unless they fit
@@ -199,8 +206,7 @@ def check_draw(name: str, model, sigmas, space, options: dict, num_samples: int,
     options = entry.resolve(options)
     grid = np.asarray(sigmas, np.float32)
     cost = network_cost(model, tuple(space.shape))
-    on_grid = grid_on_levels(model, grid) and entry.on_grid(options)
-    per_call = int(model.network_calls(off_grid=not on_grid))
+    per_call = network_calls(model, grid, entry, options)
     check_generation(num_samples, batch_size, tuple(space.shape), cost, per_call)
     calls = entry.evaluations(len(grid), options)
     if max_evaluations and calls is not None:

@@ -317,14 +317,17 @@ def resume_point(ckpt_dir: str, restart_from_scratch: bool = False, chief: bool 
     return using.prefix if using else None
 
 
-def make_checkpoint(models, ema_models, optimizers, step, settings=None) -> tf.train.Checkpoint:
+def make_checkpoint(models, ema_models, optimizers, step, settings=None,
+                    profiles=()) -> tf.train.Checkpoint:  # fmt: skip
     """What a training run saves and restores; with ``settings`` ({name: value}, e.g. the
     noise grid the weights are trained on) also a record of them, which ``_restore``
-    compares with the checkpoint's own before restoring (``check_settings``)."""
+    compares with the checkpoint's own before restoring (``check_settings``). ``profiles``:
+    the post-hoc EMA copies of the models ({name: model} each), so a resume continues them."""
     items = {"step": step}
     items.update({f"model_{k}": v for k, v in models.items()})
     items.update({f"ema_{k}": v for k, v in ema_models.items()})
     items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
+    items.update({f"posthoc{i}_{k}": v for i, p in enumerate(profiles) for k, v in p.items()})
     if not settings:
         return tf.train.Checkpoint(**items)
     record = tf.Variable(json.dumps(settings, sort_keys=True), trainable=False, name=SETTINGS)
@@ -379,15 +382,17 @@ class Loaded(NamedTuple):
     path: str
 
 
-def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
+def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None,
+                   settings: dict | None = None):  # fmt: skip
     """The EMA weights (``Loaded``) of ``checkpoint`` (``checked_prefix``) or else of the newest
-    good checkpoint of the inventory. If the chosen one is removed while it is read (a run
-    training in the workdir rotates its checkpoints), the newest good one is chosen again."""
+    good checkpoint of the inventory, whose recorded ``settings`` must agree (``_restore``).
+    If the chosen one is removed while it is read (a run training in the workdir rotates its
+    checkpoints), the newest good one is chosen again."""
     if checkpoint:
         path = checked_prefix(checkpoint)
-        return Loaded(*restore_ema_models(model_fns, path), path)
+        return Loaded(*restore_ema_models(model_fns, path, settings), path)
     for _ in range(READ_ATTEMPTS):
-        models, step, ckpt = _ema_checkpoint(model_fns)  # before the choice: a short window
+        models, step, ckpt = _ema_checkpoint(model_fns, settings)  # before the choice
         inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
         using = inv.newest_good
         if using is None:
@@ -419,20 +424,21 @@ def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None
     return tuple(restore_newest(model_fns, checkpoint_dir, checkpoint)[:2])
 
 
-def _ema_checkpoint(model_fns: dict):
-    """(models, step, a ``tf.train.Checkpoint`` of their EMA weights) to restore into."""
+def _ema_checkpoint(model_fns: dict, settings: dict | None = None):
+    """(models, step, a ``tf.train.Checkpoint`` of their EMA weights) to restore into; with
+    ``settings``, ``_restore`` compares them with the checkpoint's record first."""
     models = {name: fn() for name, fn in model_fns.items()}
     step = tf.Variable(0, dtype=tf.int64)
-    return (
-        models,
-        step,
-        tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()}),
-    )
+    ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
+    if settings:
+        _RECORDED[ckpt] = (settings, ckpt)
+    return models, step, ckpt
 
 
-def restore_ema_models(model_fns: dict, path: str):
-    """(models, step) of checkpoint ``path``'s EMA weights."""
-    models, step, ckpt = _ema_checkpoint(model_fns)
+def restore_ema_models(model_fns: dict, path: str, settings: dict | None = None):
+    """(models, step) of checkpoint ``path``'s EMA weights (whose recorded ``settings`` must
+    agree)."""
+    models, step, ckpt = _ema_checkpoint(model_fns, settings)
     _restore(ckpt, path, partial=True)
     return models, int(step.numpy())
 

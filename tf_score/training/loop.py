@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from tf_score import atomic
 from tf_score.config import TrainConfig
-from tf_score.training import distribute, signals
+from tf_score.training import distribute, posthoc_ema, signals
 from tf_score.training.bundle import ModelBundle
 from tf_score.training.checkpoints import _restore, make_checkpoint, resume_point
 from tf_score.training.distribute import is_chief
@@ -121,10 +121,11 @@ class _Checkpoints:
 
     def __init__(self, step: TrainStep, config: TrainConfig, workdir: str, strategy, restart: bool):
         self.chief = is_chief(strategy)
-        self._strategy = strategy
+        self._strategy, self._step, self._workdir = strategy, step, workdir
         self.ckpt = make_checkpoint(
             step.models, step.ema_models, step.optimizers, step.step_var,
             settings=step.bundle.checkpoint_settings,  # a resume with others is refused
+            profiles=step.profiles,
         )  # fmt: skip
         # Every worker resumes from the chief's checkpoints (a directory they all can read).
         self.dir = os.path.join(workdir, "checkpoints")
@@ -152,6 +153,10 @@ class _Checkpoints:
         if self.chief:
             path = self.manager.save(checkpoint_number=step)
             logging.info("saved checkpoint %s", path)
+            if self._step.profiles:  # kept, unlike the checkpoints: the reconstruction's basis
+                posthoc_ema.save_snapshot(
+                    self._workdir, step, self._step.sigma_rels, self._step.profiles
+                )
             return path
         with distribute.write_dir(self.dir, self._strategy) as tmp:
             self.ckpt.write(os.path.join(tmp, f"ckpt-{step}"))
@@ -388,6 +393,9 @@ def train(
     start_step = int(step_fn.step_var.numpy())
     if start_step:
         logging.info("resumed from %s at step %d", latest, start_step)
+    if chief and step_fn.profiles and posthoc_ema.set_aside_later(workdir, start_step):
+        logging.warning("post-hoc EMA snapshots after step %d moved to %s/superseded/",
+                        start_step, posthoc_ema.SNAPSHOT_DIR)  # fmt: skip
     if on_restored is not None:
         on_restored(start_step)
 

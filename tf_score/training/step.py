@@ -25,19 +25,26 @@ import keras
 import tensorflow as tf
 
 from tf_score.config import TrainConfig
+from tf_score.training import posthoc_ema
 from tf_score.training.bundle import ModelBundle
 
 _SUM = tf.distribute.ReduceOp.SUM
+
+
+def copies(bundle: ModelBundle, models: dict) -> dict:
+    """New models of ``bundle`` holding ``models``' weights (call inside the strategy scope)."""
+    out = {name: fn() for name, fn in bundle.model_fns.items()}
+    for name, model in models.items():
+        for copy_w, w in zip(out[name].weights, model.weights, strict=True):
+            copy_w.assign(w)
+    return out
 
 
 def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
     """Create the live models, their EMA copies and the optimizers inside the strategy scope."""
     with strategy.scope():
         models = {name: fn() for name, fn in bundle.model_fns.items()}
-        ema_models = {name: fn() for name, fn in bundle.model_fns.items()}
-        for name, model in models.items():
-            for ema_w, w in zip(ema_models[name].weights, model.weights, strict=True):
-                ema_w.assign(w)
+        ema_models = copies(bundle, models)
         optimizers = {}
         for obj in bundle.objectives:
             opt = obj.optimizer_fn()
@@ -107,6 +114,17 @@ class TrainStep:
             for name in self.models
             for e, w in zip(self.ema_models[name].weights, self.models[name].weights, strict=True)
         ]
+        # post-hoc EMA: one copy of the models per power-function profile (``posthoc_ema``)
+        self.sigma_rels = tuple(config.posthoc_ema)
+        with strategy.scope():
+            self.profiles = [copies(bundle, self.models) for _ in self.sigma_rels]
+        self._profile_pairs = [
+            (posthoc_ema.sigma_rel_to_gamma(sigma_rel), [
+                (p, w) for name in self.models
+                for p, w in zip(profile[name].weights, self.models[name].weights, strict=True)
+            ])
+            for sigma_rel, profile in zip(self.sigma_rels, self.profiles, strict=True)
+        ]  # fmt: skip
         self._local_grads, self._local_loss = self.local_grads, self.local_loss
         if config.jit:
             self._local_grads = tf.function(self.local_grads, jit_compile=True)
@@ -230,10 +248,15 @@ class TrainStep:
         return stats, bad
 
     def update_ema(self, step):
-        """Move the EMA weights towards the live ones with the decay of 1-based ``step``."""
+        """Move the EMA weights towards the live ones with the decay of 1-based ``step``, and
+        each post-hoc EMA profile with its ``power_beta``."""
         decay = ema_decay(step, self.config.ema_rate, self.config.ema_warmup)
         for e, w in self._ema_pairs:
             e.assign(decay * e + (1.0 - decay) * w)
+        for gamma, pairs in self._profile_pairs:
+            beta = posthoc_ema.power_beta(step, gamma)
+            for p, w in pairs:
+                p.assign(beta * p + (1.0 - beta) * w)
 
     def make_train_loop(self, iterator):
         """The compiled loop over batches of ``iterator`` (of the strategy's distributed
