@@ -43,6 +43,12 @@ COMPARE = flags.DEFINE_string(
     "Another model's rows to draw beside these (grey; a JSON like --out's, e.g. "
     "docs/ncsn_cpu_sampler_quality.json, the NCSN CPU preset's).",
 )
+POSTHOC = flags.DEFINE_float(
+    "posthoc_sigma_rel", 0.0, "Sample this post-hoc EMA width (a run trained with --posthoc_ema)."
+)
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Sampling seed of every setting (the floor does not change)."
+)
 REUSE = flags.DEFINE_boolean(
     "reuse", False, "Keep the rows whose per-setting JSON exists; run only the missing ones."
 )
@@ -115,6 +121,31 @@ EDM_FAST_SETTINGS = {
     "dpmpp_2s_ancestral_5": dict(sampler="dpmpp_2s_ancestral", num_levels=5),
     "edm_churn10_5": dict(sampler="edm", num_levels=5, s_churn=10.0),
     "edm_churn10_10": dict(sampler="edm", num_levels=10, s_churn=10.0),
+    # binarized MNIST is decided well above sigma 0.002: a 10-level grid that ends at 0.02-0.05
+    # spends its steps where the images form (the last step is the denoiser's, to 0)
+    "dpmpp_2m_sde_10_smin0.02": dict(sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.02),
+    "dpmpp_2m_sde_10_smin0.05": dict(sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.05),
+    "dpmpp_2m_sde_10_eta0.5_smin0.02": dict(
+        sampler="dpmpp_2m_sde", num_levels=10, sde_eta=0.5, sigma_min=0.02
+    ),
+    "dpmpp_2m_sde_10_eta0.75_smin0.02": dict(
+        sampler="dpmpp_2m_sde", num_levels=10, sde_eta=0.75, sigma_min=0.02
+    ),
+    "dpmpp_2m_sde_10_smin0.02_rho5": dict(
+        sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.02, rho=5.0
+    ),
+    "dpmpp_2m_sde_10_smin0.02_rho3": dict(
+        sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.02, rho=3.0
+    ),
+    "dpmpp_2m_sde_15_smin0.02_rho5": dict(
+        sampler="dpmpp_2m_sde", num_levels=15, sigma_min=0.02, rho=5.0
+    ),
+    "dpmpp_2m_sde_20_smin0.02_rho5": dict(
+        sampler="dpmpp_2m_sde", num_levels=20, sigma_min=0.02, rho=5.0
+    ),
+    "dpmpp_3m_sde_10_smin0.02": dict(sampler="dpmpp_3m_sde", num_levels=10, sigma_min=0.02),
+    "dpmpp_2m_10_smin0.02": dict(sampler="dpmpp_2m", num_levels=10, sigma_min=0.02),
+    "dpmpp_2m_sde_20_smin0.02": dict(sampler="dpmpp_2m_sde", num_levels=20, sigma_min=0.02),
     "heun": dict(sampler="heun"),
     "edm_churn10": dict(sampler="edm", s_churn=10.0),
     "dpm_adaptive": dict(sampler="dpm_adaptive"),
@@ -128,6 +159,8 @@ SETTING_SET = flags.DEFINE_enum(
     "Which sampler settings: ncsn (10 discrete levels), edm (a continuous model's 18-level "
     "karras grid) or edm_fast (the k-diffusion solvers at 10-20 evaluations).",
 )
+#: options that set the sampling grid of a continuous model (its noise section), not the solver
+GRID_KEYS = ("num_levels", "sigma_min", "sigma_max", "rho")
 SINGLE_SETTING = dict(sampler="langevin", langevin_steps=1000, langevin_step_size=2e-5)
 
 
@@ -143,19 +176,19 @@ def _run(name: str, run, reference, options: dict, out_dir: str) -> dict:
     print(f"{name}: {options}", flush=True)
     t0 = time.time()
     options = dict(options)
-    levels = options.pop("num_levels", None)  # another grid of a continuous model
-    if levels is not None:
-        run = dataclasses.replace(run, config=run.config.replace(noise={"num_levels": levels}))
+    grid = {k: options.pop(k) for k in GRID_KEYS if k in options}  # a continuous model's grid
+    if grid:
+        run = dataclasses.replace(run, config=run.config.replace(noise=grid))
     if "denoise" in sampling.get(options["sampler"]).option_names():
         options = {"denoise": True, **options}  # every sampler that has it ends with Tweedie
-    out = api.generate(run, NUM_SAMPLES.value, seed=0, batch_size=BATCH.value, progress=True,
-                        **options)  # fmt: skip
+    out = api.generate(run, NUM_SAMPLES.value, seed=SEED.value, batch_size=BATCH.value,
+                       progress=True, **options)  # fmt: skip
     row = evaluate.image_quality(evaluate.to_uint8(out.samples), reference, seed=0)
-    if levels is not None:
-        options["num_levels"] = levels
+    options.update(grid)
     row.update(
-        name=name, options=options, num_evals=out.num_evals, sample_seconds=out.seconds,
-        wall_seconds=time.time() - t0, workdir=run.workdir, checkpoint_step=run.step,
+        name=name, options=options, seed=SEED.value, num_evals=out.num_evals,
+        sample_seconds=out.seconds, wall_seconds=time.time() - t0, workdir=run.workdir,
+        checkpoint_step=run.step,
     )  # fmt: skip
     with open(path, "w") as f:
         json.dump(row, f, indent=2)
@@ -169,7 +202,7 @@ def _setting_rows(workdir: str, settings: dict, out_dir: str) -> list[dict]:
     wanted = {k: v for k, v in settings.items() if not ONLY.value or k in ONLY.value}
     if not wanted:
         return []
-    run = api.load(workdir, data_dir=DATA_DIR.value)
+    run = api.load(workdir, data_dir=DATA_DIR.value, posthoc_sigma_rel=POSTHOC.value)
     reference = evaluate.quality_reference(run, NUM_SAMPLES.value, classifier=CLASSIFIER.value)
     return [_run(name, run, reference, opts, out_dir) for name, opts in wanted.items()]
 

@@ -41,6 +41,51 @@ def _row(samples, exact) -> dict:
     return dict(mode_weight=w, mode_weight_se=se, mode_sd=sd, energy_distance=ed, passes=ok)
 
 
+#: seeds pooled for one check on more samples (the issue's check was 3 seeds of 2,048)
+POOLED = 3
+
+
+def _fisher_two_sided(table) -> float:
+    """Fisher's exact test of a 2 x 2 table [[a, b], [c, d]]: the probability, with the
+    margins fixed, of a table no more likely than this one."""
+    from math import comb
+
+    (a, b), (c, d) = table
+    row, col, total = a + b, a + c, a + b + c + d
+
+    def prob(x):
+        return comb(row, x) * comb(total - row, col - x) / comb(total, col)
+
+    observed = prob(a)
+    xs = range(max(0, col - (total - row)), min(row, col) + 1)
+    return min(1.0, sum(prob(x) for x in xs if prob(x) <= observed * (1 + 1e-9)))
+
+
+def _summary(rows, served: list, exact: list) -> dict:
+    """How often the served samples and the second exact set pass (the targets' own rate at
+    this n, beside a Fisher exact test of the two rates), and both pooled over the first
+    ``POOLED`` seeds."""
+    import numpy as np
+
+    n = len(rows)
+    passed = {who: sum(r[who]["passes"] for r in rows) for who in ("served", "exact")}
+    table = [[passed["served"], n - passed["served"]], [passed["exact"], n - passed["exact"]]]
+    p_value = _fisher_two_sided(table)
+    first = slice(0, POOLED)  # the energy distance's memory grows as n^2
+    reference = np.concatenate([e[0] for e in exact[first]])
+    pooled = {
+        "served": _row(np.concatenate(served[first]), reference),
+        "exact": _row(np.concatenate([e[1] for e in exact[first]]), reference),
+    }
+    print(f"passes: served {passed['served']} of {n} seeds, exact samples {passed['exact']} of "
+          f"{n} (Fisher exact test of the two rates: p = {p_value:.3f})")  # fmt: skip
+    for who, q in pooled.items():
+        print(f"pooled {who:<7} (the first {min(n, POOLED)} seeds): weight "
+              f"{q['mode_weight']:.4f} ± {q['mode_weight_se']:.4f}, sd {q['mode_sd'][0]:.4f}/"
+              f"{q['mode_sd'][1]:.4f}, energy {q['energy_distance']:.5f}")  # fmt: skip
+    return {"passes": passed, "seeds": n, "fisher_p": p_value, "pooled": pooled}
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -50,7 +95,7 @@ def main(argv):
 
     served = tf.saved_model.load(EXPORT.value).signatures["serving_default"]
     toy = data.get_toy("two_mode")
-    rows = []
+    rows, pooled_served, pooled_exact = [], [], []
     print(f"{'seed':>4} {'samples':<7}{'weight':>16}{'sd light/heavy':>16}{'energy':>9}  pass")
     for s in (int(v) for v in SEEDS.value):
         sizes = [REQUEST.value] * (NUM.value // REQUEST.value) + [NUM.value % REQUEST.value]
@@ -61,15 +106,19 @@ def main(argv):
         exact = toy.sample(NUM.value, seed=tf.constant([s, 77])).numpy()
         exact2 = toy.sample(NUM.value, seed=tf.constant([s, 78])).numpy()
         r = {"seed": s, "served": _row(samples, exact), "exact": _row(exact2, exact)}
+        pooled_served.append(samples)
+        pooled_exact.append((exact, exact2))
         rows.append(r)
         for who in ("served", "exact"):
             q = r[who]
             print(f"{s:>4} {who:<7}{q['mode_weight']:>9.3f} ± {q['mode_weight_se']:.3f}"
                   f"{q['mode_sd'][0]:>9.3f}/{q['mode_sd'][1]:.3f}{q['energy_distance']:>9.4f}"
                   f"  {'yes' if q['passes'] else 'NO'}")  # fmt: skip
+    summary = _summary(rows, pooled_served, pooled_exact)
     os.makedirs(os.path.dirname(OUT.value) or ".", exist_ok=True)
     with open(OUT.value, "w") as f:
-        json.dump({"export": EXPORT.value, "num_samples": NUM.value, "rows": rows}, f, indent=2)
+        json.dump({"export": EXPORT.value, "num_samples": NUM.value, "rows": rows,
+                   "summary": summary}, f, indent=2)  # fmt: skip
     print(f"wrote {OUT.value}")
 
 

@@ -15,6 +15,7 @@ and prints the table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,10 @@ LEARNED = flags.DEFINE_string("learned", None, "A trained continuous toy workdir
 SAMPLERS = flags.DEFINE_list("samplers", [], "Solvers to run (default: every registered one).")
 NUM_SEEDS = flags.DEFINE_integer("num_seeds", 5, "Sampling seeds, one two-sample test each.")
 OUT = flags.DEFINE_string("out", "runs/bench/toy_solvers.json", "Output JSON.")
+
+
+#: the flags' sampling grid, which the learned model is sampled on too
+GRID = ("schedule", "num_levels", "sigma_max", "sigma_min", "rho")
 
 
 def _exact_run():
@@ -73,6 +78,8 @@ def main(argv):
     out["tables"]["exact"] = _rows(_exact_run(), names)
     if LEARNED.value:
         run = api.load(LEARNED.value)
+        grid = {k: getattr(F.experiment_config().noise, k) for k in GRID}  # e.g. --num_levels
+        run = dataclasses.replace(run, config=run.config.replace(noise=grid))
         print(f"learned: {LEARNED.value} (step {run.step})")
         out["tables"]["learned"] = _rows(run, names)
         out["learned_workdir"], out["learned_step"] = LEARNED.value, run.step
