@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-try:  # Ctrl-C while TensorFlow loads: one line, not a traceback from inside the imports
-    from absl import app, logging
+from flags import startup
 
-    import flags.definitions as F
-except KeyboardInterrupt:
-    print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
-    sys.exit(130)
+if __name__ == "__main__":  # first: Ctrl-C while TensorFlow loads is one line
+    startup.guard()
+from absl import app, logging
+
+import flags.definitions as F
 
 
 def _fail(e: Exception, code: int = 2):

@@ -20,6 +20,7 @@ import typing
 
 from absl import app, flags
 
+from flags import startup
 from tf_score import config as C
 from tf_score import sampling
 
@@ -375,11 +376,17 @@ def parse(argv: list[str]) -> list[str]:
 
 def run(main) -> None:
     """``app.run(main)`` with ``parse``; Ctrl-C before ``main`` takes over (while the flags are
-    parsed) is one line and exit 130, not a traceback."""
+    parsed) is one line and exit 130, not a traceback. ``main`` starts by releasing the
+    start-up guard (``startup``): from there on, Ctrl-C is its KeyboardInterrupt."""
+
+    def released(argv):
+        startup.release()
+        return main(argv)
+
     try:
-        app.run(main, flags_parser=parse)
+        app.run(released, flags_parser=parse)
     except KeyboardInterrupt:
-        print("interrupted during start-up; nothing written", file=sys.stderr, flush=True)
+        print(startup.MESSAGE, file=sys.stderr, flush=True)
         sys.exit(130)
 
 
