@@ -119,6 +119,16 @@ def workdirs(tmp_path_factory):
     return root
 
 
+def _refusal(module, args, name, monkeypatch, capsys) -> str | None:
+    """What is wrong with ``module``'s refusal of ``args`` (None: one line naming ``name``,
+    a non-zero exit, before any work)."""
+    try:
+        code, err, _ = _call(module, args, monkeypatch, capsys)
+    except _Reached:
+        return "accepted, the work started"
+    return _one_line_naming(name, code, err)
+
+
 def test_every_invalid_flag_value_of_run_train_is_one_line_before_any_work(
     tmp_path, monkeypatch, capsys
 ):
@@ -127,12 +137,7 @@ def test_every_invalid_flag_value_of_run_train_is_one_line_before_any_work(
     for name in _flag_names():
         for value in _invalid_values(name, sample=False):
             args = [f"--{name}={value}"] + ([] if name == "workdir" else [f"--workdir={workdir}"])
-            try:
-                code, err, _ = _call(run_train, args, monkeypatch, capsys)
-            except _Reached:
-                bad.append(f"--{name}={value!r}: accepted, training started")
-                continue
-            why = _one_line_naming(name, code, err)
+            why = _refusal(run_train, args, name, monkeypatch, capsys)
             if why or os.listdir(tmp_path):
                 bad.append(f"--{name}={value!r}: {why or 'wrote ' + str(os.listdir(tmp_path))}")
                 shutil.rmtree(workdir, ignore_errors=True)  # for the next
@@ -155,12 +160,7 @@ def test_every_invalid_flag_value_of_run_sample_is_one_line_before_any_work(
                 args = [f"--{name}={value}"] + ([] if name == where else [f"--{where}={path}"])
                 if name != "output_dir":
                     args.append(f"--output_dir={tmp_path / 'out'}")
-                try:
-                    code, err, _ = _call(run_sample, args, monkeypatch, capsys)
-                except _Reached:
-                    bad.append(f"{mode} --{name}={value!r}: accepted, sampling started")
-                    continue
-                why = _one_line_naming(name, code, err)
+                why = _refusal(run_sample, args, name, monkeypatch, capsys)
                 if why or os.listdir(tmp_path) or _files(workdirs) != before:
                     bad.append(f"{mode} --{name}={value!r}: {why or 'wrote files'}")
                     shutil.rmtree(tmp_path / "out", ignore_errors=True)  # for the next
