@@ -23,14 +23,11 @@ install: $(STAMP)
 ## Then the same mixture as a user who wants samples of p: a continuous-noise EDM denoiser
 ## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve.
 demo: $(STAMP)
-	@$(PHASE) "NCSN toy: train" $(BIN)/python run_train.py --flagfile=flags/presets/toy_mixture.cfg \
-		--workdir=runs/toy_mixture
-	@$(PHASE) "NCSN toy: evaluate" $(BIN)/python run_sample.py \
+	@$(PHASE) "NCSN toy: train and evaluate" $(BIN)/python run_train.py \
 		--flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
-	@$(PHASE) "EDM toy: train and export" $(BIN)/python run_train.py \
-		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --export_dir=runs/toy_edm/export
-	@$(PHASE) "EDM toy: evaluate" $(BIN)/python run_sample.py \
-		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --evaluate
+	@$(PHASE) "EDM toy: train, export and evaluate" $(BIN)/python run_train.py \
+		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --export_dir=runs/toy_edm/export \
+		--evaluate
 	@$(PHASE) "the picture" $(BIN)/python run_sample.py --overview=runs/toy_mixture,runs/toy_edm \
 		--output_dir=runs
 

@@ -1,6 +1,7 @@
 """Train a model: flags -> ExperimentConfig -> tf_score.api.train(config, workdir).
 
     python run_train.py --flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture
+    python run_train.py ... --evaluate        # then run_sample.py --evaluate, in this process
 
 Re-running with the same --workdir resumes from the latest checkpoint.
 """
@@ -17,6 +18,7 @@ if __name__ == "__main__":  # first: Ctrl-C while TensorFlow loads is one line
 from absl import app, logging
 
 import flags.definitions as F
+from flags import report
 
 
 def _fail(e: Exception, code: int = 2):
@@ -81,6 +83,7 @@ def _train(argv):
     try:
         F.load_plugins()
         cfg = F.experiment_config()
+        _check_evaluate(cfg)
         api.check_resume(workdir, cfg)
     except (config.ConfigError, api.RunError) as e:
         raise app.UsageError(str(e)) from e
@@ -124,10 +127,41 @@ def _train(argv):
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + int(e.signum))
     _print_result(cfg, result)
-    if cfg.export.export_dir and distribute.is_chief(strategy):
+    if not distribute.is_chief(strategy):
+        return
+    if cfg.export.export_dir or F.FLAGS.evaluate:
         run = api.load(workdir)
+    if cfg.export.export_dir:
         path = F.export(run, cfg)
         print(f"exported the EMA weights for TF Serving: {path}", flush=True)
+    if F.FLAGS.evaluate:
+        _evaluate(run)
+
+
+def _check_evaluate(cfg) -> None:
+    """--evaluate after training: a toy's two-mode comparison, a VAE's test likelihood."""
+    if F.FLAGS.evaluate and (cfg.is_image and cfg.network.model != "vae"):
+        raise app.UsageError(
+            f"--evaluate after training is for the 2-D toys and the VAEs, not model="
+            f"{cfg.network.model} on {cfg.data.dataset}: run_sample.py evaluates an image "
+            "model (--metrics=fid,kid, --bits_per_dim=N)"
+        )
+
+
+def _evaluate(run) -> None:
+    """run_sample.py --evaluate of the trained run, into its workdir, timed."""
+    import dataclasses
+    import time
+
+    from tf_score import api
+
+    t0 = time.time()
+    # this command's evaluation section and sampler settings (a workdir keeps only the run's)
+    run = dataclasses.replace(run, config=F.sample_config(run.config, typed_names=set()))
+    result = api.evaluate(run, run.workdir, seed=F.FLAGS.seed, jit=F.FLAGS.jit,
+                          progress=F.FLAGS.progress)  # fmt: skip
+    report.report(run, run.workdir, result, "evaluate")
+    print(f"evaluated in {time.time() - t0:.1f} s", flush=True)
 
 
 def declare_key_flags() -> None:

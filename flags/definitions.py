@@ -102,7 +102,8 @@ HELP = {
     "num_samples": "Samples (toys: per batch of chains).",
     "sample_batch_size": "Chains run at once on image models (0: all --num_samples together); "
     "batch b is seeded (seed, b); the adaptive ODE's evaluation count depends on the batch.",
-    "eval_repeats": "--evaluate on the toys: batches of num_samples pooled for the metrics.",
+    "eval_repeats": "--evaluate on the toys: draws of num_samples pooled for the metrics (an "
+    "NCSN toy: batches of one seed; a continuous toy: one per sampling seed, each tested).",
     "num_permutations": "--evaluate on the 2-D toys: permutations of the two-sample test.",
     "metrics": "Image models: fid and/or kid of --num_samples samples against the training set, "
     "with the real-vs-real floor (as many test images) and the label histogram.",
@@ -165,7 +166,8 @@ COMMAND = {
                           "(EDM2), reconstructed from the snapshots of a run trained with "
                           "--posthoc_ema, instead of the checkpoint's EMA (0: that one)."),
     "evaluate": ("boolean", False, "The two-mode sampler comparison (toys) or the VAE test "
-                 "likelihood by AIS (and IWAE); writes metrics.json."),
+                 "likelihood by AIS (and IWAE); writes metrics.json (run_train.py: of the "
+                 "trained run, into --workdir, in the same process)."),
     "inpaint": ("boolean", False, "Inpaint the right half of test images instead of sampling."),
     "overview": ("list", [], "Instead of sampling: one picture of these 2-D toy workdirs' "
                  "--evaluate results, a row each, into OUTPUT_DIR/overview.png."),
@@ -361,8 +363,8 @@ SAMPLE_READS = ("data_dir", "jit", "seed")
 #: flags of training only, whatever their section
 TRAIN_ONLY = ("fid_every", "fid_samples", "restart_from_scratch")
 #: flags of run_sample.py only
-SAMPLE_ONLY = ("output_dir", "checkpoint", "evaluate", "inpaint", "overview", "snapshots",
-               "metrics_file", "posthoc_sigma_rel")  # fmt: skip
+SAMPLE_ONLY = ("output_dir", "checkpoint", "inpaint", "overview", "snapshots", "metrics_file",
+               "posthoc_sigma_rel")  # fmt: skip
 
 
 def parse(argv: list[str]) -> list[str]:

@@ -236,6 +236,25 @@ def test_flags_that_cannot_apply_to_sampling_are_refused(workdirs, tmp_path, mon
         shutil.rmtree(out)
 
 
+def test_run_train_evaluate_of_an_image_model_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    """run_train.py --evaluate evaluates a 2-D toy or a VAE after training; on an image score
+    model or a classifier it is one line naming --evaluate, before anything is written."""
+    _stop_before_work(monkeypatch)
+    for extra in (["--network=resnet"], ["--model=classifier"]):
+        args = ["--dataset=mnist", *extra, "--evaluate", f"--workdir={tmp_path / 'w'}"]
+        why = _refusal(run_train, args, "--evaluate", monkeypatch, capsys)
+        assert why is None and not os.listdir(tmp_path), (extra, why)
+    preset = os.path.join(
+        os.path.dirname(A4AC31D), "..", "..", "flags", "presets", "toy_mixture.cfg"
+    )
+    args = [f"--flagfile={preset}", "--evaluate", f"--workdir={tmp_path}/t"]
+    assert _refusal(run_train, args, "--evaluate", monkeypatch, capsys) == (
+        "accepted, the work started"
+    )
+
+
 def test_help_lists_the_flags_each_command_reads():
     """--help / --helpshort show the main module's key flags: the flags are defined in
     flags/definitions.py, so without declaring them the scripts' help listed none."""
@@ -244,6 +263,7 @@ def test_help_lists_the_flags_each_command_reads():
     for name in ("workdir", "learning_rate", "num_steps", "sigma_max", "sampler", "export_dir"):
         assert f"--{name}:" in train_help, name
     assert "--output_dir:" not in train_help and "--overview:" not in train_help
+    assert "--[no]evaluate:" in train_help  # the trained run's evaluation, in the same process
     assert set(F.train_flags()) >= set(F.sample_flags()) - set(F.SAMPLE_ONLY) - {"max_evaluations"}
 
 

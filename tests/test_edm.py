@@ -259,7 +259,7 @@ def test_a_continuous_run_trains_loads_generates_and_exports_with_one_seeding(tm
 def test_two_mode_fast_evaluation_on_the_exact_score(tmp_path):
     """``evaluate.two_mode_fast`` with the run's score replaced by the exact two-mode score on
     a 40-level karras grid 80 -> 0.01 (Heun, 79 evaluations), started at the recorded mean:
-    mode weight 0.80 within 3 SE at n = 5120, each mode's sd within 4% of 1.0 (measured
+    mode weight 0.80 within 3 SE at n = 2560 (2 seeds), each mode's sd within 4% of 1.0 (measured
     1.00 / 1.03 at n = 20480), and both sampling seeds pass the two-sample test at 0.01."""
     from tf_score import data
     from tf_score.families import evaluate

@@ -228,21 +228,26 @@ def test_chain_target_is_p_for_plain_and_p_sigma_last_for_annealed_langevin(tmp_
 
 def test_two_mode_fast_on_a_copied_workdir_and_non_toy_runs_are_refused(tmp_path):
     """evaluate.two_mode_fast on the toy EDM workdir (heun, edm; 2 seeds): per sampler the
-    registry's count (heun 2 x 8 - 1 = 15), the mode weight of api.generate's samples (exact),
-    two per-mode sds, one p per seed in (0, 1]; a run that is not a 2-D toy is an
-    EvaluationError from both evaluations."""
+    samples are api.generate's of seeds 0 and 1 pooled, with the registry's count (heun
+    2 x 8 - 1 = 15), their mode weight and per-mode sds (exact), and one p per seed: the
+    two-sample test of that seed's draw against exact samples; a run that is not a 2-D toy is
+    an EvaluationError from both evaluations."""
     run = _load_copy(tmp_path, "toy_edm")
-    r = evaluate.two_mode_fast(
-        run, ("heun", "edm"), num_samples=64, num_batches=2, num_seeds=2, num_permutations=50
-    )
+    r = evaluate.two_mode_fast(run, ("heun", "edm"), num_samples=64, num_seeds=2,
+                               num_permutations=50)  # fmt: skip
     assert set(r.metrics["samplers"]) == {"heun", "edm"} and r.metrics["checkpoint_step"] == 300
+    toy = data.get_toy("two_mode")
     for name, row in r.metrics["samplers"].items():
-        out = api.generate(run, 128, seed=0, sampler=name, batch_size=64)
-        np.testing.assert_array_equal(r.samples[name], out.samples)
-        assert row["num_evals"] == out.num_evals
-        assert (row["mode_weight"], row["mode_weight_se"]) == metrics.mode_weight(out.samples)
-        assert len(row["mode_sd"]) == 2 and all(s > 0 for s in row["mode_sd"])
-        assert len(row["two_sample_p"]) == 2 and all(0 < p <= 1 for p in row["two_sample_p"])
+        draws = [api.generate(run, 64, seed=k, sampler=name) for k in (0, 1)]
+        x = np.concatenate([d.samples for d in draws])
+        np.testing.assert_array_equal(r.samples[name], x)
+        assert row["num_evals"] == draws[0].num_evals
+        assert (row["mode_weight"], row["mode_weight_se"]) == metrics.mode_weight(x)
+        assert row["mode_sd"] == metrics.mode_sds(x)
+        for k, d in enumerate(draws):
+            exact = toy.sample(64, seed=tf.constant([k, 99991])).numpy()
+            expected = metrics.kernel_two_sample_test(d.samples, exact, 50, seed=k)[1]
+            assert row["two_sample_p"][k] == expected
     assert r.metrics["samplers"]["heun"]["num_evals"] == 15
     image = Run(str(tmp_path), config.from_flat(dict(dataset="mnist", network="resnet")), {}, 0)
     for fn in (evaluate.two_mode, evaluate.two_mode_fast):

@@ -31,16 +31,15 @@ def toy_evaluation(run: Run, out_dir: str, seed: int, jit: bool = False) -> dict
     """metrics.json and samples.png: the two-mode comparison (NCSN runs: plain vs annealed
     Langevin, learned vs exact score) or the fast solvers of a continuous run."""
     ev, extent = run.config.evaluation, data.get_toy(run.config.data.dataset).extent
-    common = dict(num_samples=ev.num_samples, num_batches=ev.eval_repeats, seed=seed,
-                  num_permutations=ev.num_permutations)  # fmt: skip
+    common = dict(num_samples=ev.num_samples, seed=seed, num_permutations=ev.num_permutations)
     if run.config.is_continuous:
-        r = evaluate.two_mode_fast(run, **common)
+        r = evaluate.two_mode_fast(run, num_seeds=ev.eval_repeats, **common)
         panels = {"exact samples": r.exact}
         for name, x in r.samples.items():
             row = r.metrics["samplers"][name]
             panels[f"{name}, {row['num_evals']} evals (w={row['mode_weight']:.2f})"] = x[:1280]
     else:
-        r = evaluate.two_mode(run, jit=jit, **common)
+        r = evaluate.two_mode(run, num_batches=ev.eval_repeats, jit=jit, **common)
         panels = evaluate.two_mode_panels(r)
     plotting.scatter_panels(panels, extent, path=os.path.join(out_dir, "samples.png"))
     atomic.save_npz(os.path.join(out_dir, EVALUATION_PANELS), titles=np.array(list(panels)),
