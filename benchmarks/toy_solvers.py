@@ -1,14 +1,15 @@
 """The toy table: every registered solver on the two-mode mixture 0.2 N((-5,-5), I) +
 0.8 N((5,5), I), with the exact score and with a learned continuous model, each on the
-run's own grid and options (``evaluate.two_mode_fast``): mode weight and per-mode sd of
-4 x 1280 samples, and the kernel two-sample p of 1280 samples against as many exact ones for
-each of 5 sampling seeds.
+flags' grid and sampler options (``evaluate.two_mode_fast``): for each of 5 sampling seeds,
+the kernel two-sample p of its 1280 samples against as many exact ones, and the mode weight
+and per-mode sd of the 5 x 1280 pooled.
 
     python benchmarks/toy_solvers.py --flagfile=flags/presets/toy_edm.cfg \\
         [--learned=runs/toy_edm] [--samplers=heun,edm] [--out=runs/bench/toy_solvers.json]
 
 The exact rows use the flags' config (the preset's grid and sampler options) with the
-score replaced by the mixture's closed form; the learned rows load --learned. Writes the
+score replaced by the mixture's closed form; the learned rows load --learned and sample it
+with the same grid and options. Writes the
 JSON (rows per score: sampler, evaluations, weight, sd, p per seed, seeds passing p > 0.05)
 and prints the table.
 """
@@ -78,8 +79,10 @@ def main(argv):
     out["tables"]["exact"] = _rows(_exact_run(), names)
     if LEARNED.value:
         run = api.load(LEARNED.value)
-        grid = {k: getattr(F.experiment_config().noise, k) for k in GRID}  # e.g. --num_levels
-        run = dataclasses.replace(run, config=run.config.replace(noise=grid))
+        flags_cfg = F.experiment_config()  # its grid (e.g. --num_levels) and sampler options
+        grid = {k: getattr(flags_cfg.noise, k) for k in GRID}
+        cfg = run.config.replace(noise=grid, sampler=flags_cfg.sampler)
+        run = dataclasses.replace(run, config=cfg)
         print(f"learned: {LEARNED.value} (step {run.step})")
         out["tables"]["learned"] = _rows(run, names)
         out["learned_workdir"], out["learned_step"] = LEARNED.value, run.step

@@ -276,6 +276,42 @@ def test_predictor_corrector_matches_its_recursion_and_the_corrector_helps():
     assert np.all(np.abs(x.mean(0) - MU) < 5 * np.sqrt(1.0 / n))
 
 
+def test_the_sigma_corrector_step_is_its_recursion_and_bounds_a_denoiser_error():
+    """corrector_step="sigma": a = 2 (snr sigma_i)^2, so each corrector step is linear, x - MU
+    <- (1 - a / (C^2 + s^2)) (x - MU) + sqrt(2 a) z, and the variance follows that recursion
+    (5 SE). With a denoiser error b (the score exact + b / sigma^2, as a learned D = D* + b
+    gives), the same noise moves every sample by the recursion's b-term, 0.0665 for
+    b = 0.01 on this grid (to 1e-3). The published snr rule, a = 2 (snr |z| / |s|)^2, pulls
+    by ~ 2 snr^2 |z|^2 / |b / sigma^2| along b per step where b / sigma^2 dominates |s|:
+    0.25 (measured), what shifted the learned toy's light mode on 200 levels."""
+    n, snr, b = 20000, 0.16, np.array([0.01, 0.0], np.float32)
+    grid = np.append(FAST_SIGMAS.astype(np.float64), 0.0)
+    m, v = 0.0, C**2 + grid[0] ** 2
+    for k in range(len(FAST_SIGMAS)):
+        s2, a, d = grid[k] ** 2, 2 * (snr * grid[k]) ** 2, grid[k] ** 2 - grid[k + 1] ** 2
+        m, v = (1 - a / (C**2 + s2)) * m + a * b[0] / s2, (1 - a / (C**2 + s2)) ** 2 * v + 2 * a
+        last = k == len(FAST_SIGMAS) - 1
+        m, v = (
+            (1 - d / (C**2 + s2)) * m + d * b[0] / s2,
+            (1 - d / (C**2 + s2)) ** 2 * v + d * (not last),
+        )
+
+    def biased(x, levels):
+        return _iso_score(x, levels) + b / tf.gather(tf.constant(FAST_SIGMAS), levels)[:, None] ** 2
+
+    x0 = _start(n, [3, 4])
+    shift = {}
+    for rule in solvers.CORRECTOR_STEPS:
+        x, xb = (solve(solvers.predictor_corrector, model, x0, FAST_SIGMAS, [5, 6],
+                       corrector_step=rule).samples.numpy()
+                 for model in (ISO, contract.LevelScoreModel(biased, FAST_SIGMAS)))  # fmt: skip
+        shift[rule] = (xb - x).mean(0)
+        if rule == "sigma":
+            _assert_var(x, v)
+            np.testing.assert_allclose(xb - x, np.broadcast_to([m, 0.0], x.shape), atol=1e-3)
+    assert abs(m - 0.0665) < 5e-4 and shift["snr"][0] > 3 * m, shift
+
+
 def test_ancestral_predictor_matches_its_recursion_and_keeps_the_levels_noise():
     """The ancestral predictor adds sigma_(i+1) sqrt(d_i) / sigma_i z, which is exact for a
     point mass; on this unit-variance Gaussian it contracts (variance 0.82 on this grid, its

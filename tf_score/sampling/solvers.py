@@ -197,18 +197,34 @@ def _per_example_norm(t):
 
 
 PREDICTORS = ("reverse_diffusion", "ancestral")
+CORRECTOR_STEPS = ("snr", "sigma")
+
+
+def _corrector_step(rule, snr, sigma, z, g):
+    """The Langevin corrector's step a at noise level ``sigma`` (``corrector_step``)."""
+    if rule == "sigma":  # the snr rule where |s| is pure noise's, sqrt(d) / sigma
+        return 2.0 * tf.square(snr * sigma)
+    # one step for the batch, from its mean norms (per-example ratios are too noisy in low
+    # dimension; the score SDE reference does the same)
+    norm_z, norm_g = (tf.reduce_mean(_per_example_norm(t)) for t in (z, g))
+    return 2.0 * tf.square(snr * norm_z / tf.maximum(norm_g, 1e-12))
 
 
 def predictor_corrector(
     model, x, sigmas, *, seed, callback=None, snr=0.16, n_corrector=1, denoise=True,
-    predictor="reverse_diffusion",
+    predictor="reverse_diffusion", corrector_step="snr",
 ):  # fmt: skip
     """Predictor-corrector sampling of the VE SDE (Song et al. 2021). At each level:
-    ``n_corrector`` Langevin steps with a = 2 (snr ||z|| / ||s||)^2 (norms averaged over the
-    batch), then a predictor to sigma_(i+1): x <- x + d_i s + c_i z, d_i = sigma_i^2 -
-    sigma_(i+1)^2, c_i = sqrt(d_i) (reverse_diffusion, Euler-Maruyama) or sigma_(i+1)
-    sqrt(d_i) / sigma_i (ancestral: ends at exactly sigma_(i+1)'s noise). With ``denoise``
-    the last predictor step adds no noise. N (1 + n_corrector) calls."""
+    ``n_corrector`` Langevin steps x <- x + a s + sqrt(2 a) z, then a predictor to
+    sigma_(i+1): x <- x + d_i s + c_i z, d_i = sigma_i^2 - sigma_(i+1)^2, c_i = sqrt(d_i)
+    (reverse_diffusion, Euler-Maruyama) or sigma_(i+1) sqrt(d_i) / sigma_i (ancestral: ends
+    at exactly sigma_(i+1)'s noise). With ``denoise`` the last predictor step adds no noise.
+    N (1 + n_corrector) calls. ``corrector_step``: ``snr``, the published a = 2 (snr ||z|| /
+    ||s||)^2 (norms averaged over the batch), or ``sigma``, a = 2 (snr sigma_i)^2: the same
+    where ||s|| is pure noise's, sqrt(d) / sigma_i, which an exact score's mean norm does not
+    exceed (Fisher information), so never a larger step; it moves x by at most 2 snr^2
+    (D - x), as the predictor does, where ``snr`` lets a learned denoiser's error e
+    (s = (D - x) / sigma^2) pull x by ~ 2 snr^2 ||z||^2 / ||e / sigma^2|| per step."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     snr, n_corrector = tf.cast(snr, tf.float32), tf.cast(n_corrector, tf.int32)
     num_levels, nxt, per_level = _num(sigmas), next_sigmas(sigmas), n_corrector + 1
@@ -217,14 +233,7 @@ def predictor_corrector(
         def corrector(j, x):
             g = score_at(model, x, sigmas[i])
             z = step_noise(seed, i * per_level + j, tf.shape(x))
-            # one step for the batch, from its mean norms (per-example ratios are too noisy
-            # in low dimension; the score SDE reference does the same)
-            ratio = (
-                snr
-                * tf.reduce_mean(_per_example_norm(z))
-                / tf.maximum(tf.reduce_mean(_per_example_norm(g)), 1e-12)
-            )
-            a = 2.0 * tf.square(ratio)
+            a = _corrector_step(corrector_step, snr, sigmas[i], z, g)
             return j + 1, plus_noise(x + a * g, tf.sqrt(2.0 * a), z)
 
         _, x = tf.while_loop(lambda j, _: j < n_corrector, corrector, (tf.constant(0), x))
@@ -368,6 +377,10 @@ PC_OPTIONS = (
     _o("predictor", str, "reverse_diffusion", "predictor-corrector: reverse_diffusion or "
        "ancestral (ends each step at exactly the next level's noise)", choices=PREDICTORS,
        static=True),
+    _o("corrector_step", str, "snr", "predictor-corrector: the corrector's step, snr "
+       "(published: 2 (snr |z| / |s|)^2) or sigma (2 (snr sigma)^2: never larger for an exact "
+       "score, safe where a learned score at small sigma is mostly error)",
+       choices=CORRECTOR_STEPS, static=True),
 )  # fmt: skip
 HEUN_STEPS = _o(
     "heun_steps",
