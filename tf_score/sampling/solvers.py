@@ -221,10 +221,11 @@ def predictor_corrector(
     at exactly sigma_(i+1)'s noise). With ``denoise`` the last predictor step adds no noise.
     N (1 + n_corrector) calls. ``corrector_step``: ``snr``, the published a = 2 (snr ||z|| /
     ||s||)^2 (norms averaged over the batch), or ``sigma``, a = 2 (snr sigma_i)^2: the same
-    where ||s|| is pure noise's, sqrt(d) / sigma_i, which an exact score's mean norm does not
-    exceed (Fisher information), so never a larger step; it moves x by at most 2 snr^2
-    (D - x), as the predictor does, where ``snr`` lets a learned denoiser's error e
-    (s = (D - x) / sigma^2) pull x by ~ 2 snr^2 ||z||^2 / ||e / sigma^2|| per step."""
+    where ||s|| is pure noise's, sqrt(d) / sigma_i, which an exact score's root-mean-square
+    norm does not exceed (Fisher information), so in expectation not a larger step. Its drift
+    is 2 snr^2 (D - x), a fixed fraction of the denoiser's move as in the predictor, where
+    ``snr`` lets a learned denoiser's error e (s = (D - x) / sigma^2) pull x by about
+    2 snr^2 ||z||^2 / ||e / sigma^2|| per step."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     snr, n_corrector = tf.cast(snr, tf.float32), tf.cast(n_corrector, tf.int32)
     num_levels, nxt, per_level = _num(sigmas), next_sigmas(sigmas), n_corrector + 1
