@@ -161,6 +161,13 @@ EDM_FAST_SETTINGS = {
     "dpmpp_2m_sde_10_smin0.03_rho4": dict(
         sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.03, rho=4.0
     ),
+    # the heun form of the 2M correction (k-diffusion's solver_type="heun")
+    "dpmpp_2m_sde_heun_10_smin0.02_rho5": dict(
+        sampler="dpmpp_2m_sde", solver_type="heun", num_levels=10, sigma_min=0.02, rho=5.0
+    ),
+    "dpmpp_2m_sde_heun_20_smin0.02_rho5": dict(
+        sampler="dpmpp_2m_sde", solver_type="heun", num_levels=20, sigma_min=0.02, rho=5.0
+    ),
     "heun": dict(sampler="heun"),
     "edm_churn10": dict(sampler="edm", s_churn=10.0),
     "dpm_adaptive": dict(sampler="dpm_adaptive"),

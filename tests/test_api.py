@@ -126,7 +126,8 @@ def test_a_bad_sampler_or_option_is_an_error_naming_it(runs, kwargs, message):
 def test_inpaint_keeps_observed_coordinates_exactly_and_is_seeded(runs):
     """With mask (1, 0) the observed x1 comes back bit-exact and x2 is sampled: the same seed
     gives identical samples, another seed other x2; a full mask returns x_obs exactly; the
-    count is the sampler's (Heun on 8 sigmas: 15)."""
+    count is the sampler's (Heun on 8 sigmas: 15), and a request over the work cap is refused
+    before any work."""
     run = runs["toy_edm"]
     x_obs = np.stack([np.linspace(-6, 6, 16), np.zeros(16)], 1).astype(np.float32)
     mask = np.array([1.0, 0.0], np.float32)
@@ -140,6 +141,12 @@ def test_inpaint_keeps_observed_coordinates_exactly_and_is_seeded(runs):
     assert int(out.num_evals) == 15
     full = api.inpaint(run, x_obs, np.ones(2, np.float32), seed=4, sampler="annealed_langevin")
     np.testing.assert_array_equal(full.samples.numpy(), x_obs)
+    # the work cap of generate: 16 x 15 evaluations of one unit is over 200, 13 would fit
+    with pytest.raises(
+        sampling.budget.BudgetError, match=r"must be <= 200 .*at most --num_samples=13\b"
+    ):
+        api.inpaint(run, x_obs, mask, seed=4, max_evaluations=200)
+    api.inpaint(run, x_obs, mask, seed=4, max_evaluations=240)
 
 
 def test_export_round_trip_serves_what_generate_draws(runs, tmp_path):

@@ -118,7 +118,9 @@ def inpaint_test_images(run: Run, out_dir: str, seed: int, jit: bool = False):
     w = shape[1]
     mask = tf.concat([tf.ones([shape[0], w // 2, shape[2]]),
                       tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)  # fmt: skip
-    out = inpaint(run, x_obs, mask, seed, jit=jit)
+    out = inpaint(
+        run, x_obs, mask, seed, jit=jit, max_evaluations=run.config.evaluation.max_evaluations
+    )
     occluded = x_obs * mask + 0.5 * (1 - mask)
     rows = [plotting.image_grid(a, ncols=min(n, 16))
             for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())]  # fmt: skip

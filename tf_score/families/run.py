@@ -159,12 +159,16 @@ def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np
 
 
 def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
-            jit: bool = False, **options):  # fmt: skip
+            jit: bool = False, max_evaluations: int = 0, **options):  # fmt: skip
     """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
-    the run's, with its options unless overridden). Returns ``SamplerOutput``."""
+    the run's, with its options unless overridden). Refused before any work, as ``generate``
+    is, if it would not fit in memory or its work exceeds ``max_evaluations`` (0: no cap).
+    Returns ``SamplerOutput``."""
     import tensorflow as tf
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
+    budget.check_draw(cfg.sampler, run.model, run.sigmas, run.space, cfg.options(),
+                      len(x_obs), 0, max_evaluations)  # fmt: skip
     return sampling.inpaint(
         cfg.sampler, run.model, x_obs, mask, run.sigmas, tf.constant([seed, 1], tf.int32),
         run.space, jit=jit, **cfg.options(),

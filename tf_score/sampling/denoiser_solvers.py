@@ -10,7 +10,8 @@ grid sigma_1 > ... > sigma_N, then 0:
     dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, in t = -log sigma         N calls
     dpm2_ancestral   the DPM2 midpoint to sigma_down, then sigma_up z            2 N - 1 calls
     dpmpp_2s_ancestral  DPM-Solver++(2S) single-step midpoint, ancestral noise   2 N - 1 calls
-    dpmpp_2m_sde     DPM-Solver++(2M) SDE: the 2M update with noise (sde_eta)    N calls
+    dpmpp_2m_sde     DPM-Solver++(2M) SDE: the 2M update with noise (sde_eta),   N calls
+                     its correction of midpoint or heun form (solver_type)
     dpmpp_3m_sde     the third-order multistep SDE variant (sde_eta 0: an ODE)   N calls
     dpm_adaptive     DPM-Solver-12/23 with an error-controlled step in log sigma  as needed
                      (rtol, atol, h_init), from the grid's first to last sigma
@@ -237,12 +238,13 @@ def _sde_noise(sigma_next, eta_h):
     return sigma_next * tf.sqrt(tf.maximum(-tf.math.expm1(-2.0 * eta_h), 0.0))
 
 
-def dpmpp_2m_sde(model, x, sigmas, *, seed, callback=None, sde_eta=1.0):
-    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, midpoint form): with
-    h = log(sigma_i / sigma_(i+1)) and eta h, x <- (sigma_(i+1) / sigma_i) e^(-eta h) x
-    - expm1(-(1 + eta) h) (D_i + (D_i - D_(i-1)) / (2 r)), r = h_(i-1) / h (first order on
-    the first step), plus sigma_(i+1) sqrt(1 - e^(-2 eta h)) z; the last step returns D.
-    ``sde_eta`` 0 is the deterministic DPM-Solver++(2M)."""
+def dpmpp_2m_sde(model, x, sigmas, *, seed, callback=None, sde_eta=1.0, solver_type="midpoint"):
+    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde): with h = log(sigma_i /
+    sigma_(i+1)), H = (1 + eta) h and r = h_(i-1) / h, x <- (sigma_(i+1) / sigma_i) e^(-eta h)
+    x - expm1(-H) D_i + c (D_i - D_(i-1)) / r (no correction on the first step), plus
+    sigma_(i+1) sqrt(1 - e^(-2 eta h)) z; the last step returns D. ``solver_type`` sets c:
+    ``midpoint`` -expm1(-H) / 2, ``heun`` 1 + expm1(-H) / H (the exact integral of D linear
+    in log sigma). ``sde_eta`` 0 is a deterministic DPM-Solver++(2M) (midpoint: dpmpp_2m)."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(sde_eta, tf.float32)
     h_all = tf.math.log(sigmas) - tf.math.log(tf.maximum(nxt, 1e-30))
@@ -257,7 +259,8 @@ def dpmpp_2m_sde(model, x, sigmas, *, seed, callback=None, sde_eta=1.0):
             phi = -tf.math.expm1(-h - eta_h)
             moved = (sigma_next / sigma) * tf.exp(-eta_h) * x + phi * denoised
             r = h_all[tf.maximum(i - 1, 0)] / h
-            correction = tf.cast(i > 0, tf.float32) * 0.5 * phi / r * (denoised - old)
+            c = 0.5 * phi if solver_type == "midpoint" else 1.0 - phi / (h + eta_h)
+            correction = tf.cast(i > 0, tf.float32) * c / r * (denoised - old)
             return plus_noise(moved + correction, _sde_noise(sigma_next, eta_h),
                               step_noise(seed, i, tf.shape(x)))  # fmt: skip
 
@@ -369,6 +372,9 @@ ETA = Option("eta", float, 1.0, "euler_ancestral, dpm2_ancestral, dpmpp_2s_ances
              "each step (0: no noise)", 0.0, 1.0, True)  # fmt: skip
 SDE_ETA = Option("sde_eta", float, 1.0, "dpmpp_2m_sde, dpmpp_3m_sde: noise of each step "
                  "(0: the ODE solver)", 0.0, 1.0, True)  # fmt: skip
+SOLVER_TYPE = Option("solver_type", str, "midpoint", "dpmpp_2m_sde: the second-order "
+                     "correction's form, midpoint or heun (k-diffusion's solver_type)",
+                     choices=("midpoint", "heun"), static=True)  # fmt: skip
 ADAPTIVE = (
     Option("rtol", float, 0.05, "dpm_adaptive: relative tolerance", 0.0),
     Option("atol", float, 0.0078, "dpm_adaptive: absolute tolerance (data units)", 0.0),
@@ -392,8 +398,8 @@ SOLVERS = (
     Sampler("dpmpp_2s_ancestral", dpmpp_2s_ancestral, (ETA,), "perturbed",
             lambda n, p: 2 * n - 1, True, "DPM-Solver++(2S) ancestral (eta): 2 N - 1 evaluations",
             on_grid=lambda p: False),
-    Sampler("dpmpp_2m_sde", dpmpp_2m_sde, (SDE_ETA,), "perturbed", lambda n, p: n, True,
-            "DPM-Solver++(2M) SDE (sde_eta): N evaluations"),
+    Sampler("dpmpp_2m_sde", dpmpp_2m_sde, (SDE_ETA, SOLVER_TYPE), "perturbed", lambda n, p: n,
+            True, "DPM-Solver++(2M) SDE (sde_eta, solver_type): N evaluations"),
     Sampler("dpmpp_3m_sde", dpmpp_3m_sde, (SDE_ETA,), "perturbed", lambda n, p: n, True,
             "DPM-Solver++(3M) SDE (sde_eta): N evaluations"),
     Sampler("dpm_adaptive", dpm_adaptive, ADAPTIVE, "perturbed", lambda n, p: None, False,
