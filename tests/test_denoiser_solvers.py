@@ -4,8 +4,8 @@ for data N(mu, C^2 I). Each deterministic solver's error falls with the number o
 published order (slope fitted on 20, 40, 80, 160 karras sigmas from 10 to 0.002, past the
 pre-asymptotic 10, where the local slopes run 0.1-0.5 higher; measured: euler 1.00, heun
 2.07, dpm2 2.07, dpmpp_2m 2.11, dpmpp_2m_sde without noise in heun form 2.13, lms 3.11, where
-order 4 holds only asymptotically after its lower-order start). Every registered solver's reported evaluation
-count equals a call counter on the model."""
+order 4 holds only asymptotically after its lower-order start). Every registered solver's
+reported evaluation count equals a call counter on the model."""
 
 import numpy as np
 import pytest
