@@ -218,3 +218,26 @@ def test_an_unwritable_workdir_is_a_message_not_a_traceback(tmp_path):
     with pytest.raises(PermissionError):  # raised inside the block: not turned into a message
         with workdir_lock.held(str(tmp_path / "ok")):
             raise PermissionError("from the training loop")
+
+
+def test_a_refused_restore_leaves_no_warnings_for_when_it_is_deleted(tmp_path):
+    """A checkpoint of another model is a CheckpointError at once; TF's restore status then
+    no longer warns about unrestored values when it is collected (before: a page of warnings
+    at interpreter exit, 'I/O operation on closed file' under pytest)."""
+    import gc
+    import logging
+
+    path = tf.train.Checkpoint(a=tf.Variable(1.0), b=tf.Variable(2.0)).save(str(tmp_path / "c"))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tf.get_logger().addHandler(handler)
+    try:
+        other = tf.train.Checkpoint(a=tf.Variable(0.0), d=tf.Variable(0.0))
+        with pytest.raises(checkpoints.CheckpointError, match="does not hold this model"):
+            checkpoints._restore(other, path)
+        del other
+        gc.collect()
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [r.getMessage() for r in records if "restore" in r.getMessage()], records

@@ -448,6 +448,7 @@ def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> Non
     removed meanwhile a ``CheckpointVanishedError``; one recording other settings than
     ``make_checkpoint`` was given a ``CheckpointError`` (``check_settings``)."""
     settings, view = _RECORDED.get(ckpt, (None, ckpt))
+    status = None
     try:
         check_settings(path, settings)
         status = view.restore(path)
@@ -455,6 +456,8 @@ def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> Non
         if view is not ckpt:
             status.expect_partial()  # the record in the checkpoint, compared above
     except (AssertionError, ValueError, tf.errors.OpError) as e:
+        if status is not None:  # reported here, not again by TF when the status is deleted
+            status.expect_partial()
         if _vanished(path):
             raise CheckpointVanishedError(f"checkpoint {path} was removed while being read") from e
         if isinstance(e, tf.errors.OpError) and not isinstance(e, tf.errors.InvalidArgumentError):
