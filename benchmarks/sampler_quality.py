@@ -168,6 +168,18 @@ EDM_FAST_SETTINGS = {
     "dpmpp_2m_sde_heun_20_smin0.02_rho5": dict(
         sampler="dpmpp_2m_sde", solver_type="heun", num_levels=20, sigma_min=0.02, rho=5.0
     ),
+    # more Langevin noise per step than the reverse SDE's (sde_eta above 1)
+    "dpmpp_2m_sde_10_smin0.02_rho5_eta1.5": dict(
+        sampler="dpmpp_2m_sde", sde_eta=1.5, num_levels=10, sigma_min=0.02, rho=5.0
+    ),
+    "dpmpp_2m_sde_heun_10_smin0.02_rho5_eta1.5": dict(
+        sampler="dpmpp_2m_sde",
+        solver_type="heun",
+        sde_eta=1.5,
+        num_levels=10,
+        sigma_min=0.02,
+        rho=5.0,
+    ),
     "heun": dict(sampler="heun"),
     "edm_churn10": dict(sampler="edm", s_churn=10.0),
     "dpm_adaptive": dict(sampler="dpm_adaptive"),

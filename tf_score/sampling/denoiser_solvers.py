@@ -371,7 +371,8 @@ def dpm_adaptive(model, x, sigmas, *, seed, callback=None, rtol=0.05, atol=0.007
 ETA = Option("eta", float, 1.0, "euler_ancestral, dpm2_ancestral, dpmpp_2s_ancestral: noise of "
              "each step (0: no noise)", 0.0, 1.0, True)  # fmt: skip
 SDE_ETA = Option("sde_eta", float, 1.0, "dpmpp_2m_sde, dpmpp_3m_sde: noise of each step "
-                 "(0: the ODE solver)", 0.0, 1.0, True)  # fmt: skip
+                 "(0: the ODE solver; every eta >= 0 keeps the marginals, above 1 with more "
+                 "Langevin noise)", 0.0, None, True)  # fmt: skip
 SOLVER_TYPE = Option("solver_type", str, "midpoint", "dpmpp_2m_sde: the second-order "
                      "correction's form, midpoint or heun (k-diffusion's solver_type)",
                      choices=("midpoint", "heun"), static=True)  # fmt: skip
