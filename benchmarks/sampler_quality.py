@@ -46,6 +46,9 @@ COMPARE = flags.DEFINE_string(
 POSTHOC = flags.DEFINE_float(
     "posthoc_sigma_rel", 0.0, "Sample this post-hoc EMA width (a run trained with --posthoc_ema)."
 )
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Sample this checkpoint prefix of --workdir (default: the newest good one)."
+)
 SEED = flags.DEFINE_integer(
     "seed", 0, "Sampling seed of every setting (the floor does not change)."
 )
@@ -180,6 +183,22 @@ EDM_FAST_SETTINGS = {
         sigma_min=0.02,
         rho=5.0,
     ),
+    "dpmpp_2m_sde_heun_10_smin0.02_rho5_eta2": dict(
+        sampler="dpmpp_2m_sde",
+        solver_type="heun",
+        sde_eta=2.0,
+        num_levels=10,
+        sigma_min=0.02,
+        rho=5.0,
+    ),
+    "dpmpp_2m_sde_heun_10_smin0.02_rho4_eta1.5": dict(
+        sampler="dpmpp_2m_sde",
+        solver_type="heun",
+        sde_eta=1.5,
+        num_levels=10,
+        sigma_min=0.02,
+        rho=4.0,
+    ),
     "heun": dict(sampler="heun"),
     "edm_churn10": dict(sampler="edm", s_churn=10.0),
     "dpm_adaptive": dict(sampler="dpm_adaptive"),
@@ -236,7 +255,9 @@ def _setting_rows(workdir: str, settings: dict, out_dir: str) -> list[dict]:
     wanted = {k: v for k, v in settings.items() if not ONLY.value or k in ONLY.value}
     if not wanted:
         return []
-    run = api.load(workdir, data_dir=DATA_DIR.value, posthoc_sigma_rel=POSTHOC.value)
+    run = api.load(
+        workdir, CHECKPOINT.value, data_dir=DATA_DIR.value, posthoc_sigma_rel=POSTHOC.value
+    )
     reference = evaluate.quality_reference(run, NUM_SAMPLES.value, classifier=CLASSIFIER.value)
     return [_run(name, run, reference, opts, out_dir) for name, opts in wanted.items()]
 
