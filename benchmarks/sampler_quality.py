@@ -94,11 +94,11 @@ EDM_SETTINGS = {
     # level ratio (0.64 on 18 levels, 0.41 on 35), so a finer grid wastes less of it
     "cas_35": dict(sampler="consistent_annealed", num_levels=35),
 }
+#: DPM-Solver++(2M) SDE with the heun form of its correction on 10 levels ending at 0.02
+_HEUN_SDE_10 = dict(sampler="dpmpp_2m_sde", solver_type="heun", num_levels=10, sigma_min=0.02)
 # The k-diffusion / diffusers solvers on a continuous model at 10-20 evaluations (the grid:
 # num_levels karras sigmas of the run's ends; Heun and DPM2 take 2N - 1 on N levels), with
 # stochastic EDM and Heun on the run's 18 levels (35) and the adaptive solvers as references.
-#: DPM-Solver++(2M) SDE with the heun form of its correction on 10 levels ending at 0.02
-_HEUN_SDE_10 = dict(sampler="dpmpp_2m_sde", solver_type="heun", num_levels=10, sigma_min=0.02)
 EDM_FAST_SETTINGS = {
     "heun_6": dict(sampler="heun", heun_steps=6),
     "heun_10": dict(sampler="heun", heun_steps=10),
@@ -167,9 +167,7 @@ EDM_FAST_SETTINGS = {
         sampler="dpmpp_2m_sde", num_levels=10, sigma_min=0.03, rho=4.0
     ),
     # the heun form of the 2M correction (k-diffusion's solver_type="heun")
-    "dpmpp_2m_sde_heun_10_smin0.02_rho5": dict(
-        sampler="dpmpp_2m_sde", solver_type="heun", num_levels=10, sigma_min=0.02, rho=5.0
-    ),
+    "dpmpp_2m_sde_heun_10_smin0.02_rho5": _HEUN_SDE_10 | dict(rho=5.0),
     "dpmpp_2m_sde_heun_20_smin0.02_rho5": dict(
         sampler="dpmpp_2m_sde", solver_type="heun", num_levels=20, sigma_min=0.02, rho=5.0
     ),
