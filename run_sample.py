@@ -49,6 +49,12 @@ def _load(workdir):
 
 def _check_request(run) -> None:
     ev = run.config.evaluation
+    asked = sorted(F.typed(sys.argv) & F.sampler_flags())
+    if asked and run.family != "score":
+        raise app.UsageError(
+            f"--{asked[0]} does not apply: {run.workdir} holds a {run.family} run, which has no "
+            "solvers (they sample score models); leave the sampler flags out"
+        )
     if ev.bits_per_dim and (not run.config.is_image or run.family != "score"):
         raise app.UsageError("--bits_per_dim is for image score models")
     if ev.metrics and (not run.config.is_image or F.FLAGS.inpaint):

@@ -185,7 +185,7 @@ CHOICES = {
     "dataset": C.DATASETS, "model": tuple(C.FAMILY_NETWORKS),
     "network": tuple(sorted({n for nets in C.FAMILY_NETWORKS.values() for n in nets})),
     "activation": C.ACTIVATIONS, "precision": C.PRECISIONS, "vae_encoder": C.VAE_ENCODERS,
-    "schedule": C.SCHEDULES, "sigma_dist": C.noise.SIGMA_DISTS, "loss": C.SCORE_LOSSES,
+    "schedule": C.SCHEDULES, "sigma_dist": C.SIGMA_DISTS, "loss": C.SCORE_LOSSES,
     "parameterization": C.PARAMETERIZATIONS, "projection": C.PROJECTIONS,
     "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES,
     "feature_extractor": C.FEATURE_EXTRACTORS,
@@ -212,6 +212,20 @@ def _is_width(value) -> bool:
         return False
 
 
+def _define_option(name: str, options: list) -> None:
+    """One flag of a sampler option that one or more solvers take (of one type: the registry
+    checks it). Its default is theirs when they agree; a value given is checked by the
+    schema of each solver it is used with (``sampling.check_config``)."""
+    o = options[0]
+    help_ = " / ".join(dict.fromkeys(x.help for x in options))
+    default = o.default if all(x.default == o.default for x in options) else None
+    if o.choices:
+        choices = sorted({c for x in options for c in x.choices or ()})
+        flags.DEFINE_enum(name, default, choices, help_)
+    else:
+        _define(name, o.kind.__name__, default, help_)
+
+
 def _define_all() -> None:
     for section, section_cls in C.SECTIONS.items():
         if section == "sampler":
@@ -222,12 +236,8 @@ def _define_all() -> None:
                 hint = getattr(hints[f.name], "__name__", str(hints[f.name]))
                 _define(f.name, hint, f.default, HELP[f.name])
     flags.DEFINE_string("sampler", C.SamplerConfig.sampler, HELP["sampler"])
-    for o in sampling.registry.all_options().values():  # the registry's schema
-        hint = o.kind.__name__ if not o.choices else "str"
-        if o.choices:
-            flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help)
-        else:
-            _define(o.name, hint, o.default, o.help)
+    for name, options in sampling.registry.all_options().items():  # the registry's schema
+        _define_option(name, options)
     flags.DEFINE_integer("seed", 0, HELP["seed"])
     for name, (kind, default, help_) in COMMAND.items():
         getattr(flags, f"DEFINE_{kind}")(name, default, help_)
@@ -263,23 +273,28 @@ for _name in [n for n in (*C.field_names(), *COMMAND) if n in FLAGS]:
     )
 
 
+def load_plugin(name: str):
+    """Import one plugin: a dotted module name or a .py file (executed afresh each time, so
+    what it registers is registered again). Returns the module."""
+    if name.endswith(".py"):
+        if not os.path.isfile(name):
+            raise C.ConfigError(f"--plugins: no file {name}")
+        spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+            raise  # a module the plugin itself imports is missing: its own traceback
+        raise C.ConfigError(f"--plugins: no module {name!r} ({e})") from e
+
+
 def load_plugins() -> None:
     """Import the --plugins modules (before the sampler flags are read)."""
     for name in FLAGS.plugins:
-        if name.endswith(".py") and not os.path.isfile(name):
-            raise C.ConfigError(f"--plugins: no file {name}")
-        if name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            continue
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
-                # a module the plugin itself imports is missing: its own traceback
-                raise
-            raise C.ConfigError(f"--plugins: no module {name!r} ({e})") from e
+        load_plugin(name)
 
 
 def _sampler_option_values() -> dict:
@@ -293,28 +308,44 @@ def _sampler_option_values() -> dict:
                 f"--sampler_options takes name=value pairs of registered sampler options "
                 f"({', '.join(sorted(known))}); got {pair!r}"
             )
-        kind = known[name].kind
+        kind = known[name][0].kind
         try:
-            value = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-            out[name] = known[name].check(value)
-        except (ValueError, sampling.SamplerError) as e:
-            raise C.ConfigError(f"--sampler_options: {name} must be {known[name].allowed()}, "
+            out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+        except ValueError as e:
+            raise C.ConfigError(f"--sampler_options: {name} must be {known[name][0].allowed()}, "
                                 f"got {text!r}") from e  # fmt: skip
     return out
+
+
+def sampler_flags() -> set[str]:
+    """The flags that choose a solver or set its options."""
+    return {"sampler", "sampler_options", *sampling.registry.all_options()}
+
+
+def sampler_overrides() -> dict:
+    """The sampler settings given (on the command line or in a --flagfile): the sampler and
+    its options; the others keep their defaults (training) or the workdir's (run_sample.py)."""
+    names = ["sampler", *sampling.registry.all_options()]
+    given = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
+    return {**given, **_sampler_option_values()}
+
+
+def checked_sampler(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+    """``cfg`` once its sampler settings and export solvers fit the registry's schemas
+    (``ConfigError`` naming the option otherwise)."""
+    try:
+        sampling.check_config(cfg.sampler)
+        for name in cfg.export.export_samplers:
+            sampling.options_of(cfg.sampler, name)
+    except sampling.SamplerError as e:
+        raise C.ConfigError(str(e)) from e
+    return cfg
 
 
 def experiment_config() -> C.ExperimentConfig:
     """The run's config from the flags (field name = flag name); ``ConfigError`` if invalid."""
     values = {name: FLAGS[name].value for name in C.field_names() if name in FLAGS}
-    return C.from_flat({**values, **_sampler_option_values(), "seed": FLAGS.seed})
-
-
-def sampler_overrides() -> dict:
-    """The sampler settings given on this command line (run_sample.py keeps the workdir's
-    others)."""
-    names = ["sampler", *sampling.registry.all_options()]
-    given = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
-    return {**given, **_sampler_option_values()}
+    return checked_sampler(C.from_flat({**values, **sampler_overrides(), "seed": FLAGS.seed}))
 
 
 def command_sections() -> dict:
@@ -464,7 +495,7 @@ def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.Exper
         values = {n: FLAGS[n].value for n in given if owner.get(n) == section}
         checked[section] = C.section_with(run_cfg, section, values)
     run_cfg.replace(seed=FLAGS.seed)  # checked: the seed of the samples
-    cfg = run_cfg.replace(sampler=sampler_overrides(), **command_sections())
+    cfg = checked_sampler(run_cfg.replace(sampler=sampler_overrides(), **command_sections()))
     if run_cfg.is_continuous:
         cfg = cfg.replace(noise={n: getattr(checked["noise"], n) for n in GRID})
     for name in sorted(typed_names):

@@ -18,10 +18,6 @@ SAMPLERS = (
     "annealed_langevin", "langevin", "consistent_annealed", "predictor_corrector", "heun",
     "ode", "edm",
 )  # fmt: skip
-#: evaluation counts a4ac31d reported wrongly: the ODE left out the solver's first call
-#: (a call counter finds one more, tests/test_denoiser_solvers.py), i.e. one network
-#: evaluation on the continuous model, two on the level-conditioned one
-RECOUNTED = {("toy_ncsn", "ode"): 2, ("toy_edm", "ode"): 1}
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +39,30 @@ def test_the_reference_covers_every_builtin_sampler(reference):
         assert {f"{name}/{s}" for s in SAMPLERS} <= set(reference)
 
 
+#: solvers whose steps are chosen by an error controller: see ``test_every_sampler_draws...``
+ADAPTIVE = ("ode",)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_draws_the_a4ac31d_samples(run, reference, sampler):
+    """The fixed-step solvers draw the recorded samples to float32 round-off. The adaptive
+    ODE's step sequence depends on round-off: oneDNN picks its kernels by the CPU's ISA, and
+    one flipped accept/reject changes every later step (measured on an AMX / AVX512-FP16
+    machine: toy_edm took 236 evaluations against the recorded 212, its samples 0.21 from the
+    recorded ones, while the recorded ones are 0.27 from a solve at ode_tol 1e-6). So it is
+    held to what an adaptive solver promises: at least as close to the tight solve (the ODE's
+    solution) as the recorded samples are; its count is checked against a call counter in
+    tests/test_denoiser_solvers.py."""
     name, r = run
     out = api.generate(r, 64, seed=5, sampler=sampler)
-    np.testing.assert_allclose(out.samples, reference[f"{name}/{sampler}"], rtol=0, atol=1e-4)
-    recorded = int(reference[f"{name}/{sampler}/num_evals"])
-    assert out.num_evals == recorded + RECOUNTED.get((name, sampler), 0)
+    recorded = reference[f"{name}/{sampler}"]
+    if sampler in ADAPTIVE:
+        tight = api.generate(r, 64, seed=5, sampler=sampler, ode_tol=1e-6).samples
+        recorded_error = np.abs(recorded - tight).max()
+        assert np.abs(out.samples - tight).max() <= recorded_error + 1e-4, recorded_error
+        return
+    np.testing.assert_allclose(out.samples, recorded, rtol=0, atol=1e-4)
+    assert out.num_evals == int(reference[f"{name}/{sampler}/num_evals"])
 
 
 def test_the_a4ac31d_export_loads_and_serves_its_samples(run, reference):

@@ -57,7 +57,7 @@ def test_generate_batch_b_is_seeded_seed_b_and_same_seed_same_samples(runs):
     again = api.generate(run, 8, seed=s, batch_size=4)
     np.testing.assert_array_equal(split.samples, again.samples)
     np.testing.assert_array_equal(split.samples[:4], api.generate(run, 4, seed=s).samples)
-    opts = run.config.sampler.options()
+    opts = sampling.options_of(run.config.sampler)
     name = run.config.sampler.sampler
     for b in (0, 1):
         want = sampling.draw(name, run.model, run.sigmas, 4, tf.constant([s, b]), run.space, **opts)
@@ -79,7 +79,8 @@ def test_options_override_the_runs_and_num_evals_follows_the_registry(runs):
     out = api.generate(ncsn, 2, seed=0, n_steps_each=2, denoise=True)
     entry = sampling.get("annealed_langevin")
     assert out.num_evals == 13 == entry.evaluations(6, {"n_steps_each": 2, "denoise": True})
-    assert ncsn.config.sampler.n_steps_each == 5 and ncsn.config.sampler.denoise is False
+    kept = sampling.options_of(ncsn.config.sampler)
+    assert kept["n_steps_each"] == 5 and kept["denoise"] is False
     assert api.generate(edm, 2, seed=0).num_evals == 15
     assert api.generate(edm, 2, seed=0, heun_steps=3).num_evals == 5
     # a sampler other than the run's, with its own options
@@ -109,8 +110,8 @@ def test_snapshots_are_the_start_then_one_frame_per_step_ending_at_the_samples(r
     [
         ({"sampler": "no_such_sampler"}, "no_such_sampler"),
         ({"n_steps_each": 0}, "n_steps_each must be an integer >= 1"),
-        ({"step_lr": float("nan")}, "step_lr must be a finite number > 0"),
-        ({"bogus_option": 1}, "unknown sampler option 'bogus_option'"),
+        ({"step_lr": float("nan")}, "step_lr must be .*a finite number"),
+        ({"bogus_option": 1}, "takes options step_lr, n_steps_each, denoise; not bogus_option"),
         ({"sampler": "heun", "heun_steps": 1}, "heun_steps must be 0 .all levels. or >= 2"),
     ],
 )
@@ -119,7 +120,7 @@ def test_a_bad_sampler_or_option_is_an_error_naming_it(runs, kwargs, message):
     naming the sampler or the option and what it allows."""
     with pytest.raises((config.ConfigError, sampling.SamplerError), match=message):
         api.generate(runs["toy_ncsn"], 2, seed=0, **kwargs)
-    with pytest.raises(config.ConfigError, match="num_samples must be >= 1"):
+    with pytest.raises(config.ConfigError, match=r"num_samples must be an integer in \[1, "):
         api.generate(runs["toy_ncsn"], 0)
 
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from tf_score import config
+from tf_score import config, sampling
 from tf_score.families import score_model
 from tf_score.families.run import generate_from
 from tf_score.sampling import budget
@@ -47,9 +47,10 @@ def test_the_work_of_a_request_scales_with_the_network_s_flops():
                       max_evaluations=1_000_000)  # fmt: skip
     assert time.time() - t0 < 60  # refused, not sampled (that takes 23-31 minutes)
     # the check generate makes: a request within the cap passes, one more sample is over it
-    options, cap = cfg.sampler.replace(n_steps_each=1).options(), 2 * 11 * resnet_cost.units
-    check = functools.partial(budget.check_draw, "annealed_langevin", resnet,
-                              cfg.noise.sigmas(), space, options, batch_size=0)  # fmt: skip
+    options = sampling.options_of(cfg.sampler.replace(n_steps_each=1))
+    cap = 2 * 11 * resnet_cost.units
+    made = sampling.plan("annealed_langevin", resnet, cfg.noise.sigmas(), options)
+    check = functools.partial(budget.check_draw, made, space, batch_size=0)
     assert check(num_samples=2, max_evaluations=cap) == resnet_cost
     with pytest.raises(budget.BudgetError, match=f"must be <= {cap}"):
         check(num_samples=3, max_evaluations=cap)

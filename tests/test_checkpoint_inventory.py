@@ -305,3 +305,13 @@ def test_random_damage_between_resumes_never_loses_a_good_checkpoint(tmp_path, c
         for content in damaged_files:
             assert content in aside
         reached = target
+
+
+def test_the_state_file_names_checkpoints_relative_to_it_with_timestamps(tmp_path):
+    """``write_state`` goes through TF's public v1 ``update_checkpoint_state``, which writes the
+    names as given: relative (the workdir may move) and with deletable timestamps."""
+    checkpoints.write_state(str(tmp_path), [str(tmp_path / "ckpt-1"), str(tmp_path / "ckpt-2")])
+    text = (tmp_path / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-2"' in text and str(tmp_path) not in text
+    assert text.count("all_model_checkpoint_timestamps") == 2
+    assert "last_preserved_timestamp" in text

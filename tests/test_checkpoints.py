@@ -235,7 +235,7 @@ def test_a_refused_restore_leaves_no_warnings_for_when_it_is_deleted(tmp_path):
     try:
         other = tf.train.Checkpoint(a=tf.Variable(0.0), d=tf.Variable(0.0))
         with pytest.raises(checkpoints.CheckpointError, match="does not hold this model"):
-            checkpoints._restore(other, path)
+            checkpoints.restore(checkpoints.Restorable(other), path)
         del other
         gc.collect()
     finally:

@@ -29,8 +29,11 @@ def _run(repo_root, script, *args, timeout=300):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--num_steps=-5"], "num_steps must be an integer >= 1, got -5"),
-        (["--sigma_max=0.5", "--sigma_min=1"], "sigma_max (0.5) must be > sigma_min (1.0)"),
+        (["--num_steps=-5"], "num_steps must be an integer >= 1 and <= 2147483647, got -5"),
+        (
+            ["--sigma_max=0.5", "--sigma_min=1"],
+            "for a decreasing schedule, got sigma_max=0.5, sigma_min=1.0",
+        ),
         (["--dataset=imagenet"], "flag --dataset=imagenet: value should be one of"),
         (["--loss=mle"], "flag --loss=mle: value should be one of"),
         (["--loss=dsm"], "loss=dsm is single-level"),
@@ -46,7 +49,10 @@ def _run(repo_root, script, *args, timeout=300):
         (["--sampler=heun", "--heun_steps=1"], "heun_steps must be 0 (all levels) or >= 2"),
         (["--export_model_name=../../x"], "export_model_name must be a TF Serving model name"),
         (["--export_model_name=a/b"], "export_model_name must be a TF Serving model name"),
-        (["--export_max_evaluations=0"], "export_max_evaluations must be an integer >= 1, got 0"),
+        (
+            ["--export_max_evaluations=0"],
+            "export_max_evaluations must be an integer >= 1 and <= 2147483647, got 0",
+        ),
         (["--predictor=euler"], "flag --predictor=euler: value should be one of"),
         (["--anneal_power=nan"], "anneal_power must be finite"),
     ],

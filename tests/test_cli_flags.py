@@ -195,8 +195,11 @@ def test_a_continuous_model_samples_on_the_grid_given(workdirs, tmp_path, monkey
     assert samples[("--sigma_min=30",)].std() < base.std() / 2
     for bad, message in [
         ("--rho=0", "error: rho must be > 0.0, got 0.0"),
-        ("--sigma_min=90", "error: sigma_max (80.0) must be > sigma_min (90.0)"),
-        ("--num_levels=1", "error: schedule=karras needs num_levels >= 2, got 1"),
+        (
+            "--sigma_min=90",
+            "error: schedule=karras: sigma_max must be > sigma_min > 0 for a decreasing",
+        ),
+        ("--num_levels=1", "error: schedule=karras: a karras grid needs num_levels >= 2, got 1"),
     ]:
         out = tmp_path / "refused"
         args = [f"--workdir={edm}", f"--output_dir={out}", bad]

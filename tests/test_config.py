@@ -5,8 +5,16 @@ import json
 
 import pytest
 
-from tf_score import config
+from tf_score import config, sampling
 from tf_score.config import ConfigError, ExperimentConfig
+
+
+def _checked(values: dict) -> ExperimentConfig:
+    """``config.from_flat`` and the registry's check of its sampler settings, as the flags and
+    ``api.train`` make them."""
+    cfg = config.from_flat(values)
+    sampling.check_config(cfg.sampler)
+    return cfg
 
 
 def test_defaults_round_trip_and_replace():
@@ -24,17 +32,19 @@ def test_defaults_round_trip_and_replace():
 
 def test_every_field_name_is_unique_and_from_flat_sets_it():
     owner = config.field_names()
-    assert owner["sigma_max"] == "noise" and owner["step_lr"] == "sampler"
+    assert owner["sigma_max"] == "noise" and owner["sampler"] == "sampler"
     cfg = config.from_flat(dict(dataset="mnist", network="resnet", channel_mults=["1", "2"]))
     assert cfg.network.channel_mults == (1, 2) and cfg.is_image
-    with pytest.raises(ConfigError, match="unknown config field 'sigma_begin'"):
-        config.from_flat(dict(sigma_begin=1.0))
+    # a name that is no field is a sampler option value, checked against the registry
+    assert _checked(dict(step_lr=0.01)).sampler.given() == {"step_lr": 0.01}
+    with pytest.raises(ValueError, match="'sigma_begin' is neither a config field nor an option"):
+        _checked(dict(sigma_begin=1.0))
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
-        (dict(num_steps=0), "num_steps must be an integer >= 1, got 0"),
+        (dict(num_steps=0), "num_steps must be an integer >= 1 and <= 2147483647, got 0"),
         (dict(seed=-1), "seed must be an integer in [0, 2**31), got -1"),
         (dict(learning_rate=float("nan")), "learning_rate must be finite"),
         (dict(step_lr=-1.0), "sampler option step_lr must be a finite number > 0, got -1.0"),
@@ -42,7 +52,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(num_levels=1), "with num_levels=1, sigma_max (20.0) must equal sigma_min (1.0)"),
         (dict(model="vae"), "model=vae needs image data, not dataset=two_mode"),
         (dict(model="classifier", dataset="npz", data_path="x.npz"), "needs labelled images"),
-        (dict(sampler="leapfrog"), "sampler must be one of annealed_langevin, langevin"),
+        (dict(sampler="leapfrog"), "unknown sampler 'leapfrog'; choose one of annealed_langevin"),
         (dict(cas_eta=1.5), "cas_eta must be a finite number >= 0 and <= 1, got 1.5"),
         (dict(predictor="euler"), "predictor must be one of reverse_diffusion, ancestral"),
         (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),
@@ -53,8 +63,8 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
     ],
 )
 def test_invalid_settings_name_the_field(values, message):
-    with pytest.raises(ConfigError) as err:
-        config.from_flat(values)
+    with pytest.raises((ConfigError, sampling.SamplerError)) as err:
+        _checked(values)
     assert message in str(err.value)
 
 

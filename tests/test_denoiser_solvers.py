@@ -94,7 +94,7 @@ class _Counting(contract.ScoreModel):
             return _score(tf.cast(x, tf.float32), contract.per_example_sigma(x, sigma))
 
 
-@pytest.mark.parametrize("name", sorted(sampling.registry.BUILTINS))
+@pytest.mark.parametrize("name", sorted(sampling.builtin_names()))
 def test_every_solver_reports_the_calls_it_makes(name):
     """num_evals of sampling.draw equals the model's call counter (a continuous model: one
     network evaluation per call), and the registry's evaluations() says the same in advance."""

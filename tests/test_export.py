@@ -35,7 +35,7 @@ def _toy_samples(model, n, seed):
     """In-process equivalent of the toy export's serving_default."""
     out = sampling.draw(
         "annealed_langevin", _toy_model(model), TOY_SIGMAS, n, seed, TOY_SPACE,
-        **TOY_SAMPLER.options(),
+        **sampling.options_of(TOY_SAMPLER),
     )  # fmt: skip
     return out.samples, out.num_evals
 
@@ -214,7 +214,7 @@ def test_bad_requests_fail_with_a_message(toy_export, tmp_path):
 def test_non_finite_outputs_are_an_error_not_an_answer():
     """Every endpoint returns through ``_finite_output``: NaN / inf in a float output (a
     model or sampler setting that diverged) fails the request with a message naming it."""
-    checked = tf.function(savedmodel._finite_output)
+    checked = tf.function(savedmodel.finite_output)
     good = checked({"samples": tf.constant([1.0, 2.0]), "num_evals": tf.constant(3)})
     assert good["samples"].numpy().tolist() == [1.0, 2.0]
     for bad in (np.nan, np.inf):
@@ -257,7 +257,7 @@ def test_image_model_export_samples_uint8_in_graph(tmp_path):
     savedmodel.export_score_model(model, score, sigmas, space, path, sampler=sampler)
     seed = np.array([5, 6], np.int32)
     expected = sampling.draw(
-        "annealed_langevin", score, sigmas, 4, seed, space, **sampler.options()
+        "annealed_langevin", score, sigmas, 4, seed, space, **sampling.options_of(sampler)
     ).samples
     rc, out, err = _cli_run(path, "serving_default", tmp_path, num_samples=np.int32(4), seed=seed)
     assert rc == 0, err[-2000:]

@@ -1,9 +1,6 @@
-"""A solver registered here, in this file only, is usable through the API, run_sample.py (which
-loads this file with --plugins) and an export, with no other file edited: the registry entry
-is the whole solver.
-
-The solver is Euler's method on the probability-flow ODE dx/dsigma = -sigma s(x, sigma) with
-a step-size multiplier, ``euler_scale`` (1: plain Euler): N network evaluations."""
+"""A solver written in one plugin file of the tests (``plugins/scaled_euler.py``) is usable
+through the API, run_sample.py (``--plugins``) and an export, with no library file edited:
+the registry entry is the whole solver."""
 
 import os
 import shutil
@@ -14,41 +11,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from flags import definitions
 from tf_score import api, sampling
-from tf_score.sampling import solvers
 
-EULER_SCALE = sampling.Option(
-    "euler_scale", float, 1.0, "test_euler: step-size multiplier", 0.0, 2.0
-)
-
-
-def euler(model, x, sigmas, *, seed, callback=None, euler_scale=1.0):
-    """x <- x + c (sigma_(i+1) - sigma_i) (-sigma_i s(x, sigma_i)), sigma_(N+1) = 0."""
-    del seed
-    x, sigmas = tf.convert_to_tensor(x, tf.float32), solvers.as_grid(sigmas)
-    nxt, c = solvers.next_sigmas(sigmas), tf.cast(euler_scale, tf.float32)
-
-    def body(i, x):
-        d = -sigmas[i] * solvers.score_at(model, x, sigmas[i])
-        x = x + c * (nxt[i] - sigmas[i]) * d
-        return i + 1, solvers.after_step(callback, i, sigmas[i], x)
-
-    _, x = tf.while_loop(lambda i, _: i < tf.shape(sigmas)[0], body, (tf.constant(0), x))
-    return sampling.SamplerOutput(x, tf.shape(sigmas)[0])
-
-
-sampling.register(
-    sampling.Sampler(
-        "test_euler", euler, (EULER_SCALE,), "perturbed", lambda n, o: n, False,
-        "Euler on the probability-flow ODE: N evaluations",
-    ),
-    replace=True,
-)  # fmt: skip
+PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "scaled_euler.py")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered_only_here():
-    """The solver is this module's: other tests in the process must not see it."""
+    """The plugin is loaded as ``--plugins`` loads it, for this module's tests only: every
+    other test in the process sees the built-in solvers alone, whatever the order."""
+    definitions.load_plugin(PLUGIN)
     yield
     sampling.unregister("test_euler")
 
@@ -89,7 +62,7 @@ def test_run_sample_loads_it_as_a_plugin(run, repo_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, "run_sample.py", f"--workdir={run.workdir}", "--num_samples=16",
          "--seed=4", "--sampler=test_euler", "--sampler_options=euler_scale=0.5",
-         f"--plugins={os.path.abspath(__file__)}", f"--output_dir={tmp_path}"],
+         f"--plugins={PLUGIN}", f"--output_dir={tmp_path}"],
         capture_output=True, text=True, timeout=300, cwd=repo_root,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip

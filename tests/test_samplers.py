@@ -381,7 +381,7 @@ TWO_MODE_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", list(sampling.SAMPLERS))
+@pytest.mark.parametrize("name", sampling.builtin_names())
 def test_every_registered_sampler_through_the_one_contract_on_the_two_mode_score(name):
     """Each registered sampler, called by name through ``sampling.draw`` (its own start, the
     seeding convention) on the exact noise-conditional score of the two-mode mixture as a

@@ -143,7 +143,9 @@ def test_training_lowers_the_loss(tmp_path):
 
 
 def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="num_steps must be an integer >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match="num_steps must be an integer >= 1 and <= 2147483647, got 0"
+    ):
         TrainConfig(num_steps=0, batch_size=4)
     with pytest.raises(ValueError, match=r"ema_rate must be < 1.0, got 1.0"):
         TrainConfig(num_steps=1, batch_size=4, ema_rate=1.0)

@@ -150,18 +150,19 @@ def read_config(workdir: str, data_dir: str | None = None) -> ExperimentConfig:
     return cfg
 
 
-def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
+def check_resume(workdir: str, cfg: ExperimentConfig) -> ExperimentConfig | None:
     """Refuse to resume a run with other model settings (the data may have moved). A
     workdir with no checkpoint yet (e.g. a run that stopped at step 2) takes new settings;
-    one with checkpoints but no ``config.json`` is checked by the restore itself."""
+    one with checkpoints but no ``config.json`` is checked by the restore itself. Returns the
+    config of the run resumed (None: a new run)."""
     import tensorflow as tf
 
     if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
         raise RunError(f"workdir {workdir} is a file, not a directory")
     if not tf.io.gfile.exists(config_path(workdir)):
-        return
+        return None
     if not checkpoints.candidates(os.path.join(workdir, "checkpoints")):
-        return
+        return None
     old = read_config(workdir)
     changed = old.model_differences(cfg)
     if changed:
@@ -170,6 +171,7 @@ def check_resume(workdir: str, cfg: ExperimentConfig) -> None:
             + ", ".join(f"{k} (was {a!r}, now {b!r})" for k, a, b in changed)
             + ". Use a new workdir or the original settings."
         )
+    return old
 
 
 def _write_config(workdir: str, cfg: ExperimentConfig) -> None:
@@ -215,7 +217,7 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
     """Everything ``train`` checks and loads before it writes: the resume check, the data and
     the bundle. Returns (bundle, config with its data shape and, for score models, mean)."""
 
-    check_resume(workdir, cfg)
+    resumed = check_resume(workdir, cfg)
     replicas = (strategy.num_replicas_in_sync if strategy else 1) * cfg.train.grad_accum_steps
     if cfg.train.batch_size % replicas:
         raise ConfigError(
@@ -230,7 +232,14 @@ def prepare(cfg: ExperimentConfig, workdir: str, strategy=None):
         bundle, shape = FAMILIES[cfg.network.model].bundle(cfg)
     except ValueError as e:  # bad images, a shape the network cannot take, ...
         raise RunError(str(e)) from e
-    return bundle, cfg.replace(data={"data_shape": tuple(int(d) for d in shape)})
+    shape = tuple(int(d) for d in shape)
+    trained = resumed.data.data_shape if resumed else None
+    if trained is not None and tuple(trained) != shape:
+        raise RunError(
+            f"{workdir} was trained on data of shape {tuple(trained)}; the data given now have "
+            f"shape {shape}. Use the run's data (dataset, data_path, image_size) or a new workdir"
+        )
+    return bundle, cfg.replace(data={"data_shape": shape})
 
 
 def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = True,
@@ -321,6 +330,20 @@ def _train_classifier(cfg: ExperimentConfig, workdir: str, progress: bool):
 # --- load ---------------------------------------------------------------------------------------
 
 
+def _check_trained_fields(workdir: str, cfg: ExperimentConfig) -> None:
+    """RunError naming a field training fills in that the workdir's config.json lacks: the
+    data's shape (every family) and, for score models, the data's mean (the deterministic
+    solvers start at mean + sigma_1 z; another centre gives other samples)."""
+    needed = ("data_shape", "data_mean") if cfg.network.model == "score" else ("data_shape",)
+    missing = [name for name in needed if getattr(cfg.data, name) is None]
+    if missing:
+        raise RunError(
+            f"{config_path(workdir)} lacks {', '.join(missing)}, which training records and "
+            "sampling depends on; it was edited or cut short. To recover: run run_train.py "
+            "with the run's original flags on this workdir (it rewrites config.json)"
+        )
+
+
 def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = None,
          posthoc_sigma_rel: float = 0.0) -> Run:  # fmt: skip
     """Load a trained workdir of any family: its config and the EMA weights of the newest
@@ -331,6 +354,7 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
 
     cfg = read_config(workdir, data_dir)
     family = FAMILIES[cfg.network.model]
+    _check_trained_fields(workdir, cfg)
     if family.load is not None:
         return Run(workdir, cfg, family.load(workdir), 0)
     _set_precision(cfg.network.precision)

@@ -20,8 +20,7 @@ import math
 import re
 import typing
 
-from tf_score import noise, sampling
-from tf_score.networks.preconditioning import PARAMETERIZATIONS
+from tf_score.noise import grids
 
 #: model families -> the network architectures each accepts (the first is the default)
 FAMILY_NETWORKS = {
@@ -39,6 +38,10 @@ SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm", "edm")
 #: level indices of the geometric schedule they were trained on
 CONTINUOUS_NETWORKS = ("edm_mlp", "edm_unet")
 SCHEDULES = ("geometric", "karras")
+#: training sigma distributions of continuous models
+SIGMA_DISTS = ("lognormal", "loguniform")
+#: preconditionings of continuous models (``networks.preconditioning``)
+PARAMETERIZATIONS = ("edm", "ncsnv2")
 PROJECTIONS = ("gaussian", "rademacher")
 OPTIMIZERS = ("adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
@@ -51,6 +54,10 @@ STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 #: data settings that may change between a run and its resumption (where the data lives)
 PORTABLE_FIELDS = ("data_dir", "data_path", "download")
 CONFIG_FILE = "config.json"
+#: the version of config.json this library writes. 1: every file before the version was
+#: recorded (a field it lacks takes today's default, which is what version 1 did); 2: the
+#: sampler section holds only the option values given (version 1 wrote every solver's)
+CONFIG_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -62,18 +69,30 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive_ints(obj, *names, minimum=1):
+#: the largest count (steps, levels, samples, batch, ...): the graphs count in int32
+MAX_COUNT = 2**31 - 1
+#: the most noise levels: a grid is a tuple of Python floats in every solver's trace key
+MAX_LEVELS = 100_000
+#: the largest magnitude of a float setting: the graphs compute in float32
+MAX_FLOAT = 3.4028234663852886e38
+
+
+def _positive_ints(obj, *names, minimum=1, maximum=MAX_COUNT):
     for name in names:
         v = getattr(obj, name)
         _require(
-            isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
-            f"{name} must be an integer >= {minimum}, got {v!r}",
+            isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum,
+            f"{name} must be an integer >= {minimum} and <= {maximum}, got {v!r}",
         )
 
 
 def _finite(obj, name, low=None, high=None, low_open=True):
     v = getattr(obj, name)
-    _require(isinstance(v, int | float) and math.isfinite(v), f"{name} must be finite, got {v!r}")
+    _require(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        and abs(v) <= MAX_FLOAT,
+        f"{name} must be finite in float32 (|value| <= {MAX_FLOAT:.4g}), got {v!r}",
+    )  # fmt: skip
     if low is not None:
         ok = v > low if low_open else v >= low
         _require(ok, f"{name} must be {'>' if low_open else '>='} {low}, got {v!r}")
@@ -181,38 +200,26 @@ class NoiseConfig:
     parameterization: str = "edm"
 
     def __post_init__(self):
-
         _finite(self, "sigma_max", 0.0)
         _finite(self, "sigma_min", 0.0)
-        _positive_ints(self, "num_levels")
+        _positive_ints(self, "num_levels", maximum=MAX_LEVELS)
         _one_of(self, "schedule", SCHEDULES)
         _finite(self, "rho", 0.0)
         _finite(self, "sigma_data", 0.0)
-        _one_of(self, "sigma_dist", noise.SIGMA_DISTS)
+        _one_of(self, "sigma_dist", SIGMA_DISTS)
         _finite(self, "p_mean")
         _finite(self, "p_std", 0.0)
         _one_of(self, "parameterization", PARAMETERIZATIONS)
-        _require(
-            self.schedule != "karras" or self.num_levels >= 2,
-            f"schedule=karras needs num_levels >= 2, got {self.num_levels}",
-        )
-        if self.num_levels == 1:
-            _require(
-                math.isclose(self.sigma_max, self.sigma_min),
-                f"with num_levels=1, sigma_max ({self.sigma_max}) must equal sigma_min "
-                f"({self.sigma_min})",
-            )
-        else:
-            _require(
-                self.sigma_max > self.sigma_min,
-                f"sigma_max ({self.sigma_max}) must be > sigma_min ({self.sigma_min})",
-            )
+        try:  # the grid's own rules (``noise.grids``): decreasing, L = 1 only at one sigma
+            self.sigmas()
+        except ValueError as e:
+            raise ConfigError(f"schedule={self.schedule}: {e}") from e
 
     def sigmas(self):
         """The schedule as float32 numpy [L]."""
         if self.schedule == "karras":
-            return noise.karras_sigmas(self.sigma_max, self.sigma_min, self.num_levels, self.rho)
-        return noise.geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
+            return grids.karras_sigmas(self.sigma_max, self.sigma_min, self.num_levels, self.rho)
+        return grids.geometric_sigmas(self.sigma_max, self.sigma_min, self.num_levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,60 +258,53 @@ class OptimizerConfig:
         _positive_ints(self, "lr_warmup_steps", minimum=0)
 
 
+#: what a sampler option's value may be in a config (its solver's schema says more, when used)
+OPTION_TYPES = (bool, int, float, str)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """The run's default sampler and the values of sampler options given for it or for any
-    other registered solver (``tf_score.sampling``: the registry's option schema validates
-    them; options not given take the schema's defaults). ``cfg.sampler.step_lr`` reads one;
-    config.json stores every option flat beside ``sampler``."""
+    """The run's default sampler and the sampler option values given, for it or for other
+    solvers (flat: ``step_lr`` is annealed Langevin's, ``heun_steps`` Heun's; a name two
+    solvers share applies to each). Plain data: the solver registry validates the sampler and
+    its options when flags are parsed, a draw is made or an export is built
+    (``sampling.options_of``); options not given take their solver's defaults there.
+    config.json stores them flat beside ``sampler``."""
 
     sampler: str = "annealed_langevin"
-    #: (option, value) pairs that differ from the schema's defaults, sorted by name
+    #: (option, value) pairs given, sorted by name
     values: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
-        _one_of(self, "sampler", tuple(sampling.SAMPLERS))
-        known = sampling.registry.all_options()
-        checked = []
+        _require(
+            isinstance(self.sampler, str) and self.sampler.isidentifier(),
+            f"sampler must be the name of a registered solver, got {self.sampler!r}",
+        )
+        checked = {}
         for name, value in dict(self.values).items():
+            _require(isinstance(name, str) and name.isidentifier(),
+                     f"a sampler option name must be an identifier, got {name!r}")  # fmt: skip
             _require(
-                name in known,
-                f"unknown sampler option {name!r} (options: {', '.join(sorted(known))}; a "
-                "plugin's? load it with --plugins)",
+                isinstance(value, OPTION_TYPES)
+                and (not isinstance(value, float) or math.isfinite(value)),
+                f"sampler option {name} must be true/false, a finite number or a word, "
+                f"got {value!r}",
             )
-            try:
-                value = known[name].check(value)
-            except sampling.SamplerError as e:
-                raise ConfigError(str(e)) from e
-            if value != known[name].default:  # equal configs compare equal
-                checked.append((name, value))
-        object.__setattr__(self, "values", tuple(sorted(checked)))
+            checked[name] = value
+        object.__setattr__(self, "values", tuple(sorted(checked.items())))
 
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("sampler", "values"):
-            raise AttributeError(name)
-        given = dict(self.values)
-        if name in given:
-            return given[name]
-        known = sampling.registry.all_options()
-        if name in known:
-            return known[name].default
-        raise AttributeError(f"SamplerConfig has no option {name!r}")
-
-    def options(self) -> dict:
-        """The options of ``sampler`` (the keywords of its registry entry)."""
-        return {o.name: getattr(self, o.name) for o in sampling.get(self.sampler).options}
+    def given(self) -> dict:
+        """The option values given, by name."""
+        return dict(self.values)
 
     def replace(self, **changes) -> SamplerConfig:
         """A copy with another ``sampler`` and/or option values."""
         sampler = changes.pop("sampler", self.sampler)
-        return SamplerConfig(sampler, tuple({**dict(self.values), **changes}.items()))
+        return SamplerConfig(sampler, tuple({**self.given(), **changes}.items()))
 
     def to_dict(self) -> dict:
-        """Flat: the sampler and the value of every option of the library's solvers, and of
-        plugins' options that were given (a config.json reads back without the plugin then)."""
-        names = sorted({*sampling.registry.all_options(builtin_only=True), *dict(self.values)})
-        return {"sampler": self.sampler, **{k: _jsonable(getattr(self, k)) for k in names}}
+        """Flat: the sampler and the option values given."""
+        return {"sampler": self.sampler, **self.given()}
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplerConfig:
@@ -438,11 +438,9 @@ class ExportConfig:
             "export_model_name must be a TF Serving model name: letters, digits, '_', '.', "
             "'-', starting with a letter or digit, no '/' or '..' path parts",
         )  # fmt: skip
-        unknown = [s for s in self.export_samplers if s not in sampling.SAMPLERS]
         _require(
-            not unknown,
-            f"export_samplers takes registered solvers ({', '.join(sampling.SAMPLERS)}); "
-            f"got {', '.join(map(repr, unknown))}",
+            all(isinstance(s, str) and s.isidentifier() for s in self.export_samplers),
+            f"export_samplers takes names of registered solvers, got {self.export_samplers!r}",
         )
 
 
@@ -511,9 +509,10 @@ class ExperimentConfig:
 
     def __post_init__(self):
         _require(
-            isinstance(self.seed, int) and 0 <= self.seed < 2**31,
+            isinstance(self.seed, int) and not isinstance(self.seed, bool)
+            and 0 <= self.seed <= MAX_COUNT,
             f"seed must be an integer in [0, 2**31), got {self.seed!r}",
-        )
+        )  # fmt: skip
         family, net, ds = self.network.model, self.network.network, self.data.dataset
         if family == "score":
             _require(
@@ -574,7 +573,8 @@ class ExperimentConfig:
         """The run's settings (config.json): every section but the command's."""
         run = [name for name in SECTIONS if name not in COMMAND_SECTIONS]
         out = {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name in run}
-        return {**out, "sampler": self.sampler.to_dict(), "seed": self.seed}
+        return {"version": CONFIG_VERSION, **out, "sampler": self.sampler.to_dict(),
+                "seed": self.seed}  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -586,12 +586,18 @@ class ExperimentConfig:
         _require(isinstance(d, dict), f"a config must be a JSON object, got {type(d).__name__}")
         if "dataset" in d:  # a flat dict: the typed config nests it under "data"
             return from_flat(_from_legacy(d))
-        unknown = set(d) - {*SECTIONS, "seed"}
+        version = d.get("version", 1)
+        _require(
+            isinstance(version, int) and 1 <= version <= CONFIG_VERSION,
+            f"config version {version!r} was written by a newer tf_score (this one reads "
+            f"versions 1 to {CONFIG_VERSION}): upgrade tf_score to read it",
+        )
+        unknown = set(d) - {*SECTIONS, "seed", "version"}
         _require(not unknown, f"unknown config sections: {', '.join(sorted(unknown))}")
         sections = {}
         for name, section_cls in SECTIONS.items():
             sections[name] = _section_from_dict(section_cls, d.get(name, {}), name)
-        return cls(**sections, seed=int(d.get("seed", 0)))
+        return cls(**sections, seed=d.get("seed", 0))
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentConfig:
@@ -663,12 +669,13 @@ def _from_legacy(d: dict) -> dict:
 
 
 def field_names() -> dict[str, str]:
-    """Every field name -> its section (names are unique across sections: one per quantity)."""
+    """Every field name -> its section (names are unique across sections: one per quantity);
+    the sampler options are not fields: they are the values of the ``sampler`` section."""
     out = {}
     for section, section_cls in SECTIONS.items():
         names = [f.name for f in dataclasses.fields(section_cls)]
         if section_cls is SamplerConfig:
-            names = ["sampler", *sampling.registry.all_options()]
+            names = ["sampler"]
         for name in names:
             assert name not in out, f"{name} is in two sections"
             out[name] = section
@@ -677,7 +684,8 @@ def field_names() -> dict[str, str]:
 
 def from_flat(values: dict) -> ExperimentConfig:
     """Build a config from flat ``{field: value}`` (flags, a notebook's keyword arguments);
-    fields not given keep their defaults."""
+    fields not given keep their defaults, and names that are no field are sampler option
+    values (``sampling.options_of`` checks them against the registry when they are used)."""
     owner = field_names()
     sections: dict[str, dict] = {name: {} for name in SECTIONS}
     seed = 0
@@ -685,10 +693,9 @@ def from_flat(values: dict) -> ExperimentConfig:
         if value is None:  # not given: the default
             continue
         if key == "seed":
-            seed = int(value)
+            seed = value
             continue
-        _require(key in owner, f"unknown config field {key!r}")
-        sections[owner[key]][key] = value
+        sections[owner.get(key, "sampler")][key] = value
     return ExperimentConfig.from_dict({**sections, "seed": seed})
 
 

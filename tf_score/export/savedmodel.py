@@ -48,7 +48,7 @@ def version_dir(export_dir: str, model_name: str, version: int) -> str:
     return os.path.join(export_dir, model_name, str(int(version)))
 
 
-def _in_range(value, name: str, low, high):
+def in_range(value, name: str, low, high):
     """Assert low <= value <= high in the graph, with a message naming the input."""
     return [
         tf.debugging.assert_greater_equal(
@@ -62,7 +62,7 @@ def _in_range(value, name: str, low, high):
     ]
 
 
-def _checked(value, checks):
+def checked(value, checks):
     """``value`` (a tensor or a tuple of them) computed only after ``checks`` pass: every op
     of the request must consume it, or it may run before the assertions."""
     with tf.control_dependencies(checks):
@@ -71,12 +71,12 @@ def _checked(value, checks):
         return tf.identity(value)
 
 
-def _finite_input(value, name: str):
+def finite_input(value, name: str):
     """Assert every entry of a float input is finite (NaN / inf requests are refused)."""
     return [tf.debugging.assert_all_finite(value, message=f"{name} must be finite")]
 
 
-def _finite_output(outputs: dict) -> dict:
+def finite_output(outputs: dict) -> dict:
     """The float outputs, returned only if finite: a model or setting that diverges is an
     error naming the output, never NaN samples or scores."""
     return {
@@ -89,18 +89,18 @@ def _finite_output(outputs: dict) -> dict:
     }
 
 
-def _work_cap(evaluations, max_evaluations: int, cost: budget.Cost, what: str | None = None):
-    """Assert one request's work (samples x network evaluations each x the network's cost
-    units, ``sampling.budget``) is within the export-time cap (int64: the product of int32
-    caps overflows int32)."""
-    work = tf.cast(evaluations, tf.int64) * cost.units
+def work_cap(work, max_evaluations: int, cost: budget.Cost, what: str | None = None):
+    """Assert one request's work (samples x network evaluations each, a float64 tensor, times
+    the network's cost units, ``sampling.budget``) is within the export-time cap: float64,
+    so that no product of int32 inputs wraps around below it."""
+    work = tf.cast(work, tf.float64) * float(cost.units)
     message = budget.work_message(cost, max_evaluations, *([what] if what else []))
     message += " (the cap set when this model was exported)"
-    cap = tf.constant(max_evaluations, tf.int64)
+    cap = tf.constant(float(max_evaluations), tf.float64)
     return [tf.debugging.assert_less_equal(work, cap, message=message)]
 
 
-def _to_uint8(x):
+def to_uint8(x):
     """Images in [0, 1] -> uint8 0..255."""
     return tf.cast(tf.round(x * 255.0), tf.uint8)
 
@@ -109,7 +109,7 @@ def _image_outputs(x, is_image: bool) -> dict:
     if not is_image:
         return {"samples": x}
     x = tf.clip_by_value(x, 0.0, 1.0)
-    return {"samples": x, "samples_uint8": _to_uint8(x)}
+    return {"samples": x, "samples_uint8": to_uint8(x)}
 
 
 def _score_endpoints(model, data_shape, max_score_batch):
@@ -118,57 +118,65 @@ def _score_endpoints(model, data_shape, max_score_batch):
     sigma_spec = tf.TensorSpec([None], tf.float32, name="sigma")
 
     def checked_inputs(x, sigma):
-        checks = _in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
-        checks += _finite_input(x, "x") + _finite_input(sigma, "sigma")
+        checks = in_range(tf.shape(x)[0], "batch size of x", 1, max_score_batch)
+        checks += finite_input(x, "x") + finite_input(sigma, "sigma")
         checks.append(tf.debugging.assert_positive(sigma, message="sigma must be > 0"))
         checks.append(
             tf.debugging.assert_equal(
                 tf.shape(sigma)[0], tf.shape(x)[0], message="sigma needs one entry per x"
             )
         )
-        return _checked((x, sigma), checks)
+        return checked((x, sigma), checks)
 
     @tf.function(input_signature=[x_spec, sigma_spec])
     def score(x, sigma):
         x, sigma = checked_inputs(x, sigma)
-        return _finite_output({"score": tf.cast(model.score(x, sigma), tf.float32)})
+        return finite_output({"score": tf.cast(model.score(x, sigma), tf.float32)})
 
     @tf.function(input_signature=[x_spec, sigma_spec])
     def denoise(x, sigma):
         x, sigma = checked_inputs(x, sigma)
-        return _finite_output({"denoised": tf.cast(model.denoise(x, sigma), tf.float32)})
+        return finite_output({"denoised": tf.cast(model.denoise(x, sigma), tf.float32)})
 
     return score, denoise
 
 
-def _draw_endpoint(model, grid, space, entry, fixed: dict, caps: dict, cost, served: bool):
-    """A ``tf.function`` drawing from solver ``entry``: inputs num_samples and seed, and with
+def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost, served: bool):
+    """A ``tf.function`` drawing from solver ``name``: inputs num_samples and seed, and with
     ``served`` its servable options (checked against its schema); the other options are
     ``fixed``. Work (``cost`` per network evaluation) over ``caps["max_evaluations"]`` is
     refused before (or, adaptive, after)."""
-
+    entry = sampling.get(name)
     inputs = [o for o in entry.options if o.servable] if served else []
     dtypes = {float: tf.float32, int: tf.int32}
     specs = [NUM_SAMPLES_SPEC, SEED_SPEC] + [
         tf.TensorSpec([], dtypes[o.kind], name=o.name) for o in inputs
     ]
-    per_call = budget.network_calls(model, grid, entry, fixed)
     is_image = len(space.shape) == 3
+    most = sampling.registry.MAX_EVALUATIONS_PER_SAMPLE
 
     def run(num_samples, seed, *values):
-        checks = _in_range(num_samples, "num_samples", 1, caps["max_samples"])
+        checks = in_range(num_samples, "num_samples", 1, caps["max_samples"])
         for o, v in zip(inputs, values, strict=True):
             checks += o.graph_checks(v)
-        num_samples, *values = _checked((num_samples, *values), checks)
-        options = {**fixed, **{o.name: v for o, v in zip(inputs, values, strict=True)}}
-        calls = entry.evaluations(len(grid), options)
-        if calls is not None:  # after the range checks, so a request fails on those first
-            work = tf.cast(num_samples, tf.int64) * tf.cast(calls, tf.int64) * per_call
-            num_samples = _checked(num_samples, _work_cap(work, caps["max_evaluations"], cost))
-        out = sampling.draw(entry.name, model, grid, num_samples, seed, space, **options)
-        work = tf.cast(num_samples, tf.int64) * tf.cast(out.num_evals, tf.int64)
-        x = _checked(out.samples, _work_cap(work, caps["max_evaluations"], cost))
-        return _finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
+        num_samples, *values = checked((num_samples, *values), checks)
+        given = {o.name: v for o, v in zip(inputs, values, strict=True)}
+        made = sampling.plan(name, model, grid, {**fixed, **given})
+        evaluations = made.evaluations()
+        if evaluations is not None:  # after the range checks, so a request fails on those first
+            evaluations = tf.cast(evaluations, tf.float64)
+            work = tf.cast(num_samples, tf.float64) * evaluations
+            checks = work_cap(work, caps["max_evaluations"], cost)
+            checks.append(tf.debugging.assert_less_equal(
+                evaluations, tf.constant(most, tf.float64),
+                message=f"network evaluations per sample must be <= {most}",
+            ))  # fmt: skip
+            num_samples = checked(num_samples, checks)
+        x0 = made.start(sampling.registry.batch_shape(num_samples, space), seed, space)
+        out = made.run(x0, seed)
+        work = tf.cast(num_samples, tf.float64) * tf.cast(out.num_evals, tf.float64)
+        x = checked(out.samples, work_cap(work, caps["max_evaluations"], cost))
+        return finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
 
     return tf.function(run, input_signature=specs)
 
@@ -203,19 +211,20 @@ def export_score_model(
     cost = budget.network_cost(model, tuple(space.shape))
     archive = keras.export.ExportArchive()
     archive.track(network)
-    default = sampling.get(sampler.sampler)
-    sample = _draw_endpoint(model, grid, space, default, sampler.options(), caps, cost, False)
+    default = sampler.sampler
+    sample = _draw_endpoint(
+        model, grid, space, default, sampling.options_of(sampler), caps, cost, False
+    )
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
     for name in dict.fromkeys(samplers):
-        entry = sampling.get(name)
-        fixed = sampler.replace(sampler=name).options()
+        fixed = sampling.options_of(sampler, name)
         archive.add_endpoint(
-            f"sample_{name}", _draw_endpoint(model, grid, space, entry, fixed, caps, cost, True)
+            f"sample_{name}", _draw_endpoint(model, grid, space, name, fixed, caps, cost, True)
         )
     score, denoise = _score_endpoints(model, tuple(space.shape), max_score_batch)
     archive.add_endpoint("score", score)
     archive.add_endpoint("denoise", denoise)
-    archive.add_endpoint("limits", _limits_endpoint(**caps, **cost_outputs(cost)))
+    archive.add_endpoint("limits", limits_endpoint(**caps, **cost_outputs(cost)))
     archive.write_out(path, verbose=False)
     return path
 
@@ -225,7 +234,7 @@ def cost_outputs(cost: budget.Cost) -> dict:
     return {"evaluation_cost": cost.units, "flops_per_evaluation": cost.flops}
 
 
-def _limits_endpoint(**caps):
+def limits_endpoint(**caps):
     """``limits``: the export-time caps as outputs (``saved_model_cli run --signature_def
     limits --input_exprs 'unused=0'`` prints them; the input is ignored)."""
 

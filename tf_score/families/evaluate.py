@@ -12,14 +12,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_score import data
+from tf_score import data, sampling
 from tf_score.config import EvalConfig
 from tf_score.evaluation import likelihood, metrics
 from tf_score.families import classifier as classifiers  # `classifier` names the path
 from tf_score.families import score_model, vae
 from tf_score.families.run import Run, generate_from, sampler_config
 from tf_score.networks import contract
-from tf_score.sampling import registry
 from tf_score.training.bundle import Monitor
 
 
@@ -58,7 +57,7 @@ def chain_target(toy, run: Run, sampler: str, n: int, seed: int) -> np.ndarray:
         return toy.sample(n, seed=key).numpy()
     sigma_last = float(run.sigmas[-1])
     x = toy.distribution(sigma_last).sample(n, seed=key)
-    if sampler_config(run.config.sampler, sampler).options().get("denoise", False):
+    if sampling.options_of(run.config.sampler, sampler).get("denoise", False):
         x = x + sigma_last**2 * toy.score(x, sigma_last)
     return x.numpy()
 
@@ -479,7 +478,7 @@ def bits_per_dim(
     bpd, evals, t0 = [], [], time.time()
     for b, i in enumerate(tqdm(range(0, n, batch_size), desc="bits/dim", unit="batch",
                                disable=not progress)):  # fmt: skip
-        u_seed, p_seed = registry.batch_seeds(seed, b)
+        u_seed, p_seed = sampling.batch_seeds(seed, b)
         pix = tf.constant(k[i : i + batch_size].astype(np.float32))
         x = (pix + tf.random.stateless_uniform(tf.shape(pix), u_seed, alg="philox")) / 256.0
         lp, ne = log_px(x, p_seed)

@@ -9,11 +9,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_score import atomic, data
+from tf_score import atomic, data, sampling
 from tf_score.evaluation import plotting
 from tf_score.families import evaluate, score_model, vae
-from tf_score.families.run import Generated, Run, generate, inpaint
-from tf_score.sampling import budget
+from tf_score.families.run import Generated, Run, generate, generate_checked, inpaint, request
 
 
 def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False) -> Generated:
@@ -84,16 +83,14 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
     ``metrics_file`` (default OUT_DIR/quality_SAMPLER.json). Every check and load before
     any sampling."""
     ev, name = run.config.evaluation, run.config.sampler.sampler
-    budget.check_draw(name, run.model, run.sigmas, run.space, run.config.sampler.options(),
-                      ev.num_samples, ev.sample_batch_size, ev.max_evaluations)  # fmt: skip
+    req = request(run.model, run.sigmas, run.space, ev.num_samples, seed, run.config.sampler,
+                  ev.sample_batch_size, ev.max_evaluations)  # fmt: skip
     reference = None
     if ev.metrics:
         reference = evaluate.quality_reference(
             run, ev.num_samples, ev.feature_extractor, ev.classifier, ev.inception_weights
         )
-    out = generate(run, ev.num_samples, seed, batch_size=ev.sample_batch_size, jit=jit,
-                   snapshots=snapshots, progress=progress,
-                   max_evaluations=ev.max_evaluations)  # fmt: skip
+    out = generate_checked(run, req, jit=jit, snapshots=snapshots, progress=progress)
     images = evaluate.to_uint8(out.samples)
     plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)
@@ -103,7 +100,8 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
         return out, None
     q = evaluate.image_quality(images, reference, seed=seed)
     q.update(sampler=name, num_evals=out.num_evals, sample_seconds=out.seconds,
-             checkpoint_step=run.step, denoise=run.config.sampler.denoise, seed=seed)  # fmt: skip
+             checkpoint_step=run.step, denoise=req.plan.options.get("denoise"),
+             seed=seed)  # fmt: skip
     q["path"] = metrics_file or os.path.join(out_dir, f"quality_{name}.json")
     atomic.write_json(q["path"], q)
     return out, q
@@ -136,8 +134,9 @@ def bits_per_dim(run: Run, out_dir: str, seed: int, progress: bool = False) -> d
     """bits_per_dim.json and bits_per_dim_per_image.npz (``evaluate.bits_per_dim`` of the
     evaluation section's ``bits_per_dim`` test images at the sampler's ``ode_tol``)."""
     ev = run.config.evaluation
+    ode_tol = sampling.options_of(run.config.sampler, "ode")["ode_tol"]
     summary, per_image = evaluate.bits_per_dim(
-        run, ev.bits_per_dim, seed, ev.eval_batch, run.config.sampler.ode_tol, progress=progress
+        run, ev.bits_per_dim, seed, ev.eval_batch, ode_tol, progress=progress
     )
     summary["path"] = os.path.join(out_dir, "bits_per_dim.json")
     atomic.write_json(summary["path"], summary)

@@ -69,8 +69,11 @@ class Generated(NamedTuple):
 
 
 def sampler_config(base: SamplerConfig, sampler: str | None = None, **options) -> SamplerConfig:
-    """``base`` with another sampler and/or options (validated: ``ConfigError``)."""
-    return base.replace(**({"sampler": sampler} if sampler else {}), **options)
+    """``base`` with another sampler and/or options, which must be that sampler's
+    (SamplerError naming the sampler or option otherwise)."""
+    cfg = base.replace(**({"sampler": sampler} if sampler else {}), **options)
+    sampling.get(cfg.sampler).resolve(options)
+    return cfg
 
 
 class NonFiniteSamplesError(RunError):
@@ -86,40 +89,82 @@ def _check_finite(x, name: str, options: dict, b: int) -> None:
         )
 
 
+def _count(value, name: str, low: int, high: int = 2**31 - 1) -> int:
+    """``value`` as an int in [low, high]; ConfigError naming ``name`` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not (low <= value <= high)
+    ):
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A generation checked before any work (``request``); ``generate_request`` runs it."""
+
+    plan: sampling.Plan
+    space: sampling.SampleSpace
+    num_samples: int
+    seed: int
+    batch_size: int
+    max_evaluations: int
+    cost: budget.Cost
+
+
+def request(
+    model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
+    batch_size: int = 0, max_evaluations: int = 0,
+) -> Request:  # fmt: skip
+    """Every check of a generation, once, before any work: the counts and the seed (ConfigError
+    naming the argument), the sampler and its options (SamplerError), memory and the work cap
+    ``max_evaluations`` (0: none; ``sampling.budget``: BudgetError)."""
+    num_samples = _count(num_samples, "num_samples", 1)
+    batch_size = _count(batch_size, "batch_size", 0)
+    seed = _count(seed, "seed", 0)
+    max_evaluations = _count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
+    made = sampling.plan(sampler.sampler, model, sigmas, sampling.options_of(sampler))
+    cost = budget.check_draw(made, space, num_samples, batch_size, max_evaluations)
+    return Request(made, space, num_samples, seed, batch_size, max_evaluations, cost)
+
+
+def generate_request(req: Request, jit: bool = False, callback=None,
+                     progress: bool = False) -> Generated:  # fmt: skip
+    """The samples of a checked request in batches of ``req.batch_size`` (0: one batch); batch
+    b is seeded (seed, b) (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first
+    batch's steps. An adaptive solver's work is checked against the cap as it is known."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    made, n = req.plan, req.num_samples
+    bs, name = req.batch_size or n, made.entry.name
+    xs, evals, t0 = [], 0.0, time.time()
+    starts = range(0, n, bs)
+    bar = tqdm(starts, desc=name, unit="batch", disable=not progress or len(starts) < 2)
+    for b, i in enumerate(bar):
+        seed = tf.constant([req.seed, b], tf.int32)
+        x0 = made.start(sampling.registry.batch_shape(min(bs, n - i), req.space), seed, req.space)
+        out = made.run(x0, seed, callback=callback if b == 0 else None, jit=jit)
+        xs.append(out.samples.numpy())
+        _check_finite(xs[-1], name, made.options, b)
+        evals += float(out.num_evals) * len(xs[-1])
+        if req.max_evaluations:  # an adaptive solver's count is known only now
+            done = i + len(xs[-1])
+            budget.check_work(done, math.ceil(evals / done), req.cost, req.max_evaluations)
+    return Generated(np.concatenate(xs), round(evals / n), time.time() - t0)
+
+
 def generate_from(
     model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
     batch_size: int = 0, jit: bool = False, callback=None, progress: bool = False,
     max_evaluations: int = 0,
 ) -> Generated:  # fmt: skip
-    """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas`` in
-    batches of ``batch_size`` (0: one batch); batch b is seeded (seed, b)
-    (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first batch's steps.
-    Refused before any work (``sampling.budget``) if it would not fit in memory, or its work
-    exceeds ``max_evaluations`` (0: no cap)."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    if num_samples < 1 or batch_size < 0:
-        raise ConfigError(f"num_samples must be >= 1 and batch_size >= 0, got {num_samples}")
-    bs, options = batch_size or num_samples, sampler.options()
-    cost = budget.check_draw(sampler.sampler, model, sigmas, space, options, num_samples,
-                             batch_size, max_evaluations)  # fmt: skip
-    xs, evals, t0 = [], 0.0, time.time()
-    starts = range(0, num_samples, bs)
-    bar = tqdm(starts, desc=sampler.sampler, unit="batch", disable=not progress or len(starts) < 2)
-    for b, i in enumerate(bar):
-        out = sampling.draw(
-            sampler.sampler, model, sigmas, min(bs, num_samples - i),
-            tf.constant([seed, b], tf.int32), space, callback=callback if b == 0 else None,
-            jit=jit, **options,
-        )  # fmt: skip
-        xs.append(out.samples.numpy())
-        _check_finite(xs[-1], sampler.sampler, options, b)
-        evals += float(out.num_evals) * len(xs[-1])
-        if max_evaluations:  # an adaptive solver's count is known only now
-            done = i + len(xs[-1])
-            budget.check_work(done, math.ceil(evals / done), cost, max_evaluations)
-    return Generated(np.concatenate(xs), round(evals / num_samples), time.time() - t0)
+    """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas``
+    (``request``, then ``generate_request``): refused before any work if it would not fit in
+    memory, or its work exceeds ``max_evaluations`` (0: no cap)."""
+    req = request(model, sigmas, space, num_samples, seed, sampler, batch_size, max_evaluations)
+    return generate_request(req, jit=jit, callback=callback, progress=progress)
 
 
 def generate(
@@ -133,29 +178,27 @@ def generate(
     ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
     TensorBoard. ``snapshots``: the first batch after every solver step (each level of
     annealed Langevin), through the solver callback. ``max_evaluations``: the work cap of
-    ``generate_from`` (``sampling.budget``; 0: none)."""
-
+    ``request`` (``sampling.budget``; 0: none)."""
     cfg = sampler_config(run.config.sampler, sampler, **options)
-    frames = []
-    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
-    out = generate_from(
-        run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples, seed,
-        cfg, batch_size=batch_size, jit=jit, callback=callback,
-        progress=progress, max_evaluations=max_evaluations,
-    )  # fmt: skip
-    if not snapshots:
-        return out
-    x0 = _start_of_first_batch(run, cfg, min(batch_size or num_samples, num_samples), seed)
-    return out._replace(snapshots=np.stack([x0, *frames]))
+    req = request(run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples,
+                  seed, cfg, batch_size, max_evaluations)  # fmt: skip
+    return generate_checked(run, req, jit=jit, snapshots=snapshots, progress=progress)
 
 
-def _start_of_first_batch(run: Run, cfg: SamplerConfig, n: int, seed: int) -> np.ndarray:
-    """The first batch's start x0, as the solver drew it (the snapshots' first frame)."""
+def generate_checked(run: Run, req: Request, jit: bool = False, snapshots: bool = False,
+                     progress: bool = False) -> Generated:  # fmt: skip
+    """``generate`` of a request already checked (``request``)."""
     import tensorflow as tf
 
-    init_seed, _ = sampling.batch_seeds(tf.constant([seed, 0], tf.int32))
-    start = sampling.registry.STARTS[sampling.get(cfg.sampler).start]
-    return start([n, *run.data_shape], init_seed, tf.constant(run.sigmas), run.space).numpy()
+    frames = []
+    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
+    out = generate_request(req, jit=jit, callback=callback, progress=progress)
+    if not snapshots:
+        return out
+    n, seed = min(req.batch_size or req.num_samples, req.num_samples), req.seed
+    shape = sampling.registry.batch_shape(n, req.space)
+    x0 = req.plan.start(shape, tf.constant([seed, 0], tf.int32), req.space).numpy()
+    return out._replace(snapshots=np.stack([x0, *frames]))
 
 
 def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
@@ -167,9 +210,8 @@ def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
     import tensorflow as tf
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
-    budget.check_draw(cfg.sampler, run.model, run.sigmas, run.space, cfg.options(),
-                      len(x_obs), 0, max_evaluations)  # fmt: skip
+    req = request(run.model, run.sigmas, run.space, len(x_obs), seed, cfg, 0, max_evaluations)
     return sampling.inpaint(
-        cfg.sampler, run.model, x_obs, mask, run.sigmas, tf.constant([seed, 1], tf.int32),
-        run.space, jit=jit, **cfg.options(),
+        cfg.sampler, run.model, x_obs, mask, req.plan.grid, tf.constant([req.seed, 1], tf.int32),
+        run.space, jit=jit, **req.plan.options,
     )  # fmt: skip

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_score import data, losses, noise, sampling
+from tf_score import data, losses, sampling
 from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
 from tf_score.evaluation import plotting
 from tf_score.networks import (
@@ -23,6 +23,7 @@ from tf_score.networks import (
     NoiseConditionalMLP,
     contract,
 )
+from tf_score.noise import draws
 from tf_score.training import optimizers
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
 
@@ -78,11 +79,11 @@ def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
     nc, (a, _) = cfg.noise, data_scale(cfg)
 
     def sigma_fn(batch, seed):
-        return noise.sample_sigmas(
+        return draws.sample_sigmas(
             batch, seed, nc.sigma_dist, nc.p_mean, nc.p_std, nc.sigma_min, nc.sigma_max, a
         )
 
-    levels_of = noise.nearest_level(nc.sigmas())
+    levels_of = draws.nearest_level(nc.sigmas())
 
     def loss_fn(models, x, seed):
         loss, levels = losses.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of)
@@ -219,7 +220,7 @@ def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
             models[id(net)] = score_model(cfg, net)
         out = sampling.draw(
             name, models[id(net)], cfg.noise.sigmas(), num_samples, cfg.seed, space,
-            **cfg.sampler.options(),
+            **sampling.options_of(cfg.sampler),
         )  # fmt: skip
         x = out.samples.numpy()
         if cfg.data.is_toy:

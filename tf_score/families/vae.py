@@ -642,11 +642,11 @@ def _vae_endpoints(models: dict, cfg, caps: dict, cost: budget.Cost) -> dict:
     z_spec = tf.TensorSpec([None, cfg.network.latent_dim], tf.float32, name="z")
 
     def checked(x, name, *more):
-        checks = sm._in_range(tf.shape(x)[0], "batch size", 1, caps["max_batch"])
-        return sm._checked(x, checks + sm._finite_input(x, name) + list(more))
+        checks = sm.in_range(tf.shape(x)[0], "batch size", 1, caps["max_batch"])
+        return sm.checked(x, checks + sm.finite_input(x, name) + list(more))
 
     def decodes(n, what):  # the work cap, in decodes of one latent
-        return sm._work_cap(tf.cast(n, tf.int64), caps["max_evaluations"], cost, what)
+        return sm.work_cap(tf.cast(n, tf.float64), caps["max_evaluations"], cost, what)
 
     @tf.function(input_signature=[x_spec, sm.SEED_SPEC])
     def encode(x, seed):
@@ -654,19 +654,19 @@ def _vae_endpoints(models: dict, cfg, caps: dict, cost: budget.Cost) -> dict:
         out = {"z": enc.sample(x, seed)}
         if cfg.network.vae_encoder == "gaussian":
             out["loc"], out["scale"] = enc(x)
-        return sm._finite_output(out)
+        return sm.finite_output(out)
 
     @tf.function(input_signature=[z_spec])
     def decode(z):
         probs = tf.sigmoid(dec(checked(z, "z")))
-        return sm._finite_output({"probs": probs, "images_uint8": sm._to_uint8(probs)})
+        return sm.finite_output({"probs": probs, "images_uint8": sm.to_uint8(probs)})
 
     @tf.function(input_signature=[sm.NUM_SAMPLES_SPEC, sm.SEED_SPEC])
     def sample(num_samples, seed):
-        n = sm._checked(num_samples, sm._in_range(num_samples, "num_samples", 1,
+        n = sm.checked(num_samples, sm.in_range(num_samples, "num_samples", 1,
                                                   caps["max_samples"]))  # fmt: skip
-        probs = prior_samples(cfg, dec, sm._checked(n, decodes(n, "num_samples (decodes)")), seed)
-        return sm._finite_output({"samples": probs, "samples_uint8": sm._to_uint8(probs)})
+        probs = prior_samples(cfg, dec, sm.checked(n, decodes(n, "num_samples (decodes)")), seed)
+        return sm.finite_output({"samples": probs, "samples_uint8": sm.to_uint8(probs)})
 
     endpoints = {"sample": sample, "encode": encode, "decode": decode}
     if cfg.network.vae_encoder != "gaussian":
@@ -674,12 +674,12 @@ def _vae_endpoints(models: dict, cfg, caps: dict, cost: budget.Cost) -> dict:
 
     @tf.function(input_signature=[x_spec, sm.NUM_SAMPLES_SPEC, sm.SEED_SPEC])
     def log_likelihood_bound(x, num_samples, seed):
-        k_range = sm._in_range(num_samples, "num_samples", 1, caps["max_iwae_samples"])
+        k_range = sm.in_range(num_samples, "num_samples", 1, caps["max_iwae_samples"])
         x = checked(x, "x", *k_range)  # the counts first, then their product
         rows = tf.cast(tf.shape(x)[0], tf.int64) * tf.cast(num_samples, tf.int64)
-        x, k = sm._checked((x, num_samples), decodes(rows, "batch size x num_samples (decodes)"))
+        x, k = sm.checked((x, num_samples), decodes(rows, "batch size x num_samples (decodes)"))
         r = iwae_bound(enc, dec, x, k, seed)
-        return sm._finite_output({"iwae": r.iwae, "elbo": r.elbo})
+        return sm.finite_output({"iwae": r.iwae, "elbo": r.elbo})
 
     return {**endpoints, "log_likelihood_bound": log_likelihood_bound}
 
@@ -706,7 +706,7 @@ def export_vae(
     for name, fn in _vae_endpoints(models, cfg, caps, cost).items():
         archive.add_endpoint(name, fn)  # the first, sample, is also serving_default
     archive.add_endpoint(
-        "limits", savedmodel._limits_endpoint(**caps, **savedmodel.cost_outputs(cost))
+        "limits", savedmodel.limits_endpoint(**caps, **savedmodel.cost_outputs(cost))
     )
     archive.write_out(path, verbose=False)
     return path

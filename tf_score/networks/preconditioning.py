@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-PARAMETERIZATIONS = ("edm", "ncsnv2")
+from tf_score.config import PARAMETERIZATIONS
 
 
 def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):

@@ -1,14 +1,11 @@
-"""Noise schedules for noise-conditional score models."""
+"""Noise schedules for noise-conditional score models (numpy only: the config computes its
+grid without TensorFlow)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import tensorflow as tf
-
-#: training sigma distributions of continuous models
-SIGMA_DISTS = ("lognormal", "loguniform")
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:
@@ -32,8 +29,8 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.
         return np.array([sigma_max], dtype=np.float32)
     if sigma_max <= sigma_min:
         raise ValueError(
-            f"sigma_max must be > sigma_min for a decreasing schedule, "
-            f"got sigma_max={sigma_max}, sigma_min={sigma_min}"
+            f"sigma_max must be > sigma_min > 0 for a decreasing schedule, got "
+            f"sigma_max={sigma_max}, sigma_min={sigma_min}"
         )
     return np.exp(
         np.linspace(np.log(sigma_max), np.log(sigma_min), num_levels_int, dtype=np.float64)
@@ -125,28 +122,12 @@ def karras_sigmas(sigma_max: float, sigma_min: float, num_levels: int, rho: floa
     (float32 [N]; the solvers append sigma_N = 0 themselves). Same argument order as
     ``geometric_sigmas``."""
     if num_levels < 2:
-        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        raise ValueError(f"a karras grid needs num_levels >= 2, got {num_levels}")
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        raise ValueError(
+            f"sigma_max must be > sigma_min > 0 for a decreasing schedule, got "
+            f"sigma_max={sigma_max}, sigma_min={sigma_min}"
+        )
     i = np.arange(num_levels, dtype=np.float64) / (num_levels - 1)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return ((hi + i * (lo - hi)) ** rho).astype(np.float32)
-
-
-def sample_sigmas(batch, seed, dist, p_mean, p_std, sigma_min, sigma_max, scale):
-    """Training noise levels in data units: ln(scale sigma) ~ N(p_mean, p_std) (EDM), or
-    log-uniform on [sigma_min, sigma_max]."""
-    u = tf.random.stateless_normal([batch], seed, alg="philox")
-    if dist == "lognormal":
-        return tf.exp(p_mean + p_std * u) / scale
-    v = tf.random.stateless_uniform([batch], seed, alg="philox")
-    lo, hi = np.log(sigma_min), np.log(sigma_max)
-    return tf.exp(lo + v * (hi - lo))
-
-
-def nearest_level(sigmas):
-    """sigma [B] -> int32 index of the nearest entry of ``sigmas`` in log space."""
-    log_s = tf.math.log(tf.constant(sigmas, tf.float32))
-    return lambda sigma: tf.argmin(
-        tf.abs(tf.math.log(sigma)[:, None] - log_s[None, :]), axis=1, output_type=tf.int32
-    )

@@ -29,7 +29,6 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tf_score.networks.contract import grid_on_levels
 from tf_score.sampling import registry
 from tf_score.sampling.registry import SamplerError
 
@@ -190,25 +189,15 @@ def check_generation(num_samples: int, batch_size: int, shape, cost: Cost, calls
     )
 
 
-def network_calls(model, grid, entry, options: dict) -> int:
-    """Network calls of one evaluation of ``model`` by solver ``entry`` with ``options`` on
-    ``grid``: a level-conditioned model off its levels interpolates between two."""
-    on_grid = grid_on_levels(model, grid) and entry.on_grid(options)
-    return int(model.network_calls(off_grid=not on_grid))
-
-
-def check_draw(name: str, model, sigmas, space, options: dict, num_samples: int,
-               batch_size: int = 0, max_evaluations: int = 0) -> Cost:  # fmt: skip
-    """Before a generation of ``num_samples`` with solver ``name``: BudgetError unless they fit
-    in memory and (with ``max_evaluations``) their work is within it. Returns the network's
-    cost (an adaptive solver's work is known only as it runs: ``check_work`` it after)."""
-    entry = registry.get(name)
-    options = entry.resolve(options)
-    grid = np.asarray(sigmas, np.float32)
-    cost = network_cost(model, tuple(space.shape))
-    per_call = network_calls(model, grid, entry, options)
-    check_generation(num_samples, batch_size, tuple(space.shape), cost, per_call)
-    calls = entry.evaluations(len(grid), options)
-    if max_evaluations and calls is not None:
-        check_work(num_samples, int(calls) * per_call, cost, max_evaluations)
+def check_draw(made: registry.Plan, space, num_samples: int, batch_size: int = 0,
+               max_evaluations: int = 0) -> Cost:  # fmt: skip
+    """Before a generation of ``num_samples`` by the draw ``made`` (``registry.plan``):
+    BudgetError unless they fit in memory and (with ``max_evaluations``) their work is within
+    it. Returns the network's cost (an adaptive solver's work is known only as it runs:
+    ``check_work`` it after)."""
+    cost = network_cost(made.model, tuple(space.shape))
+    check_generation(num_samples, batch_size, tuple(space.shape), cost, made.per_call)
+    evaluations = made.evaluations()
+    if max_evaluations and evaluations is not None:
+        check_work(num_samples, int(evaluations), cost, max_evaluations)
     return cost

@@ -44,21 +44,14 @@ class Inpainted(ScoreModel):
 
 def inpaint(name, model, x_obs, mask, sigmas, seed, space, jit=False, **options):
     """Fill ``mask == 0`` of ``x_obs`` [B, ...] with solver ``name`` on the grid ``sigmas``,
-    seeded by ``registry.batch_seeds(seed)``. Returns ``SamplerOutput``."""
-    entry = registry.get(name)
-    resolved = entry.resolve(options)
+    seeded by ``registry.batch_seeds(seed)`` as ``registry.draw`` is. Returns
+    ``SamplerOutput``."""
+    made = registry.plan(name, model, sigmas, options)
     x_obs = tf.convert_to_tensor(x_obs, tf.float32)
     mask = tf.cast(tf.broadcast_to(mask, tf.shape(x_obs)), tf.float32)
-    init_seed, chain_seed = registry.batch_seeds(seed)
+    _, chain_seed = registry.batch_seeds(seed)
     obs_seed = tf.random.experimental.stateless_fold_in(chain_seed, -1, alg="philox")
-    grid = [float(v) for v in tf.get_static_value(tf.convert_to_tensor(sigmas))]
-    sigmas = tf.constant(grid, tf.float32)
-    x0 = registry.STARTS[entry.start](tf.shape(x_obs), init_seed, sigmas, space)
-    x0 = mask * x_obs + (1.0 - mask) * x0
-    wrapped = Inpainted(registry.model_for(entry, model, grid, resolved), x_obs, mask, obs_seed)
-    fn = registry._compiled(entry, jit)
-    grid_key = tuple(grid)  # known at trace time (see solvers.as_grid)
-    out = fn(wrapped, x0, grid_key, seed=chain_seed, **registry._as_tensors(entry, resolved))
-    x = mask * x_obs + (1.0 - mask) * out.samples
-    evals = registry.network_evaluations(entry, model, grid, resolved, out.num_evals)
-    return registry.SamplerOutput(x, evals)
+    x0 = mask * x_obs + (1.0 - mask) * made.start(tf.shape(x_obs), seed, space)
+    wrapped = Inpainted(made.model, x_obs, mask, obs_seed)
+    out = made.run(x0, seed, jit=jit, model=wrapped)
+    return registry.SamplerOutput(mask * x_obs + (1.0 - mask) * out.samples, out.num_evals)

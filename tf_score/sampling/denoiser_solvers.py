@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score.sampling import registry
-from tf_score.sampling.registry import Option, Sampler, SamplerOutput, register
+from tf_score.sampling.registry import Option, Sampler, SamplerOutput
 from tf_score.sampling.solvers import (
     DENOISE,
     after_step,
@@ -383,7 +383,7 @@ ADAPTIVE = (
     DENOISE,
 )
 LMS_ORDER = Option("lms_order", int, 4, "lms: derivatives combined", 1, 4, True, static=True)
-SOLVERS = (
+ENTRIES = (
     Sampler("euler", euler, (), "perturbed", lambda n, p: n, False,
             "Euler on the probability-flow ODE: N evaluations"),
     Sampler("euler_ancestral", euler_ancestral, (ETA,), "perturbed", lambda n, p: n, True,
@@ -407,6 +407,4 @@ SOLVERS = (
             "DPM-Solver adaptive, order 3, steps in log sigma: evaluations known afterwards",
             on_grid=lambda p: False),
 )  # fmt: skip
-for _entry in SOLVERS:
-    register(_entry, replace=True)
-    registry.BUILTINS.add(_entry.name)
+registry.register_builtins(ENTRIES)

@@ -28,6 +28,9 @@ import tensorflow as tf
 
 from tf_score.networks.contract import grid_on_levels
 
+#: the largest int option (and count) a solver takes
+INT32_MAX = 2**31 - 1
+
 
 class SamplerError(ValueError):
     """A sampler or one of its options is invalid (raised before any sampling)."""
@@ -43,9 +46,9 @@ class SamplerOutput(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One solver option: its type, default and allowed values. Names are unique across
-    solvers (a flag, a config field and a served input each); solvers share an option by
-    listing the same ``Option``."""
+    """One solver option: its type, default and allowed values. A name is one flag and one
+    served input; solvers that take an option of the same name each check it by their own
+    ``Option``."""
 
     name: str
     kind: type
@@ -62,6 +65,14 @@ class Option:
     static: bool = False
 
     @property
+    def upper(self) -> float | None:
+        """The largest value allowed: ``high``, and for an int at most 2**31 - 1 (the solvers
+        count in int32; a larger count would wrap around)."""
+        if self.kind is int:
+            return min(self.high, INT32_MAX) if self.high is not None else INT32_MAX
+        return self.high
+
+    @property
     def servable(self) -> bool:
         """Float and int options that do not shape the graph are inputs of an exported
         solver; the others are fixed when it is exported."""
@@ -75,7 +86,7 @@ class Option:
         if self.kind is bool:
             return "true or false"
         parts = [f"{'>=' if self.low_closed else '>'} {self.low:g}"] if self.low is not None else []
-        parts += [f"<= {self.high:g}"] if self.high is not None else []
+        parts += [f"<= {self.upper:.10g}"] if self.upper is not None else []
         word = "an integer" if self.kind is int else "a finite number"
         return word + (" " + " and ".join(parts) if parts else "")
 
@@ -102,7 +113,7 @@ class Option:
     def _in_range(self, v) -> bool:
         if self.low is not None and (v < self.low or (v == self.low and not self.low_closed)):
             return False
-        return self.high is None or v <= self.high
+        return self.upper is None or v <= self.upper
 
     def graph_checks(self, value) -> list:
         """In-graph assertions of a served value (a float or int tensor)."""
@@ -118,9 +129,9 @@ class Option:
                 else tf.debugging.assert_greater
             )
             checks.append(op(value, low, message=msg))
-        if self.high is not None:
+        if self.upper is not None:
             checks.append(
-                tf.debugging.assert_less_equal(value, tf.cast(self.high, value.dtype), message=msg)
+                tf.debugging.assert_less_equal(value, tf.cast(self.upper, value.dtype), message=msg)
             )
         return checks
 
@@ -165,25 +176,42 @@ class Sampler:
 
 
 SAMPLERS: dict[str, Sampler] = {}
+#: the library's own solvers, by name (filled once, when ``tf_score.sampling`` is imported)
+_BUILTIN: dict[str, Sampler] = {}
 
 
 def register(entry: Sampler, replace: bool = False) -> Sampler:
-    """Add ``entry`` to the registry (``replace``: over one of the same name). Its option names
-    must be new or the very options other solvers list."""
+    """Add ``entry`` to the registry (``replace``: over one of the same name). Two solvers may
+    each have an option of the same name; each is validated by its own schema."""
     if entry.name in SAMPLERS and not replace:
         raise SamplerError(f"a sampler named {entry.name!r} is registered already")
     if entry.start not in STARTS:
         raise SamplerError(f"start must be one of {', '.join(STARTS)}, got {entry.start!r}")
-    known = all_options()
-    for o in entry.options:
-        if o.name in known and known[o.name] != o:
-            raise SamplerError(f"option {o.name!r} is another solver's, with other settings")
+    others = all_options()
+    for o in entry.options:  # one name is one flag and one served input: one type
+        kinds = {other.kind for other in others.get(o.name, ()) if other is not o}
+        if kinds - {o.kind}:
+            raise SamplerError(f"option {o.name!r} is another solver's, of another type")
     SAMPLERS[entry.name] = entry
     return entry
 
 
+def register_builtins(entries) -> None:
+    """Register the library's own solvers (``solvers``, ``denoiser_solvers``)."""
+    for entry in entries:
+        _BUILTIN[entry.name] = register(entry, replace=True)
+
+
 def unregister(name: str) -> None:
+    """Remove a plugin's solver (a built-in one is registered again as it was)."""
     SAMPLERS.pop(name, None)
+    if name in _BUILTIN:
+        SAMPLERS[name] = _BUILTIN[name]
+
+
+def builtin_names() -> tuple[str, ...]:
+    """The library's own solvers, whatever plugins are registered."""
+    return tuple(_BUILTIN)
 
 
 def get(name: str) -> Sampler:
@@ -192,14 +220,50 @@ def get(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-def all_options(builtin_only: bool = False) -> dict[str, Option]:
-    """Every registered option by name (``builtin_only``: of the library's own solvers)."""
-    entries = [s for s in SAMPLERS.values() if s.name in BUILTINS or not builtin_only]
-    return {o.name: o for s in entries for o in s.options}
+def all_options(builtin_only: bool = False) -> dict[str, list[Option]]:
+    """Every registered option name -> its options, one per solver that takes it (in
+    registration order; ``builtin_only``: of the library's own solvers)."""
+    entries = _BUILTIN.values() if builtin_only else SAMPLERS.values()
+    out: dict[str, list[Option]] = {}
+    for entry in entries:
+        for o in entry.options:
+            if o not in out.setdefault(o.name, []):
+                out[o.name].append(o)
+    return out
 
 
-#: names of the library's own solvers (``solvers``); others come from plugins
-BUILTINS: set[str] = set()
+def options_of(config, name: str | None = None) -> dict:
+    """Solver ``name``'s options (default: the config's sampler) from a ``config.
+    SamplerConfig``: the values given that it takes, its defaults for the rest, validated by
+    its schema (SamplerError); values of other solvers' options are left for them."""
+    entry = get(name or config.sampler)
+    given = {k: v for k, v in config.values if k in entry.option_names()}
+    return entry.resolve(given)
+
+
+def check_config(config) -> None:
+    """SamplerError unless the config's sampler is registered, its options fit its schema and
+    every other value given is an option of a registered solver that accepts it."""
+    options_of(config)
+    known = all_options()
+    own = get(config.sampler).option_names()
+    for name, value in config.values:
+        if name in own:
+            continue
+        if name not in known:
+            raise SamplerError(
+                f"{name!r} is neither a config field nor an option of a registered solver "
+                f"(options: {', '.join(sorted(known))}; a plugin's? load it with --plugins)"
+            )
+        errors = []
+        for o in known[name]:
+            try:
+                o.check(value)
+                break
+            except SamplerError as e:
+                errors.append(str(e))
+        else:
+            raise SamplerError(errors[0])
 
 
 # --- starts and seeds -------------------------------------------------------------------------
@@ -252,19 +316,79 @@ def batch_seeds(seed, batch_index=0):
     return fold(pair, 0, alg="philox"), fold(pair, 1, alg="philox")
 
 
-def model_for(entry: Sampler, model, sigmas, options: dict):
-    """``model``, or its at-levels view when every call of the solver is at one of a
-    level-conditioned model's levels (one network trace instead of a branch of three)."""
-    if hasattr(model, "at_levels") and grid_on_levels(model, sigmas) and entry.on_grid(options):
-        return model.at_levels()
-    return model
+#: the most network evaluations one sample may take (the solvers count them in int32)
+MAX_EVALUATIONS_PER_SAMPLE = 2**31 - 1
 
 
-def network_evaluations(entry: Sampler, model, sigmas, options: dict, calls) -> tf.Tensor:
-    """Network evaluations per sample of ``calls`` model calls: a level-conditioned model
-    costs 2 per call between its levels (``contract.LevelScoreModel``)."""
-    on_grid = grid_on_levels(model, sigmas) and entry.on_grid(options)
-    return tf.cast(calls, tf.int32) * int(model.network_calls(off_grid=not on_grid))
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything about a draw that is known before any work: the solver, its options
+    (validated), the grid, the model the solver calls and what one of its calls costs."""
+
+    entry: Sampler
+    options: dict
+    #: the grid sigma_1 > ... > sigma_N, float32
+    grid: np.ndarray
+    #: the model the solver calls: a level-conditioned model's at-levels view when every call
+    #: is at one of its levels (one network trace instead of a branch of three)
+    model: object
+    #: network evaluations per model call (2 between a level-conditioned model's levels)
+    per_call: int
+
+    def evaluations(self):
+        """Network evaluations per sample, before the draw (None: adaptive, known after);
+        a tensor when an option is one (served), computed in float64 so that no count wraps."""
+        options = {
+            k: tf.cast(v, tf.float64) if tf.is_tensor(v) else v for k, v in self.options.items()
+        }
+        calls = self.entry.evaluations(len(self.grid), options)
+        if calls is None:
+            return None
+        return calls * self.per_call
+
+    def start(self, shape, seed, space: SampleSpace) -> tf.Tensor:
+        """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``batch_seeds``)."""
+        init_seed, _ = batch_seeds(seed)
+        return STARTS[self.entry.start](shape, init_seed, tf.constant(self.grid), space)
+
+    def run(self, x0, seed, callback=None, jit: bool = False, model=None) -> SamplerOutput:
+        """The solver from ``x0``, its chain seeded by ``batch_seeds(seed)``; ``model``: a view
+        of ``self.model`` to call instead (conditioning). ``num_evals``: network evaluations."""
+        _, chain_seed = batch_seeds(seed)
+        dtypes = {float: tf.float32, int: tf.int32}
+        options = {  # servable options as tensors: new values do not retrace the solver
+            o.name: tf.cast(self.options[o.name], dtypes[o.kind])
+            if o.servable
+            else self.options[o.name]
+            for o in self.entry.options
+        }
+        grid_key = tuple(float(v) for v in self.grid)  # known at trace time (solvers.as_grid)
+        out = _compiled(self.entry, jit)(
+            model or self.model, x0, grid_key, seed=chain_seed, callback=callback, **options
+        )
+        return SamplerOutput(out.samples, tf.cast(out.num_evals, tf.int32) * self.per_call)
+
+
+def plan(name: str, model, sigmas, options: dict | None = None) -> Plan:
+    """The ``Plan`` of solver ``name`` with ``options`` (the rest its defaults) on the grid
+    ``sigmas`` for a contract ``model``; SamplerError before any work if they do not fit, or
+    a sample would take more than ``MAX_EVALUATIONS_PER_SAMPLE`` network evaluations."""
+    entry = get(name)
+    resolved = entry.resolve(options)
+    grid = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
+    if entry.validate is not None:
+        entry.validate(grid, resolved)
+    on_grid = grid_on_levels(model, grid) and entry.on_grid(resolved)
+    view = model.at_levels() if on_grid and hasattr(model, "at_levels") else model
+    made = Plan(entry, resolved, grid, view, int(model.network_calls(off_grid=not on_grid)))
+    evaluations = made.evaluations()
+    if evaluations is not None and not tf.is_tensor(evaluations):
+        if evaluations > MAX_EVALUATIONS_PER_SAMPLE:
+            raise SamplerError(
+                f"sampler {name} with {resolved} on {len(grid)} sigmas takes {evaluations} "
+                f"network evaluations per sample; at most {MAX_EVALUATIONS_PER_SAMPLE} are allowed"
+            )
+    return made
 
 
 _COMPILED: dict = {}
@@ -276,15 +400,6 @@ def _compiled(entry: Sampler, jit: bool):
     if key not in _COMPILED:
         _COMPILED[key] = tf.function(entry.fn, jit_compile=bool(jit), reduce_retracing=True)
     return _COMPILED[key]
-
-
-def _as_tensors(entry: Sampler, options: dict) -> dict:
-    """Servable options as tensors, so that new values do not retrace the solver."""
-    dtypes = {float: tf.float32, int: tf.int32}
-    return {
-        o.name: tf.cast(options[o.name], dtypes[o.kind]) if o.servable else options[o.name]
-        for o in entry.options
-    }
 
 
 def draw(
@@ -301,27 +416,16 @@ def draw(
     """One batch of ``num_samples`` from solver ``name`` on the grid ``sigmas``: started by
     its entry's start, seeded by ``batch_seeds(seed)`` (an int is batch 0); graph-compatible
     (the export calls it). ``num_evals`` counts network evaluations per sample."""
-    entry = get(name)
-    resolved = entry.resolve(options)
-    grid = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
-    if entry.validate is not None:
-        entry.validate(grid, resolved)
-    sigmas = tf.constant(grid)
-    init_seed, chain_seed = batch_seeds(seed)
+    made = plan(name, model, sigmas, options)
+    x0 = made.start(batch_shape(num_samples, space), seed, space)
+    return made.run(x0, seed, callback=callback, jit=jit)
+
+
+def batch_shape(num_samples, space: SampleSpace):
+    """The shape of a batch of ``num_samples`` (an int, or a tensor in a served graph)."""
     if isinstance(num_samples, int):
-        shape = [num_samples, *space.shape]
-    else:
-        shape = tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), space.shape], 0)
-    x0 = STARTS[entry.start](shape, init_seed, sigmas, space)
-    fn = _compiled(entry, jit)
-    grid_key = tuple(float(v) for v in grid)  # known at trace time (see solvers.as_grid)
-    solver_model = model_for(entry, model, grid, resolved)
-    out = fn(
-        solver_model, x0, grid_key, seed=chain_seed, callback=callback,
-        **_as_tensors(entry, resolved),
-    )  # fmt: skip
-    evals = network_evaluations(entry, model, grid, resolved, out.num_evals)
-    return SamplerOutput(out.samples, evals)
+        return [num_samples, *space.shape]
+    return tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), space.shape], 0)
 
 
 def py_callback(fn: Callable) -> Callable:

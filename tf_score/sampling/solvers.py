@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score.sampling import registry
-from tf_score.sampling.registry import Option, Sampler, SamplerError, SamplerOutput, register
+from tf_score.sampling.registry import Option, Sampler, SamplerError, SamplerOutput
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -406,7 +406,7 @@ def _churn_free(options) -> bool:
     return not tf.is_tensor(options["s_churn"]) and float(options["s_churn"]) == 0.0
 
 
-BUILTINS = (
+ENTRIES = (
     Sampler("annealed_langevin", annealed_langevin, (STEP_LR, N_STEPS_EACH, DENOISE), "uniform",
             lambda n, p: n * p["n_steps_each"] + int(p["denoise"]), True,
             "NCSN's annealed Langevin dynamics: N x n_steps_each (+1 denoise) evaluations"),
@@ -428,6 +428,4 @@ BUILTINS = (
             "EDM's stochastic sampler (Heun with churn): 2 N - 1 evaluations",
             on_grid=_churn_free),
 )  # fmt: skip
-for _entry in BUILTINS:
-    register(_entry, replace=True)
-    registry.BUILTINS.add(_entry.name)
+registry.register_builtins(ENTRIES)

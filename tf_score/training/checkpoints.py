@@ -25,11 +25,11 @@ the newest good one again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import time
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -49,8 +49,6 @@ _SUFFIX = re.compile(r"\.(index|data-\d{5}-of-\d{5})$")
 _VANISHED = "missing: removed while it was being read"
 #: the checkpoint's record of the settings its weights were trained with (JSON)
 SETTINGS = "settings"
-#: make_checkpoint's checkpoints with a record -> (settings, a view without the record)
-_RECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class CheckpointError(RuntimeError):
@@ -236,8 +234,6 @@ def write_state(ckpt_dir: str, prefixes: list[str]) -> None:
     """List ``prefixes`` (oldest first) in the state file, with timestamps, so that the next
     ``CheckpointManager`` manages them: its saves delete the oldest beyond ``max_to_keep``
     (listed without timestamps, it would keep them for ever). No prefixes: no state file."""
-    from tensorflow.python.checkpoint import checkpoint_management
-
     if not prefixes:
         state = os.path.join(ckpt_dir, STATE_FILE)
         if tf.io.gfile.exists(state):  # it names only files that are gone or set aside
@@ -246,10 +242,9 @@ def write_state(ckpt_dir: str, prefixes: list[str]) -> None:
     names = [os.path.basename(p) for p in prefixes]  # relative, as the manager writes them
     now = time.time()  # a second apart, all after the last preserved time: all deletable
     stamps = [now - len(names) + i for i in range(len(names))]
-    checkpoint_management.update_checkpoint_state_internal(
+    tf.compat.v1.train.update_checkpoint_state(  # basenames are written as given: relative
         ckpt_dir, names[-1], all_model_checkpoint_paths=names,
         all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=stamps[0] - 1,
-        save_relative_paths=True,
     )  # fmt: skip
 
 
@@ -317,10 +312,22 @@ def resume_point(ckpt_dir: str, restart_from_scratch: bool = False, chief: bool 
     return using.prefix if using else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Restorable:
+    """A ``tf.train.Checkpoint`` (``ckpt``: what is saved) with the settings its weights belong
+    to: ``restore`` compares them with the checkpoint's record (``check_settings``) and
+    restores through ``view``, the checkpoint without its record, so a checkpoint written
+    before there were records restores as before and the record is never overwritten."""
+
+    ckpt: tf.train.Checkpoint
+    settings: dict | None = None
+    view: tf.train.Checkpoint | None = None
+
+
 def make_checkpoint(models, ema_models, optimizers, step, settings=None,
-                    profiles=()) -> tf.train.Checkpoint:  # fmt: skip
+                    profiles=()) -> Restorable:  # fmt: skip
     """What a training run saves and restores; with ``settings`` ({name: value}, e.g. the
-    noise grid the weights are trained on) also a record of them, which ``_restore``
+    noise grid the weights are trained on) also a record of them, which ``restore``
     compares with the checkpoint's own before restoring (``check_settings``). ``profiles``:
     the post-hoc EMA copies of the models ({name: model} each), so a resume continues them."""
     items = {"step": step}
@@ -329,13 +336,10 @@ def make_checkpoint(models, ema_models, optimizers, step, settings=None,
     items.update({f"optimizer_{k}": v for k, v in optimizers.items()})
     items.update({f"posthoc{i}_{k}": v for i, p in enumerate(profiles) for k, v in p.items()})
     if not settings:
-        return tf.train.Checkpoint(**items)
+        return Restorable(tf.train.Checkpoint(**items))
     record = tf.Variable(json.dumps(settings, sort_keys=True), trainable=False, name=SETTINGS)
     ckpt = tf.train.Checkpoint(**items, **{SETTINGS: record})
-    # restored through a view without the record: a checkpoint written before there were
-    # records restores as before, and the record is compared, never overwritten
-    _RECORDED[ckpt] = (settings, tf.train.Checkpoint(**items))
-    return ckpt
+    return Restorable(ckpt, settings, tf.train.Checkpoint(**items))
 
 
 def recorded_settings(path: str) -> dict | None:
@@ -385,14 +389,14 @@ class Loaded(NamedTuple):
 def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None,
                    settings: dict | None = None):  # fmt: skip
     """The EMA weights (``Loaded``) of ``checkpoint`` (``checked_prefix``) or else of the newest
-    good checkpoint of the inventory, whose recorded ``settings`` must agree (``_restore``).
+    good checkpoint of the inventory, whose recorded ``settings`` must agree (``restore``).
     If the chosen one is removed while it is read (a run training in the workdir rotates its
     checkpoints), the newest good one is chosen again."""
     if checkpoint:
         path = checked_prefix(checkpoint)
         return Loaded(*restore_ema_models(model_fns, path, settings), path)
     for _ in range(READ_ATTEMPTS):
-        models, step, ckpt = _ema_checkpoint(model_fns, settings)  # before the choice
+        models, step, target = _ema_checkpoint(model_fns, settings)  # before the choice
         inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
         using = inv.newest_good
         if using is None:
@@ -401,7 +405,7 @@ def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None 
             raise _none_usable(inv, training=False)
         _report(inv, using, "loading")
         try:
-            _restore(ckpt, using.prefix, partial=True)
+            restore(target, using.prefix, partial=True)
             return Loaded(models, int(step.numpy()), using.prefix)
         except CheckpointVanishedError:
             logging.warning(
@@ -425,29 +429,28 @@ def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None
 
 
 def _ema_checkpoint(model_fns: dict, settings: dict | None = None):
-    """(models, step, a ``tf.train.Checkpoint`` of their EMA weights) to restore into; with
-    ``settings``, ``_restore`` compares them with the checkpoint's record first."""
+    """(models, step, a ``Restorable`` of their EMA weights) to restore into; with
+    ``settings``, ``restore`` compares them with the checkpoint's record first."""
     models = {name: fn() for name, fn in model_fns.items()}
     step = tf.Variable(0, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(step=step, **{f"ema_{k}": v for k, v in models.items()})
-    if settings:
-        _RECORDED[ckpt] = (settings, ckpt)
-    return models, step, ckpt
+    return models, step, Restorable(ckpt, settings)
 
 
 def restore_ema_models(model_fns: dict, path: str, settings: dict | None = None):
     """(models, step) of checkpoint ``path``'s EMA weights (whose recorded ``settings`` must
     agree)."""
-    models, step, ckpt = _ema_checkpoint(model_fns, settings)
-    _restore(ckpt, path, partial=True)
+    models, step, target = _ema_checkpoint(model_fns, settings)
+    restore(target, path, partial=True)
     return models, int(step.numpy())
 
 
-def _restore(ckpt: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-    """Restore ``path`` into ``ckpt``; a checkpoint of another model is a clear error, one
-    removed meanwhile a ``CheckpointVanishedError``; one recording other settings than
-    ``make_checkpoint`` was given a ``CheckpointError`` (``check_settings``)."""
-    settings, view = _RECORDED.get(ckpt, (None, ckpt))
+def restore(target: Restorable, path: str, partial: bool = False) -> None:
+    """Restore ``path`` into ``target``; a checkpoint of another model is a clear error, one
+    removed meanwhile a ``CheckpointVanishedError``; one recording other settings than the
+    target's a ``CheckpointError`` (``check_settings``)."""
+    settings, ckpt = target.settings, target.ckpt
+    view = target.view or ckpt
     status = None
     try:
         check_settings(path, settings)

@@ -31,7 +31,10 @@ are set aside (kept), and the state file is rewritten so that retention stays ex
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import errno
+import json
 import os
 import signal
 import time
@@ -46,7 +49,12 @@ from tf_score import atomic
 from tf_score.config import TrainConfig
 from tf_score.training import distribute, posthoc_ema, signals
 from tf_score.training.bundle import ModelBundle
-from tf_score.training.checkpoints import _restore, make_checkpoint, resume_point
+from tf_score.training.checkpoints import (
+    CheckpointError,
+    make_checkpoint,
+    restore,
+    resume_point,
+)
 from tf_score.training.distribute import is_chief
 from tf_score.training.step import TrainStep
 
@@ -122,11 +130,12 @@ class _Checkpoints:
     def __init__(self, step: TrainStep, config: TrainConfig, workdir: str, strategy, restart: bool):
         self.chief = is_chief(strategy)
         self._strategy, self._step, self._workdir = strategy, step, workdir
-        self.ckpt = make_checkpoint(
+        self.target = make_checkpoint(
             step.models, step.ema_models, step.optimizers, step.step_var,
             settings=step.bundle.checkpoint_settings,  # a resume with others is refused
             profiles=step.profiles,
         )  # fmt: skip
+        self.ckpt = self.target.ckpt
         # Every worker resumes from the chief's checkpoints (a directory they all can read).
         self.dir = os.path.join(workdir, "checkpoints")
         # The newest good checkpoint on disk, whatever the state file says; the chief sets
@@ -145,27 +154,52 @@ class _Checkpoints:
     def restore(self) -> str | None:
         """Restore the newest good checkpoint, if there is one; its path."""
         if self.resume_from:
-            _restore(self.ckpt, self.resume_from)
+            restore(self.target, self.resume_from)
         return self.resume_from
 
     def save(self, step: int) -> str | None:
-        """Every worker saves (saving may need collectives); only the chief's is kept."""
+        """Every worker saves (saving may need collectives); only the chief's is kept. A full
+        disk is a ``DiskFullError`` naming the checkpoint kept."""
         if self.chief:
-            path = self.manager.save(checkpoint_number=step)
-            logging.info("saved checkpoint %s", path)
-            if self._step.profiles:  # kept, unlike the checkpoints: the reconstruction's basis
-                posthoc_ema.save_snapshot(
-                    self._workdir, step, self._step.sigma_rels, self._step.profiles
-                )
-            return path
+            with _disk_full_is_one_line(step, self.dir, self.manager.latest_checkpoint):
+                return self._save_chief(step)
         with distribute.write_dir(self.dir, self._strategy) as tmp:
             self.ckpt.write(os.path.join(tmp, f"ckpt-{step}"))
         return None
+
+    def _save_chief(self, step: int) -> str:
+        path = self.manager.save(checkpoint_number=step)
+        logging.info("saved checkpoint %s", path)
+        if self._step.profiles:  # kept, unlike the checkpoints: the reconstruction's basis
+            posthoc_ema.save_snapshot(
+                self._workdir, step, self._step.sigma_rels, self._step.profiles
+            )
+        return path
 
     def latest(self) -> str | None:
         if self.chief:
             return self.manager.latest_checkpoint
         return tf.train.latest_checkpoint(self.dir)
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for lack of space; the last good one is kept."""
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(step: int, ckpt_dir: str, kept: str | None):
+    """A full disk while saving step ``step``: ``DiskFullError`` in one line, naming the
+    checkpoint kept (a partial write is found damaged and set aside when the run resumes)."""
+    try:
+        yield
+    except (tf.errors.ResourceExhaustedError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(
+            f"no space left to write the checkpoint of step {step} in {ckpt_dir}; "
+            f"{'the last good one, ' + kept + ', is kept' if kept else 'no checkpoint was kept'}"
+            ": free some space and run the same command again to resume"
+        ) from None
 
 
 class _Workers:
@@ -369,6 +403,15 @@ def _train_summary(progress: _Progress, seconds: float, step: TrainStep) -> dict
     }
 
 
+def _recorded_loss(workdir: str) -> float:
+    """The final loss ``train_summary.json`` recorded (NaN when there is none)."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(workdir, "train_summary.json")) as f:
+            return float(json.load(f)["final_loss"])
+    except (tf.errors.NotFoundError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def train(
     bundle: ModelBundle,
     config: TrainConfig,
@@ -398,6 +441,10 @@ def train(
                         start_step, posthoc_ema.SNAPSHOT_DIR)  # fmt: skip
     if on_restored is not None:
         on_restored(start_step)
+    if start_step >= config.num_steps:  # a finished run: nothing to train, nothing to write
+        logging.info("%s is trained to step %d already", workdir, start_step)
+        return TrainResult(start_step, _recorded_loss(workdir), 0.0, step_fn.models,
+                           step_fn.ema_models, latest)  # fmt: skip
 
     def input_fn(ctx: tf.distribute.InputContext):
         return bundle.dataset_fn(config.batch_size, ctx, start_step)

@@ -52,6 +52,9 @@ def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
             opt.build(obj.variables(models))
             # The loop all-reduces each gradient once itself (it needs the global gradient's
             # norm first); stop the Keras optimizer summing it over replicas a second time.
+            # Keras 3 has no public switch for this: a private attribute, whose effect
+            # tests/test_train_step.py::test_two_replicas_step_like_one_device_with_two_micro_
+            # batches pins (two replicas update exactly as one device).
             opt._all_reduce_sum_gradients = list
             optimizers[obj.name] = opt
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
