@@ -48,20 +48,21 @@ def _load(workdir):
 
 
 def _check_request(run) -> None:
-    ev = run.config.evaluation
+    """Everything this command asks of the run is what its family answers (one line naming
+    the flag otherwise), before any work."""
+    from tf_score import api
+
+    entry, cfg = api.of(run), run.config
     asked = sorted(F.typed(sys.argv) & F.sampler_flags())
-    if asked and run.family != "score":
-        raise app.UsageError(
-            f"--{asked[0]} does not apply: {run.workdir} holds a {run.family} run, which has no "
-            "solvers (they sample score models); leave the sampler flags out"
-        )
-    if ev.bits_per_dim and (not run.config.is_image or run.family != "score"):
-        raise app.UsageError("--bits_per_dim is for image score models")
-    if ev.metrics and (not run.config.is_image or F.FLAGS.inpaint):
-        raise app.UsageError(
-            "--metrics is for sampling image models (not with --inpaint); the 2-D toys report "
-            "mode weights, MMD and a two-sample test with --evaluate"
-        )
+    if asked:
+        entry.refuse(cfg, "solvers", f"--{asked[0]}")
+    for request, given in (("bits_per_dim", cfg.evaluation.bits_per_dim),
+                           ("metrics", cfg.evaluation.metrics), ("inpaint", F.FLAGS.inpaint),
+                           ("export", cfg.export.export_dir)):  # fmt: skip
+        if given:
+            entry.refuse(cfg, request, f"--{request}")
+    if cfg.evaluation.metrics and F.FLAGS.inpaint:
+        raise app.UsageError("--metrics measures samples, not --inpaint: give one of them")
 
 
 def _main(run) -> None:
@@ -75,8 +76,7 @@ def _main(run) -> None:
     out_dir = F.FLAGS.output_dir or run.workdir
     api.check_writable(out_dir, "--output_dir")  # before any work: nothing computed is lost
     common = dict(seed=F.FLAGS.seed, jit=F.FLAGS.jit, progress=F.FLAGS.progress)
-    evaluated = run.family == "vae" or not run.config.is_image
-    if run.config.evaluation.bits_per_dim or (F.FLAGS.evaluate and evaluated):
+    if run.config.evaluation.bits_per_dim or F.FLAGS.evaluate:
         result, action = api.evaluate(run, out_dir, **common), "evaluate"
     else:
         action = "inpaint" if F.FLAGS.inpaint else "images" if run.config.is_image else "toy"

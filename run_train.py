@@ -26,20 +26,8 @@ def _fail(e: Exception, code: int = 2):
     sys.exit(code)
 
 
-def _print_result(cfg, result) -> None:
-    if cfg.network.model == "classifier":
-        print(
-            f"classifier: test accuracy {result.test_accuracy:.4f} ({result.epochs} epochs, "
-            f"{result.steps} steps, {result.seconds:.1f} s, {result.params:,} parameters) "
-            f"-> {result.path}",
-            flush=True,
-        )
-        return
-    print(
-        f"trained to step {result.step}: loss {result.loss:.4f} in {result.seconds:.1f} s; "
-        f"checkpoint {result.checkpoint}",
-        flush=True,
-    )
+def _print_result(result) -> None:
+    print(result.summary(), flush=True)
 
 
 def _newest_step(workdir: str | None) -> int:
@@ -89,7 +77,7 @@ def _train(argv):
         raise app.UsageError(str(e)) from e
     try:
         # First: a multi-worker strategy must exist before any other TensorFlow work.
-        strategy = F.strategy(cfg) if cfg.network.model != "classifier" else None
+        strategy = F.strategy(cfg) if api.of(cfg).distributed else None
     except distribute.StrategyError as e:
         _fail(e)
     where = (
@@ -126,7 +114,7 @@ def _train(argv):
     except loop.TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + int(e.signum))
-    _print_result(cfg, result)
+    _print_result(result)
     if not distribute.is_chief(strategy):
         return
     if cfg.export.export_dir or F.FLAGS.evaluate:
@@ -139,13 +127,12 @@ def _train(argv):
 
 
 def _check_evaluate(cfg) -> None:
-    """--evaluate after training: a toy's two-mode comparison, a VAE's test likelihood."""
-    if F.FLAGS.evaluate and (cfg.is_image and cfg.network.model != "vae"):
-        raise app.UsageError(
-            f"--evaluate after training is for the 2-D toys and the VAEs, not model="
-            f"{cfg.network.model} on {cfg.data.dataset}: run_sample.py evaluates an image "
-            "model (--metrics=fid,kid, --bits_per_dim=N)"
-        )
+    """--evaluate after training: what the family's runs answer (a toy's two-mode comparison,
+    a VAE's test likelihood)."""
+    from tf_score import api
+
+    if F.FLAGS.evaluate:
+        api.of(cfg).refuse(cfg, "evaluate", "--evaluate after training")
 
 
 def _evaluate(run) -> None:

@@ -310,8 +310,9 @@ def _sampler_option_values() -> dict:
             )
         kind = known[name][0].kind
         try:
-            out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-        except ValueError as e:
+            value = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+            out[name] = sampling.registry.check_value(name, value)
+        except (ValueError, sampling.SamplerError) as e:
             raise C.ConfigError(f"--sampler_options: {name} must be {known[name][0].allowed()}, "
                                 f"got {text!r}") from e  # fmt: skip
     return out
@@ -330,22 +331,18 @@ def sampler_overrides() -> dict:
     return {**given, **_sampler_option_values()}
 
 
-def checked_sampler(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
-    """``cfg`` once its sampler settings and export solvers fit the registry's schemas
-    (``ConfigError`` naming the option otherwise)."""
-    try:
-        sampling.check_config(cfg.sampler)
-        for name in cfg.export.export_samplers:
-            sampling.options_of(cfg.sampler, name)
-    except sampling.SamplerError as e:
-        raise C.ConfigError(str(e)) from e
-    return cfg
+def checked(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+    """``cfg`` once its family and sampler settings fit the registries (``api.check``;
+    ``ConfigError`` naming the setting otherwise)."""
+    from tf_score import api  # the whole library: loaded once the flags are parsed
+
+    return api.check(cfg)
 
 
 def experiment_config() -> C.ExperimentConfig:
     """The run's config from the flags (field name = flag name); ``ConfigError`` if invalid."""
     values = {name: FLAGS[name].value for name in C.field_names() if name in FLAGS}
-    return checked_sampler(C.from_flat({**values, **sampler_overrides(), "seed": FLAGS.seed}))
+    return checked(C.from_flat({**values, **sampler_overrides(), "seed": FLAGS.seed}))
 
 
 def command_sections() -> dict:
@@ -436,13 +433,15 @@ def one_line_usage_errors():
 
 def train_flags() -> list[str]:
     """The flags run_train.py reads (its --help): all but run_sample.py's own."""
-    return sorted(({*C.field_names(), *COMMAND, "seed"} - {*SAMPLE_ONLY, *DERIVED}) & set(FLAGS))
+    names = {*C.field_names(), *COMMAND, *sampler_flags(), "seed"}
+    return sorted((names - {*SAMPLE_ONLY, *DERIVED}) & set(FLAGS))
 
 
 def sample_flags() -> list[str]:
     """The flags run_sample.py reads (its --help): its own, the sampler's, the evaluation's
     and the export's, and a continuous model's sampling grid."""
     used = {n for n, s in C.field_names().items() if s in ("sampler", "evaluation", "export")}
+    used |= sampler_flags()
     names = {*used, *COMMAND, *SAMPLE_READS, *GRID} - set(TRAIN_ONLY)
     return sorted(names & set(FLAGS))
 
@@ -467,7 +466,10 @@ def _text(value) -> str:
 
 def _inapplicable(name: str, value, trained, cfg: C.ExperimentConfig) -> C.ConfigError:
     """Why flag ``name`` typed for run_sample.py cannot apply to the trained run ``cfg``."""
-    if name in GRID and cfg.network.model == "score":  # a level-conditioned network
+    from tf_score import api  # loaded with the run this flag is checked against
+
+    solvers = "solvers" in api.of(cfg).requests(cfg)
+    if name in GRID and solvers and not cfg.is_continuous:  # on the levels it was trained on
         return C.ConfigError(
             f"--{name}={_text(value)} does not apply: network={cfg.network.network} samples on "
             f"the noise levels it was trained on ({name}={_text(trained)}); only the "
@@ -490,24 +492,24 @@ def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.Exper
     naming it; a --flagfile's training settings (a preset's) are left alone."""
     owner = C.field_names()
     given = {n for n in FLAGS if FLAGS[n].present}
-    checked = {}  # the run's sections with the flags given, each checked on its own
+    sections = {}  # the run's sections with the flags given, each checked on its own
     for section in (*C.MODEL_SECTIONS, "train", "distribute"):
         values = {n: FLAGS[n].value for n in given if owner.get(n) == section}
-        checked[section] = C.section_with(run_cfg, section, values)
-    run_cfg.replace(seed=FLAGS.seed)  # checked: the seed of the samples
-    cfg = checked_sampler(run_cfg.replace(sampler=sampler_overrides(), **command_sections()))
+        sections[section] = C.section_with(run_cfg, section, values)
+    C.check_seed(FLAGS.seed)  # the seed of the samples
+    cfg = checked(run_cfg.replace(sampler=sampler_overrides(), **command_sections()))
     if run_cfg.is_continuous:
-        cfg = cfg.replace(noise={n: getattr(checked["noise"], n) for n in GRID})
+        cfg = cfg.replace(noise={n: getattr(sections["noise"], n) for n in GRID})
     for name in sorted(typed_names):
         section, value = owner.get(name), FLAGS[name].value
         if name in TRAIN_ONLY and value != FLAGS[name].default:
             trained = getattr(run_cfg.evaluation, name, FLAGS[name].default)
             raise _inapplicable(name, value, trained, run_cfg)
-        if section not in checked or name in (*SAMPLE_READS, *C.PORTABLE_FIELDS):
+        if section not in sections or name in (*SAMPLE_READS, *C.PORTABLE_FIELDS):
             continue
         if run_cfg.is_continuous and name in GRID:
             continue
-        new, trained = getattr(checked[section], name), getattr(run_cfg, section)
+        new, trained = getattr(sections[section], name), getattr(run_cfg, section)
         if new != getattr(trained, name):
             raise _inapplicable(name, new, getattr(trained, name), run_cfg)
     return cfg

@@ -76,8 +76,9 @@ def print_vae_table(m: dict) -> None:
 def report(run, out_dir: str, result, action: str) -> None:
     """What one api.sample / api.evaluate call computed, as lines and tables."""
     cfg, name = run.config, run.config.sampler.sampler
-    if run.family == "vae":
-        print(f"wrote {out_dir}/prior_samples.png and reconstructions.png (data | reconstruction)")
+    figures = result.get("figures") if isinstance(result, dict) else None
+    if figures:
+        print(f"wrote {out_dir}/" + " and ".join(figures) + " (data | reconstruction)")
     if isinstance(result, dict) and "samplers" in result:
         print_fast_table(result)
     elif isinstance(result, dict) and "exact_vs_exact_mmd" in result:
@@ -90,7 +91,7 @@ def report(run, out_dir: str, result, action: str) -> None:
               f"(ODE tol {s['ode_tol']:g}, {s['ode_fn_evaluations']:.0f} evaluations, "
               f"{s['seconds']:.0f} s, step {run.step}) -> {s['path']}")  # fmt: skip
         return
-    elif result is None and run.family == "vae":
+    elif figures:
         return
     elif action == "images":  # image samples (and their quality)
         out, q = result
@@ -112,5 +113,4 @@ def report(run, out_dir: str, result, action: str) -> None:
             f"evaluations each): {out_dir}/inpaint.png (rows: occluded, samples, original)"
         )
     if isinstance(result, dict):
-        print(f"wrote {out_dir}/" + ("metrics.json" if run.family == "vae" else
-                                     "metrics.json and samples.png"))  # fmt: skip
+        print(f"wrote {out_dir}/metrics.json" + ("" if figures else " and samples.png"))

@@ -8,7 +8,8 @@ benchmark on machines where TF Serving itself cannot run.
 Every input is checked before anything is allocated for it: its name against the
 signature's, the shape its TensorProto declares against the signature's ``TensorSpec``
 (a free leading dimension at most the export's batch cap, from its ``limits`` signature),
-the proto's bytes against that shape. A value that does not fit the signature's dtype
+the proto's bytes or its number of values against that shape (TensorFlow would fill a
+short value field with zeros or its last value). A value that does not fit the signature's dtype
 (an int64 of 2**32 + 4 for an int32, 4.5 for an int, 1e39 for a float32) is refused, not
 wrapped. All of these are INVALID_ARGUMENT with a message naming the input.
 """
@@ -63,6 +64,24 @@ def check_proto(name: str, proto, spec: tf.TensorSpec, max_batch: int) -> None:
             f"input {name!r} is malformed: {len(proto.tensor_content)} bytes of tensor_content "
             f"for shape {dims} of {dtype.name}"
         )
+    field = _VALUE_FIELDS.get(dtype.base_dtype)
+    carried = len(getattr(proto, field)) if field else count
+    if not proto.tensor_content and carried != count:
+        # TensorFlow fills a short value field (zeros, or the last value repeated): refused
+        raise RequestError(
+            f"input {name!r} carries {carried} value(s) in {field} for shape {dims}, which "
+            f"needs {count}: send every value"
+        )
+
+
+#: the TensorProto field that carries the values of each dtype (when not tensor_content)
+_VALUE_FIELDS = {
+    tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val",
+    tf.int16: "int_val", tf.int8: "int_val", tf.uint8: "int_val", tf.uint16: "int_val",
+    tf.int64: "int64_val", tf.bool: "bool_val", tf.string: "string_val",
+    tf.float16: "half_val", tf.bfloat16: "half_val", tf.uint32: "uint32_val",
+    tf.uint64: "uint64_val",
+}  # fmt: skip
 
 
 def _fits(value: np.ndarray, dtype: tf.DType) -> bool:
@@ -131,6 +150,15 @@ def request_inputs(signature, name: str, protos, max_batch: int) -> dict:
     return inputs
 
 
+def status_message(e: Exception) -> str:
+    """The line a client is told: a failed in-graph check's ``assertion failed: [...]`` line
+    (what TF Serving's status carries first, without the node it names and the Python
+    runtime's "Graph execution error" preamble), else the error's message."""
+    message = getattr(e, "message", str(e))
+    lines = [ln for ln in message.splitlines() if ln.startswith("assertion failed:")]
+    return lines[0] if lines else message
+
+
 class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, loaded):
         self._loaded = loaded
@@ -144,7 +172,7 @@ class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             out = sig(**request_inputs(sig, name, request.inputs, self._max_batch))
         except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, getattr(e, "message", str(e)))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_message(e))
         response = predict_pb2.PredictResponse()
         for k, v in out.items():
             response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))

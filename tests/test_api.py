@@ -171,7 +171,7 @@ def test_export_round_trip_serves_what_generate_draws(runs, tmp_path):
     np.testing.assert_allclose(
         heun["samples"].numpy(), api.generate(run, 4, seed=s, sampler="heun").samples, atol=1e-5
     )
-    with pytest.raises(api.RunError, match="not a TF Serving model name"):
+    with pytest.raises(config.ConfigError, match="not a TF Serving model name"):
         api.export(run, str(tmp_path / "export"), model_name="../escape")
 
 

@@ -45,10 +45,10 @@ def _run(repo_root, script, *args, timeout=300):
         (["--model=vae", "--network=refinenet"], "network must be one of mlp, conv"),
         (["--strategy=tpu"], "tpu (a Cloud TPU name, grpc://host:port or local) is needed by"),
         (["--devices=/gpu:0"], "devices is for strategy=mirrored"),
-        (["--batch_size=100", "--grad_accum_steps=3"], "divisible by grad_accum_steps"),
+        (["--batch_size=100", "--grad_accum_steps=3"], "replica(s) x grad_accum_steps (3)"),
         (["--sampler=heun", "--heun_steps=1"], "heun_steps must be 0 (all levels) or >= 2"),
-        (["--export_model_name=../../x"], "export_model_name must be a TF Serving model name"),
-        (["--export_model_name=a/b"], "export_model_name must be a TF Serving model name"),
+        (["--export_model_name=../../x"], "is not a TF Serving model name"),
+        (["--export_model_name=a/b"], "is not a TF Serving model name"),
         (
             ["--export_max_evaluations=0"],
             "export_max_evaluations must be an integer >= 1 and <= 2147483647, got 0",
@@ -461,11 +461,15 @@ def test_sampling_that_cannot_fit_or_is_over_the_work_cap_is_one_line_before_any
 ):
     """Issue 29 #13: run_sample.py --num_samples=1000000000 on the toy grew to 24 GB and was
     killed (rc 137, no message). Now the memory it needs is compared with what is available
-    first (10**12 here: a machine of any size refuses it); --max_evaluations caps the work
-    (#15) in the export's unit. Nothing is written."""
+    first (2**31 - 1, the most a count may be, needs hundreds of GB here); a count above that
+    is refused as out of range (issue 41); --max_evaluations caps the work (#15) in the
+    export's unit. Nothing is written."""
     workdir = _tiny_toy_run(tmp_path / "toy")
     before = sorted(os.listdir(workdir))
     proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", f"--num_samples={10**12}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "num_samples must be an integer >= 1 and <= 2147483647" in proc.stderr
+    proc = _run(repo_root, "run_sample.py", f"--workdir={workdir}", f"--num_samples={2**31 - 1}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     line = [ln for ln in proc.stderr.splitlines() if "--num_samples=" in ln]
     assert len(line) == 1 and "needs about" in line[0] and "GB available here" in line[0], line

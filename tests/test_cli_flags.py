@@ -41,7 +41,8 @@ SAMPLE_SPECIFIC = {"checkpoint": ["/nonexistent/ckpt-1"], "overview": ["/nonexis
 
 
 def _flag_names() -> list[str]:
-    return sorted(n for n in {*C.field_names(), *F.COMMAND, "seed"} if n in F.FLAGS)
+    names = {*C.field_names(), *F.COMMAND, *F.sampler_flags(), "seed"}
+    return sorted(n for n in names if n in F.FLAGS)
 
 
 def _invalid_values(name: str, sample: bool) -> list[str]:
@@ -197,7 +198,8 @@ def test_a_continuous_model_samples_on_the_grid_given(workdirs, tmp_path, monkey
         ("--rho=0", "error: rho must be > 0.0, got 0.0"),
         (
             "--sigma_min=90",
-            "error: schedule=karras: sigma_max must be > sigma_min > 0 for a decreasing",
+            "error: schedule=karras: sigma_max must be > sigma_min > 0 for a decreasing "
+            "schedule, got sigma_max=80.0, sigma_min=90.0",
         ),
         ("--num_levels=1", "error: schedule=karras: a karras grid needs num_levels >= 2, got 1"),
     ]:

@@ -55,7 +55,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(sampler="leapfrog"), "unknown sampler 'leapfrog'; choose one of annealed_langevin"),
         (dict(cas_eta=1.5), "cas_eta must be a finite number >= 0 and <= 1, got 1.5"),
         (dict(predictor="euler"), "predictor must be one of reverse_diffusion, ancestral"),
-        (dict(batch_size=10, grad_accum_steps=3), "divisible by grad_accum_steps"),
+        (dict(batch_size=10, grad_accum_steps=3), "replica(s) x grad_accum_steps (3)"),
         (dict(network="edm_mlp"), "network=edm_mlp needs loss=edm"),
         (dict(loss="edm"), "network=mlp needs loss=anneal_dsm"),
         (dict(schedule="karras"), "network=mlp is trained on its levels: schedule=geometric"),
@@ -98,14 +98,14 @@ def test_emulated_bfloat16_is_warned_about(monkeypatch):
     import keras
     from absl import logging
 
-    from tf_score import api
+    from tf_score.families import workdir
 
     warned = []
     monkeypatch.setattr(logging, "warning", lambda msg, *a: warned.append(msg % a))
     for native, precision, warns in [(False, "mixed_bfloat16", True), (True, "mixed_bfloat16",
                                       False), (False, "float32", False)]:  # fmt: skip
-        monkeypatch.setattr(api, "native_bfloat16", lambda native=native: native)
+        monkeypatch.setattr(workdir, "native_bfloat16", lambda native=native: native)
         warned.clear()
-        api._set_precision(precision)
+        workdir.set_precision(precision)
         assert bool(warned) == warns and (not warns or "use --precision=float32" in warned[0])
     keras.mixed_precision.set_global_policy("float32")

@@ -473,7 +473,8 @@ def test_loopback_checks_declared_shapes_and_values_before_allocating(
     """Issue 29 #14: a 21-byte proto declaring score.x of shape [2**26, 2] took the server from
     653 to 2,187 MB before the graph refused it; an int64 num_samples of 2**32 + 4 wrapped to
     4 and was answered; unknown inputs and malformed protos were UNKNOWN. Each is now
-    INVALID_ARGUMENT naming the input, and the oversized proto is never decoded."""
+    INVALID_ARGUMENT naming the input, and the oversized proto is never decoded. So is a value
+    field shorter than its declared shape (issue 41)."""
     import grpc
 
     sys.path.insert(0, os.path.join(repo_root, "serving"))
@@ -506,6 +507,12 @@ def test_loopback_checks_declared_shapes_and_values_before_allocating(
          "input 'seed' is malformed: 3 bytes of tensor_content"),
         (request(seed=tf.make_tensor_proto(np.int32([1, 2, 3]))),
          r"input 'seed' must have shape \(2,\), not \[3\]"),
+        # issue 41: TensorFlow fills a short value field (a seed [2] with no values was
+        # answered as seed [0, 0]); the service refuses it
+        (request(seed=_proto(tf.int32, [2])),
+         r"input 'seed' carries 0 value\(s\) in int_val for shape \[2\], which needs 2"),
+        (request(seed=_proto(tf.int32, [2], int_val=[7])), "carries 1 value"),
+        (request(num_samples=_proto(tf.int32, [])), "input 'num_samples' carries 0 value"),
     ]  # fmt: skip
     server, port = loopback.serve(toy_export[1])
     try:

@@ -34,7 +34,7 @@ LABELLED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = (*TOY_DATASETS, *TFDS_DATASETS, "folder", "npz")
 #: training objectives of score networks; every name is a function in ``tf_score.losses``
 SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm", "edm")
-#: networks conditioned on a continuous sigma (denoisers, ``tf_score.edm``); the others take
+#: networks conditioned on a continuous sigma (denoisers, ``networks.denoisers``); the others take
 #: level indices of the geometric schedule they were trained on
 CONTINUOUS_NETWORKS = ("edm_mlp", "edm_unet")
 SCHEDULES = ("geometric", "karras")
@@ -75,6 +75,47 @@ MAX_COUNT = 2**31 - 1
 MAX_LEVELS = 100_000
 #: the largest magnitude of a float setting: the graphs compute in float32
 MAX_FLOAT = 3.4028234663852886e38
+
+
+def check_seed(seed) -> int:
+    """``seed`` if it is an integer in [0, 2**31) (every seed of the library); ConfigError."""
+    _require(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_COUNT,
+        f"seed must be an integer in [0, 2**31), got {seed!r}",
+    )
+    return seed
+
+
+def check_batch_split(batch_size: int, replicas: int = 1, grad_accum_steps: int = 1) -> None:
+    """ConfigError unless the global batch splits evenly over the replicas and each replica's
+    micro-batches (the one rule of the config, the API, the train step and the pipelines)."""
+    parts = replicas * grad_accum_steps
+    _require(
+        batch_size % parts == 0,
+        f"batch_size ({batch_size}) must be divisible by the {replicas} replica(s) x "
+        f"grad_accum_steps ({grad_accum_steps})",
+    )
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model in TF Serving's layout (EXPORT_DIR/<name>/<version>);
+    ConfigError otherwise."""
+    _require(
+        isinstance(name, str)
+        and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name))
+        and ".." not in name,
+        f"export_model_name {name!r} is not a TF Serving model name: letters, digits, '_', '.', "
+        "'-', starting with a letter or digit, no '/' or '..' path parts",
+    )
+    return name
+
+
+def check_loss_levels(loss: str, num_levels: int) -> None:
+    """ConfigError unless a single-level loss (dsm) has one noise level."""
+    _require(
+        loss != "dsm" or num_levels == 1,
+        "loss=dsm is single-level: it needs num_levels=1 (anneal_dsm is the multi-level one)",
+    )
 
 
 def _positive_ints(obj, *names, minimum=1, maximum=MAX_COUNT):
@@ -367,13 +408,7 @@ class TrainConfig:
             f"posthoc_ema must be distinct widths sigma_rel in (0, {MAX_SIGMA_REL:.4f}), got "
             f"{self.posthoc_ema!r}",
         )
-        _require(
-            isinstance(self.batch_size, int)
-            and isinstance(self.grad_accum_steps, int)
-            and self.batch_size % self.grad_accum_steps == 0,
-            f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
-            f"({self.grad_accum_steps})",
-        )
+        check_batch_split(self.batch_size, 1, self.grad_accum_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,13 +466,8 @@ class ExportConfig:
 
     def __post_init__(self):
         _positive_ints(self, "export_max_samples", "export_max_evaluations")
-        name = self.export_model_name
-        _require(
-            name is None or (bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name))
-                             and ".." not in name),
-            "export_model_name must be a TF Serving model name: letters, digits, '_', '.', "
-            "'-', starting with a letter or digit, no '/' or '..' path parts",
-        )  # fmt: skip
+        if self.export_model_name is not None:
+            check_model_name(self.export_model_name)
         _require(
             all(isinstance(s, str) and s.isidentifier() for s in self.export_samplers),
             f"export_samplers takes names of registered solvers, got {self.export_samplers!r}",
@@ -508,11 +538,7 @@ class ExperimentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _require(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool)
-            and 0 <= self.seed <= MAX_COUNT,
-            f"seed must be an integer in [0, 2**31), got {self.seed!r}",
-        )  # fmt: skip
+        check_seed(self.seed)
         family, net, ds = self.network.model, self.network.network, self.data.dataset
         if family == "score":
             _require(
@@ -543,10 +569,7 @@ class ExperimentConfig:
             not self.evaluation.fid_every or (family == "score" and not self.data.is_toy),
             f"fid_every is for image score models, not model={family} dataset={ds}",
         )
-        _require(
-            self.loss.loss != "dsm" or self.noise.num_levels == 1,
-            "loss=dsm is single-level: it needs num_levels=1 (anneal_dsm is the multi-level one)",
-        )
+        check_loss_levels(self.loss.loss, self.noise.num_levels)
 
     @property
     def is_image(self) -> bool:

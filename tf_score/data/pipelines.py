@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_score.config import check_batch_split
+
 tfd = tfp.distributions
 
 
@@ -146,10 +148,9 @@ class BatchShare(NamedTuple):
 def batch_share(global_batch: int, ctx: tf.distribute.InputContext) -> BatchShare:
     """This input pipeline's ``BatchShare`` of a ``global_batch`` under ``ctx``."""
     pipelines, replicas = ctx.num_input_pipelines, ctx.num_replicas_in_sync
-    if global_batch % replicas or replicas % pipelines:
-        raise ValueError(
-            f"batch_size {global_batch} must be divisible by the number of replicas {replicas}"
-        )
+    check_batch_split(global_batch, replicas)
+    if replicas % pipelines:
+        raise ValueError(f"{replicas} replicas cannot be split evenly over {pipelines} workers")
     rows = global_batch // pipelines
     return BatchShare(ctx.input_pipeline_id * rows, rows, replicas // pipelines)
 

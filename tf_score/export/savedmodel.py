@@ -35,6 +35,7 @@ from tf_score import sampling
 from tf_score.config import ExportConfig
 from tf_score.sampling import budget
 
+require = sampling.registry.graph_require
 SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
 NUM_SAMPLES_SPEC = tf.TensorSpec([], tf.int32, name="num_samples")
 #: the caps of one request unless the export says otherwise (the config's defaults)
@@ -49,15 +50,13 @@ def version_dir(export_dir: str, model_name: str, version: int) -> str:
 
 
 def in_range(value, name: str, low, high):
-    """Assert low <= value <= high in the graph, with a message naming the input."""
+    """Assert low <= value <= high in the graph, one line naming the input."""
     return [
-        tf.debugging.assert_greater_equal(
-            value, tf.cast(low, value.dtype), message=f"{name} must be >= {low}"
-        ),
-        tf.debugging.assert_less_equal(
+        require(value >= tf.cast(low, value.dtype), f"{name} must be >= {low}", value),
+        require(
+            value <= tf.cast(high, value.dtype),
+            f"{name} must be <= {high} (the cap set when this model was exported)",
             value,
-            tf.cast(high, value.dtype),
-            message=f"{name} must be <= {high} (the cap set when this model was exported)",
         ),
     ]
 
@@ -96,8 +95,7 @@ def work_cap(work, max_evaluations: int, cost: budget.Cost, what: str | None = N
     work = tf.cast(work, tf.float64) * float(cost.units)
     message = budget.work_message(cost, max_evaluations, *([what] if what else []))
     message += " (the cap set when this model was exported)"
-    cap = tf.constant(float(max_evaluations), tf.float64)
-    return [tf.debugging.assert_less_equal(work, cap, message=message)]
+    return [require(work <= float(max_evaluations), message, work)]
 
 
 def to_uint8(x):
@@ -167,10 +165,9 @@ def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost,
             evaluations = tf.cast(evaluations, tf.float64)
             work = tf.cast(num_samples, tf.float64) * evaluations
             checks = work_cap(work, caps["max_evaluations"], cost)
-            checks.append(tf.debugging.assert_less_equal(
-                evaluations, tf.constant(most, tf.float64),
-                message=f"network evaluations per sample must be <= {most}",
-            ))  # fmt: skip
+            checks.append(require(evaluations <= float(most),
+                                  f"network evaluations per sample must be <= {most}",
+                                  evaluations))  # fmt: skip
             num_samples = checked(num_samples, checks)
         x0 = made.start(sampling.registry.batch_shape(num_samples, space), seed, space)
         out = made.run(x0, seed)

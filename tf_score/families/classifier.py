@@ -101,6 +101,13 @@ class ClassifierResult:
     seconds: float
     params: int
 
+    def summary(self) -> str:
+        """One line of what training gave."""
+        return (
+            f"classifier: test accuracy {self.test_accuracy:.4f} ({self.epochs} epochs, "
+            f"{self.steps} steps, {self.seconds:.1f} s, {self.params:,} parameters) -> {self.path}"
+        )
+
 
 def _pipeline(images, labels, batch_size, seed=None):
     ds = tf.data.Dataset.from_tensor_slices((images, labels))

@@ -81,7 +81,7 @@ def two_mode(
     weight (fraction with x1 + x2 > 0) over ``num_batches`` batches of ``num_samples``,
     MMD^2 and a kernel two-sample p-value of the first batch against exact samples of the
     chain's target (``chain_target``: p, or p_sigma_L for annealed Langevin). The
-    sampler options are the run's; batch b is seeded (seed, b) as in ``runs.generate``.
+    sampler options are the run's; batch b is seeded (seed, b) as in ``generate_from``.
     The exact plain-Langevin score is that of p itself (sigma = 0)."""
     import tensorflow as tf
 

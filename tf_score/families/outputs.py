@@ -146,9 +146,10 @@ def bits_per_dim(run: Run, out_dir: str, seed: int, progress: bool = False) -> d
 
 def vae_outputs(run: Run, out_dir: str, seed: int, likelihood: bool = False,
                 progress: bool = False) -> dict | None:  # fmt: skip
-    """prior_samples.png and reconstructions.png of a VAE; with ``likelihood`` the AIS / IWAE
-    negative log-likelihoods of ``eval_examples`` test images in metrics.json (and the
-    per-example values in nll_per_example.npz, for paired comparisons)."""
+    """prior_samples.png and reconstructions.png of a VAE (their names under ``figures``); with
+    ``likelihood`` the AIS / IWAE negative log-likelihoods of ``eval_examples`` test images in
+    metrics.json, also returned (and the per-example values in nll_per_example.npz, for
+    paired comparisons)."""
     ev = run.config.evaluation
     prior_x = vae.prior_samples(run.config, run.models["decoder"], ev.num_samples, [seed, 0])
     plotting.save_png(plotting.image_grid(prior_x.numpy()), f"{out_dir}/prior_samples.png", 2)
@@ -157,9 +158,10 @@ def vae_outputs(run: Run, out_dir: str, seed: int, likelihood: bool = False,
     rec = vae.reconstructions(run.config, run.models, x[:32], tf.constant([seed, 1])).numpy()
     pairs = np.concatenate([x[:32], rec], axis=2)
     plotting.save_png(plotting.image_grid(pairs, ncols=4), f"{out_dir}/reconstructions.png", 2)
+    figures = {"figures": ("prior_samples.png", "reconstructions.png")}
     if not likelihood:
-        return None
+        return figures
     m, per_example = evaluate.vae_likelihood(run, x[:n_eval], seed, ev, progress=progress)
     atomic.write_json(os.path.join(out_dir, "metrics.json"), m)
     atomic.save_npz(os.path.join(out_dir, "nll_per_example.npz"), **per_example)
-    return m
+    return {**m, **figures}

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_score import sampling
-from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig
+from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig, check_seed
 from tf_score.families import score_model
 from tf_score.sampling import budget
 
@@ -122,7 +122,7 @@ def request(
     ``max_evaluations`` (0: none; ``sampling.budget``: BudgetError)."""
     num_samples = _count(num_samples, "num_samples", 1)
     batch_size = _count(batch_size, "batch_size", 0)
-    seed = _count(seed, "seed", 0)
+    seed = check_seed(seed)
     max_evaluations = _count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
     made = sampling.plan(sampler.sampler, model, sigmas, sampling.options_of(sampler))
     cost = budget.check_draw(made, space, num_samples, batch_size, max_evaluations)

@@ -13,7 +13,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score import data, losses, sampling
-from tf_score.config import ConfigError, DataConfig, ExperimentConfig, LossConfig
+from tf_score.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    LossConfig,
+    check_loss_levels,
+)
 from tf_score.evaluation import plotting
 from tf_score.networks import (
     EDMMLP,
@@ -33,8 +39,7 @@ def make_score_loss(cfg: LossConfig, sigmas):
     ``cfg.loss`` names the function of ``tf_score.losses`` that scores each example."""
     sigmas = np.asarray(sigmas, np.float32)
     num_levels = len(sigmas)
-    if cfg.loss == "dsm" and num_levels != 1:
-        raise ValueError(f"loss 'dsm' is single-level: use num_levels=1 (got {num_levels})")
+    check_loss_levels(cfg.loss, num_levels)
 
     def loss(score_fn, x, seed) -> LossOutput:
         level_seed, loss_seed = tf.unstack(

@@ -693,7 +693,7 @@ def export_vae(
     max_iwae_samples: int = 5000,
     max_evaluations: int = savedmodel.MAX_EVALUATIONS,
 ) -> str:
-    """Write a servable SavedModel of a trained VAE (``tf_score.vae``) to ``path``: ``sample``
+    """Write a servable SavedModel of a trained VAE (``families.vae``) to ``path``: ``sample``
     (= serving_default), ``encode``, ``decode``, ``log_likelihood_bound`` (Gaussian encoder)
     and ``limits``. A request's work is its decodes (num_samples, or batch x importance
     samples) x the decoder's cost (``sampling.budget``), at most ``max_evaluations``."""

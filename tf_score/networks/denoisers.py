@@ -1,4 +1,4 @@
-"""Continuous-sigma denoisers (``tf_score.edm.Denoiser``): the raw network F(c_in y; c_noise)
+"""Continuous-sigma denoisers (``preconditioning.Denoiser``): the raw network F(c_in y; c_noise)
 is conditioned on c_noise = ln(sigma) / 4 through sinusoidal features and an MLP, which
 drive every hidden layer (MLP) or every residual block (U-Net, FiLM: GroupNorm, then
 (1 + scale) h + shift)."""

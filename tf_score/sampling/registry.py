@@ -116,24 +116,25 @@ class Option:
         return self.upper is None or v <= self.upper
 
     def graph_checks(self, value) -> list:
-        """In-graph assertions of a served value (a float or int tensor)."""
-        msg = f"{self.name} must be {self.allowed()}"
-        checks = []
+        """In-graph assertions of a served value (a float or int tensor), each failing as one
+        line naming the option (``graph_require``)."""
+        ok = tf.constant(True)
         if self.kind is float:
-            checks.append(tf.debugging.assert_all_finite(value, message=msg))
+            ok = tf.math.is_finite(value)
         if self.low is not None:
             low = tf.cast(self.low, value.dtype)
-            op = (
-                tf.debugging.assert_greater_equal
-                if self.low_closed
-                else tf.debugging.assert_greater
-            )
-            checks.append(op(value, low, message=msg))
+            ok &= (value >= low) if self.low_closed else (value > low)
         if self.upper is not None:
-            checks.append(
-                tf.debugging.assert_less_equal(value, tf.cast(self.upper, value.dtype), message=msg)
-            )
-        return checks
+            ok &= value <= tf.cast(self.upper, value.dtype)
+        return [graph_require(ok, f"{self.name} must be {self.allowed()}", value)]
+
+
+def graph_require(condition, message: str, value=None):
+    """An in-graph check that fails as one line, ``assertion failed: [MESSAGE, got] [VALUE]``
+    (TF Serving returns it with the node's name), not the data dump of ``tf.debugging``'s
+    comparisons. Returns the op, for a control dependency."""
+    data = [message] if value is None else [message + ", got", value]
+    return tf.debugging.Assert(tf.reduce_all(condition), data, summarize=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,29 +242,32 @@ def options_of(config, name: str | None = None) -> dict:
     return entry.resolve(given)
 
 
+def check_value(name: str, value):
+    """``value`` of sampler option ``name`` as one of the registered solvers that take it
+    accepts it (the first that does); SamplerError naming the option otherwise."""
+    known = all_options()
+    if name not in known:
+        raise SamplerError(
+            f"{name!r} is neither a config field nor an option of a registered solver "
+            f"(options: {', '.join(sorted(known))}; a plugin's? load it with --plugins)"
+        )
+    errors = []
+    for o in known[name]:
+        try:
+            return o.check(value)
+        except SamplerError as e:
+            errors.append(e)
+    raise errors[0]
+
+
 def check_config(config) -> None:
     """SamplerError unless the config's sampler is registered, its options fit its schema and
     every other value given is an option of a registered solver that accepts it."""
     options_of(config)
-    known = all_options()
     own = get(config.sampler).option_names()
     for name, value in config.values:
-        if name in own:
-            continue
-        if name not in known:
-            raise SamplerError(
-                f"{name!r} is neither a config field nor an option of a registered solver "
-                f"(options: {', '.join(sorted(known))}; a plugin's? load it with --plugins)"
-            )
-        errors = []
-        for o in known[name]:
-            try:
-                o.check(value)
-                break
-            except SamplerError as e:
-                errors.append(str(e))
-        else:
-            raise SamplerError(errors[0])
+        if name not in own:
+            check_value(name, value)
 
 
 # --- starts and seeds -------------------------------------------------------------------------

@@ -128,6 +128,21 @@ def _state_steps(ckpt_dir: str) -> set[int]:
     return {s for s in (_step_of(p) for p in paths if p) if s >= 0}
 
 
+def _listed(ckpt_dir: str) -> list[str] | None:
+    """The base names the state file lists with a timestamp each, oldest first (None: no
+    readable state file, or one without timestamps)."""
+    try:
+        state = tf.train.get_checkpoint_state(ckpt_dir)
+    except (tf.errors.OpError, ValueError):
+        return None
+    if state is None:
+        return None
+    names = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+    if len(state.all_model_checkpoint_timestamps) != len(names):
+        return None
+    return names
+
+
 def _vanished(prefix: str) -> bool:
     return not (tf.io.gfile.exists(prefix + ".index") and tf.io.gfile.glob(prefix + ".data-*"))
 
@@ -240,6 +255,8 @@ def write_state(ckpt_dir: str, prefixes: list[str]) -> None:
             tf.io.gfile.remove(state)
         return
     names = [os.path.basename(p) for p in prefixes]  # relative, as the manager writes them
+    if _listed(ckpt_dir) == names:  # already so, with timestamps: a rerun changes nothing
+        return
     now = time.time()  # a second apart, all after the last preserved time: all deletable
     stamps = [now - len(names) + i for i in range(len(names))]
     tf.compat.v1.train.update_checkpoint_state(  # basenames are written as given: relative

@@ -8,7 +8,7 @@ checkpoints (``tf.train.CheckpointManager``, resumable), TensorBoard summaries a
 progress bar. It knows nothing of which loss it runs.
 
 The step (models, EMA, optimizers, gradients, updates, the compiled loop of steps and a
-held-out loss) is ``train_step.TrainStep``; ``train()`` here is the loop around it:
+held-out loss) is ``step.TrainStep``; ``train()`` here is the loop around it:
 checkpoints, the input pipeline, summaries, signals and the workers' agreement.
 
 Randomness is stateless: the seed of step k is ``fold_in(seed, k)``, then folded with the
@@ -110,6 +110,13 @@ class TrainResult:
     models: dict
     ema_models: dict
     checkpoint: str | None
+
+    def summary(self) -> str:
+        """One line of what training gave."""
+        return (
+            f"trained to step {self.step}: loss {self.loss:.4f} in {self.seconds:.1f} s; "
+            f"checkpoint {self.checkpoint}"
+        )
 
 
 def _peak_rss_mb() -> float | None:

@@ -15,7 +15,7 @@ step on one global batch, objective after objective:
 
 ``make_train_loop(iterator)`` compiles many steps into one ``tf.function`` call; ``loss``
 evaluates the objectives on a batch without changing anything (a held-out loss). The seeds
-are those described in ``tf_score.train``, which owns everything around the step:
+are those described in ``training.loop``, which owns everything around the step:
 checkpoints, the input pipeline, summaries, signals, workers.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_score.config import TrainConfig
+from tf_score.config import TrainConfig, check_batch_split
 from tf_score.training import posthoc_ema
 from tf_score.training.bundle import ModelBundle
 
@@ -97,11 +97,7 @@ class TrainStep:
         self.bundle, self.config, self.strategy = bundle, config, strategy
         self.replicas = strategy.num_replicas_in_sync
         self.accum = int(config.grad_accum_steps)
-        if config.batch_size % (self.replicas * self.accum):
-            raise ValueError(
-                f"batch_size ({config.batch_size}) must be divisible by the number of replicas "
-                f"({self.replicas}) x grad_accum_steps ({self.accum})"
-            )
+        check_batch_split(config.batch_size, self.replicas, self.accum)
         self.global_batch = config.batch_size
         self.micro_batch = config.batch_size // (self.replicas * self.accum)
         # Seeds Keras' initialisers (and Python/NumPy/TF global RNGs), so the same seed gives

@@ -1,0 +1,204 @@
+"""The model families: a ``Family`` entry is the whole family. It says how a run of the family
+trains, loads, samples, evaluates and exports, which fields of config.json its training
+records, and what a command may ask of one of its runs; ``api`` and the command lines call
+the entry and never ask which family a run is.
+
+    family = registry.get(cfg.network.model)
+    result = family.train(cfg, workdir, strategy, progress, restart_from_scratch)
+    run = family.load(workdir, cfg, checkpoint, posthoc_sigma_rel)
+
+``register`` adds one (a plugin's), as ``sampling.register`` adds a solver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from tf_score import sampling
+from tf_score.config import ConfigError, ExperimentConfig
+from tf_score.export import savedmodel
+from tf_score.families import classifier, outputs, score_model, vae, workdir
+from tf_score.families.run import Run, RunError
+
+#: what a command may ask of a run (``Family.requests``)
+REQUESTS = ("samples", "solvers", "inpaint", "metrics", "bits_per_dim", "evaluate", "export")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family (see the module docstring)."""
+
+    name: str
+    #: (cfg, workdir, strategy, progress, restart_from_scratch) -> a result with ``summary()``
+    train: Callable
+    #: (workdir, cfg, checkpoint, posthoc_sigma_rel) -> Run
+    load: Callable
+    #: cfg -> the subset of ``REQUESTS`` its runs answer
+    requests: Callable[[ExperimentConfig], frozenset]
+    #: (run, out_dir, seed, *, jit, snapshots, inpainting, progress, metrics_file) -> result
+    sample: Callable | None = None
+    #: (run, out_dir, seed, *, jit, progress) -> metrics
+    evaluate: Callable | None = None
+    #: (run, path, samplers, max_samples, max_evaluations) -> path
+    export: Callable | None = None
+    #: data fields its training records in config.json, which loading requires
+    trained_fields: tuple[str, ...] = ("data_shape",)
+    #: whether it trains under a tf.distribute strategy (else on one device)
+    distributed: bool = True
+
+    def refuse(self, cfg: ExperimentConfig, request: str, flag: str) -> None:
+        """ConfigError naming ``flag`` unless this family's runs of ``cfg`` answer ``request``."""
+        if request not in self.requests(cfg):
+            answered = ", ".join(sorted(self.requests(cfg))) or "nothing but training"
+            raise ConfigError(
+                f"{flag} does not apply to a {self.name} run of {cfg.data.dataset} "
+                f"(network={cfg.network.network}); such a run answers: {answered}"
+            )
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(entry: Family, replace: bool = False) -> Family:
+    """Add ``entry`` (``replace``: over one of the same name)."""
+    if entry.name in FAMILIES and not replace:
+        raise ConfigError(f"a family named {entry.name!r} is registered already")
+    FAMILIES[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    """Remove a plugin's family (the built-in ones stay)."""
+    if name not in _BUILTIN:
+        FAMILIES.pop(name, None)
+
+
+def get(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def of(run_or_cfg) -> Family:
+    """The family of a ``Run`` or an ``ExperimentConfig``."""
+    cfg = run_or_cfg.config if isinstance(run_or_cfg, Run) else run_or_cfg
+    return get(cfg.network.model)
+
+
+# --- the score model family ---------------------------------------------------------------------
+
+
+def _score_requests(cfg: ExperimentConfig) -> frozenset:
+    if cfg.is_image:
+        return frozenset({"samples", "solvers", "inpaint", "metrics", "bits_per_dim", "export"})
+    return frozenset({"samples", "solvers", "evaluate", "export"})
+
+
+def _with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
+    if cfg.data.data_mean is not None:
+        return cfg
+    return cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
+
+
+def _score_sample(run, out_dir, seed, jit=False, snapshots=False, inpainting=False,
+                  progress=False, metrics_file=None):  # fmt: skip
+    if run.config.is_image and inpainting:
+        return outputs.inpaint_test_images(run, out_dir, seed, jit)
+    if run.config.is_image:
+        return outputs.image_samples(run, out_dir, seed, jit, snapshots, progress, metrics_file)
+    return outputs.toy_samples(run, out_dir, seed, jit)
+
+
+def _score_evaluate(run, out_dir, seed, jit=False, progress=False):
+    if run.config.is_image:  # an image model's evaluation is its bits/dim
+        return outputs.bits_per_dim(run, out_dir, seed, progress)
+    return outputs.toy_evaluation(run, out_dir, seed, jit)
+
+
+def _score_export(run, path, samplers, max_samples, max_evaluations):
+    return savedmodel.export_score_model(
+        run.models["score"], run.model, run.sigmas, run.space, path, sampler=run.config.sampler,
+        samplers=tuple(samplers or (run.config.sampler.sampler,)), max_samples=max_samples,
+        max_evaluations=max_evaluations,
+    )  # fmt: skip
+
+
+SCORE = Family(
+    "score",
+    train=lambda cfg, wd, strategy, progress, restart: workdir.train_in_loop(
+        cfg, wd, strategy, progress, restart, score_model.bundle, fill=_with_data_mean
+    ),
+    load=lambda wd, cfg, checkpoint, posthoc: workdir.restore(
+        wd,
+        cfg,
+        {"score": score_model.network_fn(cfg)},
+        checkpoint,
+        posthoc,
+        score_model.checkpoint_settings(cfg),
+    ),
+    requests=_score_requests,
+    sample=_score_sample,
+    evaluate=_score_evaluate,
+    export=_score_export,
+    trained_fields=("data_shape", "data_mean"),
+)
+
+
+# --- the VAEs and the classifier ----------------------------------------------------------------
+
+VAE = Family(
+    "vae",
+    train=lambda cfg, wd, strategy, progress, restart: workdir.train_in_loop(
+        cfg, wd, strategy, progress, restart, vae.bundle
+    ),
+    load=lambda wd, cfg, checkpoint, posthoc: workdir.restore(
+        wd, cfg, vae.model_fns(cfg), checkpoint, posthoc
+    ),
+    requests=lambda cfg: frozenset({"samples", "evaluate", "export"}),
+    sample=lambda run, out_dir, seed, progress=False, **_: outputs.vae_outputs(
+        run, out_dir, seed, likelihood=False, progress=progress
+    ),
+    evaluate=lambda run, out_dir, seed, progress=False, **_: outputs.vae_outputs(
+        run, out_dir, seed, likelihood=True, progress=progress
+    ),
+    export=lambda run, path, samplers, max_samples, max_evaluations: vae.export_vae(
+        run.models, run.config, path, max_samples, max_evaluations=max_evaluations
+    ),
+)
+
+
+def _load_classifier(wd: str, cfg: ExperimentConfig, checkpoint, posthoc) -> Run:
+    if checkpoint or posthoc:
+        raise RunError("a classifier run is one saved model: no --checkpoint or post-hoc EMA")
+    return Run(wd, cfg, {"classifier": classifier.load_classifier(wd)}, 0)
+
+
+CLASSIFIER = Family(
+    "classifier",
+    train=workdir.train_classifier,
+    load=_load_classifier,
+    requests=lambda cfg: frozenset(),
+    distributed=False,
+)
+
+_BUILTIN = ("score", "vae", "classifier")
+for _entry in (SCORE, VAE, CLASSIFIER):
+    register(_entry, replace=True)
+
+
+def check(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` once its family is registered and its sampler settings fit the solver
+    registry's schemas (for a family sampled by solvers); ConfigError naming the setting."""
+    family = of(cfg)
+    if "solvers" in family.requests(cfg):
+        try:
+            sampling.check_config(cfg.sampler)
+        except sampling.SamplerError as e:
+            raise ConfigError(str(e)) from e
+        for name in cfg.export.export_samplers:
+            try:
+                sampling.options_of(cfg.sampler, name)
+            except sampling.SamplerError as e:
+                raise ConfigError(f"export_samplers: {e}") from e
+    return cfg
