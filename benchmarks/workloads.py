@@ -100,8 +100,10 @@ def forward_flops(cfg, model) -> int:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
+    from tf_score.families import score_model
+
     shape = tuple(cfg.data.data_shape)
-    if cfg.is_continuous:
+    if score_model.is_continuous(cfg):
         fn = tf.function(lambda x, s: model(x, s))
         spec = tf.TensorSpec([1], tf.float32)
     else:

@@ -182,8 +182,7 @@ COMMAND = {
 
 #: the choices of the config's enumerated fields
 CHOICES = {
-    "dataset": C.DATASETS, "model": tuple(C.FAMILY_NETWORKS),
-    "network": tuple(sorted({n for nets in C.FAMILY_NETWORKS.values() for n in nets})),
+    "dataset": C.DATASETS,
     "activation": C.ACTIVATIONS, "precision": C.PRECISIONS, "vae_encoder": C.VAE_ENCODERS,
     "schedule": C.SCHEDULES, "sigma_dist": C.SIGMA_DISTS, "loss": C.SCORE_LOSSES,
     "parameterization": C.PARAMETERIZATIONS, "projection": C.PROJECTIONS,
@@ -201,6 +200,7 @@ def _define(name: str, hint: str, default, help_: str) -> None:
         flags.DEFINE_list(name, [str(v) for v in default], help_)
     else:
         kind = {"bool": "boolean", "int": "integer", "float": "float"}.get(hint, "string")
+        default = None if kind == "string" and default == "" else default  # "": not given
         getattr(flags, f"DEFINE_{kind}")(name, default, help_)
 
 
@@ -466,21 +466,27 @@ def _text(value) -> str:
 
 def _inapplicable(name: str, value, trained, cfg: C.ExperimentConfig) -> C.ConfigError:
     """Why flag ``name`` typed for run_sample.py cannot apply to the trained run ``cfg``."""
-    from tf_score import api  # loaded with the run this flag is checked against
+    from tf_score.networks import registry as networks  # loaded with the run checked
 
-    solvers = "solvers" in api.of(cfg).requests(cfg)
-    if name in GRID and solvers and not cfg.is_continuous:  # on the levels it was trained on
+    if name in GRID and "solvers" in _requests(cfg):  # sampled on its trained levels
+        continuous = [n for n, s in networks.NETWORKS.items() if s.continuous]
         return C.ConfigError(
             f"--{name}={_text(value)} does not apply: network={cfg.network.network} samples on "
             f"the noise levels it was trained on ({name}={_text(trained)}); only the "
-            f"continuous-sigma networks ({', '.join(C.CONTINUOUS_NETWORKS)}) sample on "
-            "another grid"
+            f"continuous-sigma networks ({', '.join(continuous)}) sample on another grid"
         )
     return C.ConfigError(
         f"--{name}={_text(value)} does not apply to sampling: it is a training setting "
         f"(this run's: {_text(trained)}); run_sample.py samples the run as it was trained, "
         "so leave the flag out"
     )
+
+
+def _requests(cfg: C.ExperimentConfig) -> frozenset:
+    """What a run of ``cfg`` answers (its family's ``requests``)."""
+    from tf_score import api  # loaded with the run asked
+
+    return api.of(cfg).requests(cfg)
 
 
 def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.ExperimentConfig:
@@ -498,7 +504,8 @@ def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.Exper
         sections[section] = C.section_with(run_cfg, section, values)
     C.check_seed(FLAGS.seed)  # the seed of the samples
     cfg = checked(run_cfg.replace(sampler=sampler_overrides(), **command_sections()))
-    if run_cfg.is_continuous:
+    any_grid = "grid" in _requests(run_cfg)
+    if any_grid:
         cfg = cfg.replace(noise={n: getattr(sections["noise"], n) for n in GRID})
     for name in sorted(typed_names):
         section, value = owner.get(name), FLAGS[name].value
@@ -507,7 +514,7 @@ def sample_config(run_cfg: C.ExperimentConfig, typed_names: set[str]) -> C.Exper
             raise _inapplicable(name, value, trained, run_cfg)
         if section not in sections or name in (*SAMPLE_READS, *C.PORTABLE_FIELDS):
             continue
-        if run_cfg.is_continuous and name in GRID:
+        if any_grid and name in GRID:
             continue
         new, trained = getattr(sections[section], name), getattr(run_cfg, section)
         if new != getattr(trained, name):

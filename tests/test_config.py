@@ -10,11 +10,11 @@ from tf_score.config import ConfigError, ExperimentConfig
 
 
 def _checked(values: dict) -> ExperimentConfig:
-    """``config.from_flat`` and the registry's check of its sampler settings, as the flags and
-    ``api.train`` make them."""
-    cfg = config.from_flat(values)
-    sampling.check_config(cfg.sampler)
-    return cfg
+    """``config.from_flat`` and the registries' check of it (family, network, sampler), as the
+    flags and ``api.train`` make them."""
+    from tf_score import api
+
+    return api.check(config.from_flat(values))
 
 
 def test_defaults_round_trip_and_replace():

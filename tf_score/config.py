@@ -9,7 +9,8 @@ in ``workdir/config.json`` and as the keyword of the library function that uses 
     ExperimentConfig.from_json(cfg.to_json()) == cfg
 
 Validation happens on construction and raises ``ConfigError`` naming the field and what is
-allowed, before any work starts.
+allowed, before any work starts. The config is plain data: which families, networks and
+solvers exist is the registries' (``families.registry.check`` holds a config against them).
 """
 
 from __future__ import annotations
@@ -22,21 +23,15 @@ import typing
 
 from tf_score.noise import grids
 
-#: model families -> the network architectures each accepts (the first is the default)
-FAMILY_NETWORKS = {
-    "score": ("mlp", "resnet", "refinenet", "edm_mlp", "edm_unet"),
-    "vae": ("mlp", "conv"),
-    "classifier": ("conv",),
-}
+#: the network a run of a built-in family takes when none is given (a plugin family's runs
+#: name theirs); which networks a family accepts is its check's (``families.registry``)
+DEFAULT_NETWORKS = {"score": "mlp", "vae": "mlp", "classifier": "conv"}
 TOY_DATASETS = ("two_mode", "eight_gaussians", "rings")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
 LABELLED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = (*TOY_DATASETS, *TFDS_DATASETS, "folder", "npz")
 #: training objectives of score networks; every name is a function in ``tf_score.losses``
 SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm", "edm")
-#: networks conditioned on a continuous sigma (denoisers, ``networks.denoisers``); the others take
-#: level indices of the geometric schedule they were trained on
-CONTINUOUS_NETWORKS = ("edm_mlp", "edm_unet")
 SCHEDULES = ("geometric", "karras")
 #: training sigma distributions of continuous models
 SIGMA_DISTS = ("lognormal", "loguniform")
@@ -199,10 +194,17 @@ class NetworkConfig:
     latent_dim: int = 8
 
     def __post_init__(self):
-        _one_of(self, "model", tuple(FAMILY_NETWORKS))
+        _require(
+            isinstance(self.model, str) and self.model.isidentifier(),
+            f"model must be the name of a model family, got {self.model!r}",
+        )
         if not self.network:
-            object.__setattr__(self, "network", FAMILY_NETWORKS[self.model][0])
-        _one_of(self, "network", FAMILY_NETWORKS[self.model])
+            _require(self.model in DEFAULT_NETWORKS, f"model={self.model} needs a network")
+            object.__setattr__(self, "network", DEFAULT_NETWORKS[self.model])
+        _require(
+            isinstance(self.network, str) and self.network.isidentifier(),
+            f"network must be the name of a network, got {self.network!r}",
+        )
         _positive_ints(self, "ngf", "num_res_blocks", "latent_dim")
         _positive_ints(self, "embed_dim", minimum=0)
         _require(
@@ -539,46 +541,11 @@ class ExperimentConfig:
 
     def __post_init__(self):
         check_seed(self.seed)
-        family, net, ds = self.network.model, self.network.network, self.data.dataset
-        if family == "score":
-            _require(
-                net.endswith("mlp") == self.data.is_toy,
-                f"network={net} does not fit dataset={ds}: the 2-D toys "
-                f"({', '.join(TOY_DATASETS)}) need network=mlp or edm_mlp, image data sets "
-                "need network=resnet, refinenet or edm_unet",
-            )
-            continuous = net in CONTINUOUS_NETWORKS
-            _require(
-                continuous == (self.loss.loss == "edm"),
-                f"network={net} needs loss={'edm' if continuous else 'anneal_dsm (or dsm, ssm)'}"
-                ": loss=edm trains the continuous-sigma denoisers (edm_mlp, edm_unet) only",
-            )
-            _require(
-                continuous or self.noise.schedule == "geometric",
-                f"network={net} is trained on its levels: schedule=geometric "
-                "(karras grids are for the continuous networks edm_mlp, edm_unet)",
-            )
-        else:
-            _require(not self.data.is_toy, f"model={family} needs image data, not dataset={ds}")
-        if family == "classifier":
-            _require(
-                ds in LABELLED_DATASETS,
-                f"model=classifier needs labelled images: dataset={' or '.join(LABELLED_DATASETS)}",
-            )
-        _require(
-            not self.evaluation.fid_every or (family == "score" and not self.data.is_toy),
-            f"fid_every is for image score models, not model={family} dataset={ds}",
-        )
         check_loss_levels(self.loss.loss, self.noise.num_levels)
 
     @property
     def is_image(self) -> bool:
         return not self.data.is_toy
-
-    @property
-    def is_continuous(self) -> bool:
-        """A continuous-sigma denoiser (sampled on ``noise.sigmas()``, any grid)."""
-        return self.network.network in CONTINUOUS_NETWORKS
 
     def replace(self, **sections) -> ExperimentConfig:
         """A copy with some fields changed: ``cfg.replace(noise={"num_levels": 5}, seed=1)``."""

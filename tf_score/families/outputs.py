@@ -31,7 +31,7 @@ def toy_evaluation(run: Run, out_dir: str, seed: int, jit: bool = False) -> dict
     Langevin, learned vs exact score) or the fast solvers of a continuous run."""
     ev, extent = run.config.evaluation, data.get_toy(run.config.data.dataset).extent
     common = dict(num_samples=ev.num_samples, seed=seed, num_permutations=ev.num_permutations)
-    if run.config.is_continuous:
+    if score_model.is_continuous(run.config):
         r = evaluate.two_mode_fast(run, num_seeds=ev.eval_repeats, **common)
         panels = {"exact samples": r.exact}
         for name, x in r.samples.items():

@@ -16,13 +16,16 @@ import dataclasses
 from collections.abc import Callable
 
 from tf_score import sampling
-from tf_score.config import ConfigError, ExperimentConfig
+from tf_score.config import LABELLED_DATASETS, ConfigError, ExperimentConfig
 from tf_score.export import savedmodel
 from tf_score.families import classifier, outputs, score_model, vae, workdir
 from tf_score.families.run import Run, RunError
+from tf_score.networks import registry as networks
 
 #: what a command may ask of a run (``Family.requests``)
-REQUESTS = ("samples", "solvers", "inpaint", "metrics", "bits_per_dim", "evaluate", "export")
+#: ("grid": sampled on any grid of sigmas given, not only the levels it was trained on)
+REQUESTS = ("samples", "solvers", "grid", "inpaint", "metrics", "bits_per_dim", "evaluate",
+            "export")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Family:
     load: Callable
     #: cfg -> the subset of ``REQUESTS`` its runs answer
     requests: Callable[[ExperimentConfig], frozenset]
+    #: cfg -> None, or ConfigError naming the setting its runs cannot take (network, data)
+    check: Callable[[ExperimentConfig], None] = lambda cfg: None
     #: (run, out_dir, seed, *, jit, snapshots, inpainting, progress, metrics_file) -> result
     sample: Callable | None = None
     #: (run, out_dir, seed, *, jit, progress) -> metrics
@@ -90,9 +95,55 @@ def of(run_or_cfg) -> Family:
 
 
 def _score_requests(cfg: ExperimentConfig) -> frozenset:
-    if cfg.is_image:
-        return frozenset({"samples", "solvers", "inpaint", "metrics", "bits_per_dim", "export"})
-    return frozenset({"samples", "solvers", "evaluate", "export"})
+    answers = {"samples", "solvers", "export"}
+    answers |= {"grid"} if networks.get(cfg.network.network).continuous else set()
+    answers |= {"inpaint", "metrics", "bits_per_dim"} if cfg.is_image else {"evaluate"}
+    return frozenset(answers)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _score_check(cfg: ExperimentConfig) -> None:
+    """A registered score network that takes the data; loss=edm for exactly the continuous
+    networks; a level-conditioned one on a geometric schedule."""
+    spec, ds = networks.get(cfg.network.network), cfg.data.dataset
+    kind = "images" if cfg.is_image else "points"
+    fit = [n for n, s in networks.NETWORKS.items() if s.data == kind]
+    _require(spec.data == kind, f"network={spec.name} does not fit dataset={ds}: it takes "
+             f"{spec.data}; {kind} need network={' or '.join(fit)}")  # fmt: skip
+    continuous = [n for n, s in networks.NETWORKS.items() if s.continuous]
+    _require(
+        spec.continuous == (cfg.loss.loss == "edm"),
+        f"network={spec.name} needs loss={'edm' if spec.continuous else 'anneal_dsm (or dsm, ssm)'}"
+        f": loss=edm trains the continuous-sigma denoisers ({', '.join(continuous)}) only",
+    )
+    _require(
+        spec.continuous or cfg.noise.schedule == "geometric",
+        f"network={spec.name} is trained on its levels: schedule=geometric (karras grids are "
+        f"for the continuous networks {', '.join(continuous)})",
+    )
+
+
+def _image_family_check(networks_taken: tuple[str, ...], labelled: bool = False):
+    """The check of a family of image models with its own networks (no fid_every)."""
+
+    def check(cfg: ExperimentConfig) -> None:
+        family, ds = cfg.network.model, cfg.data.dataset
+        _require(cfg.is_image, f"model={family} needs image data, not dataset={ds}")
+        _require(
+            cfg.network.network in networks_taken,
+            f"model={family} takes network={' or '.join(networks_taken)}, not "
+            f"{cfg.network.network}",
+        )
+        _require(not labelled or ds in LABELLED_DATASETS, f"model={family} needs labelled "
+                 f"images: dataset={' or '.join(LABELLED_DATASETS)}")  # fmt: skip
+        _require(not cfg.evaluation.fid_every,
+                 f"fid_every is for image score models, not model={family}")  # fmt: skip
+
+    return check
 
 
 def _with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -138,6 +189,7 @@ SCORE = Family(
         score_model.checkpoint_settings(cfg),
     ),
     requests=_score_requests,
+    check=_score_check,
     sample=_score_sample,
     evaluate=_score_evaluate,
     export=_score_export,
@@ -156,6 +208,7 @@ VAE = Family(
         wd, cfg, vae.model_fns(cfg), checkpoint, posthoc
     ),
     requests=lambda cfg: frozenset({"samples", "evaluate", "export"}),
+    check=_image_family_check(vae.ARCHS),
     sample=lambda run, out_dir, seed, progress=False, **_: outputs.vae_outputs(
         run, out_dir, seed, likelihood=False, progress=progress
     ),
@@ -179,6 +232,7 @@ CLASSIFIER = Family(
     train=workdir.train_classifier,
     load=_load_classifier,
     requests=lambda cfg: frozenset(),
+    check=_image_family_check(("conv",), labelled=True),
     distributed=False,
 )
 
@@ -187,10 +241,22 @@ for _entry in (SCORE, VAE, CLASSIFIER):
     register(_entry, replace=True)
 
 
-def check(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` once its family is registered and its sampler settings fit the solver
-    registry's schemas (for a family sampled by solvers); ConfigError naming the setting."""
+def check_model(cfg: ExperimentConfig) -> Family:
+    """``cfg``'s family, once it is registered and takes ``cfg``'s network and data
+    (ConfigError naming the setting otherwise)."""
     family = of(cfg)
+    family.check(cfg)
+    if cfg.evaluation.fid_every:
+        _require(cfg.is_image, f"fid_every is for image score models, not dataset="
+                 f"{cfg.data.dataset}")  # fmt: skip
+    return family
+
+
+def check(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` once its family takes it (``check_model``) and its sampler settings fit the
+    solver registry's schemas (for a family sampled by solvers); ConfigError naming the
+    setting."""
+    family = check_model(cfg)
     if "solvers" in family.requests(cfg):
         try:
             sampling.check_config(cfg.sampler)

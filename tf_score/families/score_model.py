@@ -21,14 +21,8 @@ from tf_score.config import (
     check_loss_levels,
 )
 from tf_score.evaluation import plotting
-from tf_score.networks import (
-    EDMMLP,
-    ConditionalResNet,
-    CondRefineNetDilated,
-    EDMUNet,
-    NoiseConditionalMLP,
-    contract,
-)
+from tf_score.networks import contract
+from tf_score.networks import registry as networks
 from tf_score.noise import draws
 from tf_score.training import optimizers
 from tf_score.training.bundle import LossOutput, ModelBundle, Objective
@@ -73,15 +67,10 @@ def optimizer_fn(cfg: ExperimentConfig):
     return lambda: optimizers.make_optimizer(cfg.optimizer, cfg.train.num_steps)
 
 
-def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:
-    """(a, b) of the network's scale y = a x + b: images [0, 1] -> [-1, 1], toys as they are."""
-    return (2.0, -1.0) if cfg.is_image else (1.0, 0.0)
-
-
 def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
     """``loss_fn(models, x, seed)`` of a continuous denoiser: ``losses.denoising_loss`` with
     the configured sigma distribution, levels = the nearest grid level (for summaries)."""
-    nc, (a, _) = cfg.noise, data_scale(cfg)
+    nc, (a, _) = cfg.noise, networks.data_scale(cfg)
 
     def sigma_fn(batch, seed):
         return draws.sample_sigmas(
@@ -99,7 +88,7 @@ def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
 
 def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objective:
     """The objective of the score network named ``model_name`` in the bundle."""
-    if cfg.is_continuous:
+    if is_continuous(cfg):
         loss_fn = denoising_objective_loss(cfg, model_name)
     else:
         loss = make_score_loss(cfg.loss, cfg.noise.sigmas())
@@ -118,53 +107,16 @@ def score_objective(cfg: ExperimentConfig, model_name: str = "score") -> Objecti
 
 
 def network_fn(cfg: ExperimentConfig, data_shape=None):
-    """Factory of the built score network of ``cfg`` (``data_shape`` defaults to the config's)."""
-
-    net, sigmas = cfg.network, cfg.noise.sigmas()
+    """Factory of the built score network of ``cfg`` (``networks.registry``; ``data_shape``
+    defaults to the config's)."""
+    networks.get(cfg.network.network)  # registered: an error now, not when built
     shape = tuple(data_shape or cfg.data.data_shape or (2,))
-    a, b = data_scale(cfg)
-    denoiser = dict(
-        sigma_data=cfg.noise.sigma_data, data_scale=a, data_shift=b,
-        parameterization=cfg.noise.parameterization, name="score",
-    )  # fmt: skip
+    return lambda: networks.build(cfg, shape)
 
-    def build():
-        if net.network == "edm_unet":
-            m = EDMUNet(
-                shape, ngf=net.ngf, channel_mults=net.channel_mults,
-                num_blocks=net.num_res_blocks, **denoiser,
-            )  # fmt: skip
-        elif net.network == "edm_mlp":
-            m = EDMMLP(shape, hidden_units=net.hidden_units, activation=net.activation,
-                       embed_dim=net.embed_dim, **denoiser)  # fmt: skip
-        elif net.network == "mlp":
-            m = NoiseConditionalMLP(
-                sigmas,
-                data_dim=shape[0],
-                hidden_units=net.hidden_units,
-                activation=net.activation,
-                log_sigma_input=net.log_sigma_input,
-                scale_by_sigma=net.scale_by_sigma,
-                name="score",
-            )
-        elif net.network == "refinenet":
-            m = CondRefineNetDilated(
-                shape, sigmas, ngf=net.ngf, scale_by_sigma=net.scale_by_sigma, name="score"
-            )
-        else:
-            m = ConditionalResNet(
-                shape,
-                sigmas,
-                ngf=net.ngf,
-                channel_mults=net.channel_mults,
-                num_blocks=net.num_res_blocks,
-                scale_by_sigma=net.scale_by_sigma,
-                name="score",
-            )
-        m.build()
-        return m
 
-    return build
+def is_continuous(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s network is a continuous-sigma denoiser (sampled on any grid)."""
+    return networks.get(cfg.network.network).continuous
 
 
 def checkpoint_settings(cfg: ExperimentConfig) -> dict:
@@ -177,7 +129,7 @@ def checkpoint_settings(cfg: ExperimentConfig) -> dict:
 def score_model(cfg: ExperimentConfig, network):
     """The network under the model contract (``networks.contract``): a continuous denoiser
     as it is, a level-conditioned network wrapped on the levels it was trained on."""
-    if cfg.is_continuous:
+    if is_continuous(cfg):
         return network
     return contract.LevelScoreModel(network, cfg.noise.sigmas())
 
@@ -293,13 +245,6 @@ def load_training_images(cfg: DataConfig, split: str = "train"):
     return ds, spec.image_shape, spec.random_flip, spec.cache
 
 
-def spatial_factor(cfg: ExperimentConfig) -> int:
-    """What image height and width must be divisible by for ``cfg``'s network."""
-    if cfg.network.network in ("resnet", "edm_unet"):
-        return 2 ** (len(cfg.network.channel_mults) - 1)
-    return 2 if cfg.network.network == "refinenet" else 1
-
-
 def check_images(
     cfg: ExperimentConfig, image_shape, num_images: int | None, spatial: bool = True
 ) -> None:
@@ -310,7 +255,7 @@ def check_images(
         f" --data_path={cfg.data.data_path}" if cfg.data.data_path else ""
     )
     h, w = int(image_shape[0]), int(image_shape[1])
-    factor = spatial_factor(cfg) if spatial else 1
+    factor = networks.get(cfg.network.network).spatial_factor(cfg) if spatial else 1
     if h % factor or w % factor or min(h, w) < factor:
         stages = f"--channel_mults={','.join(map(str, cfg.network.channel_mults))}"
         raise ConfigError(

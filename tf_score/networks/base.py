@@ -8,6 +8,20 @@ import tensorflow as tf
 from tf_score.networks.layers import ConditionalAffine, ConditionalInstanceNormPlus
 
 
+def stage_factor(channel_mults) -> int:
+    """What image height and width must be divisible by for a network that halves them
+    between its ``len(channel_mults)`` stages."""
+    return 2 ** (len(tuple(channel_mults)) - 1)
+
+
+def check_spatial(shape, factor: int, why: str) -> None:
+    """ValueError unless the image ``shape``'s height and width are divisible by ``factor``."""
+    if shape[0] % factor or shape[1] % factor or min(shape[0], shape[1]) < factor:
+        raise ValueError(
+            f"image height and width ({tuple(shape[:2])}) must be divisible by {factor} for {why}"
+        )
+
+
 class ImageScoreNetwork(keras.Model):
     """Base of s(x, i) for images x [B, H, W, C] in [0, 1] and level indices i [B].
 

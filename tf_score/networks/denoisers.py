@@ -10,6 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tf_score.networks.base import check_spatial, stage_factor
 from tf_score.networks.layers import spatial_moments
 from tf_score.networks.preconditioning import Denoiser
 
@@ -135,12 +136,8 @@ class EDMUNet(Denoiser):
         self.ngf = int(ngf)
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_blocks = int(num_blocks)
-        factor = 2 ** (len(self.channel_mults) - 1)
-        if self.data_shape[0] % factor or self.data_shape[1] % factor:
-            raise ValueError(
-                f"image height and width ({self.data_shape[:2]}) must be divisible by {factor} "
-                f"for {len(self.channel_mults)} stages (channel_mults)"
-            )
+        check_spatial(self.data_shape, stage_factor(self.channel_mults),
+                      f"{len(self.channel_mults)} stages (channel_mults)")  # fmt: skip
         dt = self.dtype_policy
         self.embed = NoiseEmbedding(4 * self.ngf, dtype=dt, name="embed")
         self.begin_conv = keras.layers.Conv2D(self.ngf, 3, padding="same", dtype=dt, name="begin")

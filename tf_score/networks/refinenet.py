@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_score.networks.base import ImageScoreNetwork
+from tf_score.networks.base import ImageScoreNetwork, check_spatial
 from tf_score.networks.layers import (
     ConditionalResidualBlock,
     CondRefineBlock,
@@ -29,6 +29,9 @@ class CondRefineNetDilated(ImageScoreNetwork):
       scale_by_sigma: output f(x, i) / sigma_i (NCSNv2) instead of f(x, i).
     """
 
+    #: image height and width must be divisible by this (one stride-2 stage)
+    SPATIAL_FACTOR = 2
+
     def __init__(
         self,
         image_shape,
@@ -40,8 +43,7 @@ class CondRefineNetDilated(ImageScoreNetwork):
     ):
         super().__init__(image_shape, sigmas, activation, scale_by_sigma, **kwargs)
         self.ngf = int(ngf)
-        if self.image_shape[0] % 2 or self.image_shape[1] % 2:
-            raise ValueError(f"image height and width must be even, got {self.image_shape}")
+        check_spatial(self.image_shape, self.SPATIAL_FACTOR, "its dilated stages")
         L, n, dt = self.num_levels, self.ngf, self.dtype_policy
         block = lambda f, name, **kw: ConditionalResidualBlock(
             f, L, activation=activation, dtype=dt, name=name, **kw

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_score.networks.base import ImageScoreNetwork
+from tf_score.networks.base import ImageScoreNetwork, check_spatial, stage_factor
 from tf_score.networks.layers import ConditionalResidualBlock
 
 
@@ -36,12 +36,8 @@ class ConditionalResNet(ImageScoreNetwork):
         self.ngf = int(ngf)
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_blocks = int(num_blocks)
-        factor = 2 ** (len(self.channel_mults) - 1)
-        if self.image_shape[0] % factor or self.image_shape[1] % factor:
-            raise ValueError(
-                f"image height and width ({self.image_shape[:2]}) must be divisible by "
-                f"{factor} for {len(self.channel_mults)} stages (channel_mults)"
-            )
+        check_spatial(self.image_shape, stage_factor(self.channel_mults),
+                      f"{len(self.channel_mults)} stages (channel_mults)")  # fmt: skip
         L, dt = self.num_levels, self.dtype_policy
         self.begin_conv = keras.layers.Conv2D(
             self.ngf, 3, padding="same", dtype=dt, name="begin_conv"
