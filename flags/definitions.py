@@ -97,7 +97,8 @@ HELP = {
     # sampler
     "sampler": "Solver, a name in the registry; run_sample.py uses the workdir's unless this is "
     "given. Built in: "
-    + "; ".join(f"{s.name} ({s.help.split(': ', 1)[-1]})" for s in sampling.SAMPLERS.values()),
+    + "; ".join(f"{s.name} ({s.help})" for s in sampling.SAMPLERS.values())
+    + ". Network evaluations per sample: docs/glossary.md.",
     # evaluation
     "num_samples": "Samples (toys: per batch of chains).",
     "sample_batch_size": "Chains run at once on image models (0: all --num_samples together); "

@@ -42,7 +42,10 @@ def _run(repo_root, script, *args, timeout=300):
         (["--dataset=mnist"], "network=mlp does not fit dataset=mnist"),
         (["--dataset=folder", "--network=resnet"], "dataset=folder needs data_path"),
         (["--network=resnet", "--channel_mults=1,x"], "--channel_mults must be"),
-        (["--model=vae", "--network=refinenet"], "network must be one of mlp, conv"),
+        (
+            ["--model=vae", "--dataset=mnist", "--network=refinenet"],
+            "model=vae takes network=mlp or conv, not refinenet",
+        ),
         (["--strategy=tpu"], "tpu (a Cloud TPU name, grpc://host:port or local) is needed by"),
         (["--devices=/gpu:0"], "devices is for strategy=mirrored"),
         (["--batch_size=100", "--grad_accum_steps=3"], "replica(s) x grad_accum_steps (3)"),

@@ -164,3 +164,15 @@ def test_docstrings_name_things_that_exist():
     heads, sections, names = _index()
     bad = [b for path in _files() for b in _unresolved(path, heads, sections, names)]
     assert not bad, "backticked names that do not exist:\n" + "\n".join(bad)
+
+
+def test_the_glossary_s_evaluation_table_is_the_registry_s():
+    """A solver's evaluation count is stated once, in its registry entry: the docs' table is
+    generated from the entries (``registry.evaluations_table``) and must be that table."""
+    from tf_score.sampling import registry
+
+    with open(os.path.join(ROOT, "docs", "glossary.md")) as f:
+        text = f.read()
+    start = text.index("<!-- generated: registry.evaluations_table() -->\n")
+    block = text[start : text.index("\n<!-- end generated -->")].split("\n", 1)[1]
+    assert block == registry.evaluations_table()

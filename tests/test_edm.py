@@ -357,4 +357,4 @@ def test_fid_during_training_is_a_scalar_with_its_floor(tmp_path):
 
 def test_fid_every_is_for_image_score_models():
     with pytest.raises(config.ConfigError, match="fid_every is for image score models"):
-        config.from_flat(dict(fid_every=10))
+        api.check(config.from_flat(dict(fid_every=10)))

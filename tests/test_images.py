@@ -83,7 +83,7 @@ def test_conditional_instance_norm_plus_uses_the_level_and_normalises():
 def test_bad_image_sizes_give_clear_errors():
     with pytest.raises(ValueError, match="must be divisible by 4"):
         ConditionalResNet((30, 30, 1), SIGMAS, channel_mults=(1, 2, 2))
-    with pytest.raises(ValueError, match="must be even"):
+    with pytest.raises(ValueError, match="must be divisible by 2 for its dilated stages"):
         CondRefineNetDilated((27, 27, 1), SIGMAS)
 
 

@@ -24,6 +24,7 @@ def _registered_only_here():
     definitions.load_plugin(PLUGIN)
     yield
     sampling.unregister("test_euler")
+    sampling.unregister("test_eta_euler")
 
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "a4ac31d")
@@ -86,3 +87,18 @@ def test_an_export_serves_it_with_its_option_checked(run, tmp_path):
     )  # fmt: skip
     with pytest.raises(tf.errors.InvalidArgumentError, match="euler_scale must be"):
         sig(num_samples=tf.constant(8), seed=tf.constant([6, 0]), euler_scale=tf.constant(5.0))
+
+
+def test_two_solvers_may_each_have_an_option_of_one_name(run):
+    """``eta`` is the ancestral solvers' option in [0, 1] and the plugin's in [0, 3]: each
+    solver checks the value by its own schema, in the API and in a config alike."""
+    from tf_score import config
+
+    out = api.generate(run, 8, seed=1, sampler="test_eta_euler", eta=2.5)
+    same = api.generate(run, 8, seed=1, sampler="test_euler", euler_scale=1.25)
+    np.testing.assert_allclose(out.samples, same.samples, atol=1e-5)  # float32 round-off
+    with pytest.raises(sampling.SamplerError, match="eta must be a finite number >= 0 and <= 1"):
+        api.generate(run, 8, seed=1, sampler="euler_ancestral", eta=2.5)
+    api.check(config.from_flat(dict(dataset="two_mode", sampler="test_eta_euler", eta=2.5)))
+    with pytest.raises(config.ConfigError, match="eta must be a finite number >= 0 and <= 1"):
+        api.check(config.from_flat(dict(dataset="two_mode", sampler="euler_ancestral", eta=2.5)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import re
 import typing
 
@@ -73,12 +74,14 @@ MAX_FLOAT = 3.4028234663852886e38
 
 
 def check_seed(seed) -> int:
-    """``seed`` if it is an integer in [0, 2**31) (every seed of the library); ConfigError."""
+    """``seed`` as an int if it is an integer in [0, 2**31) (every seed of the library, a
+    numpy integer too); ConfigError otherwise."""
     _require(
-        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_COUNT,
+        isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+        and 0 <= seed <= MAX_COUNT,
         f"seed must be an integer in [0, 2**31), got {seed!r}",
-    )
-    return seed
+    )  # fmt: skip
+    return int(seed)
 
 
 def check_batch_split(batch_size: int, replicas: int = 1, grad_accum_steps: int = 1) -> None:
@@ -540,7 +543,7 @@ class ExperimentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_seed(self.seed)
+        object.__setattr__(self, "seed", check_seed(self.seed))
         check_loss_levels(self.loss.loss, self.noise.num_levels)
 
     @property

@@ -36,3 +36,20 @@ ENTRY = sampling.register(
     ),
     replace=True,
 )  # fmt: skip
+
+
+def half_eta_euler(model, x, sigmas, *, seed, callback=None, eta=2.0):
+    """``euler`` with the step multiplied by eta / 2: an option named like the ancestral
+    solvers' ``eta`` (in [0, 1], default 1), with its own range [0, 3] and default 2."""
+    return euler(model, x, sigmas, seed=seed, callback=callback, euler_scale=eta / 2.0)
+
+
+ETA_ENTRY = sampling.register(
+    sampling.Sampler(
+        "test_eta_euler", half_eta_euler,
+        (sampling.Option("eta", float, 2.0, "test_eta_euler: twice the step multiplier", 0.0,
+                         3.0, True),),
+        "perturbed", lambda n, o: n, False, "Euler with a step multiplier named eta",
+    ),
+    replace=True,
+)  # fmt: skip

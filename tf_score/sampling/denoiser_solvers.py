@@ -3,18 +3,21 @@ denoiser D(x; sigma) = ``model.denoise(x, sigma)`` (Karras et al. 2022, section 
 registry's signature. With d = (x - D) / sigma = dx/dsigma of the probability-flow ODE and the
 grid sigma_1 > ... > sigma_N, then 0:
 
-    euler            x <- x + (sigma_(i+1) - sigma_i) d                         N calls
-    euler_ancestral  Euler to sigma_down, then sigma_up z (eta: how much noise)  N calls
-    dpm2             a midpoint step at sqrt(sigma_i sigma_(i+1))                2 N - 1 calls
-    lms              linear multistep of order 4 on the past derivatives        N calls
-    dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, in t = -log sigma         N calls
-    dpm2_ancestral   the DPM2 midpoint to sigma_down, then sigma_up z            2 N - 1 calls
-    dpmpp_2s_ancestral  DPM-Solver++(2S) single-step midpoint, ancestral noise   2 N - 1 calls
-    dpmpp_2m_sde     DPM-Solver++(2M) SDE: the 2M update with noise (sde_eta),   N calls
+    euler            x <- x + (sigma_(i+1) - sigma_i) d
+    euler_ancestral  Euler to sigma_down, then sigma_up z (eta: how much noise)
+    dpm2             a midpoint step at sqrt(sigma_i sigma_(i+1))
+    lms              linear multistep of order 4 on the past derivatives
+    dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, in t = -log sigma
+    dpm2_ancestral   the DPM2 midpoint to sigma_down, then sigma_up z
+    dpmpp_2s_ancestral  DPM-Solver++(2S) single-step midpoint, ancestral noise
+    dpmpp_2m_sde     DPM-Solver++(2M) SDE: the 2M update with noise (sde_eta),
                      its correction of midpoint or heun form (solver_type)
-    dpmpp_3m_sde     the third-order multistep SDE variant (sde_eta 0: an ODE)   N calls
-    dpm_adaptive     DPM-Solver-12/23 with an error-controlled step in log sigma  as needed
+    dpmpp_3m_sde     the third-order multistep SDE variant (sde_eta 0: an ODE)
+    dpm_adaptive     DPM-Solver-12/23 with an error-controlled step in log sigma
                      (rtol, atol, h_init), from the grid's first to last sigma
+
+Each entry of ``ENTRIES`` states the solver's network evaluations (the table in
+docs/glossary.md is generated from them: ``registry.evaluations_table``).
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ def _denoised_diff(model, x, sigma):
 def _ancestral(model, x, sigmas, seed, callback, eta, move):
     """The loop of the second-order ancestral solvers: at each sigma_i, ``move(x, sigma_i,
     sigma_down, D, d)`` (one more call) to sigma_down, Euler instead on the last step
-    (sigma_down = 0), then sigma_up z (``ancestral_step``). 2 N - 1 calls."""
+    (sigma_down = 0), then sigma_up z (``ancestral_step``)."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     n, nxt, eta = tf.shape(sigmas)[0], next_sigmas(sigmas), tf.cast(eta, tf.float32)
 
@@ -385,26 +388,26 @@ ADAPTIVE = (
 LMS_ORDER = Option("lms_order", int, 4, "lms: derivatives combined", 1, 4, True, static=True)
 ENTRIES = (
     Sampler("euler", euler, (), "perturbed", lambda n, p: n, False,
-            "Euler on the probability-flow ODE: N evaluations"),
+            "Euler on the probability-flow ODE"),
     Sampler("euler_ancestral", euler_ancestral, (ETA,), "perturbed", lambda n, p: n, True,
-            "Euler ancestral (eta): N evaluations"),
+            "Euler ancestral (eta)"),
     Sampler("dpm2", dpm2, (), "perturbed", lambda n, p: 2 * n - 1, False,
-            "DPM2 (midpoint in log sigma): 2 N - 1 evaluations", on_grid=lambda p: False),
+            "DPM2 (midpoint in log sigma)", on_grid=lambda p: False),
     Sampler("lms", lms, (LMS_ORDER,), "perturbed", lambda n, p: n, False,
-            "linear multistep of order lms_order: N evaluations"),
+            "linear multistep of order lms_order"),
     Sampler("dpmpp_2m", dpmpp_2m, (), "perturbed", lambda n, p: n, False,
-            "DPM-Solver++(2M): N evaluations"),
+            "DPM-Solver++(2M)"),
     Sampler("dpm2_ancestral", dpm2_ancestral, (ETA,), "perturbed", lambda n, p: 2 * n - 1,
-            True, "DPM2 ancestral (eta): 2 N - 1 evaluations", on_grid=lambda p: False),
+            True, "DPM2 ancestral (eta)", on_grid=lambda p: False),
     Sampler("dpmpp_2s_ancestral", dpmpp_2s_ancestral, (ETA,), "perturbed",
-            lambda n, p: 2 * n - 1, True, "DPM-Solver++(2S) ancestral (eta): 2 N - 1 evaluations",
+            lambda n, p: 2 * n - 1, True, "DPM-Solver++(2S) ancestral (eta)",
             on_grid=lambda p: False),
     Sampler("dpmpp_2m_sde", dpmpp_2m_sde, (SDE_ETA, SOLVER_TYPE), "perturbed", lambda n, p: n,
-            True, "DPM-Solver++(2M) SDE (sde_eta, solver_type): N evaluations"),
+            True, "DPM-Solver++(2M) SDE (sde_eta, solver_type)"),
     Sampler("dpmpp_3m_sde", dpmpp_3m_sde, (SDE_ETA,), "perturbed", lambda n, p: n, True,
-            "DPM-Solver++(3M) SDE (sde_eta): N evaluations"),
+            "DPM-Solver++(3M) SDE (sde_eta)"),
     Sampler("dpm_adaptive", dpm_adaptive, ADAPTIVE, "perturbed", lambda n, p: None, False,
-            "DPM-Solver adaptive, order 3, steps in log sigma: evaluations known afterwards",
+            "DPM-Solver adaptive, order 3, steps in log sigma",
             on_grid=lambda p: False),
 )  # fmt: skip
 registry.register_builtins(ENTRIES)

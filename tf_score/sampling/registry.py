@@ -233,6 +233,25 @@ def all_options(builtin_only: bool = False) -> dict[str, list[Option]]:
     return out
 
 
+#: the grid sizes of ``evaluations_table``
+TABLE_SIZES = (10, 20, 40)
+
+
+def evaluations_table(sizes=TABLE_SIZES) -> str:
+    """The built-in solvers' network evaluations per sample on grids of ``sizes`` sigmas with
+    their default options, as a markdown table computed from the entries (docs/glossary.md
+    holds it; the entry is the one statement of a solver's count)."""
+    head = " / ".join(str(n) for n in sizes)
+    lines = [f"| solver | start | stochastic | evaluations on {head} sigmas |", "|---|---|---|---|"]
+    for name in builtin_names():
+        entry = _BUILTIN[name]
+        counts = [entry.evaluations(n, entry.resolve()) for n in sizes]
+        text = "adaptive (counted as it runs)" if None in counts else " / ".join(map(str, counts))
+        noisy = "yes" if entry.stochastic else "no"
+        lines.append(f"| `{name}` | {entry.start} | {noisy} | {text} |")
+    return "\n".join(lines)
+
+
 def options_of(config, name: str | None = None) -> dict:
     """Solver ``name``'s options (default: the config's sampler) from a ``config.
     SamplerConfig``: the values given that it takes, its defaults for the rest, validated by

@@ -120,7 +120,7 @@ def annealed_langevin(
     T = ``n_steps_each`` steps of x <- x + a_i s(x, sigma_i) + sqrt(2 a_i) z with
     a_i = eps sigma_i^2 / sigma_N^2 (eps = ``step_lr``), so that a_i / sigma_i^2 is the same at
     every level; with ``denoise`` a last Tweedie step x + sigma_N^2 s(x, sigma_N) (NCSNv2).
-    The callback runs at the end of every level. N T (+1) calls."""
+    The callback runs at the end of every level."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     eps, t_each = tf.cast(step_lr, tf.float32), tf.cast(n_steps_each, tf.int32)
     num_levels, sigma_last = _num(sigmas), sigmas[-1]
@@ -158,7 +158,7 @@ def consistent_annealed(model, x, sigmas, *, seed, callback=None, cas_eta=0.0, d
     """Consistent annealed sampling (Jolicoeur-Martineau et al. 2020), one step per level:
     x <- x + eta sigma_i^2 s(x, sigma_i) + sqrt(sigma_(i+1)^2 - (1 - eta)^2 sigma_i^2) z, with
     eta = ``cas_eta`` (0: the smallest consistent value, ``consistent_eta``), so a chain at
-    noise sigma_i is at sigma_(i+1) after the step. N (+1) calls."""
+    noise sigma_i is at sigma_(i+1) after the step."""
     sig = tf.get_static_value(as_grid(sigmas))
     eta = _check_cas(sig, {"cas_eta": cas_eta})
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
@@ -219,7 +219,7 @@ def predictor_corrector(
     sigma_(i+1): x <- x + d_i s + c_i z, d_i = sigma_i^2 - sigma_(i+1)^2, c_i = sqrt(d_i)
     (reverse_diffusion, Euler-Maruyama) or sigma_(i+1) sqrt(d_i) / sigma_i (ancestral: ends
     at exactly sigma_(i+1)'s noise). With ``denoise`` the last predictor step adds no noise.
-    N (1 + n_corrector) calls. ``corrector_step``: ``snr``, the published a = 2 (snr ||z|| /
+    ``corrector_step``: ``snr``, the published a = 2 (snr ||z|| /
     ||s||)^2 (norms averaged over the batch), or ``sigma``, a = 2 (snr sigma_i)^2: the same
     where ||s|| is pure noise's, sqrt(d) / sigma_i, which an exact score's root-mean-square
     norm does not exceed (Fisher information), so in expectation not a larger step. Its drift
@@ -270,7 +270,7 @@ def heun(model, x, sigmas, *, seed, callback=None, heun_steps=0):
     """Deterministic Heun integration of the probability-flow ODE dx/dsigma = -sigma s(x, sigma)
     (EDM, Karras et al. 2022, Algorithm 1 for sigma(t) = t) on ``heun_steps`` sigmas of the grid
     (0: all; ``heun_levels``) and then 0: a Heun step between sigmas, Euler on the last step
-    (x + sigma^2 s, the Tweedie denoise). 2 K - 1 calls for K sigmas. ``seed`` is unused."""
+    (x + sigma^2 s, the Tweedie denoise). ``seed`` is unused."""
     del seed
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     grid = _heun_grid(sigmas, heun_steps)
@@ -307,7 +307,7 @@ def edm(model, x, sigmas, *, seed, callback=None, s_churn=0.0, s_noise=1.0, s_tm
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) on the grid, then 0: before
     step i the noise is raised to sigma_hat = sigma_i (1 + gamma_i) by adding
     sqrt(sigma_hat^2 - sigma_i^2) s_noise z (``_churn``); then a Heun step to sigma_(i+1)
-    (Euler on the last, to 0). 2 N - 1 calls. With s_churn = 0 it is the Heun sampler."""
+    (Euler on the last, to 0). With s_churn = 0 it is the Heun sampler."""
     x, sigmas = tf.convert_to_tensor(x, tf.float32), as_grid(sigmas)
     gammas, s_noise = _churn(sigmas, s_churn, s_tmin, s_tmax), tf.cast(s_noise, tf.float32)
     steps, nxt = tf.shape(sigmas)[0], next_sigmas(sigmas)
@@ -409,23 +409,23 @@ def _churn_free(options) -> bool:
 ENTRIES = (
     Sampler("annealed_langevin", annealed_langevin, (STEP_LR, N_STEPS_EACH, DENOISE), "uniform",
             lambda n, p: n * p["n_steps_each"] + int(p["denoise"]), True,
-            "NCSN's annealed Langevin dynamics: N x n_steps_each (+1 denoise) evaluations"),
+            "NCSN's annealed Langevin dynamics"),
     Sampler("langevin", langevin, LANGEVIN_OPTIONS, "uniform", lambda n, p: p["langevin_steps"],
-            True, "plain Langevin dynamics at the last sigma: langevin_steps evaluations"),
+            True, "plain Langevin dynamics at the last sigma"),
     Sampler("consistent_annealed", consistent_annealed, (CAS_ETA, DENOISE), "perturbed",
             lambda n, p: n + int(p["denoise"]), True,
-            "consistent annealed sampling: N (+1 denoise) evaluations", validate=_check_cas),
+            "consistent annealed sampling", validate=_check_cas),
     Sampler("predictor_corrector", predictor_corrector, PC_OPTIONS, "perturbed",
             lambda n, p: n * (1 + p["n_corrector"]), True,
-            "VE predictor-corrector: N x (1 + n_corrector) evaluations"),
+            "VE predictor-corrector"),
     Sampler("heun", heun, (HEUN_STEPS,), "perturbed",
             lambda n, p: 2 * len(heun_levels(n, p["heun_steps"] or None)) - 1, False,
-            "Heun's second-order ODE solver (EDM): 2 K - 1 evaluations for K sigmas"),
+            "Heun's second-order ODE solver (EDM)"),
     Sampler("ode", ode, (ODE_TOL, DENOISE), "perturbed", lambda n, p: None, False,
-            "the adaptive probability-flow ODE (Dormand-Prince): evaluations known afterwards",
+            "the adaptive probability-flow ODE (Dormand-Prince)",
             on_grid=lambda p: False),
     Sampler("edm", edm, EDM_OPTIONS, "perturbed", lambda n, p: 2 * n - 1, True,
-            "EDM's stochastic sampler (Heun with churn): 2 N - 1 evaluations",
+            "EDM's stochastic sampler (Heun with churn)",
             on_grid=_churn_free),
 )  # fmt: skip
 registry.register_builtins(ENTRIES)
