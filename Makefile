@@ -38,10 +38,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-## The edit loop: the layout rules, config, losses, grids, networks, the a4ac31d reference and
-## the golden samples, the new-solver contract (no end-to-end runs).
-FAST_TESTS = tests/test_layout.py tests/test_config.py tests/test_losses.py tests/test_sigmas.py \
-	tests/test_a4ac31d.py tests/test_golden_samples.py tests/test_new_solver.py
+## The edit loop: the layout and docstring rules, config, losses, grids, the a4ac31d and cdb1b46
+## references and the golden samples, the new solver, network and family contracts (no
+## end-to-end runs).
+FAST_TESTS = tests/test_layout.py tests/test_docstrings.py tests/test_config.py \
+	tests/test_losses.py tests/test_sigmas.py tests/test_a4ac31d.py tests/test_cdb1b46.py \
+	tests/test_golden_samples.py tests/test_new_solver.py tests/test_new_network.py \
+	tests/test_new_family.py
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(FAST_TESTS)

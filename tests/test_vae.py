@@ -8,6 +8,7 @@ from conftest import MNIST_DATA_DIR
 
 from tf_score import config, data
 from tf_score.config import TrainConfig
+from tf_score.evaluation import likelihood
 from tf_score.families import vae
 from tf_score.training import loop
 from tf_score.training.step import build_models
@@ -167,7 +168,7 @@ def test_ais_recovers_the_exact_log_likelihood_of_a_linear_gaussian_model():
         )
 
     res = tf.function(
-        lambda: vae.ais_log_likelihood(
+        lambda: likelihood.ais_log_likelihood(
             loglik, x, 2, tf.constant([0, 1]), ais_chains=128, ais_temperatures=500
         )
     )()
@@ -178,7 +179,7 @@ def test_ais_recovers_the_exact_log_likelihood_of_a_linear_gaussian_model():
 
 
 def test_sigmoid_schedule_runs_from_zero_to_one():
-    betas = vae.sigmoid_schedule(100)
+    betas = likelihood.sigmoid_schedule(100)
     assert betas[0] == 0.0 and betas[-1] == pytest.approx(1.0)
     assert np.all(np.diff(betas) > 0)
 

@@ -19,6 +19,7 @@ from tf_score.data.pipelines import (
     load_npz_images,
     load_tfds_images,
     load_tfds_labelled,
+    load_training_images,
     split_for_replicas,
     toy_dataset,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "load_npz_images",
     "load_tfds_images",
     "load_tfds_labelled",
+    "load_training_images",
     "split_for_replicas",
     "toy_dataset",
 ]

@@ -583,3 +583,18 @@ def image_dataset_fn(images, seed, random_flip: bool = False, cache: bool = True
         )
 
     return dataset_fn
+
+
+def load_training_images(cfg, split: str = "train"):
+    """(uint8 image dataset, image shape, random_flip, cache) for a ``config.DataConfig``: tfds
+    images, an image folder or an .npz file (every family's image loader)."""
+    name = cfg.dataset
+    if name in ("folder", "npz"):
+        if name == "folder":
+            arr = load_image_folder(cfg.data_path, cfg.image_size or None)
+        else:
+            arr = load_npz_images(cfg.data_path)
+        ds = tf.data.Dataset.from_tensor_slices(arr)
+        return ds, tuple(arr.shape[1:]), bool(cfg.random_flip), True
+    ds, spec = load_tfds_images(name, split, cfg.data_dir or None, download=cfg.download)
+    return ds, spec.image_shape, spec.random_flip, spec.cache

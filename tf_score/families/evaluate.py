@@ -220,7 +220,7 @@ class QualityReference(NamedTuple):
 
 def _images_array(data_cfg, split: str) -> np.ndarray:
 
-    images, *_ = score_model.load_training_images(data_cfg, split=split)
+    images, *_ = data.load_training_images(data_cfg, split=split)
     return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
 
 
@@ -357,7 +357,7 @@ def vae_test_images(run: Run, n: int) -> np.ndarray:
 
     split = "train" if run.config.data.dataset in ("folder", "npz") else "test"
     try:
-        test, *_ = score_model.load_training_images(run.config.data, split=split)
+        test, *_ = data.load_training_images(run.config.data, split=split)
     except data.DataUnavailableError as e:
         raise EvaluationError(str(e)) from e
     x = np.stack(list(test.take(n).as_numpy_iterator())).astype(np.float32) / 255.0
@@ -383,7 +383,7 @@ def vae_likelihood(
     ev, cfg, models = settings or run.config.evaluation, run.config, run.models
     latent_dim, eval_batch = cfg.network.latent_dim, ev.eval_batch
     ais = tf.function(
-        lambda xb, s: vae.ais_log_likelihood(
+        lambda xb, s: likelihood.ais_log_likelihood(
             vae.decoder_log_likelihood_fn(models["decoder"]), xb, latent_dim, s,
             ais_chains=ev.ais_chains, ais_temperatures=ev.ais_temperatures,
             ais_leapfrog_steps=ev.ais_leapfrog_steps,

@@ -111,7 +111,7 @@ def inpaint_test_images(run: Run, out_dir: str, seed: int, jit: bool = False):
     """inpaint.png (rows: occluded, samples, original) and inpaint.npz: the right half of the
     first ``num_samples`` test images filled by the run's sampler. Returns ``SamplerOutput``."""
     shape, n = run.data_shape, run.config.evaluation.num_samples
-    images, *_ = score_model.load_training_images(run.config.data, split="test")
+    images, *_ = data.load_training_images(run.config.data, split="test")
     x_obs = tf.cast(next(iter(images.batch(n))), tf.float32) / 255.0
     w = shape[1]
     mask = tf.concat([tf.ones([shape[0], w // 2, shape[2]]),

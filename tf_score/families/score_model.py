@@ -15,7 +15,6 @@ import tensorflow as tf
 from tf_score import data, losses, sampling
 from tf_score.config import (
     ConfigError,
-    DataConfig,
     ExperimentConfig,
     LossConfig,
     check_loss_levels,
@@ -156,7 +155,7 @@ def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, .
         toy = data.get_toy(cfg.data.dataset)
         mean = np.asarray(toy.weights, np.float64) @ np.asarray(toy.locs, np.float64)
         return tuple(float(v) for v in mean / np.sum(toy.weights))
-    images, *_ = load_training_images(cfg.data)
+    images, *_ = data.load_training_images(cfg.data)
     total, count = 0.0, 0
     for batch in images.take(max_images).batch(1000).as_numpy_iterator():
         x = batch.astype(np.float64) / 255.0
@@ -231,20 +230,6 @@ def image_bundle(
     )
 
 
-def load_training_images(cfg: DataConfig, split: str = "train"):
-    """(uint8 image dataset, image shape, random_flip, cache) for a data config."""
-    name = cfg.dataset
-    if name in ("folder", "npz"):
-        if name == "folder":
-            arr = data.load_image_folder(cfg.data_path, cfg.image_size or None)
-        else:
-            arr = data.load_npz_images(cfg.data_path)
-        ds = tf.data.Dataset.from_tensor_slices(arr)
-        return ds, tuple(arr.shape[1:]), bool(cfg.random_flip), True
-    ds, spec = data.load_tfds_images(name, split, cfg.data_dir or None, download=cfg.download)
-    return ds, spec.image_shape, spec.random_flip, spec.cache
-
-
 def check_images(
     cfg: ExperimentConfig, image_shape, num_images: int | None, spatial: bool = True
 ) -> None:
@@ -275,6 +260,6 @@ def bundle(cfg: ExperimentConfig):
     """(bundle, data shape) of a score-model experiment; image data are loaded here."""
     if cfg.data.is_toy:
         return toy_bundle(cfg), (2,)
-    images, shape, flip, cache = load_training_images(cfg.data)
+    images, shape, flip, cache = data.load_training_images(cfg.data)
     check_images(cfg, shape, data.count_examples(images) if cache else None)
     return image_bundle(cfg, images, shape, random_flip=flip, cache=cache), tuple(shape)
