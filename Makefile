@@ -35,8 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## pytest-randomly shuffles the test order; the seed is on the command line make prints
+## (make test TEST_SEED=N repeats an order).
+TEST_SEED ?= $(shell date +%s)
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --randomly-seed=$(TEST_SEED)
 
 ## The edit loop: the layout and docstring rules, config, losses, grids, the a4ac31d and cdb1b46
 ## references and the golden samples, the new solver, network and family contracts (no

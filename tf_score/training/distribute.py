@@ -176,8 +176,11 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` spans several worker processes. TensorFlow has no public way to
+    ask: the private ``_in_multi_worker_mode``, whose answer tests/test_faults.py's two-worker
+    runs pin (a lost worker stops the other only when it is True)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._in_multi_worker_mode()  # no public equivalent
+        strategy.extended._in_multi_worker_mode()
     )
 
 
