@@ -53,7 +53,9 @@ class Family:
     distributed: bool = True
 
     def refuse(self, cfg: ExperimentConfig, request: str, flag: str) -> None:
-        """ConfigError naming ``flag`` unless this family's runs of ``cfg`` answer ``request``."""
+        """ConfigError naming ``flag`` unless this family's runs of ``cfg`` answer ``request``
+        (one of ``REQUESTS``)."""
+        assert request in REQUESTS, request
         if request not in self.requests(cfg):
             answered = ", ".join(sorted(self.requests(cfg))) or "nothing but training"
             raise ConfigError(
