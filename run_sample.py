@@ -56,11 +56,15 @@ def _check_request(run) -> None:
     asked = sorted(F.typed(sys.argv) & F.sampler_flags())
     if asked:
         entry.refuse(cfg, "solvers", f"--{asked[0]}")
-    for request, given in (("bits_per_dim", cfg.evaluation.bits_per_dim),
-                           ("metrics", cfg.evaluation.metrics), ("inpaint", F.FLAGS.inpaint),
-                           ("export", cfg.export.export_dir)):  # fmt: skip
+    evaluate = F.FLAGS.evaluate and not cfg.evaluation.bits_per_dim
+    for request, flag, given in (
+        ("bits_per_dim", "--bits_per_dim", cfg.evaluation.bits_per_dim),
+        ("evaluate", "--evaluate", evaluate), ("metrics", "--metrics", cfg.evaluation.metrics),
+        ("inpaint", "--inpaint", F.FLAGS.inpaint),
+        ("export", "--export_dir", cfg.export.export_dir),
+    ):  # fmt: skip
         if given:
-            entry.refuse(cfg, request, f"--{request}")
+            entry.refuse(cfg, request, flag)
     if cfg.evaluation.metrics and F.FLAGS.inpaint:
         raise app.UsageError("--metrics measures samples, not --inpaint: give one of them")
 

@@ -327,7 +327,7 @@ def sampler_flags() -> set[str]:
 def sampler_overrides() -> dict:
     """The sampler settings given (on the command line or in a --flagfile): the sampler and
     its options; the others keep their defaults (training) or the workdir's (run_sample.py)."""
-    names = ["sampler", *sampling.registry.all_options()]
+    names = sampler_flags() - {"sampler_options"}
     given = {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
     return {**given, **_sampler_option_values()}
 

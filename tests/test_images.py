@@ -316,10 +316,9 @@ def test_inpainting_keeps_the_observed_part_and_samples_the_conditional():
     x1 = tf.fill([n, 1], 1.5)
     x_obs = tf.concat([x1, tf.zeros([n, 1])], axis=1)
     mask = tf.constant([1.0, 0.0])
-    out = sampling.inpaint(
-        "annealed_langevin", score, x_obs, mask, sigmas, tf.constant([3, 4]),
-        sampling.SampleSpace((2,)), step_lr=2e-3, n_steps_each=300, denoise=False,
-    )  # fmt: skip
+    made = sampling.plan("annealed_langevin", score, sigmas,
+                         dict(step_lr=2e-3, n_steps_each=300, denoise=False))  # fmt: skip
+    out = sampling.inpaint(made, x_obs, mask, tf.constant([3, 4]), sampling.SampleSpace((2,)))
     x = out.samples.numpy()
     np.testing.assert_array_equal(x[:, 0], 1.5)
     # p(x2 | x1) = N(0.8 * 1.5, 1 - 0.64) (plus sigma_L^2 = 0.0025 from the last level)

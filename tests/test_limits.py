@@ -190,3 +190,13 @@ def test_sampler_flags_on_a_run_without_solvers_are_refused_naming_the_flag():
     with pytest.raises(config.ConfigError, match="--sampler does not apply to a vae run"):
         api.of(cfg).refuse(cfg, "solvers", "--sampler")
     api.of(cfg).refuse(cfg, "evaluate", "--evaluate")  # what a VAE answers passes
+
+
+def test_a_misspelt_setting_is_refused_for_every_family():
+    """A name that is no field goes to the sampler's values (the config is data); the check
+    refuses it for a family without solvers too, naming it (it was accepted for a VAE)."""
+    for family in ("vae", "score"):
+        net = "conv" if family == "vae" else "resnet"
+        cfg = config.from_flat(dict(model=family, network=net, dataset="mnist", num_stpes=500))
+        with pytest.raises(config.ConfigError, match="'num_stpes' is neither a config field"):
+            api.check(cfg)

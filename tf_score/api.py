@@ -24,7 +24,7 @@ from tf_score import data
 from tf_score.config import ConfigError, ExperimentConfig, ExportConfig
 from tf_score.export import savedmodel as export_lib
 from tf_score.families import evaluate as evaluations  # api.evaluate is the call
-from tf_score.families import outputs, registry
+from tf_score.families import outputs
 from tf_score.families.registry import check, of
 from tf_score.families.run import (  # noqa: F401  (the API's calls and types, defined there)
     Generated,
@@ -44,8 +44,6 @@ from tf_score.families.workdir import (  # noqa: F401  (the API's calls, defined
     read_config,
 )
 
-family = registry.get
-
 
 def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = True,
           restart_from_scratch: bool = False):  # fmt: skip
@@ -54,8 +52,7 @@ def train(cfg: ExperimentConfig, workdir: str, strategy=None, progress: bool = T
     result (``loop.TrainResult``; ``classifier.ClassifierResult``). A workdir whose checkpoints
     are all unusable (damaged, orphaned, set aside) is refused unless
     ``restart_from_scratch``: then they are kept aside and training starts at step 0."""
-    check(cfg)
-    check_resume(workdir, cfg)
+    check(cfg)  # the family's train checks the workdir (``workdir.check_resume``) first
     return of(cfg).train(cfg, workdir, strategy, progress, restart_from_scratch)
 
 

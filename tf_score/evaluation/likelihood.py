@@ -67,9 +67,6 @@ def ode_log_likelihood(
     return log_p, tf.cast(result.diagnostics.num_ode_fn_evaluations, tf.int32)
 
 
-# --- the registry: one contract, one seeding convention --------------------------------------
-
-
 # --- annealed importance sampling ---------------------------------------------------------
 
 

@@ -160,7 +160,7 @@ def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost,
         num_samples, *values = checked((num_samples, *values), checks)
         given = {o.name: v for o, v in zip(inputs, values, strict=True)}
         made = sampling.plan(name, model, grid, {**fixed, **given})
-        evaluations = made.evaluations()
+        evaluations = made.evaluations
         if evaluations is not None:  # after the range checks, so a request fails on those first
             evaluations = tf.cast(evaluations, tf.float64)
             work = tf.cast(num_samples, tf.float64) * evaluations

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf_score import atomic, data, sampling
 from tf_score.evaluation import plotting
 from tf_score.families import evaluate, score_model, vae
-from tf_score.families.run import Generated, Run, generate, generate_checked, inpaint, request
+from tf_score.families.run import Generated, Run, generate, generate_request, inpaint, request
 
 
 def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False) -> Generated:
@@ -90,7 +90,7 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
         reference = evaluate.quality_reference(
             run, ev.num_samples, ev.feature_extractor, ev.classifier, ev.inception_weights
         )
-    out = generate_checked(run, req, jit=jit, snapshots=snapshots, progress=progress)
+    out = generate_request(req, jit=jit, progress=progress, snapshots=snapshots)
     images = evaluate.to_uint8(out.samples)
     plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)

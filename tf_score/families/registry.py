@@ -12,6 +12,7 @@ the entry and never ask which family a run is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -76,9 +77,10 @@ def register(entry: Family, replace: bool = False) -> Family:
 
 
 def unregister(name: str) -> None:
-    """Remove a plugin's family (the built-in ones stay)."""
-    if name not in _BUILTIN:
-        FAMILIES.pop(name, None)
+    """Remove a plugin's family (a built-in one is registered again as it was)."""
+    FAMILIES.pop(name, None)
+    if name in _BUILTIN:
+        FAMILIES[name] = _BUILTIN[name]
 
 
 def get(name: str) -> Family:
@@ -238,9 +240,7 @@ CLASSIFIER = Family(
     distributed=False,
 )
 
-_BUILTIN = ("score", "vae", "classifier")
-for _entry in (SCORE, VAE, CLASSIFIER):
-    register(_entry, replace=True)
+_BUILTIN = {e.name: register(e, replace=True) for e in (SCORE, VAE, CLASSIFIER)}
 
 
 def check_model(cfg: ExperimentConfig) -> Family:
@@ -254,19 +254,29 @@ def check_model(cfg: ExperimentConfig) -> Family:
     return family
 
 
+@contextlib.contextmanager
+def _sampler_check(prefix: str = ""):
+    """A SamplerError raised in the block, as a ConfigError (``prefix`` first)."""
+    try:
+        yield
+    except sampling.SamplerError as e:
+        raise ConfigError(f"{prefix}{e}") from e
+
+
 def check(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` once its family takes it (``check_model``) and its sampler settings fit the
-    solver registry's schemas (for a family sampled by solvers); ConfigError naming the
-    setting."""
+    solver registry's schemas: the sampler's and the export's solvers' for a family sampled
+    by solvers; for another, each value given must still be some solver's option (a name that
+    is no setting is a typo). ConfigError naming the setting."""
     family = check_model(cfg)
-    if "solvers" in family.requests(cfg):
-        try:
-            sampling.check_config(cfg.sampler)
-        except sampling.SamplerError as e:
-            raise ConfigError(str(e)) from e
-        for name in cfg.export.export_samplers:
-            try:
-                sampling.options_of(cfg.sampler, name)
-            except sampling.SamplerError as e:
-                raise ConfigError(f"export_samplers: {e}") from e
+    if "solvers" not in family.requests(cfg):
+        with _sampler_check():
+            for name, value in cfg.sampler.values:
+                sampling.registry.check_value(name, value)
+        return cfg
+    with _sampler_check():
+        sampling.check_config(cfg.sampler)
+    for name in cfg.export.export_samplers:
+        with _sampler_check("export_samplers: "):
+            sampling.options_of(cfg.sampler, name)
     return cfg

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_score import sampling
-from tf_score.config import ConfigError, ExperimentConfig, SamplerConfig, check_seed
+from tf_score.config import MAX_COUNT, ConfigError, ExperimentConfig, SamplerConfig, check_seed
 from tf_score.families import score_model
 from tf_score.sampling import budget
 
@@ -89,7 +89,7 @@ def _check_finite(x, name: str, options: dict, b: int) -> None:
         )
 
 
-def _count(value, name: str, low: int, high: int = 2**31 - 1) -> int:
+def _count(value, name: str, low: int, high: int = MAX_COUNT) -> int:
     """``value`` as an int in [low, high]; ConfigError naming ``name`` otherwise."""
     if (
         isinstance(value, bool)
@@ -129,22 +129,28 @@ def request(
     return Request(made, space, num_samples, seed, batch_size, max_evaluations, cost)
 
 
-def generate_request(req: Request, jit: bool = False, callback=None,
-                     progress: bool = False) -> Generated:  # fmt: skip
+def generate_request(req: Request, jit: bool = False, callback=None, progress: bool = False,
+                     snapshots: bool = False) -> Generated:  # fmt: skip
     """The samples of a checked request in batches of ``req.batch_size`` (0: one batch); batch
     b is seeded (seed, b) (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first
-    batch's steps. An adaptive solver's work is checked against the cap as it is known."""
+    batch's steps, and with ``snapshots`` they are kept: the first batch's start and its chain
+    after every solver step. An adaptive solver's work is checked against the cap as it is
+    known."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     made, n = req.plan, req.num_samples
-    bs, name = req.batch_size or n, made.entry.name
+    bs, name, frames = req.batch_size or n, made.entry.name, []
+    if snapshots:
+        callback = sampling.py_callback(lambda i, s, x: frames.append(x))
     xs, evals, t0 = [], 0.0, time.time()
     starts = range(0, n, bs)
     bar = tqdm(starts, desc=name, unit="batch", disable=not progress or len(starts) < 2)
     for b, i in enumerate(bar):
         seed = tf.constant([req.seed, b], tf.int32)
         x0 = made.start(sampling.registry.batch_shape(min(bs, n - i), req.space), seed, req.space)
+        if snapshots and b == 0:
+            frames.append(x0.numpy())  # the first frame: the start, before the callback's
         out = made.run(x0, seed, callback=callback if b == 0 else None, jit=jit)
         xs.append(out.samples.numpy())
         _check_finite(xs[-1], name, made.options, b)
@@ -152,7 +158,8 @@ def generate_request(req: Request, jit: bool = False, callback=None,
         if req.max_evaluations:  # an adaptive solver's count is known only now
             done = i + len(xs[-1])
             budget.check_work(done, math.ceil(evals / done), req.cost, req.max_evaluations)
-    return Generated(np.concatenate(xs), round(evals / n), time.time() - t0)
+    kept = np.stack(frames) if snapshots else None
+    return Generated(np.concatenate(xs), round(evals / n), time.time() - t0, kept)
 
 
 def generate_from(
@@ -182,23 +189,7 @@ def generate(
     cfg = sampler_config(run.config.sampler, sampler, **options)
     req = request(run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples,
                   seed, cfg, batch_size, max_evaluations)  # fmt: skip
-    return generate_checked(run, req, jit=jit, snapshots=snapshots, progress=progress)
-
-
-def generate_checked(run: Run, req: Request, jit: bool = False, snapshots: bool = False,
-                     progress: bool = False) -> Generated:  # fmt: skip
-    """``generate`` of a request already checked (``request``)."""
-    import tensorflow as tf
-
-    frames = []
-    callback = sampling.py_callback(lambda i, s, x: frames.append(x)) if snapshots else None
-    out = generate_request(req, jit=jit, callback=callback, progress=progress)
-    if not snapshots:
-        return out
-    n, seed = min(req.batch_size or req.num_samples, req.num_samples), req.seed
-    shape = sampling.registry.batch_shape(n, req.space)
-    x0 = req.plan.start(shape, tf.constant([seed, 0], tf.int32), req.space).numpy()
-    return out._replace(snapshots=np.stack([x0, *frames]))
+    return generate_request(req, jit=jit, progress=progress, snapshots=snapshots)
 
 
 def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
@@ -211,7 +202,5 @@ def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
     req = request(run.model, run.sigmas, run.space, len(x_obs), seed, cfg, 0, max_evaluations)
-    return sampling.inpaint(
-        cfg.sampler, run.model, x_obs, mask, req.plan.grid, tf.constant([req.seed, 1], tf.int32),
-        run.space, jit=jit, **req.plan.options,
-    )  # fmt: skip
+    return sampling.inpaint(req.plan, x_obs, mask, tf.constant([req.seed, 1], tf.int32),
+                            run.space, jit=jit)  # fmt: skip

@@ -114,7 +114,7 @@ class LevelScoreModel(ScoreModel):
         return tf.cond(on_grid, lambda: self._at(x, nearest), lambda: self._between(x, t))
 
     def at_levels(self) -> ScoreModel:
-        """This model for solvers that call it only at its levels (``registry.draw`` checks
+        """This model for solvers that call it only at its levels (``registry.plan`` checks
         that statically): the network's call alone, no branch to interpolate."""
         if not hasattr(self, "_at_levels"):
             self._at_levels = _AtLevels(self)

@@ -111,11 +111,11 @@ _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def network_cost(model, shape) -> Cost:
     """The cost of one network evaluation of a contract ``model`` on one example of ``shape``
     (a level-conditioned model at one of its levels; measured once per model)."""
-    if model not in _COSTS:
-        view = model.at_levels() if hasattr(model, "at_levels") else model
+    view = model.at_levels() if hasattr(model, "at_levels") else model  # one key per network
+    if view not in _COSTS:
         specs = (tf.TensorSpec([1, *shape], tf.float32), tf.TensorSpec([1], tf.float32))
-        _COSTS[model] = graph_cost(lambda x, sigma: view.denoise(x, sigma), *specs)
-    return _COSTS[model]
+        _COSTS[view] = graph_cost(lambda x, sigma: view.denoise(x, sigma), *specs)
+    return _COSTS[view]
 
 
 def work_message(cost: Cost, cap: int, what: str = "num_samples x network evaluations") -> str:
@@ -197,7 +197,7 @@ def check_draw(made: registry.Plan, space, num_samples: int, batch_size: int = 0
     ``check_work`` it after)."""
     cost = network_cost(made.model, tuple(space.shape))
     check_generation(num_samples, batch_size, tuple(space.shape), cost, made.per_call)
-    evaluations = made.evaluations()
+    evaluations = made.evaluations
     if max_evaluations and evaluations is not None:
         check_work(num_samples, int(evaluations), cost, max_evaluations)
     return cost

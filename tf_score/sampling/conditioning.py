@@ -42,11 +42,10 @@ class Inpainted(ScoreModel):
         return self.model.network_calls(off_grid)
 
 
-def inpaint(name, model, x_obs, mask, sigmas, seed, space, jit=False, **options):
-    """Fill ``mask == 0`` of ``x_obs`` [B, ...] with solver ``name`` on the grid ``sigmas``,
-    seeded by ``registry.batch_seeds(seed)`` as ``registry.draw`` is. Returns
-    ``SamplerOutput``."""
-    made = registry.plan(name, model, sigmas, options)
+def inpaint(made: registry.Plan, x_obs, mask, seed, space, jit=False):
+    """Fill ``mask == 0`` of ``x_obs`` [B, ...] by the draw ``made`` (``registry.plan``: the
+    solver, its options, the grid, the model), seeded by ``registry.batch_seeds(seed)`` as
+    ``registry.draw`` is. Returns ``SamplerOutput``."""
     x_obs = tf.convert_to_tensor(x_obs, tf.float32)
     mask = tf.cast(tf.broadcast_to(mask, tf.shape(x_obs)), tf.float32)
     _, chain_seed = registry.batch_seeds(seed)

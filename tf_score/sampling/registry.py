@@ -26,10 +26,11 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tf_score.config import MAX_COUNT
 from tf_score.networks.contract import grid_on_levels
 
-#: the largest int option (and count) a solver takes
-INT32_MAX = 2**31 - 1
+#: the largest int option (and count) a solver takes: the config's largest count
+INT32_MAX = MAX_COUNT
 
 
 class SamplerError(ValueError):
@@ -340,7 +341,7 @@ def batch_seeds(seed, batch_index=0):
 
 
 #: the most network evaluations one sample may take (the solvers count them in int32)
-MAX_EVALUATIONS_PER_SAMPLE = 2**31 - 1
+MAX_EVALUATIONS_PER_SAMPLE = MAX_COUNT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,17 +358,9 @@ class Plan:
     model: object
     #: network evaluations per model call (2 between a level-conditioned model's levels)
     per_call: int
-
-    def evaluations(self):
-        """Network evaluations per sample, before the draw (None: adaptive, known after);
-        a tensor when an option is one (served), computed in float64 so that no count wraps."""
-        options = {
-            k: tf.cast(v, tf.float64) if tf.is_tensor(v) else v for k, v in self.options.items()
-        }
-        calls = self.entry.evaluations(len(self.grid), options)
-        if calls is None:
-            return None
-        return calls * self.per_call
+    #: network evaluations per sample, known before the draw (None: adaptive, known after); a
+    #: float64 tensor when an option is one (served), so that no count wraps
+    evaluations: object = None
 
     def start(self, shape, seed, space: SampleSpace) -> tf.Tensor:
         """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``batch_seeds``)."""
@@ -403,15 +396,17 @@ def plan(name: str, model, sigmas, options: dict | None = None) -> Plan:
         entry.validate(grid, resolved)
     on_grid = grid_on_levels(model, grid) and entry.on_grid(resolved)
     view = model.at_levels() if on_grid and hasattr(model, "at_levels") else model
-    made = Plan(entry, resolved, grid, view, int(model.network_calls(off_grid=not on_grid)))
-    evaluations = made.evaluations()
+    per_call = int(model.network_calls(off_grid=not on_grid))
+    as_counts = {k: tf.cast(v, tf.float64) if tf.is_tensor(v) else v for k, v in resolved.items()}
+    calls = entry.evaluations(len(grid), as_counts)
+    evaluations = None if calls is None else calls * per_call
     if evaluations is not None and not tf.is_tensor(evaluations):
         if evaluations > MAX_EVALUATIONS_PER_SAMPLE:
             raise SamplerError(
                 f"sampler {name} with {resolved} on {len(grid)} sigmas takes {evaluations} "
                 f"network evaluations per sample; at most {MAX_EVALUATIONS_PER_SAMPLE} are allowed"
             )
-    return made
+    return Plan(entry, resolved, grid, view, per_call, evaluations)
 
 
 _COMPILED: dict = {}
@@ -438,7 +433,8 @@ def draw(
 ) -> SamplerOutput:
     """One batch of ``num_samples`` from solver ``name`` on the grid ``sigmas``: started by
     its entry's start, seeded by ``batch_seeds(seed)`` (an int is batch 0); graph-compatible
-    (the export calls it). ``num_evals`` counts network evaluations per sample."""
+    (``plan``, then its ``start`` and ``run``, as the export does). ``num_evals`` counts
+    network evaluations per sample."""
     made = plan(name, model, sigmas, options)
     x0 = made.start(batch_shape(num_samples, space), seed, space)
     return made.run(x0, seed, callback=callback, jit=jit)

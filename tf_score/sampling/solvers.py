@@ -4,7 +4,7 @@
 
 written as graph loops (``tf.while_loop``), never a Python loop at run time. ``model``
 answers ``score(x, sigma)`` (``networks.contract``); ``num_evals`` counts model calls per
-sample (``registry.draw`` turns them into network evaluations).
+sample (``Plan.run`` turns them into network evaluations).
 
 Update convention of the Langevin solvers (the "a" convention):
 
@@ -62,7 +62,7 @@ def after_step(callback, i, sigma, x):
 
 
 def as_grid(sigmas) -> tf.Tensor:
-    """The grid as a float32 constant (``registry.draw`` passes it as Python floats, so that
+    """The grid as a float32 constant (``Plan.run`` passes it as Python floats, so that
     its values are known when the solver is traced)."""
     if tf.is_tensor(sigmas):
         return tf.cast(sigmas, tf.float32)

@@ -200,8 +200,12 @@ def _disk_full_is_one_line(step: int, ckpt_dir: str, kept: str | None):
     try:
         yield
     except (tf.errors.ResourceExhaustedError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+        if isinstance(e, OSError):
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else:  # TensorFlow's file system reports the OS error in its message
+            full = "No space left on device" in str(e) or "Disk quota exceeded" in str(e)
+        if not full:
+            raise  # another failure: its own message
         raise DiskFullError(
             f"no space left to write the checkpoint of step {step} in {ckpt_dir}; "
             f"{'the last good one, ' + kept + ', is kept' if kept else 'no checkpoint was kept'}"
