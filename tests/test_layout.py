@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(REPO, "tf_score")
 #: higher layers may import lower ones, never the reverse (ARCHITECTURE.md)
 LAYERS = {
-    "atomic": 0, "config": 0, "noise": 0, "data": 0, "losses": 0, "networks": 0,
+    "atomic": 0, "registries": 0, "config": 0, "noise": 0, "data": 0, "losses": 0, "networks": 0,
     "sampling": 1, "training": 1, "evaluation": 1, "export": 1,
     "families": 3, "api": 4,
 }  # fmt: skip

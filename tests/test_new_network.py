@@ -55,7 +55,7 @@ def test_the_api_trains_samples_and_exports_it(run, tmp_path):
 
 
 def test_an_unregistered_network_is_refused_naming_it():
-    with pytest.raises(config.ConfigError, match="network must be a registered score network"):
+    with pytest.raises(config.ConfigError, match=r"unknown score network .no_such_net.; choose"):
         api.check(config.from_flat({**FLAGS, "network": "no_such_net"}))
     with pytest.raises(config.ConfigError, match="takes points; images need network="):
         api.check(config.from_flat({**FLAGS, "dataset": "mnist"}))

@@ -22,6 +22,7 @@ from tf_score.export import savedmodel
 from tf_score.families import classifier, outputs, score_model, vae, workdir
 from tf_score.families.run import Run, RunError
 from tf_score.networks import registry as networks
+from tf_score.registries import Registry
 
 #: what a command may ask of a run (``Family.requests``)
 #: ("grid": sampled on any grid of sigmas given, not only the levels it was trained on)
@@ -65,28 +66,10 @@ class Family:
             )
 
 
-FAMILIES: dict[str, Family] = {}
-
-
-def register(entry: Family, replace: bool = False) -> Family:
-    """Add ``entry`` (``replace``: over one of the same name)."""
-    if entry.name in FAMILIES and not replace:
-        raise ConfigError(f"a family named {entry.name!r} is registered already")
-    FAMILIES[entry.name] = entry
-    return entry
-
-
-def unregister(name: str) -> None:
-    """Remove a plugin's family (a built-in one is registered again as it was)."""
-    FAMILIES.pop(name, None)
-    if name in _BUILTIN:
-        FAMILIES[name] = _BUILTIN[name]
-
-
-def get(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+_FAMILIES = Registry("model family", ConfigError)
+#: the registered model families by name
+FAMILIES: dict[str, Family] = _FAMILIES.entries
+register, unregister, get = _FAMILIES.register, _FAMILIES.unregister, _FAMILIES.get
 
 
 def of(run_or_cfg) -> Family:
@@ -240,7 +223,8 @@ CLASSIFIER = Family(
     distributed=False,
 )
 
-_BUILTIN = {e.name: register(e, replace=True) for e in (SCORE, VAE, CLASSIFIER)}
+for _entry in (SCORE, VAE, CLASSIFIER):
+    register(_entry, replace=True, builtin=True)
 
 
 def check_model(cfg: ExperimentConfig) -> Family:

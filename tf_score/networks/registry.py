@@ -21,6 +21,7 @@ from tf_score.networks.denoisers import EDMMLP, EDMUNet
 from tf_score.networks.mlp import NoiseConditionalMLP
 from tf_score.networks.refinenet import CondRefineNetDilated
 from tf_score.networks.resnet import ConditionalResNet
+from tf_score.registries import Registry
 
 #: what a network takes: 2-D points (the toys) or images [H, W, C]
 DATA_KINDS = ("points", "images")
@@ -93,25 +94,18 @@ def _edm_unet(cfg, shape):
                           num_blocks=net.num_res_blocks, **_denoiser_kwargs(cfg)))  # fmt: skip
 
 
-NETWORKS: dict[str, NetworkSpec] = {}
-_BUILTIN: dict[str, NetworkSpec] = {}
+_NETWORKS = Registry("score network", ConfigError)
+#: the registered score networks by name
+NETWORKS: dict[str, NetworkSpec] = _NETWORKS.entries
+get = _NETWORKS.get
+unregister = _NETWORKS.unregister
 
 
-def register(spec: NetworkSpec, replace: bool = False) -> NetworkSpec:
-    """Add ``spec`` (``replace``: over one of the same name)."""
-    if spec.name in NETWORKS and not replace:
-        raise ConfigError(f"a network named {spec.name!r} is registered already")
+def register(spec: NetworkSpec, replace: bool = False, builtin: bool = False) -> NetworkSpec:
+    """Add ``spec`` (``replace``: over one of the same name; ``builtin``: the library's)."""
     if spec.data not in DATA_KINDS:
         raise ConfigError(f"a network takes one of {', '.join(DATA_KINDS)}, not {spec.data!r}")
-    NETWORKS[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    """Remove a plugin's network (a built-in one is registered again as it was)."""
-    NETWORKS.pop(name, None)
-    if name in _BUILTIN:
-        NETWORKS[name] = _BUILTIN[name]
+    return _NETWORKS.register(spec, replace, builtin)
 
 
 def build(cfg: ExperimentConfig, shape) -> object:
@@ -133,15 +127,6 @@ def build(cfg: ExperimentConfig, shape) -> object:
     return model
 
 
-def get(name: str) -> NetworkSpec:
-    if name not in NETWORKS:
-        raise ConfigError(
-            f"network must be a registered score network ({', '.join(NETWORKS)}; a plugin's? "
-            f"load it with --plugins), got {name!r}"
-        )
-    return NETWORKS[name]
-
-
 for _spec in (
     NetworkSpec("mlp", _mlp, "points", continuous=False),
     NetworkSpec("resnet", _resnet, "images", False,
@@ -152,4 +137,4 @@ for _spec in (
     NetworkSpec("edm_unet", _edm_unet, "images", True,
                 lambda c: stage_factor(c.network.channel_mults)),
 ):  # fmt: skip
-    _BUILTIN[_spec.name] = register(_spec, replace=True)
+    register(_spec, replace=True, builtin=True)

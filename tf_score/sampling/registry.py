@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tf_score.config import MAX_COUNT
 from tf_score.networks.contract import grid_on_levels
+from tf_score.registries import Registry
 
 #: the largest int option (and count) a solver takes: the config's largest count
 INT32_MAX = MAX_COUNT
@@ -177,16 +178,14 @@ class Sampler:
         return out
 
 
-SAMPLERS: dict[str, Sampler] = {}
-#: the library's own solvers, by name (filled once, when ``tf_score.sampling`` is imported)
-_BUILTIN: dict[str, Sampler] = {}
+_SOLVERS = Registry("sampler", SamplerError)
+#: the registered solvers by name
+SAMPLERS: dict[str, Sampler] = _SOLVERS.entries
 
 
-def register(entry: Sampler, replace: bool = False) -> Sampler:
+def register(entry: Sampler, replace: bool = False, builtin: bool = False) -> Sampler:
     """Add ``entry`` to the registry (``replace``: over one of the same name). Two solvers may
     each have an option of the same name; each is validated by its own schema."""
-    if entry.name in SAMPLERS and not replace:
-        raise SamplerError(f"a sampler named {entry.name!r} is registered already")
     if entry.start not in STARTS:
         raise SamplerError(f"start must be one of {', '.join(STARTS)}, got {entry.start!r}")
     others = all_options()
@@ -194,38 +193,28 @@ def register(entry: Sampler, replace: bool = False) -> Sampler:
         kinds = {other.kind for other in others.get(o.name, ()) if other is not o}
         if kinds - {o.kind}:
             raise SamplerError(f"option {o.name!r} is another solver's, of another type")
-    SAMPLERS[entry.name] = entry
-    return entry
+    return _SOLVERS.register(entry, replace, builtin)
 
 
 def register_builtins(entries) -> None:
     """Register the library's own solvers (``solvers``, ``denoiser_solvers``)."""
     for entry in entries:
-        _BUILTIN[entry.name] = register(entry, replace=True)
+        register(entry, replace=True, builtin=True)
 
 
-def unregister(name: str) -> None:
-    """Remove a plugin's solver (a built-in one is registered again as it was)."""
-    SAMPLERS.pop(name, None)
-    if name in _BUILTIN:
-        SAMPLERS[name] = _BUILTIN[name]
+unregister = _SOLVERS.unregister
+get = _SOLVERS.get
 
 
 def builtin_names() -> tuple[str, ...]:
     """The library's own solvers, whatever plugins are registered."""
-    return tuple(_BUILTIN)
-
-
-def get(name: str) -> Sampler:
-    if name not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    return tuple(_SOLVERS.builtin)
 
 
 def all_options(builtin_only: bool = False) -> dict[str, list[Option]]:
     """Every registered option name -> its options, one per solver that takes it (in
     registration order; ``builtin_only``: of the library's own solvers)."""
-    entries = _BUILTIN.values() if builtin_only else SAMPLERS.values()
+    entries = _SOLVERS.builtin.values() if builtin_only else SAMPLERS.values()
     out: dict[str, list[Option]] = {}
     for entry in entries:
         for o in entry.options:
@@ -245,7 +234,7 @@ def evaluations_table(sizes=TABLE_SIZES) -> str:
     head = " / ".join(str(n) for n in sizes)
     lines = [f"| solver | start | stochastic | evaluations on {head} sigmas |", "|---|---|---|---|"]
     for name in builtin_names():
-        entry = _BUILTIN[name]
+        entry = _SOLVERS.builtin[name]
         counts = [entry.evaluations(n, entry.resolve()) for n in sizes]
         text = "adaptive (counted as it runs)" if None in counts else " / ".join(map(str, counts))
         noisy = "yes" if entry.stochastic else "no"
