@@ -62,6 +62,8 @@ def _check_request(run) -> None:
         ("evaluate", "--evaluate", evaluate), ("metrics", "--metrics", cfg.evaluation.metrics),
         ("inpaint", "--inpaint", F.FLAGS.inpaint),
         ("export", "--export_dir", cfg.export.export_dir),
+        ("guidance", "--labels", cfg.evaluation.labels),
+        ("guidance", "--guidance", cfg.evaluation.guidance != 1.0),
     ):  # fmt: skip
         if given:
             entry.refuse(cfg, request, flag)

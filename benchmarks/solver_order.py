@@ -38,7 +38,6 @@ SOLVERS = {
 
 
 def _error(name: str, n: int, options: dict) -> float:
-    import tensorflow as tf
 
     from tf_score import noise, sampling
     from tf_score.networks import contract
@@ -49,8 +48,11 @@ def _error(name: str, n: int, options: dict) -> float:
     space = sampling.SampleSpace((4,), (0.0, 1.0), (MU,))
     sig = noise.karras_sigmas(SMAX, SMIN, n)
     out = sampling.draw(name, contract.ScoreFunction(score), sig, 256, 0, space, **options)
-    init_seed, _ = sampling.batch_seeds(tf.constant([0, 0]))
-    x0 = sampling.registry.perturbed_start([256, 4], init_seed, tf.constant(sig), space).numpy()
+    x0 = (
+        sampling.plan(name, contract.ScoreFunction(score), sig, options)
+        .start([256, 4], 0, space)
+        .numpy()
+    )
     exact = MU + C / np.sqrt(C**2 + SMAX**2) * (x0.astype(np.float64) - MU)
     return float(np.sqrt(np.mean((out.samples.numpy() - exact) ** 2)))
 

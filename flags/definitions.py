@@ -36,6 +36,8 @@ HELP = {
     "image_size": "Resize folder images to this square size (0: keep).",
     "random_flip": "Random horizontal flips for folder / npz data.",
     "binarize": "Dynamically binarise images for the VAE's Bernoulli decoder.",
+    "num_classes": "Classes of a class-conditional model (0: unconditional): a toy's mixture "
+    "components, a tfds data set's labels, a folder's class subfolders, an .npz's 'labels'.",
     # network
     "model": "Model family: score (a noise-conditional score network), vae (the score-entropy "
     "VAE or its Gaussian baseline, --vae_encoder) or classifier (the digit classifier whose "
@@ -72,6 +74,8 @@ HELP = {
     "anneal_power": "lambda(sigma) = sigma^anneal_power.",
     "n_particles": "Projections per example for SSM.",
     "projection": "SSM projection distribution.",
+    "label_dropout": "Class-conditional models: the fraction of training labels replaced by "
+    "'no label', so one network is the conditional and the unconditional denoiser.",
     "optimizer": "Optimizer of every objective.",
     "learning_rate": "Learning rate.",
     "grad_clip_norm": "Clip gradients by global norm (0: off).",
@@ -102,7 +106,7 @@ HELP = {
     # evaluation
     "num_samples": "Samples (toys: per batch of chains).",
     "sample_batch_size": "Chains run at once on image models (0: all --num_samples together); "
-    "batch b is seeded (seed, b); the adaptive ODE's evaluation count depends on the batch.",
+    "the adaptive ODE's evaluation count depends on the batch (--seeding).",
     "eval_repeats": "--evaluate on the toys: draws of num_samples pooled for the metrics (an "
     "NCSN toy: batches of one seed; a continuous toy: one per sampling seed, each tested).",
     "num_permutations": "--evaluate on the 2-D toys: permutations of the two-sample test.",
@@ -118,6 +122,17 @@ HELP = {
     "max_evaluations": "run_sample.py: refuse sampling whose work, --num_samples x network "
     "evaluations x the network's cost per evaluation (max(1, MFLOPs of one evaluation)), is "
     "above this (0: no cap; the unit of --export_max_evaluations).",
+    "labels": "Class-conditional models: the samples' classes, one for all or one per sample "
+    "(--class=3 is --labels=3; none: unconditional samples).",
+    "guidance": "Guidance weight w: D = D_ref + w (D - D_ref) with D_ref the unconditional "
+    "model (classifier-free, with --labels) or the --guide_* model (autoguidance); 1: none.",
+    "guidance_interval": "lo,hi: guide only for sigma in [lo, hi] (Kynkaanniemi et al. 2024).",
+    "guide_workdir": "Autoguidance: the weaker run's workdir (smaller or trained shorter; "
+    "default: this run's own, with --guide_checkpoint or --guide_sigma_rel).",
+    "guide_checkpoint": "Autoguidance: the guide's checkpoint (an earlier one), a path prefix.",
+    "guide_sigma_rel": "Autoguidance: the guide's post-hoc EMA width (a short one, e.g. 0.03).",
+    "seeding": "per_sample: sample i of --seed=s is the same at any --sample_batch_size and "
+    "in a served call seeded (s, i); batch: batch b seeded (s, b), as before per-sample seeding.",
     "inception_weights": "'imagenet' (Keras downloads them once) or the path of "
     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.",
     "ais_chains": "AIS chains per test example.",
@@ -189,6 +204,7 @@ CHOICES = {
     "parameterization": C.PARAMETERIZATIONS, "projection": C.PROJECTIONS,
     "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES,
     "feature_extractor": C.FEATURE_EXTRACTORS,
+    "seeding": C.SEEDINGS,
     "strategy": C.STRATEGIES,
 }  # fmt: skip
 
@@ -244,7 +260,12 @@ def _define_all() -> None:
         getattr(flags, f"DEFINE_{kind}")(name, default, help_)
 
 
+#: other names of a flag: --class=3 asks for class 3, as --labels=3 does
+ALIASES = {"class": "labels"}
+
 _define_all()
+for _alias, _name in ALIASES.items():
+    flags.DEFINE_alias(_alias, _name)
 for _name in ("channel_mults", "hidden_units"):
     flags.register_validator(
         _name,

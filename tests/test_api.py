@@ -48,26 +48,33 @@ def test_load_gives_the_workdirs_config_step_and_ema_model(tmp_path):
         api.load(workdir)
 
 
-def test_generate_batch_b_is_seeded_seed_b_and_same_seed_same_samples(runs):
-    """generate(8, seed=s, batch_size=4) is [draw(4, (s, 0)), draw(4, (s, 1))] exactly (batch b
-    seeded (s, b)); one batch of 4 equals its first half; a repeat is bit-identical; another
-    seed differs; a ragged last batch is draw(2, (s, 1))."""
+def test_generate_seeds_each_sample_or_each_batch_and_same_seed_same_samples(runs):
+    """Per sample (the default): generate(8, seed=s, batch_size=4) is [draw(4, (s, 0)),
+    draw(4, (s, 4))] exactly, the batch from sample i seeded (s, i), and equals one batch of
+    8 (float32 round-off); a ragged last batch is draw(2, (s, 4)). seeding="batch": batch b
+    is draw(4, (s, b)), one batch of 4 its first half. A repeat is bit-identical; another seed
+    differs."""
     run, s = runs["toy_ncsn"], 7
-    split = api.generate(run, 8, seed=s, batch_size=4)
-    again = api.generate(run, 8, seed=s, batch_size=4)
-    np.testing.assert_array_equal(split.samples, again.samples)
-    np.testing.assert_array_equal(split.samples[:4], api.generate(run, 4, seed=s).samples)
-    opts = sampling.options_of(run.config.sampler)
-    name = run.config.sampler.sampler
-    for b in (0, 1):
-        want = sampling.draw(name, run.model, run.sigmas, 4, tf.constant([s, b]), run.space, **opts)
-        np.testing.assert_array_equal(split.samples[4 * b : 4 * b + 4], want.samples.numpy())
-    assert not np.allclose(split.samples[:4], split.samples[4:])
-    assert not np.allclose(api.generate(run, 4, seed=s + 1).samples, split.samples[:4])
-    ragged = api.generate(run, 6, seed=s, batch_size=4)
-    assert ragged.samples.shape == (6, 2)
-    last = sampling.draw(name, run.model, run.sigmas, 2, tf.constant([s, 1]), run.space, **opts)
-    np.testing.assert_array_equal(ragged.samples[4:], last.samples.numpy())
+    opts, name = sampling.options_of(run.config.sampler), run.config.sampler.sampler
+    for seeding, firsts in (("per_sample", (0, 4)), ("batch", (0, 1))):
+        split = api.generate(run, 8, seed=s, batch_size=4, seeding=seeding)
+        again = api.generate(run, 8, seed=s, batch_size=4, seeding=seeding)
+        np.testing.assert_array_equal(split.samples, again.samples)
+        first_half = api.generate(run, 4, seed=s, seeding=seeding).samples
+        np.testing.assert_array_equal(split.samples[:4], first_half)
+        for b, first in enumerate(firsts):
+            want = sampling.draw(name, run.model, run.sigmas, 4, tf.constant([s, first]),
+                                 run.space, seeding=seeding, **opts)  # fmt: skip
+            np.testing.assert_array_equal(split.samples[4 * b : 4 * b + 4], want.samples.numpy())
+        assert not np.allclose(split.samples[:4], split.samples[4:])
+        ragged = api.generate(run, 6, seed=s, batch_size=4, seeding=seeding)
+        last = sampling.draw(name, run.model, run.sigmas, 2, tf.constant([s, firsts[1]]),
+                             run.space, seeding=seeding, **opts)  # fmt: skip
+        np.testing.assert_array_equal(ragged.samples[4:], last.samples.numpy())
+    whole = api.generate(run, 8, seed=s).samples
+    split = api.generate(run, 8, seed=s, batch_size=4).samples
+    np.testing.assert_allclose(split, whole, rtol=0, atol=1e-5)
+    assert not np.allclose(api.generate(run, 4, seed=s + 1).samples, split[:4])
 
 
 def test_options_override_the_runs_and_num_evals_follows_the_registry(runs):
@@ -151,9 +158,10 @@ def test_inpaint_keeps_observed_coordinates_exactly_and_is_seeded(runs):
 
 
 def test_export_round_trip_serves_what_generate_draws(runs, tmp_path):
-    """api.export writes export_dir/<workdir name>/<step>; serving_default at seed (s, b) is
-    batch b of api.generate(seed=s) and sample_heun is generate(sampler="heun") (atol 1e-5,
-    float32 graph vs eager ordering); a model name with path parts is a RunError."""
+    """api.export writes export_dir/<workdir name>/<step>; serving_default at seed (s, i) is
+    samples i, i + 1, ... of api.generate(seed=s) (per-sample seeding) and sample_heun is
+    generate(sampler="heun") (atol 1e-5, float32 graph vs eager ordering); a model name with
+    path parts is a RunError."""
     run, s = runs["toy_ncsn"], 11
     path = api.export(run, str(tmp_path / "export"), samplers=("annealed_langevin", "heun"))
     assert path == os.path.join(str(tmp_path / "export"), "toy_ncsn", "300")
@@ -162,7 +170,7 @@ def test_export_round_trip_serves_what_generate_draws(runs, tmp_path):
     want = api.generate(run, 6, seed=s, batch_size=3)
     for b in (0, 1):
         got = loaded.signatures["serving_default"](
-            num_samples=tf.constant(3), seed=tf.constant([s, b])
+            num_samples=tf.constant(3), seed=tf.constant([s, 3 * b])
         )
         np.testing.assert_allclose(got["samples"].numpy(), want.samples[3 * b : 3 * b + 3],
                                    atol=1e-5)  # fmt: skip

@@ -30,8 +30,7 @@ def _error(name, n_sigmas, **options):
     """RMS distance of 256 x 4 samples from the exact ODE solution of the same starts."""
     sig = noise.karras_sigmas(SMAX, SMIN, n_sigmas)
     out = sampling.draw(name, GAUSSIAN, sig, 256, 0, SPACE, **options)
-    init_seed, _ = sampling.batch_seeds(tf.constant([0, 0]))
-    x0 = sampling.registry.perturbed_start([256, 4], init_seed, tf.constant(sig), SPACE).numpy()
+    x0 = sampling.plan(name, GAUSSIAN, sig, options).start([256, 4], 0, SPACE).numpy()
     exact = MU + C / np.sqrt(C**2 + SMAX**2) * (x0 - MU)
     return float(np.sqrt(np.mean((out.samples.numpy() - exact) ** 2)))
 
@@ -113,8 +112,7 @@ def test_every_solver_reports_the_calls_it_makes(name):
 
 def _starts_and_exact(sig, n=256):
     """The solvers' starts for seed 0 (float64) and their exact ODE solutions at sigma 0."""
-    init_seed, _ = sampling.batch_seeds(tf.constant([0, 0]))
-    x0 = sampling.registry.perturbed_start([n, 4], init_seed, tf.constant(sig), SPACE).numpy()
+    x0 = sampling.plan("heun", GAUSSIAN, sig).start([n, 4], 0, SPACE).numpy()
     x0 = x0.astype(np.float64)
     return x0, MU + C / np.sqrt(C**2 + SMAX**2) * (x0 - MU)
 

@@ -121,7 +121,8 @@ def test_no_function_is_longer_than_80_lines(where):
 
 def test_every_flag_is_one_config_field_or_one_api_argument():
     """flags/definitions.py generates the flags from the config: every field has its flag
-    (same name and default), every other flag is an argument of the command's API call."""
+    (same name and default), every other flag is an argument of the command's API call or
+    another name of a field's flag (``ALIASES``)."""
     import dataclasses
 
     from absl import flags as absl_flags
@@ -137,7 +138,9 @@ def test_every_flag_is_one_config_field_or_one_api_argument():
     options = set(sampling.registry.all_options(builtin_only=True))
     fields = set(config.field_names()) - set(F.DERIVED)
     assert fields | options <= ours, sorted(fields | options - ours)
-    assert ours - fields - options == {*F.COMMAND, "seed"}, sorted(ours - fields - options)
+    assert set(F.ALIASES.values()) <= fields
+    others = ours - fields - options - set(F.ALIASES)
+    assert others == {*F.COMMAND, "seed"}, sorted(others)
     assert set(F.HELP) == fields | {"seed"}, sorted(set(F.HELP) ^ (fields | {"seed"}))
     for section, cls in config.SECTIONS.items():
         if section == "sampler":

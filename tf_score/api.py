@@ -105,13 +105,32 @@ def sample(
     run's ``sampler`` and ``evaluation`` sections): a toy's samples.npz / .png; an image
     model's samples (and snapshots, and FID / KID with ``evaluation.metrics``) or, with
     ``inpainting``, inpainted test images (the right half); a VAE's prior samples and
-    reconstructions. Returns what ``families.outputs`` computed."""
+    reconstructions. Returns what ``families.outputs`` computed. Score models are conditioned
+    and guided per the evaluation section (``labels``, ``guidance``, ``guide_*``)."""
     entry = of(run)
     entry.refuse(run.config, "samples", "sampling")
     if inpainting:
         entry.refuse(run.config, "inpaint", "--inpaint")
+    guide = load_guide(run)
+    extra = {"guide": guide} if guide is not None else {}
     return entry.sample(run, out_dir, seed, jit=jit, snapshots=snapshots, inpainting=inpainting,
-                        progress=progress, metrics_file=metrics_file)  # fmt: skip
+                        progress=progress, metrics_file=metrics_file, **extra)  # fmt: skip
+
+
+def load_guide(run: Run) -> Run | None:
+    """The weaker run that guides ``run``'s samples by autoguidance, per its evaluation
+    section: ``guide_workdir`` (default: the run's own) at ``guide_checkpoint`` or with the
+    post-hoc EMA ``guide_sigma_rel``; None when none is set."""
+    ev = run.config.evaluation
+    if not (ev.guide_workdir or ev.guide_checkpoint or ev.guide_sigma_rel):
+        return None
+    of(run).refuse(run.config, "guidance", "--guide_workdir")
+    return load(
+        ev.guide_workdir or run.workdir,
+        ev.guide_checkpoint,
+        data_dir=run.config.data.data_dir,
+        posthoc_sigma_rel=ev.guide_sigma_rel,
+    )
 
 
 def evaluate(run: Run, out_dir: str, seed: int = 0, jit: bool = False,

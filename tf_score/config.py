@@ -22,6 +22,8 @@ import numbers
 import re
 import typing
 
+import numpy as np
+
 from tf_score.noise import grids
 
 #: the network a run of a built-in family takes when none is given (a plugin family's runs
@@ -31,6 +33,12 @@ TOY_DATASETS = ("two_mode", "eight_gaussians", "rings")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
 LABELLED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASETS = (*TOY_DATASETS, *TFDS_DATASETS, "folder", "npz")
+#: the most classes a class-conditional model may have (its embedding has one more row)
+MAX_CLASSES = 100_000
+#: the largest guidance weight (EDM2 and diffusers use up to about 10)
+MAX_GUIDANCE = 100.0
+#: how sample seeds are derived (``EvalConfig.seeding``)
+SEEDINGS = ("per_sample", "batch")
 #: training objectives of score networks; every name is a function in ``tf_score.losses``
 SCORE_LOSSES = ("anneal_dsm", "anneal_ssm", "anneal_ssm_vr", "dsm", "edm")
 SCHEDULES = ("geometric", "karras")
@@ -93,6 +101,33 @@ def check_batch_split(batch_size: int, replicas: int = 1, grad_accum_steps: int 
         f"batch_size ({batch_size}) must be divisible by the {replicas} replica(s) x "
         f"grad_accum_steps ({grad_accum_steps})",
     )
+
+
+def check_guidance(guidance, interval=()) -> float:
+    """A guidance weight in [0, MAX_GUIDANCE] and an interval () or (lo, hi) with 0 <= lo <=
+    hi, finite; ConfigError naming guidance or guidance_interval otherwise."""
+    ok = isinstance(guidance, int | float) and not isinstance(guidance, bool)
+    _require(ok and math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE,
+             f"guidance must be a number in [0, {MAX_GUIDANCE:g}], got {guidance!r}")  # fmt: skip
+    lo, hi = (interval if len(interval) == 2 else (0.0, -1.0)) if interval else (0.0, 0.0)
+    _require(not interval or (len(interval) == 2 and 0.0 <= lo <= hi <= MAX_FLOAT),
+             f"guidance_interval must be lo,hi with 0 <= lo <= hi (finite sigmas), got "
+             f"{','.join(map(str, interval))}")  # fmt: skip
+    return float(guidance)
+
+
+def check_labels(labels, num_classes: int, name: str = "labels"):
+    """``labels`` (ints) as a numpy int32 array, each in [0, num_classes); ConfigError naming
+    ``name`` and what is allowed otherwise (an unconditional model takes none)."""
+    arr = np.asarray(labels)
+    _require(num_classes > 0 or arr.size == 0,
+             f"{name}: the model is unconditional (trained with num_classes=0)")  # fmt: skip
+    _require(arr.size == 0 or np.issubdtype(arr.dtype, np.integer),
+             f"{name} must be class indices (integers), got {arr.dtype}")  # fmt: skip
+    bad = arr[(arr < 0) | (arr >= num_classes)] if arr.size else arr
+    _require(bad.size == 0, f"{name} must lie in [0, {num_classes - 1}] (num_classes="
+             f"{num_classes}), got {bad.ravel()[:4].tolist()}")  # fmt: skip
+    return arr.astype(np.int32)
 
 
 def check_model_name(name: str) -> str:
@@ -161,10 +196,21 @@ class DataConfig:
     #: the training data's mean per channel (per coordinate for toys), in data units: the
     #: centre of the deterministic samplers' start x0 = mean + sigma_1 z
     data_mean: tuple[float, ...] | None = None
+    #: classes of a class-conditional model (0: unconditional). The labels: a toy's mixture
+    #: component, a tfds data set's ``label``, a folder's class subfolders (sorted by name),
+    #: an .npz file's ``labels`` array
+    num_classes: int = 0
 
     def __post_init__(self):
         _one_of(self, "dataset", DATASETS)
         _positive_ints(self, "image_size", minimum=0)
+        _positive_ints(self, "num_classes", minimum=0, maximum=MAX_CLASSES)
+        _require(
+            not self.num_classes or self.dataset not in TFDS_DATASETS
+            or self.dataset in LABELLED_DATASETS,
+            f"num_classes={self.num_classes}: dataset={self.dataset} has no labels; labelled "
+            f"tfds data sets: {', '.join(LABELLED_DATASETS)}",
+        )  # fmt: skip
         _require(
             self.dataset not in ("folder", "npz") or bool(self.data_path),
             f"dataset={self.dataset} needs data_path (the image folder or .npz file)",
@@ -277,10 +323,15 @@ class LossConfig:
     anneal_power: float = 2.0
     n_particles: int = 1
     projection: str = "gaussian"
+    #: class-conditional models: the fraction of training examples whose label is replaced by
+    #: "no label", so that one network is the conditional and the unconditional denoiser
+    #: (classifier-free guidance; k-diffusion's cond_dropout_rate)
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         _one_of(self, "loss", SCORE_LOSSES)
         _finite(self, "anneal_power")
+        _finite(self, "label_dropout", 0.0, 1.0, low_open=False)
         _positive_ints(self, "n_particles")
         _one_of(self, "projection", PROJECTIONS)
 
@@ -445,8 +496,32 @@ class EvalConfig:
     #: sampling: the largest work, num_samples x network evaluations x the network's cost per
     #: evaluation (``sampling.budget``, the export's unit; 0: no cap)
     max_evaluations: int = 0
+    #: class-conditional models: the samples' classes, one for all or one per sample
+    #: (empty: unconditional samples)
+    labels: tuple[int, ...] = ()
+    #: guidance weight w: D = D_ref + w (D - D_ref), the reference the unconditional model
+    #: (classifier-free) or the guide (autoguidance); 1: none, 0: the reference alone
+    guidance: float = 1.0
+    #: (lo, hi): guidance only for sigma in [lo, hi] (data units; empty: at every sigma)
+    guidance_interval: tuple[float, ...] = ()
+    #: autoguidance: the weak model's workdir (its checkpoint ``guide_checkpoint``, or post-hoc
+    #: EMA ``guide_sigma_rel``; a workdir given by either alone is the sampled run's own)
+    guide_workdir: str | None = None
+    guide_checkpoint: str | None = None
+    guide_sigma_rel: float = 0.0
+    #: how seeds map to samples: per_sample (sample i of seed s is the same at any batch size
+    #: and however a request is split) or batch (batch b seeded (s, b): runs and exports made
+    #: before per-sample seeding)
+    seeding: str = "per_sample"
 
     def __post_init__(self):
+        check_guidance(self.guidance, self.guidance_interval)
+        _require(
+            all(isinstance(v, int) and 0 <= v < MAX_CLASSES for v in self.labels),
+            f"labels must be class indices in [0, {MAX_CLASSES}), got {self.labels!r}",
+        )
+        _finite(self, "guide_sigma_rel", 0.0, MAX_SIGMA_REL, low_open=False)
+        _one_of(self, "seeding", SEEDINGS)
         _positive_ints(self, "num_samples", "eval_repeats", "num_permutations", "ais_chains",
                        "ais_temperatures", "ais_leapfrog_steps", "eval_examples", "eval_batch",
                        "iwae_samples", "fid_samples")  # fmt: skip
@@ -545,6 +620,7 @@ class ExperimentConfig:
     def __post_init__(self):
         object.__setattr__(self, "seed", check_seed(self.seed))
         check_loss_levels(self.loss.loss, self.noise.num_levels)
+        check_labels(self.evaluation.labels, self.data.num_classes)
 
     @property
     def is_image(self) -> bool:

@@ -60,7 +60,9 @@ def draw_all(nets) -> dict:
     out = {}
     for net, name, options in CASES:
         model, sigmas = models[net]
-        sample = sampling.draw(name, model, sigmas, BATCH, tf.constant([3, 0]), space, **options)
+        sample = sampling.draw(
+            name, model, sigmas, BATCH, tf.constant([3, 0]), space, seeding="batch", **options
+        )  # recorded before per-sample seeds
         out[f"{net}/{name}"] = sample.samples.numpy()
     return out
 

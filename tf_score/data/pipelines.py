@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_score.config import check_batch_split
+from tf_score.config import check_labels as config_check_labels
 
 tfd = tfp.distributions
 
@@ -72,6 +73,42 @@ class GaussianMixtureToy:
     def score_fn(self) -> Callable[[tf.Tensor], tf.Tensor]:
         """Unconditional exact score ``x -> grad log p(x)``."""
         return lambda x: self.score(x)
+
+    @property
+    def num_classes(self) -> int:
+        """The classes of its labelled form: one per mixture component."""
+        return len(self.weights)
+
+    def sample_labelled(self, n, seed) -> tuple[tf.Tensor, tf.Tensor]:
+        """(x [n, 2], labels int32 [n]): each point with the component it was drawn from
+        (stateless: the same seed gives the same pairs)."""
+        c_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        logits = tf.math.log(tf.constant(self.weights, tf.float32))[None, :]
+        labels = tf.random.stateless_categorical(logits, n, c_seed, dtype=tf.int32)[0]
+        z = tf.random.stateless_normal([n, 2], x_seed)
+        locs, scales = tf.constant(self.locs, tf.float32), tf.constant(self.scales, tf.float32)
+        return tf.gather(locs, labels) + tf.gather(scales, labels)[:, None] * z, labels
+
+    def denoise(self, x, sigma, labels=None) -> tf.Tensor:
+        """The exact denoiser E[x_0 | x_sigma = x] of p (labels None, or "no label": index
+        ``num_classes``) or of the component each label names: per component the Gaussian
+        posterior mean mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k), mixed by the posterior
+        component probabilities."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        sigma = tf.broadcast_to(tf.cast(sigma, tf.float32), tf.shape(x)[:1])[:, None]
+        locs, s2 = tf.constant(self.locs, tf.float32), tf.square(tf.constant(self.scales))
+        var = s2[None, :] + tf.square(sigma)  # [B, K]
+        diff = x[:, None, :] - locs[None, :, :]  # [B, K, 2]
+        d_k = locs[None] + (s2[None, :] / var)[..., None] * diff
+        log_w = tf.math.log(tf.constant(self.weights, tf.float32))[None, :]
+        logits = log_w - tf.math.log(var) - tf.reduce_sum(tf.square(diff), -1) / (2.0 * var)
+        resp = tf.nn.softmax(logits, axis=-1)
+        if labels is not None:
+            labels = tf.broadcast_to(tf.cast(labels, tf.int32), tf.shape(x)[:1])
+            chosen = tf.one_hot(labels, self.num_classes)  # "no label": all zeros
+            given = tf.reduce_any(chosen > 0, axis=-1, keepdims=True)
+            resp = tf.where(given, chosen, resp)
+        return tf.reduce_sum(resp[..., None] * d_k, axis=1)
 
     def conditional_score_fn(self, sigmas) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         """Exact noise-conditional score ``(x, labels) -> grad log p_{sigma[label]}(x)``."""
@@ -177,18 +214,24 @@ def toy_dataset(
     seed,
     start_step: int = 0,
     share: BatchShare | None = None,
+    labelled: bool = False,
 ):
     """Infinite tf.data stream of fresh batches; global batch k is drawn with fold_in(seed, k).
 
     ``share`` picks this input pipeline's rows (default: all of them, one replica). Starting at
-    ``start_step`` replays exactly the batches an uninterrupted run would see.
+    ``start_step`` replays exactly the batches an uninterrupted run would see. ``labelled``:
+    batches of (x, labels), each point's mixture component its label.
     """
     seed = tf.cast(seed, tf.int32)
     share = share or BatchShare(0, batch_size)
 
     def draw(k):
-        x = toy.sample(batch_size, seed=tf.random.experimental.stateless_fold_in(seed, k))
-        return x[share.start : share.start + share.rows]
+        k_seed = tf.random.experimental.stateless_fold_in(seed, k)
+        rows = slice(share.start, share.start + share.rows)
+        if labelled:
+            x, labels = toy.sample_labelled(batch_size, k_seed)
+            return x[rows], labels[rows]
+        return toy.sample(batch_size, seed=k_seed)[rows]
 
     ds = tf.data.Dataset.counter(start=start_step).map(
         draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -221,12 +264,13 @@ class ImageDatasetSpec:
     random_flip: bool
     center_crop: int | None = None  # crop a square this size from the centre before resizing
     cache: bool = True  # keep decoded images in memory (small data sets)
+    num_classes: int = 0  # classes of its ``label`` feature (0: unlabelled)
 
 
 IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
-    "mnist": ImageDatasetSpec("mnist", (28, 28, 1), random_flip=False),
-    "fashion_mnist": ImageDatasetSpec("fashion_mnist", (28, 28, 1), random_flip=False),
-    "cifar10": ImageDatasetSpec("cifar10", (32, 32, 3), random_flip=True),
+    "mnist": ImageDatasetSpec("mnist", (28, 28, 1), random_flip=False, num_classes=10),
+    "fashion_mnist": ImageDatasetSpec("fashion_mnist", (28, 28, 1), False, num_classes=10),
+    "cifar10": ImageDatasetSpec("cifar10", (32, 32, 3), random_flip=True, num_classes=10),
     # NCSN: centre crop 140 x 140, resize to 64 x 64.
     "celeb_a": ImageDatasetSpec(
         "celeb_a", (64, 64, 3), random_flip=True, center_crop=140, cache=False
@@ -389,6 +433,43 @@ def load_image_folder(folder: str, image_size: int | None = None) -> np.ndarray:
     return np.stack([arrays[n] for n in names if n in arrays])
 
 
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """A data set's ``labels`` as int32 [N], each in [0, num_classes) (``config.check_labels``,
+    naming ``where`` they come from)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{where}: labels must be one per image [N], got shape {labels.shape}")
+    return config_check_labels(labels, num_classes, f"{where}: labels")
+
+
+def load_labelled_folder(folder: str, image_size: int | None = None):
+    """(uint8 images [N, H, W, C], int32 labels [N], class names): one class per
+    subfolder of ``folder``, numbered in sorted order of the subfolders' names."""
+    import os
+
+    if not os.path.isdir(folder):
+        raise DataUnavailableError(f"image folder {folder!r} does not exist")
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if not classes:
+        raise DataUnavailableError(f"{folder!r} has no class subfolders (one per class)")
+    parts = [load_image_folder(os.path.join(folder, c), image_size) for c in classes]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise BadImagesError(folder, {c: f"images of shape {p.shape[1:]}"
+                                      for c, p in zip(classes, parts, strict=True)})  # fmt: skip
+    labels = np.concatenate([np.full(len(p), k, np.int32) for k, p in enumerate(parts)])
+    return np.concatenate(parts), labels, classes
+
+
+def load_npz_labels(path: str) -> np.ndarray:
+    """The ``labels`` array of an .npz file of images (DataUnavailableError if it has none)."""
+    with np.load(path, allow_pickle=False) as f:
+        if "labels" not in f:
+            raise DataUnavailableError(f"{path} has no 'labels' array (num_classes > 0 needs "
+                                       "one label per image)")  # fmt: skip
+        return f["labels"]
+
+
 def load_npz_images(path: str) -> np.ndarray:
     """Images from an .npz: key ``images`` (or its only array), [N, H, W(, C)].
 
@@ -456,7 +537,8 @@ def image_training_dataset(
     pipeline_id: int = 0,
     num_examples: int | None = None,
 ) -> tf.data.Dataset:
-    """Infinite, deterministic batches of dequantised images in [0, 1] for training.
+    """Infinite, deterministic batches of dequantised images in [0, 1] for training (of
+    (image, label) pairs when ``images`` holds pairs).
 
     x = (pixel + u) / 256 with u ~ U(0, 1) (= x*255/256 + U(0, 1/256) for x = pixel/255).
     ``batch_size`` is the global batch; ``share`` picks this input pipeline's rows of it and
@@ -488,6 +570,8 @@ def _dequantise(random_flip: bool):
     """(seed, uint8 image) -> (pixel + u) / 256, u ~ U(0, 1), randomly flipped if asked."""
 
     def prep(s, img):
+        if isinstance(img, tuple):  # (image, label): the label as it is
+            return prep(s, img[0]), img[1]
         s_noise, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 2))
         x = tf.cast(img, tf.float32)
         x = (x + tf.random.stateless_uniform(tf.shape(x), s_noise)) / 256.0
@@ -504,7 +588,7 @@ def _cached_epochs(images, n, batch_size, seed, start_step, share, prep):
     if per_epoch < 1:
         raise ValueError(f"the data set has {n} images, fewer than one batch of {batch_size}")
     with tf.init_scope():  # materialise eagerly even when traced
-        table = tf.constant(next(iter(images.batch(n))).numpy())
+        table = tf.nest.map_structure(lambda t: tf.constant(t.numpy()), next(iter(images.batch(n))))
     first_epoch, skip = divmod(int(start_step), per_epoch)
 
     def epoch(e):
@@ -518,7 +602,8 @@ def _cached_epochs(images, n, batch_size, seed, start_step, share, prep):
             tf.data.Dataset.from_tensor_slices(tf.reshape(rows, [-1]))
             .map(
                 lambda i: prep(
-                    tf.random.experimental.stateless_fold_in(e_seed, i), tf.gather(table, i)
+                    tf.random.experimental.stateless_fold_in(e_seed, i),
+                    tf.nest.map_structure(lambda t: tf.gather(t, i), table),
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
@@ -585,16 +670,35 @@ def image_dataset_fn(images, seed, random_flip: bool = False, cache: bool = True
     return dataset_fn
 
 
-def load_training_images(cfg, split: str = "train"):
+def load_training_images(cfg, split: str = "train", labels: bool = False):
     """(uint8 image dataset, image shape, random_flip, cache) for a ``config.DataConfig``: tfds
-    images, an image folder or an .npz file (every family's image loader)."""
-    name = cfg.dataset
+    images, an image folder or an .npz file (every family's image loader). With ``labels``
+    (a class-conditional model's training, ``cfg.num_classes`` > 0) the elements are (image,
+    int32 label), the labels checked to lie in [0, num_classes)."""
+    name, classes = cfg.dataset, (cfg.num_classes if labels else 0)
     if name in ("folder", "npz"):
-        if name == "folder":
+        if name == "folder" and classes:
+            arr, label_array, _ = load_labelled_folder(cfg.data_path, cfg.image_size or None)
+        elif name == "folder":
             arr = load_image_folder(cfg.data_path, cfg.image_size or None)
         else:
             arr = load_npz_images(cfg.data_path)
-        ds = tf.data.Dataset.from_tensor_slices(arr)
+            label_array = load_npz_labels(cfg.data_path) if classes else None
+        if classes:
+            label_array = check_labels(label_array, classes, cfg.data_path)
+            if len(label_array) != len(arr):
+                raise ValueError(f"{cfg.data_path}: {len(label_array)} labels for {len(arr)} "
+                                 "images")  # fmt: skip
+        ds = tf.data.Dataset.from_tensor_slices((arr, label_array) if classes else arr)
         return ds, tuple(arr.shape[1:]), bool(cfg.random_flip), True
-    ds, spec = load_tfds_images(name, split, cfg.data_dir or None, download=cfg.download)
+    ds, spec = _tfds_examples(name, split, cfg.data_dir or None, download=cfg.download)
+    image = _image_of(spec)
+    if classes:
+        if classes < spec.num_classes:
+            raise ValueError(f"dataset={name} has {spec.num_classes} classes: num_classes="
+                             f"{classes} is too few")  # fmt: skip
+        ds = ds.map(lambda e: (image(e), tf.cast(e["label"], tf.int32)),
+                    num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
+    else:
+        ds = ds.map(image, num_parallel_calls=tf.data.AUTOTUNE)
     return ds, spec.image_shape, spec.random_flip, spec.cache

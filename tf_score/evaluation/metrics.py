@@ -272,6 +272,7 @@ def fid_kid_with_floor(
     kid_subset_size: int = 1000,
     seed: int = 0,
     reference_features=None,
+    labels=None,
 ) -> dict:
     """FID and KID of ``samples`` against ``reference`` images (the training set), with the
     floor: the same metrics for as many held-out real images (``floor_images``, the test set)
@@ -279,7 +280,9 @@ def fid_kid_with_floor(
     compare; the floor says how far from 0 a perfect model would be at this n.
 
     All images are float in [0, 1], [N, H, W, C]. Returns a JSON-able dict, with the
-    extractor's label histogram of the samples and of the floor images when it has one.
+    extractor's label histogram of the samples and of the floor images when it has one, and
+    with the classes the samples were asked for (``labels`` [N]) the fraction it labels so,
+    ``class_accuracy``.
     """
     n = len(samples)
     if len(floor_images) < n:
@@ -306,4 +309,6 @@ def fid_kid_with_floor(
     if extractor.num_classes:
         out["label_histogram"] = label_histogram(y_s, extractor.num_classes)
         out["label_histogram_floor"] = label_histogram(y_h, extractor.num_classes)
+        if labels is not None:
+            out["class_accuracy"] = float(np.mean(np.asarray(y_s) == np.asarray(labels)))
     return out

@@ -6,9 +6,13 @@ Score models (``export_score_model``):
   - ``serving_default`` = ``sample``: (num_samples int32 [], seed int32 [2]) -> samples float32
     [N, *shape] (images clipped to [0, 1]; and ``samples_uint8``) and ``num_evals``: the run's
     solver with its options (``SamplerConfig``) runs in the graph, seeded as ``api.generate``:
-    serving seed (s, 0) gives the samples of ``generate(run, N, seed=s)``.
+    serving seed (s, 0) gives the samples of ``generate(run, N, seed=s)``, and (s, i) its
+    samples i, i + 1, ... (per-sample seeding; an export with seeding=batch: batch i).
   - ``sample_<solver>`` for each solver chosen at export time: the same, with that solver's
     float and int options as inputs, each checked against the registry's schema.
+  - a class-conditional model's sample endpoints also take ``labels`` int32 [N] and
+    ``guidance`` float32 [] (``Classes``; classifier-free guidance, 2 network calls per
+    guided evaluation in the work cap).
   - ``score`` and ``denoise``: (x [B, *shape], sigma float32 [B]) -> the model contract.
 VAEs (``families.vae.export_vae``, with the helpers here): ``encode``, ``decode``, ``sample``,
 ``limits`` and, for the Gaussian encoder, ``log_likelihood_bound`` (the IWAE bound, decoded in
@@ -25,6 +29,7 @@ before they are returned. ``limits`` returns the caps and the cost.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
@@ -32,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score import sampling
-from tf_score.config import ExportConfig
+from tf_score.config import MAX_GUIDANCE, ExportConfig
+from tf_score.networks import contract
 from tf_score.sampling import budget
 
 require = sampling.registry.graph_require
@@ -139,43 +145,113 @@ def _score_endpoints(model, data_shape, max_score_batch):
     return score, denoise
 
 
-def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost, served: bool):
-    """A ``tf.function`` drawing from solver ``name``: inputs num_samples and seed, and with
-    ``served`` its servable options (checked against its schema); the other options are
-    ``fixed``. Work (``cost`` per network evaluation) over ``caps["max_evaluations"]`` is
-    refused before (or, adaptive, after)."""
-    entry = sampling.get(name)
-    inputs = [o for o in entry.options if o.servable] if served else []
+@dataclasses.dataclass(frozen=True)
+class Classes:
+    """A class-conditional model's served inputs: ``labels`` int32 [N] (one class for all,
+    one per sample, or none: unconditional, when it was trained with label dropout) and
+    ``guidance`` float32 [] (classifier-free, 1: none)."""
+
+    num_classes: int
+    #: trained with label dropout: unconditional samples may be asked for (no labels)
+    unconditional: bool
+
+
+LABELS_SPEC = tf.TensorSpec([None], tf.int32, name="labels")
+GUIDANCE_SPEC = tf.TensorSpec([], tf.float32, name="guidance")
+
+
+def label_checks(labels, guidance, num_samples, classes: Classes) -> list:
+    """The served labels and guidance, checked in the graph (one line naming the input)."""
+    n, top = tf.size(labels), classes.num_classes - 1
+    checks = [require((n == 0) | (n == 1) | (n == num_samples),
+                      "labels must hold one class for all samples or one per sample", n),
+              require((labels >= 0) & (labels <= top), f"labels must lie in [0, {top}]",
+                      labels)]  # fmt: skip
+    checks += finite_input(guidance, "guidance") + in_range(guidance, "guidance", 0.0,
+                                                             MAX_GUIDANCE)  # fmt: skip
+    if not classes.unconditional:
+        checks.append(require(n > 0, "labels: the model was trained without label dropout, "
+                                     "so it needs a class per request", n))  # fmt: skip
+    checks.append(
+        require(
+            (n > 0) | tf.equal(guidance, 1.0),
+            "guidance needs labels (classifier-free guidance)",
+            guidance,
+        )
+    )
+    return checks
+
+
+def _specs(inputs, classes: Classes | None) -> list:
     dtypes = {float: tf.float32, int: tf.int32}
     specs = [NUM_SAMPLES_SPEC, SEED_SPEC] + [
         tf.TensorSpec([], dtypes[o.kind], name=o.name) for o in inputs
     ]
-    is_image = len(space.shape) == 3
+    return specs + ([LABELS_SPEC, GUIDANCE_SPEC] if classes else [])
+
+
+def _checked_work(made, num_samples, caps, cost):
+    """num_samples after the work of a plan with a known evaluation count is checked."""
     most = sampling.registry.MAX_EVALUATIONS_PER_SAMPLE
+    evaluations = tf.cast(made.evaluations, tf.float64)
+    checks = work_cap(tf.cast(num_samples, tf.float64) * evaluations, caps["max_evaluations"],
+                      cost)  # fmt: skip
+    checks.append(
+        require(
+            evaluations <= float(most),
+            f"network evaluations per sample must be <= {most}",
+            evaluations,
+        )
+    )
+    return checked(num_samples, checks)
+
+
+def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost, served: bool,
+                   seeding: str = "per_sample", classes: Classes | None = None):  # fmt: skip
+    """A ``tf.function`` drawing from solver ``name``: inputs num_samples and seed (the pair
+    ``seeding`` reads), with ``served`` its servable options (checked against its schema),
+    and for a class-conditional model (``classes``) labels and guidance; the other options
+    are ``fixed``. Work (``cost`` per network evaluation, 2 per guided evaluation) over
+    ``caps["max_evaluations"]`` is refused before (or, adaptive, after)."""
+    inputs = [o for o in sampling.get(name).options if o.servable] if served else []
+    is_image = len(space.shape) == 3
 
     def run(num_samples, seed, *values):
+        labels = guidance = None
+        if classes:
+            *values, labels, guidance = values
         checks = in_range(num_samples, "num_samples", 1, caps["max_samples"])
         for o, v in zip(inputs, values, strict=True):
             checks += o.graph_checks(v)
+        if classes:
+            checks += label_checks(labels, guidance, num_samples, classes)
         num_samples, *values = checked((num_samples, *values), checks)
-        given = {o.name: v for o, v in zip(inputs, values, strict=True)}
-        made = sampling.plan(name, model, grid, {**fixed, **given})
-        evaluations = made.evaluations
-        if evaluations is not None:  # after the range checks, so a request fails on those first
-            evaluations = tf.cast(evaluations, tf.float64)
-            work = tf.cast(num_samples, tf.float64) * evaluations
-            checks = work_cap(work, caps["max_evaluations"], cost)
-            checks.append(require(evaluations <= float(most),
-                                  f"network evaluations per sample must be <= {most}",
-                                  evaluations))  # fmt: skip
-            num_samples = checked(num_samples, checks)
-        x0 = made.start(sampling.registry.batch_shape(num_samples, space), seed, space)
-        out = made.run(x0, seed)
+        options = {**fixed, **{o.name: v for o, v in zip(inputs, values, strict=True)}}
+        plain = sampling.plan(name, model, grid, options, seeding)
+        guided = None
+        if classes:
+            guided = sampling.plan(name, contract.guide(model, True, None), grid, options,
+                                   seeding)  # fmt: skip
+        x0 = plain.start(sampling.registry.batch_shape(num_samples, space), seed, space)
+
+        def draw(made, bind=None):
+            n = num_samples if made.evaluations is None else _checked_work(
+                made, num_samples, caps, cost)  # fmt: skip
+            return made.run(checked(x0, [n]), seed, bind=bind)
+
+        if classes:
+            out = tf.cond(
+                tf.size(labels) > 0,
+                lambda: draw(guided, (tf.broadcast_to(labels, [num_samples]), guidance)),
+                lambda: draw(plain),
+            )
+        else:
+            out = draw(plain)
         work = tf.cast(num_samples, tf.float64) * tf.cast(out.num_evals, tf.float64)
         x = checked(out.samples, work_cap(work, caps["max_evaluations"], cost))
         return finite_output({**_image_outputs(x, is_image), "num_evals": out.num_evals})
 
-    return tf.function(run, input_signature=specs)
+    return tf.function(run, input_signature=_specs(inputs, classes))
 
 
 def export_score_model(
@@ -189,9 +265,13 @@ def export_score_model(
     max_samples: int = MAX_SAMPLES,
     max_score_batch: int = 1024,
     max_evaluations: int = MAX_EVALUATIONS,
+    seeding: str = "per_sample",
+    classes: Classes | None = None,
 ) -> str:
     """Write a servable SavedModel of a score model (``network``'s variables, ``model`` its
-    contract, ``networks.contract``) to ``path``.
+    contract, ``networks.contract``) to ``path``; a served seed (s, i) is samples i, i + 1,
+    ... of seed s (``seeding`` per_sample) or batch i of seed s (batch). A class-conditional
+    model's sample endpoints also take ``labels`` and ``guidance`` (``Classes``).
 
     ``serving_default`` (= ``sample``) runs ``sampler`` (``config.SamplerConfig``: the registered
     solver and its options, fixed here) on the grid ``sigmas``, seeded exactly as
@@ -209,15 +289,14 @@ def export_score_model(
     archive = keras.export.ExportArchive()
     archive.track(network)
     default = sampler.sampler
-    sample = _draw_endpoint(
-        model, grid, space, default, sampling.options_of(sampler), caps, cost, False
-    )
+    common = dict(seeding=seeding, classes=classes)
+    sample = _draw_endpoint(model, grid, space, default, sampling.options_of(sampler), caps,
+                            cost, False, **common)  # fmt: skip
     archive.add_endpoint("sample", sample)  # the first endpoint is also serving_default
     for name in dict.fromkeys(samplers):
         fixed = sampling.options_of(sampler, name)
-        archive.add_endpoint(
-            f"sample_{name}", _draw_endpoint(model, grid, space, name, fixed, caps, cost, True)
-        )
+        archive.add_endpoint(f"sample_{name}", _draw_endpoint(
+            model, grid, space, name, fixed, caps, cost, True, **common))  # fmt: skip
     score, denoise = _score_endpoints(model, tuple(space.shape), max_score_batch)
     archive.add_endpoint("score", score)
     archive.add_endpoint("denoise", denoise)

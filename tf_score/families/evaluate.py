@@ -218,10 +218,13 @@ class QualityReference(NamedTuple):
     classifier_path: str | None
 
 
-def _images_array(data_cfg, split: str) -> np.ndarray:
-
-    images, *_ = data.load_training_images(data_cfg, split=split)
-    return np.concatenate(list(images.batch(4096).as_numpy_iterator()))
+def _images_array(data_cfg, split: str, labels: bool = False):
+    """The split's uint8 images [N, H, W, C] (with ``labels``: and their int32 labels [N])."""
+    images, *_ = data.load_training_images(data_cfg, split=split, labels=labels)
+    batches = list(images.batch(4096).as_numpy_iterator())
+    if labels:
+        return tuple(np.concatenate(parts) for parts in zip(*batches, strict=True))
+    return np.concatenate(batches)
 
 
 def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
@@ -296,15 +299,18 @@ def quality_reference(
     return QualityReference(extractor, ref, held.astype(np.float32) / 255.0, net_path)
 
 
-def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: int = 0) -> dict:
+def image_quality(images_uint8: np.ndarray, reference: QualityReference, seed: int = 0,
+                  labels=None) -> dict:  # fmt: skip
     """FID/KID of 8-bit samples (as saved) against the training features, with the floor of
-    as many held-out images, and label histograms for classifier features."""
+    as many held-out images, and label histograms for classifier features; for samples of
+    classes ``labels``, the fraction the classifier labels as asked (``class_accuracy``),
+    beside its accuracy on the real test images (``classifier_test_accuracy``)."""
 
     x = np.asarray(images_uint8).astype(np.float32) / 255.0
     t0 = time.time()
     q = metrics.fid_kid_with_floor(
         x, None, reference.held_out, reference.extractor, seed=seed,
-        reference_features=reference.features,
+        reference_features=reference.features, labels=labels,
     )  # fmt: skip
     q["metric_seconds"] = time.time() - t0
     if reference.classifier_path:
@@ -447,7 +453,8 @@ def bits_per_dim(
     log p(v) = log p(x) - D ln 256, so bits/dim = -log p(v) / (D ln 2) = 8 - log p(x) / (D ln 2),
     an upper bound on the 8-bit model's bits (Jensen over u). The divergence is Hutchinson's
     (one Rademacher probe per image) unless ``exact_trace``: unbiased, and its noise is in
-    the standard error. Batch b draws u and the probe from (seed, b).
+    the standard error. Batch b draws u and the probe from (seed, b). A class-conditional
+    run's is log p(x | y) with y each test image's label.
     Returns (summary: mean, se, n, evaluations, seconds; per-image bits/dim)."""
     import tensorflow as tf
     from tqdm.auto import tqdm
@@ -458,17 +465,20 @@ def bits_per_dim(
         raise EvaluationError(
             f"bits_per_dim needs n >= 2 and batch_size >= 1, got {n} and {batch_size}"
         )
-    k = _images_array(run.config.data, "test")
+    conditional = run.config.data.num_classes > 0
+    k, labels = (_images_array(run.config.data, "test", True) if conditional
+                 else (_images_array(run.config.data, "test"), None))  # fmt: skip
     if len(k) < n:
         raise EvaluationError(f"n={n} is more than the {len(k)} test images")
     sig = np.asarray(run.sigmas, np.float64)
     floor, model = np.float32(sig[-1]), run.model
-    score = lambda x, sigma: model.score(x, tf.maximum(tf.cast(sigma, tf.float32), floor))
     mean = tf.constant(np.asarray(run.space.data_mean or 0.0, np.float32))
     dim = int(np.prod(run.data_shape))
 
     @tf.function(reduce_retracing=True)
-    def log_px(x, probe_seed):
+    def log_px(x, probe_seed, y=None):  # y: the images' labels, log p(x | y)
+        view = model if y is None else model.conditioned(y)
+        score = lambda x, sigma: view.score(x, tf.maximum(tf.cast(sigma, tf.float32), floor))
         return likelihood.ode_log_likelihood(
             score, x, float(sig[-1]), float(sig[0]),
             lambda y: _gaussian_log_prob(y, mean, float(sig[0])),
@@ -481,13 +491,14 @@ def bits_per_dim(
         u_seed, p_seed = sampling.batch_seeds(seed, b)
         pix = tf.constant(k[i : i + batch_size].astype(np.float32))
         x = (pix + tf.random.stateless_uniform(tf.shape(pix), u_seed, alg="philox")) / 256.0
-        lp, ne = log_px(x, p_seed)
+        y = None if labels is None else tf.constant(labels[i : i + batch_size])
+        lp, ne = log_px(x, p_seed, y)
         bpd.append(8.0 - lp.numpy() / (dim * np.log(2.0)))
         evals.append(int(ne))
     bpd = np.concatenate(bpd)
     summary = dict(
         _mean_se(bpd), n=n, dim=dim, sigma_min=float(sig[-1]), sigma_max=float(sig[0]),
         ode_tol=ode_tol, exact_trace=exact_trace, ode_fn_evaluations=float(np.mean(evals)),
-        seconds=time.time() - t0, step=run.step, seed=seed,
+        seconds=time.time() - t0, step=run.step, seed=seed, conditional=conditional,
     )  # fmt: skip
     return summary, bpd

@@ -12,13 +12,32 @@ import tensorflow as tf
 from tf_score import atomic, data, sampling
 from tf_score.evaluation import plotting
 from tf_score.families import evaluate, score_model, vae
-from tf_score.families.run import Generated, Run, generate, generate_request, inpaint, request
+from tf_score.families.run import (
+    Generated,
+    Guidance,
+    Run,
+    generate,
+    generate_request,
+    inpaint,
+    request,
+)
 
 
-def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False) -> Generated:
-    """samples.npz and samples.png of a 2-D toy run's sampler."""
+def guidance_of(run: Run, guide: Run | None = None) -> Guidance:
+    """What the run's ``evaluation`` section conditions and guides its samples by (labels,
+    guidance, guidance_interval), ``guide`` the autoguidance run (``api.load_guide``)."""
     ev = run.config.evaluation
-    out = generate(run, ev.num_samples, seed, jit=jit, max_evaluations=ev.max_evaluations)
+    return Guidance(ev.labels or None, ev.guidance, guide, ev.guidance_interval or None)
+
+
+def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False,
+                guide: Run | None = None) -> Generated:  # fmt: skip
+    """samples.npz and samples.png of a 2-D toy run's sampler (conditioned and guided per
+    ``guidance_of``)."""
+    ev, how = run.config.evaluation, guidance_of(run, guide)
+    out = generate(run, ev.num_samples, seed, jit=jit, max_evaluations=ev.max_evaluations,
+                   labels=how.labels, guidance=how.guidance, guide=guide,
+                   guidance_interval=how.interval, seeding=ev.seeding)  # fmt: skip
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples)
     title = f"{run.config.sampler.sampler} ({out.num_evals} evaluations)"
     extent = data.get_toy(run.config.data.dataset).extent
@@ -77,14 +96,16 @@ def _save_snapshots(out_dir: str, snaps, shape) -> None:
 
 
 def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False,
-                  metrics_file=None) -> tuple[Generated, dict | None]:  # fmt: skip
-    """samples.png / samples.npz (and snapshots.png / .gif) of an image run's sampler; with
-    the evaluation section's ``metrics``, their FID / KID against the real-vs-real floor in
-    ``metrics_file`` (default OUT_DIR/quality_SAMPLER.json). Every check and load before
-    any sampling."""
+                  metrics_file=None, guide=None) -> tuple[Generated, dict | None]:  # fmt: skip
+    """samples.png / samples.npz (and snapshots.png / .gif) of an image run's sampler,
+    conditioned and guided per ``guidance_of`` (a grid of one row per class when every class
+    is asked for in order); with the evaluation section's ``metrics``, their FID / KID
+    against the real-vs-real floor in ``metrics_file`` (default OUT_DIR/quality_SAMPLER.json).
+    Every check and load before any sampling."""
     ev, name = run.config.evaluation, run.config.sampler.sampler
     req = request(run.model, run.sigmas, run.space, ev.num_samples, seed, run.config.sampler,
-                  ev.sample_batch_size, ev.max_evaluations)  # fmt: skip
+                  ev.sample_batch_size, ev.max_evaluations, guidance_of(run, guide),
+                  ev.seeding)  # fmt: skip
     reference = None
     if ev.metrics:
         reference = evaluate.quality_reference(
@@ -92,19 +113,38 @@ def image_samples(run, out_dir, seed, jit=False, snapshots=False, progress=False
         )
     out = generate_request(req, jit=jit, progress=progress, snapshots=snapshots)
     images = evaluate.to_uint8(out.samples)
-    plotting.save_png(plotting.image_grid(out.samples[:100]), f"{out_dir}/samples.png", 2)
+    plotting.save_png(plotting.image_grid(out.samples[:100], ncols=_columns(req.labels)),
+                      f"{out_dir}/samples.png", 2)  # fmt: skip
     atomic.save_npz(os.path.join(out_dir, "samples.npz"), samples=out.samples, images=images)
     if out.snapshots is not None:
         _save_snapshots(out_dir, out.snapshots, run.data_shape)
     if reference is None:
         return out, None
-    q = evaluate.image_quality(images, reference, seed=seed)
+    q = evaluate.image_quality(images, reference, seed=seed, labels=req.labels)
     q.update(sampler=name, num_evals=out.num_evals, sample_seconds=out.seconds,
-             checkpoint_step=run.step, denoise=req.plan.options.get("denoise"),
-             seed=seed)  # fmt: skip
+             checkpoint_step=run.step, denoise=req.plan.options.get("denoise"), seed=seed,
+             guidance=ev.guidance, guided_by=_guided_by(run, guide),
+             seeding=ev.seeding)  # fmt: skip
     q["path"] = metrics_file or os.path.join(out_dir, f"quality_{name}.json")
     atomic.write_json(q["path"], q)
     return out, q
+
+
+def _guided_by(run: Run, guide: Run | None) -> str:
+    """What the samples were guided by, for the metrics file."""
+    if guide is not None:
+        return f"autoguidance: {guide.workdir} step {guide.step}"
+    return "classifier-free" if run.config.evaluation.labels else "none"
+
+
+def _columns(labels) -> int | None:
+    """A grid's columns: one row per class when the labels run through the classes in
+    order, k of each (``score_model.class_labels``); else square."""
+    if labels is None or len(labels) < 2:
+        return None
+    k = int(np.argmax(labels != labels[0])) or len(labels)
+    rows = score_model.class_labels(int(labels.max()) + 1, k)
+    return k if len(rows) == len(labels) and np.array_equal(rows, labels) else None
 
 
 def inpaint_test_images(run: Run, out_dir: str, seed: int, jit: bool = False):
@@ -116,9 +156,9 @@ def inpaint_test_images(run: Run, out_dir: str, seed: int, jit: bool = False):
     w = shape[1]
     mask = tf.concat([tf.ones([shape[0], w // 2, shape[2]]),
                       tf.zeros([shape[0], w - w // 2, shape[2]])], axis=1)  # fmt: skip
-    out = inpaint(
-        run, x_obs, mask, seed, jit=jit, max_evaluations=run.config.evaluation.max_evaluations
-    )
+    ev = run.config.evaluation
+    out = inpaint(run, x_obs, mask, seed, jit=jit, max_evaluations=ev.max_evaluations,
+                  labels=ev.labels or None, guidance=ev.guidance, seeding=ev.seeding)  # fmt: skip
     occluded = x_obs * mask + 0.5 * (1 - mask)
     rows = [plotting.image_grid(a, ncols=min(n, 16))
             for a in (occluded.numpy(), out.samples.numpy(), x_obs.numpy())]  # fmt: skip

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 
-from tf_score import sampling
+from tf_score import data, sampling
 from tf_score.config import LABELLED_DATASETS, ConfigError, ExperimentConfig
 from tf_score.export import savedmodel
 from tf_score.families import classifier, outputs, score_model, vae, workdir
@@ -26,8 +26,9 @@ from tf_score.registries import Registry
 
 #: what a command may ask of a run (``Family.requests``)
 #: ("grid": sampled on any grid of sigmas given, not only the levels it was trained on)
+#: ("guidance": conditioned on labels and guided, or guided by a weaker model)
 REQUESTS = ("samples", "solvers", "grid", "inpaint", "metrics", "bits_per_dim", "evaluate",
-            "export")  # fmt: skip
+            "export", "guidance")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ def of(run_or_cfg) -> Family:
 
 
 def _score_requests(cfg: ExperimentConfig) -> frozenset:
-    answers = {"samples", "solvers", "export"}
+    answers = {"samples", "solvers", "export", "guidance"}
     answers |= {"grid"} if networks.get(cfg.network.network).continuous else set()
     answers |= {"inpaint", "metrics", "bits_per_dim"} if cfg.is_image else {"evaluate"}
     return frozenset(answers)
@@ -107,6 +108,15 @@ def _score_check(cfg: ExperimentConfig) -> None:
         f"network={spec.name} needs loss={'edm' if spec.continuous else 'anneal_dsm (or dsm, ssm)'}"
         f": loss=edm trains the continuous-sigma denoisers ({', '.join(continuous)}) only",
     )
+    classes = cfg.data.num_classes
+    takes_labels = [n for n, s in networks.NETWORKS.items() if s.conditional]
+    _require(not classes or spec.conditional,
+             f"num_classes={classes}: network={spec.name} takes no class labels; "
+             f"class-conditional networks: {', '.join(takes_labels)}")  # fmt: skip
+    if classes and cfg.data.is_toy:
+        toy_classes = len(data.get_toy(ds).weights)
+        _require(classes == toy_classes, f"num_classes={classes}: dataset={ds} has "
+                 f"{toy_classes} classes (its mixture components)")  # fmt: skip
     _require(
         spec.continuous or cfg.noise.schedule == "geometric",
         f"network={spec.name} is trained on its levels: schedule=geometric (karras grids are "
@@ -127,6 +137,10 @@ def _image_family_check(networks_taken: tuple[str, ...], labelled: bool = False)
         )
         _require(not labelled or ds in LABELLED_DATASETS, f"model={family} needs labelled "
                  f"images: dataset={' or '.join(LABELLED_DATASETS)}")  # fmt: skip
+        _require(
+            not cfg.data.num_classes,
+            f"num_classes is for class-conditional score models, not model={family}",
+        )
         _require(not cfg.evaluation.fid_every,
                  f"fid_every is for image score models, not model={family}")  # fmt: skip
 
@@ -140,12 +154,13 @@ def _with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def _score_sample(run, out_dir, seed, jit=False, snapshots=False, inpainting=False,
-                  progress=False, metrics_file=None):  # fmt: skip
+                  progress=False, metrics_file=None, guide=None):  # fmt: skip
     if run.config.is_image and inpainting:
         return outputs.inpaint_test_images(run, out_dir, seed, jit)
     if run.config.is_image:
-        return outputs.image_samples(run, out_dir, seed, jit, snapshots, progress, metrics_file)
-    return outputs.toy_samples(run, out_dir, seed, jit)
+        return outputs.image_samples(run, out_dir, seed, jit, snapshots, progress, metrics_file,
+                                     guide)  # fmt: skip
+    return outputs.toy_samples(run, out_dir, seed, jit, guide)
 
 
 def _score_evaluate(run, out_dir, seed, jit=False, progress=False):
@@ -155,10 +170,14 @@ def _score_evaluate(run, out_dir, seed, jit=False, progress=False):
 
 
 def _score_export(run, path, samplers, max_samples, max_evaluations):
+    cfg = run.config
+    classes = None
+    if cfg.data.num_classes:
+        classes = savedmodel.Classes(cfg.data.num_classes, cfg.loss.label_dropout > 0)
     return savedmodel.export_score_model(
-        run.models["score"], run.model, run.sigmas, run.space, path, sampler=run.config.sampler,
-        samplers=tuple(samplers or (run.config.sampler.sampler,)), max_samples=max_samples,
-        max_evaluations=max_evaluations,
+        run.models["score"], run.model, run.sigmas, run.space, path, sampler=cfg.sampler,
+        samplers=tuple(samplers or (cfg.sampler.sampler,)), max_samples=max_samples,
+        max_evaluations=max_evaluations, seeding=cfg.evaluation.seeding, classes=classes,
     )  # fmt: skip
 
 

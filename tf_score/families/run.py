@@ -12,8 +12,17 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_score import sampling
-from tf_score.config import MAX_COUNT, ConfigError, ExperimentConfig, SamplerConfig, check_seed
+from tf_score.config import (
+    MAX_COUNT,
+    ConfigError,
+    ExperimentConfig,
+    SamplerConfig,
+    check_guidance,
+    check_labels,
+    check_seed,
+)
 from tf_score.families import score_model
+from tf_score.networks import contract
 from tf_score.sampling import budget
 
 
@@ -101,6 +110,46 @@ def _count(value, name: str, low: int, high: int = MAX_COUNT) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class Guidance:
+    """What a generation is conditioned on and how it is guided (``contract.Guided``):
+    ``labels`` (one class for all samples, one per sample, or None: unconditional), the
+    weight ``guidance``, the autoguidance model ``guide`` (a ``Run`` or a contract model;
+    None: classifier-free) and the sigma ``interval`` (lo, hi) where guidance applies."""
+
+    labels: object = None
+    guidance: float = 1.0
+    guide: object = None
+    interval: tuple | None = None
+
+    def labels_for(self, num_samples: int, num_classes: int) -> np.ndarray | None:
+        """int32 labels [num_samples] (ConfigError naming labels if they do not fit)."""
+        if self.labels is None:
+            return None
+        arr = check_labels(np.atleast_1d(np.asarray(self.labels)), num_classes)
+        if arr.ndim != 1 or len(arr) not in (1, num_samples):
+            got = arr.shape[0] if arr.ndim else 0
+            raise ConfigError(f"labels: give one class for all samples or one per sample "
+                              f"({num_samples}), got {got}")  # fmt: skip
+        return np.broadcast_to(arr, [num_samples]).copy()
+
+    def recipe(self, model):
+        """The unbound ``contract.Guided`` recipe on ``model``, or ``model`` itself when
+        nothing conditions it (ConfigError naming what does not fit)."""
+        guide = self.guide.model if isinstance(self.guide, Run) else self.guide
+        check_guidance(self.guidance, tuple(self.interval or ()))
+        if self.labels is None and guide is None:
+            if self.guidance != 1.0:
+                raise ConfigError(f"guidance={self.guidance} needs labels (classifier-free "
+                                  "guidance) or a guide model (autoguidance)")  # fmt: skip
+            return model
+        try:
+            return contract.guide(model, self.labels is not None, self.guidance, guide,
+                                  self.interval or None)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     """A generation checked before any work (``request``); ``generate_request`` runs it."""
 
@@ -111,31 +160,38 @@ class Request:
     batch_size: int
     max_evaluations: int
     cost: budget.Cost
+    #: int32 [num_samples], or None (unconditional)
+    labels: np.ndarray | None = None
 
 
 def request(
     model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
-    batch_size: int = 0, max_evaluations: int = 0,
+    batch_size: int = 0, max_evaluations: int = 0, guidance: Guidance | None = None,
+    seeding: str = "per_sample",
 ) -> Request:  # fmt: skip
     """Every check of a generation, once, before any work: the counts and the seed (ConfigError
-    naming the argument), the sampler and its options (SamplerError), memory and the work cap
-    ``max_evaluations`` (0: none; ``sampling.budget``: BudgetError)."""
+    naming the argument), the labels and guidance, the sampler and its options
+    (SamplerError), memory and the work cap ``max_evaluations`` (0: none;
+    ``sampling.budget``: BudgetError), counting what the guided model really evaluates."""
     num_samples = _count(num_samples, "num_samples", 1)
     batch_size = _count(batch_size, "batch_size", 0)
     seed = check_seed(seed)
     max_evaluations = _count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
-    made = sampling.plan(sampler.sampler, model, sigmas, sampling.options_of(sampler))
+    guidance = guidance or Guidance()
+    labels = guidance.labels_for(num_samples, int(getattr(model, "num_classes", 0) or 0))
+    made = sampling.plan(sampler.sampler, guidance.recipe(model), sigmas,
+                         sampling.options_of(sampler), seeding)  # fmt: skip
     cost = budget.check_draw(made, space, num_samples, batch_size, max_evaluations)
-    return Request(made, space, num_samples, seed, batch_size, max_evaluations, cost)
+    return Request(made, space, num_samples, seed, batch_size, max_evaluations, cost, labels)
 
 
 def generate_request(req: Request, jit: bool = False, callback=None, progress: bool = False,
                      snapshots: bool = False) -> Generated:  # fmt: skip
-    """The samples of a checked request in batches of ``req.batch_size`` (0: one batch); batch
-    b is seeded (seed, b) (``sampling.batch_seeds``); ``callback(i, sigma, x)`` sees the first
-    batch's steps, and with ``snapshots`` they are kept: the first batch's start and its chain
-    after every solver step. An adaptive solver's work is checked against the cap as it is
-    known."""
+    """The samples of a checked request in batches of ``req.batch_size`` (0: one batch); the
+    batch from sample i is seeded (seed, i) per sample, or (seed, b) for batch b
+    (``sampling.registry.SEEDINGS``); ``callback(i, sigma, x)`` sees the first batch's
+    steps, and with ``snapshots`` they are kept: the first batch's start and its chain after
+    every solver step. An adaptive solver's work is checked against the cap as it is known."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
@@ -147,15 +203,17 @@ def generate_request(req: Request, jit: bool = False, callback=None, progress: b
     starts = range(0, n, bs)
     bar = tqdm(starts, desc=name, unit="batch", disable=not progress or len(starts) < 2)
     for b, i in enumerate(bar):
-        seed = tf.constant([req.seed, b], tf.int32)
-        x0 = made.start(sampling.registry.batch_shape(min(bs, n - i), req.space), seed, req.space)
+        seed = tf.constant([req.seed, i if made.seeding == "per_sample" else b], tf.int32)
+        count = min(bs, n - i)
+        x0 = made.start(sampling.registry.batch_shape(count, req.space), seed, req.space)
         if snapshots and b == 0:
             frames.append(x0.numpy())  # the first frame: the start, before the callback's
-        out = made.run(x0, seed, callback=callback if b == 0 else None, jit=jit)
+        bind = None if req.labels is None else (tf.constant(req.labels[i : i + count]), None)
+        out = made.run(x0, seed, callback=callback if b == 0 else None, jit=jit, bind=bind)
         xs.append(out.samples.numpy())
         _check_finite(xs[-1], name, made.options, b)
         evals += float(out.num_evals) * len(xs[-1])
-        if req.max_evaluations:  # an adaptive solver's count is known only now
+        if req.max_evaluations:  # an adaptive solver's work is known only now
             done = i + len(xs[-1])
             budget.check_work(done, math.ceil(evals / done), req.cost, req.max_evaluations)
     kept = np.stack(frames) if snapshots else None
@@ -165,42 +223,56 @@ def generate_request(req: Request, jit: bool = False, callback=None, progress: b
 def generate_from(
     model, sigmas, space, num_samples: int, seed: int, sampler: SamplerConfig,
     batch_size: int = 0, jit: bool = False, callback=None, progress: bool = False,
-    max_evaluations: int = 0,
+    max_evaluations: int = 0, guidance: Guidance | None = None, seeding: str = "per_sample",
 ) -> Generated:  # fmt: skip
     """``num_samples`` from a contract ``model`` with ``sampler`` on the grid ``sigmas``
     (``request``, then ``generate_request``): refused before any work if it would not fit in
     memory, or its work exceeds ``max_evaluations`` (0: no cap)."""
-    req = request(model, sigmas, space, num_samples, seed, sampler, batch_size, max_evaluations)
+    req = request(model, sigmas, space, num_samples, seed, sampler, batch_size, max_evaluations,
+                  guidance, seeding)  # fmt: skip
     return generate_request(req, jit=jit, callback=callback, progress=progress)
 
 
 def generate(
     run: Run, num_samples: int, seed: int = 0, sampler: str | None = None, sigmas=None,
     batch_size: int = 0, jit: bool = False, snapshots: bool = False,
-    progress: bool = False, max_evaluations: int = 0, **options,
+    progress: bool = False, max_evaluations: int = 0, labels=None, guidance: float = 1.0,
+    guide=None, guidance_interval=None, seeding: str = "per_sample", **options,
 ) -> Generated:  # fmt: skip
     """Samples from a loaded score run with any registered sampler (default: the run's own,
     with its options; ``options`` override them, e.g. ``n_steps_each=10``) on the run's grid
-    (or ``sigmas``). Images are in [0, 1] before clipping; the same seed gives the samples of
-    ``run_sample.py``, the exported ``serving_default`` (served seed (seed, 0), one batch) and
-    TensorBoard. ``snapshots``: the first batch after every solver step (each level of
-    annealed Langevin), through the solver callback. ``max_evaluations``: the work cap of
-    ``request`` (``sampling.budget``; 0: none)."""
+    (or ``sigmas``). Images are in [0, 1] before clipping.
+
+    A class-conditional run draws the classes ``labels`` (one for all samples or one per
+    sample; None: unconditional) with classifier-free ``guidance`` w (1: none); ``guide``
+    (a weaker ``Run`` of the same data, or a contract model) guides by autoguidance
+    instead; ``guidance_interval`` (lo, hi): only there (``Guidance``).
+
+    ``seeding``: per_sample (sample i of seed s is the same at any ``batch_size``, in
+    ``run_sample.py``, TensorBoard and a served call seeded (s, i)) or batch (batch b seeded
+    (s, b), as runs and exports made before per-sample seeding drew). ``snapshots``: the
+    first batch after every solver step, through the solver callback. ``max_evaluations``:
+    the work cap of ``request`` (``sampling.budget``; 0: none)."""
     cfg = sampler_config(run.config.sampler, sampler, **options)
+    how = Guidance(labels, guidance, guide, guidance_interval)
     req = request(run.model, run.sigmas if sigmas is None else sigmas, run.space, num_samples,
-                  seed, cfg, batch_size, max_evaluations)  # fmt: skip
+                  seed, cfg, batch_size, max_evaluations, how, seeding)  # fmt: skip
     return generate_request(req, jit=jit, progress=progress, snapshots=snapshots)
 
 
 def inpaint(run: Run, x_obs, mask, seed: int = 0, sampler: str | None = None,
-            jit: bool = False, max_evaluations: int = 0, **options):  # fmt: skip
+            jit: bool = False, max_evaluations: int = 0, labels=None, guidance: float = 1.0,
+            seeding: str = "per_sample", **options):  # fmt: skip
     """Fill ``mask == 0`` of images ``x_obs`` in [0, 1] with any registered sampler (default:
-    the run's, with its options unless overridden). Refused before any work, as ``generate``
-    is, if it would not fit in memory or its work exceeds ``max_evaluations`` (0: no cap).
-    Returns ``SamplerOutput``."""
+    the run's, with its options unless overridden), conditioned on ``labels`` and guided as
+    ``generate`` is. Refused before any work, as ``generate`` is, if it would not fit in
+    memory or its work exceeds ``max_evaluations`` (0: no cap). Returns ``SamplerOutput``."""
     import tensorflow as tf
 
     cfg = sampler_config(run.config.sampler, sampler, **options)
-    req = request(run.model, run.sigmas, run.space, len(x_obs), seed, cfg, 0, max_evaluations)
-    return sampling.inpaint(req.plan, x_obs, mask, tf.constant([req.seed, 1], tf.int32),
-                            run.space, jit=jit)  # fmt: skip
+    req = request(run.model, run.sigmas, run.space, len(x_obs), seed, cfg, 0, max_evaluations,
+                  Guidance(labels, guidance), seeding)  # fmt: skip
+    bind = None if req.labels is None else (tf.constant(req.labels), None)
+    first = 0 if seeding == "per_sample" else 1  # the batch convention's inpainting stream
+    return sampling.inpaint(req.plan, x_obs, mask, tf.constant([req.seed, first], tf.int32),
+                            run.space, jit=jit, bind=bind)  # fmt: skip

@@ -67,8 +67,9 @@ def optimizer_fn(cfg: ExperimentConfig):
 
 
 def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
-    """``loss_fn(models, x, seed)`` of a continuous denoiser: ``losses.denoising_loss`` with
-    the configured sigma distribution, levels = the nearest grid level (for summaries)."""
+    """``loss_fn(models, batch, seed)`` of a continuous denoiser: ``losses.denoising_loss``
+    with the configured sigma distribution, levels = the nearest grid level (for summaries);
+    a class-conditional model's batch is (x, labels), trained with label dropout."""
     nc, (a, _) = cfg.noise, networks.data_scale(cfg)
 
     def sigma_fn(batch, seed):
@@ -78,8 +79,10 @@ def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
 
     levels_of = draws.nearest_level(nc.sigmas())
 
-    def loss_fn(models, x, seed):
-        loss, levels = losses.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of)
+    def loss_fn(models, batch, seed):
+        x, labels = batch if conditional(cfg) else (batch, None)
+        loss, levels = losses.denoising_loss(models[model_name], x, seed, sigma_fn, levels_of,
+                                             labels, cfg.loss.label_dropout)  # fmt: skip
         return LossOutput(loss, levels)
 
     return loss_fn
@@ -111,6 +114,11 @@ def network_fn(cfg: ExperimentConfig, data_shape=None):
     networks.get(cfg.network.network)  # registered: an error now, not when built
     shape = tuple(data_shape or cfg.data.data_shape or (2,))
     return lambda: networks.build(cfg, shape)
+
+
+def conditional(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` trains a class-conditional model (``num_classes`` > 0)."""
+    return cfg.data.num_classes > 0
 
 
 def is_continuous(cfg: ExperimentConfig) -> bool:
@@ -164,25 +172,38 @@ def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, .
     return tuple(float(v) for v in np.atleast_1d(total / max(count, 1)))
 
 
+def class_labels(num_classes: int, per_class: int) -> np.ndarray:
+    """int32 labels 0 .. num_classes - 1, each repeated ``per_class`` times in a row: a grid
+    of ``per_class`` columns then has one row per class."""
+    return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+
 def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
     """TensorBoard samples from the EMA network: the run's sampler, seeded like
-    ``api.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws."""
+    ``api.generate(run, num_samples, seed=cfg.seed)``, so the grid is what the API draws. A
+    class-conditional model's image grid has one row per class (``num_samples`` columns at
+    most 8), conditioned without guidance."""
     name, space = cfg.sampler.sampler, sample_space(cfg, data_shape)
+    classes = cfg.data.num_classes
+    per_class = min(num_samples, 8) if classes and not cfg.data.is_toy else 0
+    labels = class_labels(classes, per_class) if per_class else None
     models = {}  # one contract model per network: a new one per call would retrace
 
     def image_summaries(ema_models, step):
         net = ema_models["score"]
         if id(net) not in models:
-            models[id(net)] = score_model(cfg, net)
+            model = score_model(cfg, net)
+            models[id(net)] = model.conditioned(labels) if per_class else model
+        n = len(labels) if per_class else num_samples
         out = sampling.draw(
-            name, models[id(net)], cfg.noise.sigmas(), num_samples, cfg.seed, space,
+            name, models[id(net)], cfg.noise.sigmas(), n, cfg.seed, space,
             **sampling.options_of(cfg.sampler),
         )  # fmt: skip
         x = out.samples.numpy()
         if cfg.data.is_toy:
             png = plotting.scatter_panels({f"{name}, step {step}": x}, space.data_range[1], dpi=80)
             return {f"samples/{name}": plotting.png_to_array(png)}
-        return {f"samples/{name}": plotting.image_grid(x)}
+        return {f"samples/{name}": plotting.image_grid(x, ncols=per_class or None)}
 
     return image_summaries
 
@@ -196,7 +217,8 @@ def toy_bundle(cfg: ExperimentConfig, num_summary_samples: int = 512) -> ModelBu
 
     def dataset_fn(global_batch, ctx, start_step):
         share = data.batch_share(global_batch, ctx)
-        return data.toy_dataset(toy, global_batch, stream_seed, start_step, share)
+        return data.toy_dataset(toy, global_batch, stream_seed, start_step, share,
+                                labelled=conditional(cfg))  # fmt: skip
 
     return ModelBundle(
         model_fns={"score": network_fn(cfg, (2,))},
@@ -260,6 +282,6 @@ def bundle(cfg: ExperimentConfig):
     """(bundle, data shape) of a score-model experiment; image data are loaded here."""
     if cfg.data.is_toy:
         return toy_bundle(cfg), (2,)
-    images, shape, flip, cache = data.load_training_images(cfg.data)
+    images, shape, flip, cache = data.load_training_images(cfg.data, labels=conditional(cfg))
     check_images(cfg, shape, data.count_examples(images) if cache else None)
     return image_bundle(cfg, images, shape, random_flip=flip, cache=cache), tuple(shape)

@@ -14,16 +14,26 @@ def loss_weight(sigma, sigma_data: float, parameterization: str = "edm"):
     return (tf.square(sigma) + sigma_data**2) / tf.square(sigma * sigma_data)
 
 
-def denoising_loss(denoiser, x, seed, sigma_fn, levels_of=None):
+def denoising_loss(denoiser, x, seed, sigma_fn, levels_of=None, labels=None,
+                   label_dropout: float = 0.0):  # fmt: skip
     """Per-example lambda(sigma) ||D(x + sigma n; sigma) - x||^2 in the network's scale,
     sigma = ``sigma_fn(batch, seed)``; also the level index of each sigma (``levels_of``)
-    for per-level summaries. Returns (loss [B], levels [B] or None)."""
+    for per-level summaries. A class-conditional denoiser gets ``labels`` [B], each replaced
+    by "no label" (index ``denoiser.num_classes``) with probability ``label_dropout``.
+    Returns (loss [B], levels [B] or None)."""
     s_seed, n_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
     x = tf.convert_to_tensor(x, tf.float32)
     sigma = sigma_fn(tf.shape(x)[0], s_seed)
     sb = tf.reshape(sigma, [-1] + [1] * (x.shape.rank - 1))
     noise = tf.random.stateless_normal(tf.shape(x), n_seed, alg="philox")
-    d = tf.cast(denoiser(x + sb * noise, sigma, training=True), tf.float32)
+    if labels is None:
+        d = denoiser(x + sb * noise, sigma, training=True)
+    else:
+        drop_seed = tf.random.experimental.stateless_fold_in(seed, 2, alg="philox")
+        dropped = tf.random.stateless_uniform(tf.shape(labels), drop_seed) < label_dropout
+        labels = tf.where(dropped, denoiser.num_classes, tf.cast(labels, tf.int32))
+        d = denoiser(x + sb * noise, sigma, training=True, labels=labels)
+    d = tf.cast(d, tf.float32)
     a = denoiser.data_scale
     err = tf.reduce_sum(tf.reshape(tf.square(a * (d - x)), [tf.shape(x)[0], -1]), axis=1)
     w = loss_weight(a * sigma, denoiser.sigma_data, denoiser.parameterization)

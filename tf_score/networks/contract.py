@@ -12,6 +12,11 @@ wrapped by ``LevelScoreModel``, which maps sigma onto those levels, the way k-di
 
 ``network_calls(off_grid)`` is the cost of one contract call in network evaluations: 1 for a
 continuous model; for a level-conditioned one 1 at its levels and 2 between them.
+
+A class-conditional model (``num_classes`` > 0) also takes ``denoise(x, sigma, labels)``
+with labels int32 [B], index ``num_classes`` meaning "no label". ``conditioned(model,
+labels, guidance=w)`` (``Guided``) is the view of it that solvers call: conditioned on the
+labels, guided (classifier-free, autoguidance), answering ``denoise(x, sigma)`` again.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class ScoreModel:
         del off_grid
         return 1
 
+    def conditioned(self, labels=None, guidance=1.0, **kwargs):
+        """This model conditioned on ``labels`` and guided (``conditioned``)."""
+        return conditioned(self, labels, guidance, **kwargs)
+
 
 class ScoreFunction(ScoreModel):
     """The contract around a callable ``score_fn(x, sigma [B]) -> s`` (an exact score)."""
@@ -63,6 +72,20 @@ class ScoreFunction(ScoreModel):
     def score(self, x, sigma) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
         return tf.cast(self._fn(x, per_example_sigma(x, sigma)), tf.float32)
+
+
+class DenoiserFunction(ScoreModel):
+    """The contract around a callable ``denoise_fn(x, sigma [B], labels=None)`` (an exact
+    denoiser), class-conditional when ``num_classes`` > 0."""
+
+    def __init__(self, denoise_fn: Callable, num_classes: int = 0, name: str = "denoiser"):
+        self._fn, self.num_classes, self.name = denoise_fn, int(num_classes), name
+
+    def denoise(self, x, sigma, labels=None) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
+        sigma = per_example_sigma(x, sigma)
+        out = self._fn(x, sigma) if labels is None else self._fn(x, sigma, labels)
+        return tf.cast(out, tf.float32)
 
 
 class LevelScoreModel(ScoreModel):
@@ -146,3 +169,148 @@ def grid_on_levels(model, sigmas) -> bool:
         return True
     sig = np.asarray(sigmas, np.float32)
     return bool(np.all(np.isin(sig, np.asarray(levels, np.float32))))
+
+
+# --- conditioning and guidance ---------------------------------------------------------------
+
+
+def denoise_with(model, x, sigma, labels=None) -> tf.Tensor:
+    """``model.denoise(x, sigma)``, given ``labels`` [B] when there are some (a model that
+    takes none is called without: an unconditional model)."""
+    if labels is None:
+        return tf.cast(model.denoise(x, sigma), tf.float32)
+    return tf.cast(model.denoise(x, sigma, labels), tf.float32)
+
+
+class Guided(ScoreModel):
+    """A model conditioned on class labels and guided, answering ``denoise(x, sigma)`` as
+    every solver calls it, with guidance weight w:
+
+    * classifier-free (Ho & Salimans 2022): D = D_u + w (D_c - D_u), D_c conditioned on the
+      labels and D_u on "no label" (one network trained with label dropout); w = 1 is the
+      conditional model, w = 0 the unconditional one. The two go through the network as one
+      batch of 2B;
+    * autoguidance (Karras et al. 2024): D = D_weak + w (D - D_weak) with ``weak`` a worse
+      model of the same data (smaller, trained shorter, a short post-hoc EMA), conditioned
+      on the same labels (or none);
+    * a guidance ``interval`` (lo, hi) (Kynkaanniemi et al. 2024): w where lo <= sigma <= hi,
+      1 (no guidance) elsewhere.
+
+    Built unbound (a recipe: ``labelled``, a Python ``guidance`` or None for a tensor given
+    when bound); ``bind(labels, guidance)`` gives the view a solver calls. A recipe made once
+    and bound inside a compiled draw (``sampling.Plan.run``) traces once for all batches.
+    """
+
+    def __init__(self, model, labelled: bool, guidance=1.0, weak=None, interval=None):
+        self.model, self.weak, self.labelled = model, weak, bool(labelled)
+        self.guidance = None if guidance is None else float(guidance)
+        self.interval = None if interval is None else tuple(float(v) for v in interval)
+        self.levels = getattr(model, "levels", None)
+        self.labels, self.weight = None, self.guidance
+
+    def bind(self, labels=None, guidance=None) -> Guided:
+        """The view of this recipe for ``labels`` int32 [B] (if labelled) and the weight
+        ``guidance`` (a tensor; only when the recipe's is None)."""
+        view = Guided(self.model, self.labelled, self.guidance, self.weak, self.interval)
+        view.labels = None if labels is None else tf.cast(labels, tf.int32)
+        view.weight = self.guidance if self.guidance is not None else guidance
+        if (view.labels is None) == self.labelled or view.weight is None:
+            raise ValueError("bind the labels (if labelled) and the weight (if not fixed)")
+        return view
+
+    def _fixed(self):
+        """The one model a fixed weight needs alone (w = 1: the guided one, w = 0: the
+        reference), or None when both are evaluated."""
+        if self.interval is not None or self.guidance not in (0.0, 1.0):
+            return None
+        return "reference" if self.guidance == 0.0 else "guided"
+
+    def network_calls(self, off_grid: bool = True) -> int:
+        """What one call costs: both models' evaluations (2 for classifier-free guidance)
+        unless a fixed weight of 0 or 1 needs only one."""
+        own = self.model.network_calls(off_grid)
+        if self.weak is None and not self.labelled:
+            return own
+        ref = own if self.weak is None else self.weak.network_calls(off_grid)
+        return {"guided": own, "reference": ref}.get(self._fixed(), own + ref)
+
+    def at_levels(self) -> Guided:
+        """This view on a level-conditioned model's at-levels views (``LevelScoreModel``)."""
+        if not hasattr(self.model, "at_levels"):
+            return self
+        weak = self.weak.at_levels() if self.weak is not None else None
+        view = Guided(self.model.at_levels(), self.labelled, self.guidance, weak, self.interval)
+        view.labels, view.weight = self.labels, self.weight
+        return view
+
+    def _pair(self, x, sigma):
+        """(guided D, reference D) at x [B, ...], sigma [B]."""
+        if self.weak is not None:
+            return (denoise_with(self.model, x, sigma, self.labels),
+                    denoise_with(self.weak, x, sigma, self.labels))  # fmt: skip
+        batch = tf.shape(x)[0]
+        none = tf.fill([batch], tf.constant(self.model.num_classes, tf.int32))
+        both = denoise_with(self.model, tf.concat([x, x], 0), tf.concat([sigma, sigma], 0),
+                            tf.concat([self.labels, none], 0))  # fmt: skip
+        return both[:batch], both[batch:]
+
+    def denoise(self, x, sigma) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
+        sigma = per_example_sigma(x, sigma)
+        if self.weak is None and not self.labelled:
+            return denoise_with(self.model, x, sigma)
+        fixed = self._fixed()
+        if fixed == "guided":
+            return denoise_with(self.model, x, sigma, self.labels)
+        if fixed == "reference":
+            return (denoise_with(self.model, x, sigma) if self.weak is None
+                    else denoise_with(self.weak, x, sigma, self.labels))  # fmt: skip
+        d, d_ref = self._pair(x, sigma)
+        w = tf.broadcast_to(tf.cast(self.weight, tf.float32), tf.shape(sigma))
+        if self.interval is not None:
+            lo, hi = self.interval
+            w = tf.where((sigma >= lo) & (sigma <= hi), w, tf.ones_like(w))
+        return d_ref + expand_like(w, x) * (d - d_ref)
+
+
+def unguided(model):
+    """The model a ``Guided`` view guides (itself if it is none): whose network one
+    evaluation runs."""
+    while isinstance(model, Guided):
+        model = model.model
+    return model
+
+
+def conditioned(model, labels=None, guidance=1.0, weak=None, interval=None) -> Guided:
+    """``model`` conditioned on ``labels`` [B] (None: unconditional) and guided with weight
+    ``guidance``: classifier-free, or autoguidance by ``weak`` (see ``Guided``); a view
+    every solver runs, e.g. ``sampling.draw(name, conditioned(m, y, 2.0), ...)``."""
+    recipe = guide(model, labels is not None, guidance, weak, interval)
+    return recipe.bind(labels, None)
+
+
+def guide(model, labelled: bool, guidance=1.0, weak=None, interval=None) -> Guided:
+    """The unbound ``Guided`` recipe (``guidance`` None: a weight given when bound), or
+    ValueError naming what does not fit: labels for an unconditional model, guidance with
+    neither labels nor a weak model, a weak model on other levels, a reversed interval."""
+    classes = int(getattr(model, "num_classes", 0) or 0)
+    if labelled and not classes:
+        raise ValueError("labels: the model is unconditional (trained with num_classes=0)")
+    if weak is None and not labelled and guidance not in (None, 1.0):
+        raise ValueError(f"guidance={guidance} needs labels (classifier-free) or a weak "
+                         "model (autoguidance)")  # fmt: skip
+    if weak is not None:
+        if labelled and int(getattr(weak, "num_classes", 0) or 0) != classes:
+            raise ValueError("the weak model of autoguidance must take the same labels")
+        levels, weak_levels = getattr(model, "levels", None), getattr(weak, "levels", None)
+        if (levels is None) != (weak_levels is None) or (
+            levels is not None and not np.array_equal(levels, weak_levels)
+        ):
+            raise ValueError("the weak model of autoguidance must be on the model's levels")
+    if interval is not None:
+        lo, hi = (float(v) for v in interval)
+        if not (0.0 <= lo <= hi and np.isfinite(hi)):
+            raise ValueError(f"guidance interval must be 0 <= lo <= hi < inf, got {interval}")
+    if guidance is not None and not np.isfinite(float(guidance)):
+        raise ValueError(f"guidance must be finite, got {guidance}")
+    return Guided(model, labelled, guidance, weak, interval)

@@ -18,7 +18,8 @@ from tf_score.networks.preconditioning import Denoiser
 @keras.saving.register_keras_serializable(package="tf_score")
 class NoiseEmbedding(keras.layers.Layer):
     """c_noise [B] -> [B, dim]: sin/cos at ``dim / 2`` geometric frequencies 1 .. 1000, then
-    Dense -> SiLU -> Dense."""
+    Dense -> SiLU -> Dense; a class-conditional model's class embedding is added before the
+    SiLU (as EDM adds its label map to the noise map)."""
 
     def __init__(self, dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -32,10 +33,14 @@ class NoiseEmbedding(keras.layers.Layer):
         self.dense1.build((None, 2 * len(self._freqs)))
         self.dense2.build((None, self.dim))
 
-    def call(self, c_noise):
+    def call(self, c_noise, extra=None):
+        """``extra`` [B, dim] (a class embedding) joins the first layer's output."""
         angles = tf.cast(c_noise, tf.float32)[:, None] * tf.constant(self._freqs)[None, :]
         feats = tf.cast(tf.concat([tf.sin(angles), tf.cos(angles)], 1), self.compute_dtype)
-        return self.dense2(keras.activations.silu(self.dense1(feats)))
+        h = self.dense1(feats)
+        if extra is not None:
+            h = h + tf.cast(extra, h.dtype)
+        return self.dense2(keras.activations.silu(h))
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim}
@@ -126,8 +131,27 @@ class FiLMResBlock(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters}
 
 
+class EmbeddedDenoiser(Denoiser):
+    """A denoiser whose raw network is driven by a noise embedding (``NoiseEmbedding``), and
+    for a class-conditional one (``num_classes`` > 0) by a class embedding joined to it: one
+    row per class and a last row, index ``num_classes``, for "no label"."""
+
+    def make_embedding(self, width: int) -> None:
+        dt = self.dtype_policy
+        self.embed = NoiseEmbedding(width, dtype=dt, name="embed")
+        if self.num_classes:
+            self.class_embed = keras.layers.Embedding(
+                self.num_classes + 1, width, dtype=dt, name="class_embed"
+            )
+
+    def embedding(self, c_noise, labels):
+        """The noise embedding of c_noise [B], joined by the class embedding of labels [B]."""
+        extra = self.class_embed(labels) if self.num_classes else None
+        return self.embed(c_noise, extra)
+
+
 @keras.saving.register_keras_serializable(package="tf_score")
-class EDMUNet(Denoiser):
+class EDMUNet(EmbeddedDenoiser):
     """An image denoiser: a U-Net of FiLM residual blocks (``num_blocks`` per stage at
     ``ngf * mult`` channels, 2x2 mean pool down, nearest up, additive skips)."""
 
@@ -139,7 +163,7 @@ class EDMUNet(Denoiser):
         check_spatial(self.data_shape, stage_factor(self.channel_mults),
                       f"{len(self.channel_mults)} stages (channel_mults)")  # fmt: skip
         dt = self.dtype_policy
-        self.embed = NoiseEmbedding(4 * self.ngf, dtype=dt, name="embed")
+        self.make_embedding(4 * self.ngf)
         self.begin_conv = keras.layers.Conv2D(self.ngf, 3, padding="same", dtype=dt, name="begin")
         for s, mult in enumerate(self.channel_mults):
             for b in range(self.num_blocks):
@@ -153,8 +177,8 @@ class EDMUNet(Denoiser):
         self.out_norm = GroupNorm(_groups(self.ngf), dtype=dt, name="norm")
         self.end_conv = keras.layers.Conv2D(self.data_shape[-1], 3, padding="same", dtype=dt)
 
-    def raw(self, y_in, c_noise, training=False):
-        emb = self.embed(c_noise)
+    def raw(self, y_in, c_noise, labels=None, training=False):
+        emb = self.embedding(c_noise, labels)
         h = self.begin_conv(y_in)
         skips, n = [], len(self.channel_mults)
         for s in range(n):
@@ -181,7 +205,7 @@ class EDMUNet(Denoiser):
 
 
 @keras.saving.register_keras_serializable(package="tf_score")
-class EDMMLP(Denoiser):
+class EDMMLP(EmbeddedDenoiser):
     """A low-dimensional denoiser: MLP whose hidden layers add the noise embedding (width
     ``embed_dim``, 0: the first hidden width). The embedding depends on sigma only, yet is
     computed per example: at equal widths its MLP and projections cost 2.5x the hidden
@@ -195,15 +219,14 @@ class EDMMLP(Denoiser):
         self.embed_dim = int(embed_dim)
         self._act = keras.activations.get(activation)
         dt = self.dtype_policy
-        width = self.embed_dim or self.hidden_units[0]
-        self.embed = NoiseEmbedding(width, dtype=dt, name="embed")
+        self.make_embedding(self.embed_dim or self.hidden_units[0])
         for i, u in enumerate(self.hidden_units):
             setattr(self, f"hidden_{i}", keras.layers.Dense(u, dtype=dt, name=f"hidden_{i}"))
             setattr(self, f"emb_{i}", keras.layers.Dense(u, dtype=dt, name=f"emb_{i}"))
         self.out = keras.layers.Dense(self.data_shape[0], dtype=dt, name="out")
 
-    def raw(self, y_in, c_noise, training=False):
-        emb = self.embed(c_noise)
+    def raw(self, y_in, c_noise, labels=None, training=False):
+        emb = self.embedding(c_noise, labels)
         h = y_in
         for i in range(len(self.hidden_units)):
             h = self._act(getattr(self, f"hidden_{i}")(h) + getattr(self, f"emb_{i}")(emb))

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tf_score.config import PARAMETERIZATIONS
+from tf_score.networks import contract
 
 
 def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):
@@ -36,8 +37,10 @@ def preconditioning(sigma, sigma_data: float, parameterization: str = "edm"):
 
 class Denoiser(keras.Model):
     """Base of D(x; sigma) with EDM (or NCSNv2) preconditioning around a raw network
-    ``self.raw(y_in, c_noise)`` that subclasses build. ``call(x, sigma)`` and ``score(x,
-    sigma)`` take data-unit x [B, ...] and sigma [B]; outputs are float32."""
+    ``self.raw(y_in, c_noise)`` that subclasses build (a class-conditional one, ``num_classes``
+    > 0, is also given ``labels=`` int32 [B], index ``num_classes`` for "no label").
+    ``call(x, sigma)`` and ``score(x, sigma)`` take data-unit x [B, ...] and sigma [B];
+    outputs are float32."""
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class Denoiser(keras.Model):
         data_scale: float = 1.0,
         data_shift: float = 0.0,
         parameterization: str = "edm",
+        num_classes: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,24 +60,38 @@ class Denoiser(keras.Model):
         self.data_scale = float(data_scale)
         self.data_shift = float(data_shift)
         self.parameterization = parameterization
+        self.num_classes = int(num_classes)
 
     def build(self, input_shape=None):
         self.call(tf.zeros((1, *self.data_shape)), tf.ones([1]))
         self.built = True
 
-    def raw(self, y_in, c_noise, training=False):
+    def raw(self, y_in, c_noise, labels=None, training=False):
         raise NotImplementedError
 
-    def call(self, x, sigma, training=False):
+    def call(self, x, sigma, training=False, labels=None):
         x = tf.cast(x, tf.float32)
         sigma = tf.cast(sigma, tf.float32)
         a, b = self.data_scale, self.data_shift
         y, s = a * x + b, a * sigma
         *coeffs, c_noise = preconditioning(s, self.sigma_data, self.parameterization)
         c_skip, c_out, c_in = (tf.reshape(c, [-1] + [1] * len(self.data_shape)) for c in coeffs)
-        f = self.raw(tf.cast(c_in * y, self.compute_dtype), c_noise, training=training)
+        labels = self.label_input(labels, tf.shape(x)[0])
+        given = {} if labels is None else {"labels": labels}  # a raw of no labels: unconditional
+        f = self.raw(tf.cast(c_in * y, self.compute_dtype), c_noise, training=training, **given)
         d_y = c_skip * y + c_out * tf.cast(f, tf.float32)
         return (d_y - b) / a
+
+    def label_input(self, labels, batch):
+        """labels int32 [B] for the network: None is "no label" (index ``num_classes``) for a
+        class-conditional model; an unconditional one takes none (ValueError)."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError(f"{self.name} is unconditional (num_classes=0): no labels")
+            return None
+        if labels is None:
+            return tf.fill([batch], tf.constant(self.num_classes, tf.int32))
+        return tf.broadcast_to(tf.cast(labels, tf.int32), [batch])
 
     #: a continuous model: defined at every sigma (``networks.contract``)
     levels = None
@@ -82,17 +100,22 @@ class Denoiser(keras.Model):
         del off_grid
         return 1
 
-    def denoise(self, x, sigma):
-        """D(x; sigma), sigma per example [B] or a scalar (the model contract)."""
-        return self(x, tf.broadcast_to(tf.cast(sigma, tf.float32), [tf.shape(x)[0]]))
+    def denoise(self, x, sigma, labels=None):
+        """D(x; sigma), sigma per example [B] or a scalar (the model contract); ``labels``
+        [B] (a class-conditional model; None: unconditional)."""
+        return self(x, tf.broadcast_to(tf.cast(sigma, tf.float32), [tf.shape(x)[0]]), labels=labels)
 
-    def score(self, x, sigma):
+    def score(self, x, sigma, labels=None):
         """grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (Tweedie)."""
         sigma = tf.broadcast_to(tf.cast(sigma, tf.float32), [tf.shape(x)[0]])
-        d = self(x, sigma)
+        d = self(x, sigma, labels=labels)
         return (d - tf.cast(x, tf.float32)) / tf.reshape(
             tf.square(sigma), [-1] + [1] * len(self.data_shape)
         )
+
+    def conditioned(self, labels=None, guidance=1.0, **kwargs):
+        """This model conditioned on ``labels`` and guided (``contract.conditioned``)."""
+        return contract.conditioned(self, labels, guidance, **kwargs)
 
     def get_config(self):
         return {
@@ -102,4 +125,5 @@ class Denoiser(keras.Model):
             "data_scale": self.data_scale,
             "data_shift": self.data_shift,
             "parameterization": self.parameterization,
+            "num_classes": self.num_classes,
         }

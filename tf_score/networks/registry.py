@@ -40,6 +40,8 @@ class NetworkSpec:
     continuous: bool
     #: cfg -> what image height and width must be divisible by
     spatial_factor: Callable[[ExperimentConfig], int] = lambda cfg: 1
+    #: takes class labels (built with ``num_classes``): a class-conditional model
+    conditional: bool = False
 
 
 def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:
@@ -50,7 +52,8 @@ def data_scale(cfg: ExperimentConfig) -> tuple[float, float]:
 def _denoiser_kwargs(cfg: ExperimentConfig) -> dict:
     a, b = data_scale(cfg)
     return dict(sigma_data=cfg.noise.sigma_data, data_scale=a, data_shift=b,
-                parameterization=cfg.noise.parameterization, name="score")  # fmt: skip
+                parameterization=cfg.noise.parameterization,
+                num_classes=cfg.data.num_classes, name="score")  # fmt: skip
 
 
 def _built(model):
@@ -133,8 +136,8 @@ for _spec in (
                 lambda c: stage_factor(c.network.channel_mults)),
     NetworkSpec("refinenet", _refinenet, "images", False,
                 lambda c: CondRefineNetDilated.SPATIAL_FACTOR),
-    NetworkSpec("edm_mlp", _edm_mlp, "points", continuous=True),
+    NetworkSpec("edm_mlp", _edm_mlp, "points", continuous=True, conditional=True),
     NetworkSpec("edm_unet", _edm_unet, "images", True,
-                lambda c: stage_factor(c.network.channel_mults)),
+                lambda c: stage_factor(c.network.channel_mults), conditional=True),
 ):  # fmt: skip
     register(_spec, replace=True, builtin=True)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tf_score.networks import contract
 from tf_score.sampling import registry
 from tf_score.sampling.registry import SamplerError
 
@@ -110,7 +111,9 @@ _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def network_cost(model, shape) -> Cost:
     """The cost of one network evaluation of a contract ``model`` on one example of ``shape``
-    (a level-conditioned model at one of its levels; measured once per model)."""
+    (a level-conditioned model at one of its levels; a guided model's own network: the
+    evaluations count both of guidance's; measured once per model)."""
+    model = contract.unguided(model)
     view = model.at_levels() if hasattr(model, "at_levels") else model  # one key per network
     if view not in _COSTS:
         specs = (tf.TensorSpec([1, *shape], tf.float32), tf.TensorSpec([1], tf.float32))

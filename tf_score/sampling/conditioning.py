@@ -28,8 +28,7 @@ class Inpainted(ScoreModel):
 
     def clamp(self, x, sigma):
         bits = tf.bitcast(tf.cast(sigma[0], tf.float32), tf.int32)
-        z_seed = tf.random.experimental.stateless_fold_in(self.seed, bits, alg="philox")
-        z = tf.random.stateless_normal(tf.shape(self.x_obs), z_seed, alg="philox")
+        z = registry.normal(tf.shape(self.x_obs), registry.fold(self.seed, bits))
         observed = self.x_obs + expand_like(sigma, x) * z
         return self.mask * observed + (1.0 - self.mask) * x
 
@@ -42,15 +41,17 @@ class Inpainted(ScoreModel):
         return self.model.network_calls(off_grid)
 
 
-def inpaint(made: registry.Plan, x_obs, mask, seed, space, jit=False):
+def inpaint(made: registry.Plan, x_obs, mask, seed, space, jit=False, bind=None):
     """Fill ``mask == 0`` of ``x_obs`` [B, ...] by the draw ``made`` (``registry.plan``: the
-    solver, its options, the grid, the model), seeded by ``registry.batch_seeds(seed)`` as
-    ``registry.draw`` is. Returns ``SamplerOutput``."""
+    solver, its options, the grid, the model), seeded by ``made.seeds(seed)`` as
+    ``registry.draw`` is; ``bind``: the labels (and weight) of a ``contract.Guided`` model.
+    Returns ``SamplerOutput``."""
     x_obs = tf.convert_to_tensor(x_obs, tf.float32)
     mask = tf.cast(tf.broadcast_to(mask, tf.shape(x_obs)), tf.float32)
-    _, chain_seed = registry.batch_seeds(seed)
-    obs_seed = tf.random.experimental.stateless_fold_in(chain_seed, -1, alg="philox")
+    _, chain_seed = made.seeds(seed)
+    obs_seed = registry.fold(chain_seed, -1)
     x0 = mask * x_obs + (1.0 - mask) * made.start(tf.shape(x_obs), seed, space)
-    wrapped = Inpainted(made.model, x_obs, mask, obs_seed)
+    model = made.model if bind is None else made.model.bind(*bind)
+    wrapped = Inpainted(model, x_obs, mask, obs_seed)
     out = made.run(x0, seed, jit=jit, model=wrapped)
     return registry.SamplerOutput(mask * x_obs + (1.0 - mask) * out.samples, out.num_evals)

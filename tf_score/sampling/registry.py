@@ -296,7 +296,7 @@ def uniform_start(shape, seed, sigmas, space: SampleSpace) -> tf.Tensor:
     """x0 ~ U[low, high]^shape on the data's range (NCSN starts from U[0, 1] images)."""
     del sigmas
     low, high = space.data_range
-    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high, alg="philox")
+    return uniform(shape, seed, low, high)
 
 
 def perturbed_start(shape, seed, sigmas, space: SampleSpace) -> tf.Tensor:
@@ -305,28 +305,104 @@ def perturbed_start(shape, seed, sigmas, space: SampleSpace) -> tf.Tensor:
     without mixing, so its centre matters: a start 3 units off the two-mode toy's mean moves
     its mode weight from 0.80 to 0.79 at sigma_1 = 80 and to 0.75 at 20, even with the exact
     score. The same z for either u."""
-    s_u, s_z = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox"))
+    s_u, s_z = split(seed)
     if space.data_mean is None:
         u = uniform_start(shape, s_u, sigmas, space)
     else:
         u = tf.constant(np.asarray(space.data_mean, np.float32))
     sigma_1 = tf.cast(sigmas, tf.float32)[0]
-    return u + sigma_1 * tf.random.stateless_normal(shape, s_z, alg="philox")
+    return u + sigma_1 * normal(shape, s_z)
 
 
 STARTS = {"uniform": uniform_start, "perturbed": perturbed_start}
 
+# --- seeds: one draw per batch, or one stream per sample ---------------------------------------
+#
+# A solver's seed is a stateless pair [2] (the batch convention: one draw of the whole batch)
+# or a triple [3] (per sample: a key pair and the index of the batch's first sample; row r of
+# every draw is sample first + r's own, Philox counters from that index, so a sample does not
+# depend on the batch it is drawn in). ``fold``, ``split``, ``normal`` and ``uniform`` take
+# either; the solvers draw through them (``solvers.step_noise``).
+
+#: Philox in TensorFlow's RNG algorithm numbering (the stateless V2 ops)
+_PHILOX = 1
+
+
+def fold(seed, k):
+    """``seed`` folded with ``k`` (a per-sample seed keeps its first-sample index)."""
+    seed = tf.convert_to_tensor(seed)
+    folded = tf.random.experimental.stateless_fold_in(seed[:2], k, alg="philox")
+    return folded if seed.shape[0] == 2 else tf.concat([folded, seed[2:]], 0)
+
+
+def split(seed):
+    """Two independent seeds from ``seed`` (the batch convention's split, kept bit for bit)."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape[0] == 2:
+        return tuple(tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg="philox")))
+    return fold(seed, 0), fold(seed, 1)
+
+
+def _rows(op, shape, seed):
+    """A draw of ``shape`` [N, ...] whose row r comes from Philox counters that start at
+    (first + r) x the row's length in 4-value blocks: the rows of any split are the same."""
+    shape = tf.cast(shape, tf.int32)
+    d = tf.reduce_prod(shape[1:])
+    d4 = (d + 3) // 4 * 4
+    key, _ = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed[:2])
+    start = tf.cast(seed[2], tf.uint64) * tf.cast(d4 // 4, tf.uint64)
+    counter = tf.stack([start, tf.constant(0, tf.uint64)])
+    flat = op(shape=tf.stack([shape[0], d4]), key=key, counter=counter, alg=_PHILOX)
+    return tf.reshape(flat[:, :d], shape)
+
+
+def normal(shape, seed) -> tf.Tensor:
+    """z ~ N(0, I) of ``shape`` from a batch seed [2] or a per-sample seed [3]."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape[0] == 2:
+        return tf.random.stateless_normal(shape, seed, alg="philox")
+    return _rows(tf.raw_ops.StatelessRandomNormalV2, shape, seed)
+
+
+def uniform(shape, seed, low=0.0, high=1.0) -> tf.Tensor:
+    """U[low, high) of ``shape`` from a batch seed [2] or a per-sample seed [3]."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape[0] == 2:
+        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, alg="philox")
+    return low + (high - low) * _rows(tf.raw_ops.StatelessRandomUniformV2, shape, seed)
+
 
 def batch_seeds(seed, batch_index=0):
-    """The seeding convention of every generation path (library, CLI, export, TensorBoard):
-    batch b of a run seeded s uses the pair (s, b); its start x0 is drawn from
+    """The batch convention (``seeding=batch``, every generation path before per-sample
+    seeding): batch b of a run seeded s uses the pair (s, b); its start x0 is drawn from
     fold_in((s, b), 0) and its chain from fold_in((s, b), 1). A served ``seed`` input is the
     pair itself, so serving (s, 0) equals the first batch of seed s."""
     pair = tf.cast(seed, tf.int32)
     if pair.shape.rank == 0:
         pair = tf.stack([pair, tf.cast(batch_index, tf.int32)])
-    fold = tf.random.experimental.stateless_fold_in
-    return fold(pair, 0, alg="philox"), fold(pair, 1, alg="philox")
+    fold_in = tf.random.experimental.stateless_fold_in
+    return fold_in(pair, 0, alg="philox"), fold_in(pair, 1, alg="philox")
+
+
+#: a stream constant of the per-sample seeds (the batch convention's keys are (s, b))
+_PER_SAMPLE = 0x5EED
+
+
+def sample_seeds(seed, first=0):
+    """The per-sample convention (``seeding=per_sample``): sample i of a run seeded s is drawn
+    from keys fold_in((s, 0x5EED), 0) (start) and fold_in((s, 0x5EED), 1) (chain) at row
+    index i, whatever batch or served call it is in. ``seed`` is s, or the pair (s, first) a
+    served call takes: its samples are first, first + 1, ... of seed s."""
+    pair = tf.cast(seed, tf.int32)
+    if pair.shape.rank == 0:
+        pair = tf.stack([pair, tf.cast(first, tf.int32)])
+    key = tf.stack([pair[0], tf.constant(_PER_SAMPLE, tf.int32)])
+    fold_in = tf.random.experimental.stateless_fold_in
+    return tuple(tf.concat([fold_in(key, k, alg="philox"), pair[1:]], 0) for k in (0, 1))
+
+
+#: how a generation's seed gives its samples' seeds (``config.SEEDINGS``)
+SEEDINGS = {"per_sample": sample_seeds, "batch": batch_seeds}
 
 
 #: the most network evaluations one sample may take (the solvers count them in int32)
@@ -350,16 +426,27 @@ class Plan:
     #: network evaluations per sample, known before the draw (None: adaptive, known after); a
     #: float64 tensor when an option is one (served), so that no count wraps
     evaluations: object = None
+    #: how ``seed`` gives the samples' seeds: per_sample (``sample_seeds``: a batch's seed is
+    #: (s, index of its first sample)) or batch (``batch_seeds``: (s, batch index))
+    seeding: str = "per_sample"
+
+    def seeds(self, seed):
+        """(start seed, chain seed) of a batch seeded ``seed`` (``SEEDINGS[self.seeding]``)."""
+        return SEEDINGS[self.seeding](seed)
 
     def start(self, shape, seed, space: SampleSpace) -> tf.Tensor:
-        """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``batch_seeds``)."""
-        init_seed, _ = batch_seeds(seed)
+        """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``seeds``)."""
+        init_seed, _ = self.seeds(seed)
         return STARTS[self.entry.start](shape, init_seed, tf.constant(self.grid), space)
 
-    def run(self, x0, seed, callback=None, jit: bool = False, model=None) -> SamplerOutput:
-        """The solver from ``x0``, its chain seeded by ``batch_seeds(seed)``; ``model``: a view
-        of ``self.model`` to call instead (conditioning). ``num_evals``: network evaluations."""
-        _, chain_seed = batch_seeds(seed)
+    def run(self, x0, seed, callback=None, jit: bool = False, model=None,
+            bind=None) -> SamplerOutput:  # fmt: skip
+        """The solver from ``x0``, its chain seeded by ``seeds(seed)``; ``model``: a view
+        of ``self.model`` to call instead (inpainting); ``bind``: the tensors that bind a
+        ``contract.Guided`` model (labels [B], guidance []), given to ``model.bind`` inside
+        the compiled solver, so that new labels do not retrace it. ``num_evals``: network
+        evaluations."""
+        _, chain_seed = self.seeds(seed)
         dtypes = {float: tf.float32, int: tf.int32}
         options = {  # servable options as tensors: new values do not retrace the solver
             o.name: tf.cast(self.options[o.name], dtypes[o.kind])
@@ -369,15 +456,26 @@ class Plan:
         }
         grid_key = tuple(float(v) for v in self.grid)  # known at trace time (solvers.as_grid)
         out = _compiled(self.entry, jit)(
-            model or self.model, x0, grid_key, seed=chain_seed, callback=callback, **options
+            model or self.model,
+            x0,
+            grid_key,
+            bind,
+            chain_seed,
+            int(chain_seed.shape[0]),
+            callback=callback,
+            **options,
         )
         return SamplerOutput(out.samples, tf.cast(out.num_evals, tf.int32) * self.per_call)
 
 
-def plan(name: str, model, sigmas, options: dict | None = None) -> Plan:
+def plan(name: str, model, sigmas, options: dict | None = None,
+         seeding: str = "per_sample") -> Plan:  # fmt: skip
     """The ``Plan`` of solver ``name`` with ``options`` (the rest its defaults) on the grid
-    ``sigmas`` for a contract ``model``; SamplerError before any work if they do not fit, or
-    a sample would take more than ``MAX_EVALUATIONS_PER_SAMPLE`` network evaluations."""
+    ``sigmas`` for a contract ``model``, seeded by ``seeding``; SamplerError before any work
+    if they do not fit, or a sample would take more than ``MAX_EVALUATIONS_PER_SAMPLE``
+    network evaluations."""
+    if seeding not in SEEDINGS:
+        raise SamplerError(f"seeding must be one of {', '.join(SEEDINGS)}, got {seeding!r}")
     entry = get(name)
     resolved = entry.resolve(options)
     grid = np.asarray(tf.get_static_value(tf.convert_to_tensor(sigmas)), np.float32)
@@ -395,7 +493,7 @@ def plan(name: str, model, sigmas, options: dict | None = None) -> Plan:
                 f"sampler {name} with {resolved} on {len(grid)} sigmas takes {evaluations} "
                 f"network evaluations per sample; at most {MAX_EVALUATIONS_PER_SAMPLE} are allowed"
             )
-    return Plan(entry, resolved, grid, view, per_call, evaluations)
+    return Plan(entry, resolved, grid, view, per_call, evaluations, seeding)
 
 
 _COMPILED: dict = {}
@@ -405,7 +503,14 @@ def _compiled(entry: Sampler, jit: bool):
     """The solver as one ``tf.function`` (per solver function and compile mode)."""
     key = (entry.fn, bool(jit))
     if key not in _COMPILED:
-        _COMPILED[key] = tf.function(entry.fn, jit_compile=bool(jit), reduce_retracing=True)
+
+        def solve(model, x0, grid, bind, seed, seed_size, **kwargs):
+            # the seed's size says how it is read (``normal``): a retrace may have relaxed it
+            seed = tf.ensure_shape(seed, [seed_size])
+            model = model if bind is None else model.bind(*bind)
+            return entry.fn(model, x0, grid, seed=seed, **kwargs)
+
+        _COMPILED[key] = tf.function(solve, jit_compile=bool(jit), reduce_retracing=True)
     return _COMPILED[key]
 
 
@@ -418,13 +523,14 @@ def draw(
     space: SampleSpace,
     callback=None,
     jit: bool = False,
+    seeding: str = "per_sample",
     **options,
 ) -> SamplerOutput:
     """One batch of ``num_samples`` from solver ``name`` on the grid ``sigmas``: started by
-    its entry's start, seeded by ``batch_seeds(seed)`` (an int is batch 0); graph-compatible
-    (``plan``, then its ``start`` and ``run``, as the export does). ``num_evals`` counts
-    network evaluations per sample."""
-    made = plan(name, model, sigmas, options)
+    its entry's start, seeded by ``seeding`` (``SEEDINGS``; an int seed: samples 0 ..
+    num_samples - 1, or batch 0); graph-compatible (``plan``, then its ``start`` and
+    ``run``, as the export does). ``num_evals`` counts network evaluations per sample."""
+    made = plan(name, model, sigmas, options, seeding)
     x0 = made.start(batch_shape(num_samples, space), seed, space)
     return made.run(x0, seed, callback=callback, jit=jit)
 

@@ -29,9 +29,9 @@ from tf_score.sampling.registry import Option, Sampler, SamplerError, SamplerOut
 
 
 def step_noise(seed, step, shape):
-    """z ~ N(0, I) of step ``step`` (Philox explicitly: "auto_select" may differ by device)."""
-    fold = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
-    return tf.random.stateless_normal(shape, seed=fold, alg="philox")
+    """z ~ N(0, I) of step ``step``, from a batch or a per-sample seed (``registry.normal``;
+    Philox explicitly: "auto_select" may differ by device)."""
+    return registry.normal(shape, registry.fold(seed, step))
 
 
 def plus_noise(moved, noise_std, z):
