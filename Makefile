@@ -21,15 +21,18 @@ install: $(STAMP)
 
 ## The main job: train the noise-conditional MLP on the two-mode mixture, sample, evaluate, plot.
 ## Then the same mixture as a user who wants samples of p: a continuous-noise EDM denoiser
-## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve.
+## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve. Then the
+## class-conditional toy: each class, p, and guided rows against the exact denoisers.
 demo: $(STAMP)
 	@$(PHASE) "NCSN toy: train and evaluate" $(BIN)/python run_train.py \
 		--flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
 	@$(PHASE) "EDM toy: train, export and evaluate" $(BIN)/python run_train.py \
 		--flagfile=flags/presets/toy_edm.cfg --workdir=runs/toy_edm --export_dir=runs/toy_edm/export \
 		--evaluate
-	@$(PHASE) "the picture" $(BIN)/python run_sample.py --overview=runs/toy_mixture,runs/toy_edm \
-		--output_dir=runs
+	@$(PHASE) "conditional EDM toy: train and evaluate" $(BIN)/python run_train.py \
+		--flagfile=flags/presets/toy_edm_cond.cfg --workdir=runs/toy_edm_cond --evaluate
+	@$(PHASE) "the picture" $(BIN)/python run_sample.py \
+		--overview=runs/toy_mixture,runs/toy_edm,runs/toy_edm_cond --output_dir=runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -166,7 +166,7 @@ HELP = {
     "seed": "Random seed (training and sampling are reproducible).",
 }
 #: fields a run fills in itself (no flag)
-DERIVED = ("data_shape", "data_mean")
+DERIVED = ("data_shape", "data_mean", "class_means")
 #: flags that are arguments of the library call, not config fields: name -> (kind, default, help)
 COMMAND = {
     "workdir": ("string", None, "Directory for checkpoints, TensorBoard, figures."),

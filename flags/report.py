@@ -45,6 +45,25 @@ def print_fast_table(m: dict) -> None:
         print(f"{name:<22}{r['num_evals']:>6}{w:>18}{sd:>14}  {ps}")
 
 
+def print_conditional_table(m: dict) -> None:
+    """The conditional toy's table (``evaluate.two_mode_conditional`` metrics)."""
+    n = m["num_samples_per_batch"]
+    print(
+        f"\n{m['sampler']}, n = {n} per row: mode weight and per-mode sd (light / heavy), the "
+        f"exact denoisers' sd through the same solver and seed, and the two-sample p of the "
+        f"learned against those ({m['num_permutations']} permutations)"
+    )
+    print(f"{'row':<16}{'evals':>6}{'mode weight':>18}{'sd':>14}{'exact sd':>14}{'p':>8}")
+    for name, r in m["rows"].items():
+        sd, exact = (
+            "/".join("-" if v != v else f"{v:.3f}" for v in r[k])
+            for k in ("mode_sd", "exact_mode_sd")
+        )  # NaN: no sample in that mode
+        w = f"{r['mode_weight']:.3f} ± {r['mode_weight_se']:.3f}"
+        p = r["two_sample_p_vs_exact"]
+        print(f"{name:<16}{r['num_evals']:>6}{w:>18}{sd:>14}{exact:>14}{p:>8.3f}")
+
+
 def print_quality(q: dict) -> None:
     print(
         f"FID {q['fid']:.3f} (real test images: {q['fid_floor']:.3f}), KID "
@@ -81,6 +100,8 @@ def report(run, out_dir: str, result, action: str) -> None:
         print(f"wrote {out_dir}/" + " and ".join(figures) + " (data | reconstruction)")
     if isinstance(result, dict) and "samplers" in result:
         print_fast_table(result)
+    elif isinstance(result, dict) and "rows" in result:
+        print_conditional_table(result)
     elif isinstance(result, dict) and "exact_vs_exact_mmd" in result:
         print_table(result)
     elif isinstance(result, dict) and "ais_nll" in result:

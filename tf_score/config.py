@@ -196,6 +196,9 @@ class DataConfig:
     #: the training data's mean per channel (per coordinate for toys), in data units: the
     #: centre of the deterministic samplers' start x0 = mean + sigma_1 z
     data_mean: tuple[float, ...] | None = None
+    #: a class-conditional model's per-class means, class-major ([num_classes x channels],
+    #: flattened; data units): the centre of a labelled sample's start (empty: the data's)
+    class_means: tuple[float, ...] = ()
     #: classes of a class-conditional model (0: unconditional). The labels: a toy's mixture
     #: component, a tfds data set's ``label``, a folder's class subfolders (sorted by name),
     #: an .npz file's ``labels`` array
@@ -205,6 +208,12 @@ class DataConfig:
         _one_of(self, "dataset", DATASETS)
         _positive_ints(self, "image_size", minimum=0)
         _positive_ints(self, "num_classes", minimum=0, maximum=MAX_CLASSES)
+        _require(
+            not self.class_means
+            or (self.num_classes > 0 and len(self.class_means) % self.num_classes == 0),
+            f"class_means must hold num_classes x channels values, got {len(self.class_means)}"
+            f" for num_classes={self.num_classes}",
+        )
         _require(
             not self.num_classes or self.dataset not in TFDS_DATASETS
             or self.dataset in LABELLED_DATASETS,
@@ -679,7 +688,11 @@ class ExperimentConfig:
         for section in MODEL_SECTIONS:
             a, b = getattr(self, section), getattr(other, section)
             for f in dataclasses.fields(a):
-                if f.name in PORTABLE_FIELDS or f.name in ("data_shape", "data_mean"):
+                if f.name in PORTABLE_FIELDS or f.name in (
+                    "data_shape",
+                    "data_mean",
+                    "class_means",
+                ):
                     continue
                 if getattr(a, f.name) != getattr(b, f.name):
                     diffs.append((f.name, getattr(a, f.name), getattr(b, f.name)))

@@ -232,11 +232,12 @@ def _draw_endpoint(model, grid, space, name: str, fixed: dict, caps: dict, cost,
         if classes:
             guided = sampling.plan(name, contract.guide(model, True, None), grid, options,
                                    seeding)  # fmt: skip
-        x0 = plain.start(sampling.registry.batch_shape(num_samples, space), seed, space)
+        shape = sampling.registry.batch_shape(num_samples, space)
 
         def draw(made, bind=None):
             n = num_samples if made.evaluations is None else _checked_work(
                 made, num_samples, caps, cost)  # fmt: skip
+            x0 = made.start(shape, seed, space, None if bind is None else made.model.bind(*bind))
             return made.run(checked(x0, [n]), seed, bind=bind)
 
         if classes:

@@ -189,6 +189,42 @@ def two_mode_fast(
     return TwoModeResult(out, samples, exact)
 
 
+#: (labels, guidance) of the conditional toy's rows: each class, p itself, class 0 guided
+CONDITIONAL_ROWS = {"class 0": (0, 1.0), "class 1": (1, 1.0), "no label": (None, 1.0),
+                    "class 0, w=2": (0, 2.0), "class 1, w=2": (1, 2.0)}  # fmt: skip
+
+
+def two_mode_conditional(run: Run, num_samples: int = 1280, seed: int = 0,
+                         num_permutations: int = 200) -> TwoModeResult:  # fmt: skip
+    """A class-conditional toy run with the run's sampler (``CONDITIONAL_ROWS``): each row's
+    mode weight and per-mode sds, and the kernel two-sample p-value against the exact
+    denoisers' samples through the same solver, grid and seed (``GaussianMixtureToy.denoise``:
+    at w = 1 class k's Gaussian, with no label p)."""
+    from tf_score.families.run import Guidance
+    from tf_score.networks import contract
+
+    toy = data.get_toy(run.config.data.dataset)
+    exact = contract.DenoiserFunction(toy.denoise, toy.num_classes, "exact")
+    out = {"num_samples_per_batch": num_samples, "checkpoint_step": run.step, "rows": {},
+           "num_permutations": num_permutations, "sampler": run.config.sampler.sampler}  # fmt: skip
+    samples = {}
+    for name, (label, w) in CONDITIONAL_ROWS.items():
+        how = Guidance(label, w)
+        drawn = [generate_from(m, run.sigmas, run.space, num_samples, seed, run.config.sampler,
+                               guidance=how) for m in (run.model, exact)]  # fmt: skip
+        x, ref = drawn[0].samples, drawn[1].samples
+        p = metrics.kernel_two_sample_test(x, ref, num_permutations, seed=seed)[1]
+        weight, se = metrics.mode_weight(x)
+        out["rows"][name] = {"labels": label, "guidance": w, "num_evals": drawn[0].num_evals,
+                             "mode_weight": weight, "mode_weight_se": se,
+                             "mode_sd": metrics.mode_sds(x), "exact_mode_sd": metrics.mode_sds(ref),
+                             "two_sample_p_vs_exact": p}  # fmt: skip
+        samples[name] = x
+    return TwoModeResult(
+        out, samples, toy.sample(num_samples, seed=np.array([seed, 99991])).numpy()
+    )
+
+
 def two_mode_panels(result: TwoModeResult) -> dict:
     """Exact samples beside plain / annealed Langevin (first batch of each), titled."""
 

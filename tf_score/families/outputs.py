@@ -47,10 +47,18 @@ def toy_samples(run: Run, out_dir: str, seed: int, jit: bool = False,
 
 def toy_evaluation(run: Run, out_dir: str, seed: int, jit: bool = False) -> dict:
     """metrics.json and samples.png: the two-mode comparison (NCSN runs: plain vs annealed
-    Langevin, learned vs exact score) or the fast solvers of a continuous run."""
+    Langevin, learned vs exact score), the fast solvers of a continuous run, or a conditional
+    run's classes and guidance against the exact denoisers."""
     ev, extent = run.config.evaluation, data.get_toy(run.config.data.dataset).extent
     common = dict(num_samples=ev.num_samples, seed=seed, num_permutations=ev.num_permutations)
-    if score_model.is_continuous(run.config):
+    if score_model.conditional(run.config):
+        r = evaluate.two_mode_conditional(run, **common)
+        panels = {"exact samples": r.exact}
+        for name, x in r.samples.items():
+            row = r.metrics["rows"][name]
+            heavy, p = row["mode_weight"], row["two_sample_p_vs_exact"]
+            panels[f"{name} (at (5, 5): {heavy:.2f}, p={p:.2f})"] = x
+    elif score_model.is_continuous(run.config):
         r = evaluate.two_mode_fast(run, num_seeds=ev.eval_repeats, **common)
         panels = {"exact samples": r.exact}
         for name, x in r.samples.items():

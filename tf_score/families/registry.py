@@ -148,9 +148,13 @@ def _image_family_check(networks_taken: tuple[str, ...], labelled: bool = False)
 
 
 def _with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
-    if cfg.data.data_mean is not None:
-        return cfg
-    return cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
+    """The data's mean (and a class-conditional run's class means) recorded before training:
+    the centres of the deterministic solvers' starts."""
+    if cfg.data.data_mean is None:
+        cfg = cfg.replace(data={"data_mean": score_model.data_mean(cfg)})
+    if cfg.data.num_classes and not cfg.data.class_means:
+        cfg = cfg.replace(data={"class_means": score_model.class_means(cfg)})
+    return cfg
 
 
 def _score_sample(run, out_dir, seed, jit=False, snapshots=False, inpainting=False,

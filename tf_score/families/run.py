@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import time
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -142,11 +143,20 @@ class Guidance:
                 raise ConfigError(f"guidance={self.guidance} needs labels (classifier-free "
                                   "guidance) or a guide model (autoguidance)")  # fmt: skip
             return model
-        try:
-            return contract.guide(model, self.labels is not None, self.guidance, guide,
-                                  self.interval or None)  # fmt: skip
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        key = (self.labels is not None, float(self.guidance), id(guide),
+               tuple(self.interval or ()))  # fmt: skip
+        made = _RECIPES.setdefault(model, {})
+        if key not in made:  # one recipe per model and guidance: a new one retraces the solver
+            try:
+                made[key] = contract.guide(model, key[0], self.guidance, guide,
+                                           self.interval or None)  # fmt: skip
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        return made[key]
+
+
+#: the recipes made per model (a recipe holds its guide, so an id in a key stays its own)
+_RECIPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +215,11 @@ def generate_request(req: Request, jit: bool = False, callback=None, progress: b
     for b, i in enumerate(bar):
         seed = tf.constant([req.seed, i if made.seeding == "per_sample" else b], tf.int32)
         count = min(bs, n - i)
-        x0 = made.start(sampling.registry.batch_shape(count, req.space), seed, req.space)
+        bind = None if req.labels is None else (tf.constant(req.labels[i : i + count]), None)
+        shape = sampling.registry.batch_shape(count, req.space)
+        x0 = made.start(shape, seed, req.space, None if bind is None else made.model.bind(*bind))
         if snapshots and b == 0:
             frames.append(x0.numpy())  # the first frame: the start, before the callback's
-        bind = None if req.labels is None else (tf.constant(req.labels[i : i + count]), None)
         out = made.run(x0, seed, callback=callback if b == 0 else None, jit=jit, bind=bind)
         xs.append(out.samples.numpy())
         _check_finite(xs[-1], name, made.options, b)

@@ -152,8 +152,13 @@ def data_range(cfg: ExperimentConfig) -> tuple[float, float]:
 def sample_space(cfg: ExperimentConfig, data_shape=None) -> sampling.SampleSpace:
     """The samples' shape, the data's range and mean (the solvers' starts)."""
     shape = tuple(data_shape or cfg.data.data_shape or (2,))
-    mean = cfg.data.data_mean
-    return sampling.SampleSpace(shape, data_range(cfg), None if mean is None else tuple(mean))
+    mean, per_class = cfg.data.data_mean, cfg.data.class_means
+    if per_class:
+        channels = len(per_class) // cfg.data.num_classes
+        per_class = tuple(tuple(per_class[k : k + channels])
+                          for k in range(0, len(per_class), channels))  # fmt: skip
+    return sampling.SampleSpace(shape, data_range(cfg), None if mean is None else tuple(mean),
+                                per_class or None)  # fmt: skip
 
 
 def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, ...]:
@@ -170,6 +175,25 @@ def data_mean(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, .
         total = total + x.reshape(-1, x.shape[-1]).sum(axis=0)
         count += x.size // x.shape[-1]
     return tuple(float(v) for v in np.atleast_1d(total / max(count, 1)))
+
+
+def class_means(cfg: ExperimentConfig, max_images: int = 10_000) -> tuple[float, ...]:
+    """A class-conditional model's per-class means in data units, class-major and flattened
+    (``DataConfig.class_means``): a toy's component means (exact), an image data set's mean
+    per class and channel over its first ``max_images`` (a class absent there: the data's)."""
+    if cfg.data.is_toy:
+        return tuple(float(v) for v in np.ravel(data.get_toy(cfg.data.dataset).locs))
+    images, *_ = data.load_training_images(cfg.data, labels=True)
+    k = cfg.data.num_classes
+    sums, counts = None, np.zeros(k)
+    for x, y in images.take(max_images).batch(1000).as_numpy_iterator():
+        x = x.astype(np.float64).reshape(len(x), -1, x.shape[-1]).mean(axis=1) / 255.0
+        sums = np.zeros((k, x.shape[-1])) if sums is None else sums
+        np.add.at(sums, y, x)
+        np.add.at(counts, y, 1)
+    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                     np.asarray(data_mean(cfg, max_images))[None, :])  # fmt: skip
+    return tuple(float(v) for v in means.ravel())
 
 
 def class_labels(num_classes: int, per_class: int) -> np.ndarray:

@@ -218,6 +218,21 @@ class Guided(ScoreModel):
             raise ValueError("bind the labels (if labelled) and the weight (if not fixed)")
         return view
 
+    def class_share(self, sigma):
+        """The share of the class's mean in a labelled start's centre at ``sigma`` (the rest is
+        the data's mean): the weight the labelled denoiser has there, clipped to [0, 1] (w
+        between the unconditional model, 0, and the conditional one, 1; a stronger w starts
+        at the class's mean); 1 for autoguidance, whose both models take the labels."""
+        if not self.labelled:
+            return 0.0
+        if self.weak is not None:
+            return 1.0
+        w = tf.cast(self.weight, tf.float32)
+        if self.interval is not None:
+            lo, hi = self.interval
+            w = w if lo <= float(sigma) <= hi else tf.constant(1.0)
+        return tf.clip_by_value(w, 0.0, 1.0)
+
     def _fixed(self):
         """The one model a fixed weight needs alone (w = 1: the guided one, w = 0: the
         reference), or None when both are evaluated."""

@@ -290,23 +290,32 @@ class SampleSpace(NamedTuple):
     shape: tuple[int, ...]
     data_range: tuple[float, float] = (0.0, 1.0)
     data_mean: tuple[float, ...] | None = None
+    #: per class, the mean per channel (a class-conditional model's labelled starts)
+    class_means: tuple[tuple[float, ...], ...] | None = None
 
 
-def uniform_start(shape, seed, sigmas, space: SampleSpace) -> tf.Tensor:
+def uniform_start(shape, seed, sigmas, space: SampleSpace, labels=None, share=1.0):
     """x0 ~ U[low, high]^shape on the data's range (NCSN starts from U[0, 1] images)."""
-    del sigmas
+    del sigmas, labels, share
     low, high = space.data_range
     return uniform(shape, seed, low, high)
 
 
-def perturbed_start(shape, seed, sigmas, space: SampleSpace) -> tf.Tensor:
+def perturbed_start(shape, seed, sigmas, space: SampleSpace, labels=None, share=1.0):
     """x0 = u + sigma_1 z: "like the data, perturbed to the first level". u is the data's mean
-    when known, else uniform on the range. The deterministic solvers carry x0 to the data
-    without mixing, so its centre matters: a start 3 units off the two-mode toy's mean moves
-    its mode weight from 0.80 to 0.79 at sigma_1 = 80 and to 0.75 at 20, even with the exact
-    score. The same z for either u."""
+    when known, else uniform on the range; a labelled sample's (``labels`` [B]) moves
+    ``share`` of the way to its class's mean (``contract.Guided.class_share``).
+    The deterministic solvers carry x0 to the data without mixing, so its centre matters: a
+    start 3 units off the two-mode toy's mean moves its mode weight from 0.80 to 0.79 at
+    sigma_1 = 80 and to 0.75 at 20, even with the exact score; a class 8 units from the
+    data's mean ends 8 / 80 = 0.1 off. The same z for any u."""
     s_u, s_z = split(seed)
-    if space.data_mean is None:
+    if labels is not None and space.class_means and space.data_mean is not None:
+        mean = tf.constant(np.asarray(space.data_mean, np.float32))
+        means = tf.gather(tf.constant(np.asarray(space.class_means, np.float32)), labels) - mean
+        shift = tf.reshape(means, [-1] + [1] * (len(space.shape) - 1) + [len(space.data_mean)])
+        u = mean + tf.cast(share, tf.float32) * shift
+    elif space.data_mean is None:
         u = uniform_start(shape, s_u, sigmas, space)
     else:
         u = tf.constant(np.asarray(space.data_mean, np.float32))
@@ -434,10 +443,14 @@ class Plan:
         """(start seed, chain seed) of a batch seeded ``seed`` (``SEEDINGS[self.seeding]``)."""
         return SEEDINGS[self.seeding](seed)
 
-    def start(self, shape, seed, space: SampleSpace) -> tf.Tensor:
-        """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``seeds``)."""
+    def start(self, shape, seed, space: SampleSpace, view=None) -> tf.Tensor:
+        """The solver's start x0 of ``shape`` for a batch seeded ``seed`` (``seeds``); ``view``:
+        the bound ``contract.Guided`` model of a labelled batch, whose classes move its
+        start's centre (``perturbed_start``)."""
         init_seed, _ = self.seeds(seed)
-        return STARTS[self.entry.start](shape, init_seed, tf.constant(self.grid), space)
+        grid, labels = tf.constant(self.grid), getattr(view, "labels", None)
+        share = 1.0 if labels is None else view.class_share(self.grid[0])
+        return STARTS[self.entry.start](shape, init_seed, grid, space, labels, share)
 
     def run(self, x0, seed, callback=None, jit: bool = False, model=None,
             bind=None) -> SamplerOutput:  # fmt: skip
@@ -531,7 +544,7 @@ def draw(
     num_samples - 1, or batch 0); graph-compatible (``plan``, then its ``start`` and
     ``run``, as the export does). ``num_evals`` counts network evaluations per sample."""
     made = plan(name, model, sigmas, options, seeding)
-    x0 = made.start(batch_shape(num_samples, space), seed, space)
+    x0 = made.start(batch_shape(num_samples, space), seed, space, view=model)
     return made.run(x0, seed, callback=callback, jit=jit)
 
 
