@@ -17,7 +17,7 @@ from tf_score.config import EvalConfig
 from tf_score.evaluation import likelihood, metrics
 from tf_score.families import classifier as classifiers  # `classifier` names the path
 from tf_score.families import score_model, vae
-from tf_score.families.run import Run, generate_from, sampler_config
+from tf_score.families.run import Guidance, Run, generate_from, sampler_config
 from tf_score.networks import contract
 from tf_score.training.bundle import Monitor
 
@@ -200,9 +200,6 @@ def two_mode_conditional(run: Run, num_samples: int = 1280, seed: int = 0,
     mode weight and per-mode sds, and the kernel two-sample p-value against the exact
     denoisers' samples through the same solver, grid and seed (``GaussianMixtureToy.denoise``:
     at w = 1 class k's Gaussian, with no label p)."""
-    from tf_score.families.run import Guidance
-    from tf_score.networks import contract
-
     toy = data.get_toy(run.config.data.dataset)
     exact = contract.DenoiserFunction(toy.denoise, toy.num_classes, "exact")
     out = {"num_samples_per_batch": num_samples, "checkpoint_step": run.step, "rows": {},
