@@ -13,6 +13,7 @@ labels. Writes --out (JSON, CPU flags included), a PNG plot beside it, and print
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,8 @@ BATCH = flags.DEFINE_integer("sample_batch_size", 500, "Chains run at once.")
 WEIGHTS = flags.DEFINE_list("weights", ["0", "0.5", "1", "1.5", "2", "3", "4"], "CFG weights.")
 AUTO = flags.DEFINE_list("auto_weights", ["1.5", "2", "3"], "Autoguidance weights.")
 SEED = flags.DEFINE_integer("seed", 0, "Sampling seed of every setting.")
+SAMPLER = flags.DEFINE_string("sampler", "dpm2_ancestral", "Solver (the preset's FID 2.15 row).")
+LEVELS = flags.DEFINE_integer("num_levels", 10, "Levels of the run's karras grid to sample on.")
 OUT = flags.DEFINE_string("out", "runs/bench/guidance_mnist.json", "Output JSON.")
 
 
@@ -57,12 +60,21 @@ def main(argv):
     ref = evaluate.quality_reference(run, NUM.value, classifier=CLASSIFIER.value)
     classes = run.config.data.num_classes
     labels = score_model.class_labels(classes, NUM.value // classes)
+    sigmas = dataclasses.replace(run.config.noise, num_levels=LEVELS.value).sigmas()
     rows = []
     for name, kind, w in _settings():
         given = {} if kind == "none" else {"labels": labels, "guidance": w}
         if kind == "auto":
             given["guide"] = guide
-        out = api.generate(run, len(labels), seed=SEED.value, batch_size=BATCH.value, **given)
+        out = api.generate(
+            run,
+            len(labels),
+            seed=SEED.value,
+            batch_size=BATCH.value,
+            sampler=SAMPLER.value,
+            sigmas=sigmas,
+            **given,
+        )
         q = evaluate.image_quality(evaluate.to_uint8(out.samples), ref, seed=SEED.value,
                                    labels=None if kind == "none" else labels)  # fmt: skip
         rows.append({"name": name, "kind": kind, "w": w, "num_evals": out.num_evals,
@@ -71,7 +83,8 @@ def main(argv):
               f"{q.get('class_accuracy', float('nan')):.4f}, {out.num_evals} evaluations, "
               f"{out.seconds:.0f} s", flush=True)  # fmt: skip
     report = {"workdir": WORKDIR.value, "step": run.step, "guide": GUIDE.value,
-              "guide_step": guide.step if guide else None, "sampler": run.config.sampler.sampler,
+              "guide_step": guide.step if guide else None, "sampler": SAMPLER.value,
+              "num_levels": LEVELS.value,
               "num_samples": len(labels), "seed": SEED.value, "rows": rows, "cpu": cpu_info(),
               "classifier_test_accuracy": rows[0].get("classifier_test_accuracy")}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(OUT.value)), exist_ok=True)
