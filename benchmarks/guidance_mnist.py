@@ -49,7 +49,6 @@ def _settings():
 
 def main(argv):
     del argv
-    import numpy as np
     from run_bench import cpu_info
 
     from tf_score import api
@@ -92,7 +91,6 @@ def main(argv):
         json.dump(report, f, indent=1, default=float)
     plot(report, os.path.splitext(OUT.value)[0] + ".png")
     print(table(report))
-    del np
 
 
 def table(report: dict) -> str:
