@@ -125,10 +125,12 @@ HELP = {
     "labels": "Class-conditional models: the samples' classes, one for all or one per sample "
     "(--class=3 is --labels=3; none: unconditional samples).",
     "guidance": "Guidance weight w: D = D_ref + w (D - D_ref) with D_ref the unconditional "
-    "model (classifier-free, with --labels) or the --guide_* model (autoguidance); 1: none.",
+    "model (classifier-free, with --labels) or the --guide_* model (autoguidance), or "
+    "D_ref + w sigma^2 grad log p(y | x) (a classifier --guide_workdir); 1: none.",
     "guidance_interval": "lo,hi: guide only for sigma in [lo, hi] (Kynkaanniemi et al. 2024).",
     "guide_workdir": "Autoguidance: the weaker run's workdir (smaller or trained shorter; "
-    "default: this run's own, with --guide_checkpoint or --guide_sigma_rel).",
+    "default: this run's own, with --guide_checkpoint or --guide_sigma_rel); classifier "
+    "guidance: a noise-conditional classifier's (mnist_noisy_classifier.cfg).",
     "guide_checkpoint": "Autoguidance: the guide's checkpoint (an earlier one), a path prefix.",
     "guide_sigma_rel": "Autoguidance: the guide's post-hoc EMA width (a short one, e.g. 0.03).",
     "seeding": "per_sample: sample i of --seed=s is the same at any --sample_batch_size and "

@@ -514,7 +514,8 @@ class EvalConfig:
     #: (lo, hi): guidance only for sigma in [lo, hi] (data units; empty: at every sigma)
     guidance_interval: tuple[float, ...] = ()
     #: autoguidance: the weak model's workdir (its checkpoint ``guide_checkpoint``, or post-hoc
-    #: EMA ``guide_sigma_rel``; a workdir given by either alone is the sampled run's own)
+    #: EMA ``guide_sigma_rel``; a workdir given by either alone is the sampled run's own);
+    #: classifier guidance: a noise-conditional classifier's workdir
     guide_workdir: str | None = None
     guide_checkpoint: str | None = None
     guide_sigma_rel: float = 0.0
@@ -629,7 +630,8 @@ class ExperimentConfig:
     def __post_init__(self):
         object.__setattr__(self, "seed", check_seed(self.seed))
         check_loss_levels(self.loss.loss, self.noise.num_levels)
-        check_labels(self.evaluation.labels, self.data.num_classes)
+        if not self.evaluation.guide_workdir:  # a guiding classifier's classes: when it loads
+            check_labels(self.evaluation.labels, self.data.num_classes)
 
     @property
     def is_image(self) -> bool:

@@ -94,21 +94,30 @@ class GaussianMixtureToy:
         ``num_classes``) or of the component each label names: per component the Gaussian
         posterior mean mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k), mixed by the posterior
         component probabilities."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        sigma = tf.broadcast_to(tf.cast(sigma, tf.float32), tf.shape(x)[:1])[:, None]
+        x, var, diff = self._perturbed(x, sigma)
         locs, s2 = tf.constant(self.locs, tf.float32), tf.square(tf.constant(self.scales))
-        var = s2[None, :] + tf.square(sigma)  # [B, K]
-        diff = x[:, None, :] - locs[None, :, :]  # [B, K, 2]
         d_k = locs[None] + (s2[None, :] / var)[..., None] * diff
-        log_w = tf.math.log(tf.constant(self.weights, tf.float32))[None, :]
-        logits = log_w - tf.math.log(var) - tf.reduce_sum(tf.square(diff), -1) / (2.0 * var)
-        resp = tf.nn.softmax(logits, axis=-1)
+        resp = tf.nn.softmax(self.class_logits(x, sigma), axis=-1)
         if labels is not None:
             labels = tf.broadcast_to(tf.cast(labels, tf.int32), tf.shape(x)[:1])
             chosen = tf.one_hot(labels, self.num_classes)  # "no label": all zeros
             given = tf.reduce_any(chosen > 0, axis=-1, keepdims=True)
             resp = tf.where(given, chosen, resp)
         return tf.reduce_sum(resp[..., None] * d_k, axis=1)
+
+    def _perturbed(self, x, sigma):
+        """(x, per-component variances of p_sigma [B, K], x - mu_k [B, K, 2])."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        sigma = tf.broadcast_to(tf.cast(sigma, tf.float32), tf.shape(x)[:1])[:, None]
+        var = tf.square(tf.constant(self.scales))[None, :] + tf.square(sigma)
+        return x, var, x[:, None, :] - tf.constant(self.locs, tf.float32)[None, :, :]
+
+    def class_logits(self, x, sigma) -> tf.Tensor:
+        """The exact noise-conditional classifier: logits [B, K] of p(component k | x_sigma =
+        x) = w_k N(x; mu_k, (s_k^2 + sigma^2) I) / p_sigma(x) (classifier guidance)."""
+        x, var, diff = self._perturbed(x, sigma)
+        log_w = tf.math.log(tf.constant(self.weights, tf.float32))[None, :]
+        return log_w - tf.math.log(var) - tf.reduce_sum(tf.square(diff), -1) / (2.0 * var)
 
     def conditional_score_fn(self, sigmas) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         """Exact noise-conditional score ``(x, labels) -> grad log p_{sigma[label]}(x)``."""

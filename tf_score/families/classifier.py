@@ -91,6 +91,56 @@ class DigitClassifier(keras.Model):
         }
 
 
+@keras.saving.register_keras_serializable("tf_score")
+class NoisyDigitClassifier(DigitClassifier):
+    """p(y | x_sigma): the ``DigitClassifier`` layers on noisy images x_sigma = x + sigma z
+    (data units), for classifier guidance (``networks.contract.class_gradient``). The image
+    enters as (x - 0.5) sigma_data / sqrt(sigma^2 + sigma_data^2) (the clean classifier's
+    input at sigma = 0, unit scale at any sigma), beside a channel of log(sigma) / 4.
+
+    ``call((x, sigma [B]))`` and ``class_logits(x, sigma)`` return logits; it has no FID
+    features (``features`` refuses)."""
+
+    #: the floor of sigma in its log channel (sigma = 0: clean images)
+    MIN_SIGMA = 1e-3
+
+    def __init__(self, image_shape=(28, 28, 1), num_classes: int = 10, sigma_data: float = 0.25,
+                 **kwargs):  # fmt: skip
+        super().__init__(image_shape, num_classes, **kwargs)
+        self.sigma_data = float(sigma_data)
+
+    def build(self, input_shape=None):
+        shape = (None, *self.image_shape[:-1], self.image_shape[-1] + 1)
+        self.body.build(shape)
+        self.head.build(self.body.compute_output_shape(shape))
+        self.built = True
+
+    def features(self, x):
+        raise ValueError("a noise-conditional classifier (network=noisy_conv) gives no FID "
+                         "features: use a classifier of clean images (network=conv)")  # fmt: skip
+
+    def class_logits(self, x, sigma):
+        """Logits [B, num_classes] of p(y | x_sigma = x), sigma [B] or a scalar (float32)."""
+        return tf.cast(self.head(self._hidden(x, sigma)), tf.float32)
+
+    def _hidden(self, x, sigma):
+        """The 128 units before the logits at x_sigma = x."""
+        x = tf.cast(x, self.compute_dtype)
+        sigma = tf.broadcast_to(tf.cast(sigma, self.compute_dtype), tf.shape(x)[:1])
+        s = tf.reshape(sigma, [-1, 1, 1, 1])
+        h = (x - 0.5) * self.sigma_data / tf.sqrt(tf.square(s) + self.sigma_data**2)
+        log_s = tf.math.log(tf.maximum(s, self.MIN_SIGMA)) / 4.0
+        h = tf.concat([h, tf.broadcast_to(log_s, tf.shape(x[..., :1]))], axis=-1)
+        return self.body(h)
+
+    def call(self, inputs, training=False):
+        x, sigma = inputs
+        return self.head(self.drop(self._hidden(x, sigma), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "sigma_data": self.sigma_data}
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierResult:
     path: str
@@ -109,13 +159,26 @@ class ClassifierResult:
         )
 
 
-def _pipeline(images, labels, batch_size, seed=None):
+def _pipeline(images, labels, batch_size, seed=None, sigma_fn=None, noise_seed=0):
+    """(images in [0, 1], labels) batches, shuffled when ``seed`` is given; with ``sigma_fn``
+    (``sigma_fn(batch, seed [2]) -> sigma [B]``) ((x + sigma z, sigma), labels), batch i's
+    draws seeded (noise_seed, i)."""
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if seed is not None:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
+    if sigma_fn is not None:
+
+        def noisy(i, batch):
+            (x, y), key = batch, tf.stack([tf.cast(noise_seed, tf.int64), i])
+            s_sigma, s_z = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+            sigma = sigma_fn(tf.shape(x)[0], s_sigma)
+            z = tf.random.stateless_normal(tf.shape(x), s_z)
+            return (x + tf.reshape(sigma, [-1, 1, 1, 1]) * z, sigma), y
+
+        ds = ds.enumerate().map(noisy, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -129,10 +192,13 @@ def train_classifier(
     learning_rate: float = 1e-3,
     seed: int = 0,
     verbose: int = 2,
+    sigma_fn=None,
 ) -> ClassifierResult:
     """Train on uint8 ``train`` = (images [N, H, W, C], labels [N]), whole epochs covering at
     least ``num_steps`` batches; report accuracy on ``test``; save ``workdir/classifier.keras``
-    (written to a temporary name, then renamed) and ``classifier.json``."""
+    (written to a temporary name, then renamed) and ``classifier.json``. With ``sigma_fn``
+    (``sigma_fn(batch, seed) -> sigma [B]``, the training sigmas) a ``NoisyDigitClassifier``
+    learns p(y | x + sigma z); its test accuracy is at those sigmas."""
     x_train, y_train = train
     x_test, y_test = test
     if x_train.ndim != 4 or len(x_train) != len(y_train):
@@ -143,7 +209,8 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     epochs = math.ceil(num_steps / steps_per_epoch)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = DigitClassifier(x_train.shape[1:], num_classes=num_classes)
+    kind = DigitClassifier if sigma_fn is None else NoisyDigitClassifier
+    model = kind(x_train.shape[1:], num_classes=num_classes)
     model.build()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -153,14 +220,15 @@ def train_classifier(
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     hist = model.fit(
-        _pipeline(x_train, y_train, batch_size, seed),
+        _pipeline(x_train, y_train, batch_size, seed, sigma_fn, seed),
         epochs=epochs,
         shuffle=False,  # the pipeline shuffles (seeded)
         verbose=verbose,
         callbacks=[keras.callbacks.TensorBoard(os.path.join(workdir, "tb"))],
     )
     seconds = time.time() - t0
-    _, test_acc = model.evaluate(_pipeline(x_test, y_test, 512), verbose=0)
+    test = _pipeline(x_test, y_test, 512, sigma_fn=sigma_fn, noise_seed=seed + 1)
+    _, test_acc = model.evaluate(test, verbose=0)
     path = os.path.join(workdir, CLASSIFIER_FILE)
     tmp = os.path.join(workdir, ".tmp-" + CLASSIFIER_FILE)
     model.save(tmp)

@@ -279,6 +279,10 @@ def _extractor(run: Run, feature_extractor: str, classifier, inception_weights):
         net = classifiers.load_classifier(classifier)
     except (FileNotFoundError, ValueError) as e:
         raise EvaluationError(f"classifier {classifier}: {e}") from e
+    if isinstance(net, classifiers.NoisyDigitClassifier):
+        raise EvaluationError(f"classifier {classifier} is noise-conditional (network="
+                              "noisy_conv, for classifier guidance); FID and KID take the "
+                              "classifier of clean images (network=conv)")  # fmt: skip
     if tuple(net.image_shape) != run.data_shape:
         raise EvaluationError(
             f"classifier {classifier} takes images {net.image_shape}, but this model makes "

@@ -242,7 +242,7 @@ CLASSIFIER = Family(
     train=workdir.train_classifier,
     load=_load_classifier,
     requests=lambda cfg: frozenset(),
-    check=_image_family_check(("conv",), labelled=True),
+    check=_image_family_check(("conv", "noisy_conv"), labelled=True),
     distributed=False,
 )
 

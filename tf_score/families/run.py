@@ -114,18 +114,23 @@ def _count(value, name: str, low: int, high: int = MAX_COUNT) -> int:
 class Guidance:
     """What a generation is conditioned on and how it is guided (``contract.Guided``):
     ``labels`` (one class for all samples, one per sample, or None: unconditional), the
-    weight ``guidance``, the autoguidance model ``guide`` (a ``Run`` or a contract model;
-    None: classifier-free) and the sigma ``interval`` (lo, hi) where guidance applies."""
+    weight ``guidance``, the ``guide`` (None: classifier-free; a weaker score ``Run`` or
+    contract model: autoguidance; a noise-conditional classifier ``Run`` or model:
+    classifier guidance) and the sigma ``interval`` (lo, hi) where guidance applies."""
 
     labels: object = None
     guidance: float = 1.0
     guide: object = None
     interval: tuple | None = None
 
-    def labels_for(self, num_samples: int, num_classes: int) -> np.ndarray | None:
-        """int32 labels [num_samples] (ConfigError naming labels if they do not fit)."""
+    def labels_for(self, num_samples: int, model) -> np.ndarray | None:
+        """int32 labels [num_samples] for ``model`` (or for its guiding classifier's classes),
+        ConfigError naming labels if they do not fit."""
         if self.labels is None:
             return None
+        guide = self.guide_model()
+        owner = guide if contract.is_classifier(guide) else model
+        num_classes = int(getattr(owner, "num_classes", 0) or 0)
         arr = check_labels(np.atleast_1d(np.asarray(self.labels)), num_classes)
         if arr.ndim != 1 or len(arr) not in (1, num_samples):
             got = arr.shape[0] if arr.ndim else 0
@@ -136,7 +141,7 @@ class Guidance:
     def recipe(self, model):
         """The unbound ``contract.Guided`` recipe on ``model``, or ``model`` itself when
         nothing conditions it (ConfigError naming what does not fit)."""
-        guide = self.guide.model if isinstance(self.guide, Run) else self.guide
+        guide = self.guide_model()
         check_guidance(self.guidance, tuple(self.interval or ()))
         if self.labels is None and guide is None:
             if self.guidance != 1.0:
@@ -153,6 +158,20 @@ class Guidance:
             except ValueError as e:
                 raise ConfigError(str(e)) from e
         return made[key]
+
+    def guide_model(self):
+        """The guide under the contract: a score run's model, a classifier run's classifier
+        (ConfigError if it is not noise-conditional), or the ``guide`` given."""
+        if not isinstance(self.guide, Run):
+            return self.guide
+        if self.guide.family != "classifier":
+            return self.guide.model
+        found = self.guide.models["classifier"]
+        if not contract.is_classifier(found):
+            raise ConfigError(f"guide_workdir: {self.guide.workdir} holds a classifier of clean "
+                              "images (network=conv); classifier guidance needs a noise-"
+                              "conditional one (network=noisy_conv)")  # fmt: skip
+        return found
 
 
 #: the recipes made per model (a recipe holds its guide, so an id in a key stays its own)
@@ -188,7 +207,7 @@ def request(
     seed = check_seed(seed)
     max_evaluations = _count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
     guidance = guidance or Guidance()
-    labels = guidance.labels_for(num_samples, int(getattr(model, "num_classes", 0) or 0))
+    labels = guidance.labels_for(num_samples, model)
     made = sampling.plan(sampler.sampler, guidance.recipe(model), sigmas,
                          sampling.options_of(sampler), seeding)  # fmt: skip
     cost = budget.check_draw(made, space, num_samples, batch_size, max_evaluations)
@@ -257,7 +276,9 @@ def generate(
     A class-conditional run draws the classes ``labels`` (one for all samples or one per
     sample; None: unconditional) with classifier-free ``guidance`` w (1: none); ``guide``
     (a weaker ``Run`` of the same data, or a contract model) guides by autoguidance
-    instead; ``guidance_interval`` (lo, hi): only there (``Guidance``).
+    instead, and a noise-conditional classifier's run by classifier guidance (an
+    unconditional run then takes labels too); ``guidance_interval`` (lo, hi): only there
+    (``Guidance``).
 
     ``seeding``: per_sample (sample i of seed s is the same at any ``batch_size``, in
     ``run_sample.py``, TensorBoard and a served call seeded (s, i)) or batch (batch b seeded

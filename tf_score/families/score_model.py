@@ -66,10 +66,9 @@ def optimizer_fn(cfg: ExperimentConfig):
     return lambda: optimizers.make_optimizer(cfg.optimizer, cfg.train.num_steps)
 
 
-def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
-    """``loss_fn(models, batch, seed)`` of a continuous denoiser: ``losses.denoising_loss``
-    with the configured sigma distribution, levels = the nearest grid level (for summaries);
-    a class-conditional model's batch is (x, labels), trained with label dropout."""
+def training_sigmas(cfg: ExperimentConfig):
+    """``sigma_fn(batch, seed [2]) -> sigma [B]`` (data units): the noise levels a continuous
+    denoiser, or a noise-conditional classifier, of ``cfg`` trains on."""
     nc, (a, _) = cfg.noise, networks.data_scale(cfg)
 
     def sigma_fn(batch, seed):
@@ -77,7 +76,14 @@ def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
             batch, seed, nc.sigma_dist, nc.p_mean, nc.p_std, nc.sigma_min, nc.sigma_max, a
         )
 
-    levels_of = draws.nearest_level(nc.sigmas())
+    return sigma_fn
+
+
+def denoising_objective_loss(cfg: ExperimentConfig, model_name: str = "score"):
+    """``loss_fn(models, batch, seed)`` of a continuous denoiser: ``losses.denoising_loss``
+    with the configured sigma distribution, levels = the nearest grid level (for summaries);
+    a class-conditional model's batch is (x, labels), trained with label dropout."""
+    sigma_fn, levels_of = training_sigmas(cfg), draws.nearest_level(cfg.noise.sigmas())
 
     def loss_fn(models, batch, seed):
         x, labels = batch if conditional(cfg) else (batch, None)

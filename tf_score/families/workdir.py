@@ -17,7 +17,7 @@ from collections.abc import Callable
 from tf_score import atomic, data
 from tf_score import config as config_lib
 from tf_score.config import ExperimentConfig
-from tf_score.families import classifier
+from tf_score.families import classifier, score_model
 from tf_score.families import evaluate as evaluations
 from tf_score.families.run import Run, RunError
 from tf_score.training import checkpoints, distribute, loop, posthoc_ema, workdir_lock
@@ -205,7 +205,9 @@ def train_in_loop(cfg: ExperimentConfig, workdir: str, strategy, progress: bool,
 
 def train_classifier(cfg: ExperimentConfig, workdir: str, strategy, progress: bool,
                      restart_from_scratch: bool):  # fmt: skip
-    """The feature extractor of classifier FID/KID: a supervised Keras fit on one device."""
+    """The feature extractor of classifier FID/KID (network=conv), or a noise-conditional
+    classifier for classifier guidance (network=noisy_conv, on the score model's training
+    sigmas of ``cfg.noise``): a supervised Keras fit on one device."""
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         raise config_lib.ConfigError("model=classifier trains on one device: use no strategy")
     if restart_from_scratch:
@@ -215,12 +217,14 @@ def train_classifier(cfg: ExperimentConfig, workdir: str, strategy, progress: bo
     check_resume(workdir, cfg)
     x_train, y_train = data.load_tfds_labelled(cfg.data.dataset, "train", cfg.data.data_dir)
     x_test, y_test = data.load_tfds_labelled(cfg.data.dataset, "test", cfg.data.data_dir)
+    noisy = cfg.network.network == "noisy_conv"
+    sigma_fn = score_model.training_sigmas(cfg) if noisy else None
     with held(workdir, chief=True):
         write_config(workdir, cfg.replace(data={"data_shape": tuple(x_train.shape[1:])}))
         return classifier.train_classifier(
             (x_train, y_train), (x_test, y_test), workdir, num_steps=cfg.train.num_steps,
             batch_size=cfg.train.batch_size, learning_rate=cfg.optimizer.learning_rate,
-            seed=cfg.seed, verbose=2 if progress else 0,
+            seed=cfg.seed, verbose=2 if progress else 0, sigma_fn=sigma_fn,
         )  # fmt: skip
 
 

@@ -16,7 +16,8 @@ continuous model; for a level-conditioned one 1 at its levels and 2 between them
 A class-conditional model (``num_classes`` > 0) also takes ``denoise(x, sigma, labels)``
 with labels int32 [B], index ``num_classes`` meaning "no label". ``conditioned(model,
 labels, guidance=w)`` (``Guided``) is the view of it that solvers call: conditioned on the
-labels, guided (classifier-free, autoguidance), answering ``denoise(x, sigma)`` again.
+labels, guided (classifier-free, autoguidance, or by a noise-conditional classifier's
+``class_logits(x, sigma)``), answering ``denoise(x, sigma)`` again.
 """
 
 from __future__ import annotations
@@ -182,6 +183,37 @@ def denoise_with(model, x, sigma, labels=None) -> tf.Tensor:
     return tf.cast(model.denoise(x, sigma, labels), tf.float32)
 
 
+def is_classifier(guide) -> bool:
+    """Whether ``guide`` is a noise-conditional classifier: ``class_logits(x, sigma [B])``
+    gives the logits of p(y | x_sigma = x) [B, num_classes] (classifier guidance), not a
+    denoiser (autoguidance)."""
+    return callable(getattr(guide, "class_logits", None))
+
+
+class ClassifierFunction:
+    """A noise-conditional classifier around a callable ``logits_fn(x, sigma [B])`` (the exact
+    one of a known mixture: ``data.GaussianMixtureToy.class_logits``)."""
+
+    def __init__(self, logits_fn: Callable, num_classes: int, name: str = "classifier"):
+        self._fn, self.num_classes, self.name = logits_fn, int(num_classes), name
+
+    def class_logits(self, x, sigma) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
+        return tf.cast(self._fn(x, per_example_sigma(x, sigma)), tf.float32)
+
+
+def class_gradient(classifier, x, sigma, labels) -> tf.Tensor:
+    """grad_x log p(y | x_sigma = x) [B, ...] of a noise-conditional classifier at labels y
+    [B]: the term that classifier guidance adds to the score (Dhariwal & Nichol 2021)."""
+    x = tf.cast(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(classifier.class_logits(x, sigma), tf.float32)
+        log_p = tf.gather(tf.nn.log_softmax(logits), labels, axis=1, batch_dims=1)
+        total = tf.reduce_sum(log_p)  # rows are independent: the sum's gradient is per row
+    return tape.gradient(total, x)
+
+
 class Guided(ScoreModel):
     """A model conditioned on class labels and guided, answering ``denoise(x, sigma)`` as
     every solver calls it, with guidance weight w:
@@ -193,6 +225,11 @@ class Guided(ScoreModel):
     * autoguidance (Karras et al. 2024): D = D_weak + w (D - D_weak) with ``weak`` a worse
       model of the same data (smaller, trained shorter, a short post-hoc EMA), conditioned
       on the same labels (or none);
+    * classifier guidance (Dhariwal & Nichol 2021) when ``weak`` is a noise-conditional
+      classifier (``is_classifier``): D = D_u + w sigma^2 grad_x log p(y | x_sigma), the
+      score plus w times the classifier's; w = 1 with the exact classifier is the
+      conditional model (Bayes). D_u is an unconditional model, or a conditional one at
+      "no label". The classifier's forward and backward pass are not network evaluations;
     * a guidance ``interval`` (lo, hi) (Kynkaanniemi et al. 2024): w where lo <= sigma <= hi,
       1 (no guidance) elsewhere.
 
@@ -207,6 +244,7 @@ class Guided(ScoreModel):
         self.interval = None if interval is None else tuple(float(v) for v in interval)
         self.levels = getattr(model, "levels", None)
         self.labels, self.weight = None, self.guidance
+        self.classifier = weak if is_classifier(weak) else None
 
     def bind(self, labels=None, guidance=None) -> Guided:
         """The view of this recipe for ``labels`` int32 [B] (if labelled) and the weight
@@ -222,10 +260,11 @@ class Guided(ScoreModel):
         """The share of the class's mean in a labelled start's centre at ``sigma`` (the rest is
         the data's mean): the weight the labelled denoiser has there, clipped to [0, 1] (w
         between the unconditional model, 0, and the conditional one, 1; a stronger w starts
-        at the class's mean); 1 for autoguidance, whose both models take the labels."""
+        at the class's mean, when the space knows it); 1 for autoguidance, whose both models
+        take the labels."""
         if not self.labelled:
             return 0.0
-        if self.weak is not None:
+        if self.weak is not None and self.classifier is None:
             return 1.0
         w = tf.cast(self.weight, tf.float32)
         if self.interval is not None:
@@ -238,13 +277,15 @@ class Guided(ScoreModel):
         reference), or None when both are evaluated."""
         if self.interval is not None or self.guidance not in (0.0, 1.0):
             return None
+        if self.guidance == 1.0 and self.classifier is not None:
+            return None
         return "reference" if self.guidance == 0.0 else "guided"
 
     def network_calls(self, off_grid: bool = True) -> int:
         """What one call costs: both models' evaluations (2 for classifier-free guidance)
         unless a fixed weight of 0 or 1 needs only one."""
         own = self.model.network_calls(off_grid)
-        if self.weak is None and not self.labelled:
+        if (self.weak is None and not self.labelled) or self.classifier is not None:
             return own
         ref = own if self.weak is None else self.weak.network_calls(off_grid)
         return {"guided": own, "reference": ref}.get(self._fixed(), own + ref)
@@ -253,13 +294,17 @@ class Guided(ScoreModel):
         """This view on a level-conditioned model's at-levels views (``LevelScoreModel``)."""
         if not hasattr(self.model, "at_levels"):
             return self
-        weak = self.weak.at_levels() if self.weak is not None else None
+        weak = self.weak.at_levels() if hasattr(self.weak, "at_levels") else self.weak
         view = Guided(self.model.at_levels(), self.labelled, self.guidance, weak, self.interval)
         view.labels, view.weight = self.labels, self.weight
         return view
 
     def _pair(self, x, sigma):
         """(guided D, reference D) at x [B, ...], sigma [B]."""
+        if self.classifier is not None:
+            d_u = denoise_with(self.model, x, sigma)  # a conditional model: "no label"
+            grad = class_gradient(self.classifier, x, sigma, self.labels)
+            return d_u + expand_like(tf.square(sigma), x) * grad, d_u
         if self.weak is not None:
             return (denoise_with(self.model, x, sigma, self.labels),
                     denoise_with(self.weak, x, sigma, self.labels))  # fmt: skip
@@ -278,7 +323,8 @@ class Guided(ScoreModel):
         if fixed == "guided":
             return denoise_with(self.model, x, sigma, self.labels)
         if fixed == "reference":
-            return (denoise_with(self.model, x, sigma) if self.weak is None
+            return (denoise_with(self.model, x, sigma)
+                    if self.weak is None or self.classifier is not None
                     else denoise_with(self.weak, x, sigma, self.labels))  # fmt: skip
         d, d_ref = self._pair(x, sigma)
         w = tf.broadcast_to(tf.cast(self.weight, tf.float32), tf.shape(sigma))
@@ -306,15 +352,18 @@ def conditioned(model, labels=None, guidance=1.0, weak=None, interval=None) -> G
 
 def guide(model, labelled: bool, guidance=1.0, weak=None, interval=None) -> Guided:
     """The unbound ``Guided`` recipe (``guidance`` None: a weight given when bound), or
-    ValueError naming what does not fit: labels for an unconditional model, guidance with
-    neither labels nor a weak model, a weak model on other levels, a reversed interval."""
+    ValueError naming what does not fit: labels for an unconditional model (unless a
+    classifier guides it), guidance with neither labels nor a weak model, a weak model on
+    other levels or with other classes, a classifier without labels, a reversed interval."""
     classes = int(getattr(model, "num_classes", 0) or 0)
-    if labelled and not classes:
+    if is_classifier(weak):
+        _check_classifier(weak, labelled, classes)
+    elif labelled and not classes:
         raise ValueError("labels: the model is unconditional (trained with num_classes=0)")
     if weak is None and not labelled and guidance not in (None, 1.0):
         raise ValueError(f"guidance={guidance} needs labels (classifier-free) or a weak "
                          "model (autoguidance)")  # fmt: skip
-    if weak is not None:
+    if weak is not None and not is_classifier(weak):
         if labelled and int(getattr(weak, "num_classes", 0) or 0) != classes:
             raise ValueError("the weak model of autoguidance must take the same labels")
         levels, weak_levels = getattr(model, "levels", None), getattr(weak, "levels", None)
@@ -329,3 +378,13 @@ def guide(model, labelled: bool, guidance=1.0, weak=None, interval=None) -> Guid
     if guidance is not None and not np.isfinite(float(guidance)):
         raise ValueError(f"guidance must be finite, got {guidance}")
     return Guided(model, labelled, guidance, weak, interval)
+
+
+def _check_classifier(classifier, labelled: bool, classes: int) -> None:
+    """ValueError unless a guiding classifier has labels to guide to and, for a conditional
+    model, the model's classes."""
+    if not labelled:
+        raise ValueError("classifier guidance needs labels: the classes to guide to")
+    own = int(getattr(classifier, "num_classes", 0) or 0)
+    if classes and own != classes:
+        raise ValueError(f"the guiding classifier has {own} classes, the model {classes}")
