@@ -103,29 +103,45 @@ def torch_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def same_run_torch_table(results: dict) -> str:
-    """tf_score against PyTorch NCSN timed in the same rounds (``--torch_python``)."""
+#: workload -> (how the table names it, its PyTorch twin)
+_TWIN_NAMES = {
+    "refinenet": ("RefineNet ngf 64", "PyTorch NCSN"),
+    "edm_avx2_90": ("EDM U-Net ngf 32", "PyTorch twin"),
+}
+
+
+def same_run_torch_table(results: dict, model: str = "refinenet") -> str:
+    """tf_score against ``model``'s PyTorch twin timed in the same rounds (``--torch_python``;
+    with ``--torch_compile`` also the compiled twin)."""
     figs, torch = results["figures"], results["torch_figures"]
+    compiled = results.get("torch_compiled_figures", {})
     ratios, mm = results.get("torch_ratios", {}), results.get("torch_matmul", {})
+    ours_name, twin = _TWIN_NAMES.get(model, (model, "PyTorch"))
+    extra = " compiled | tf_score / compiled |" if compiled else ""
     rows = [
-        "| RefineNet ngf 64 | tf_score | of matmul | PyTorch NCSN | of its matmul |"
-        " tf_score / PyTorch | / PyTorch fp32 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| {ours_name} | tf_score | of matmul | {twin} | of its matmul |"
+        f" tf_score / PyTorch | / PyTorch fp32 |{extra}",
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if compiled else ""),
     ]
     for key, theirs in torch.items():
-        _, p, kind, b = key.split(" ")
+        name, p, kind, b = key.split(" ")
         ours, ref = figs.get(key, {}), _rate(theirs)
-        if _rate(ours) is None or ref is None:
+        if name != model or _rate(ours) is None or ref is None:
             continue
-        fp32 = _rate(torch.get(f"refinenet float32 {kind} {b}", {}))
+        fp32 = _rate(torch.get(f"{model} float32 {kind} {b}", {}))
         vs_fp32 = f"{_rate(ours) / fp32:.2f}x" if fp32 and p != "float32" else ""
         unit = "images/s" if kind == "train" else "evaluations/s"
         paired = ratios.get(key) or _rate(ours) / ref
-        rows.append(
+        row = (
             f"| {kind} {unit}, {_SHORT.get(p, p)}, batch {b[1:]} | {_rate(ours):.1f} |"
             f" {ours.get('fraction_of_matmul', 0):.2f} | {ref:.1f} |"
             f" {theirs.get('fraction_of_matmul', 0):.2f} | {paired:.2f}x | {vs_fp32} |"
         )
+        if compiled:
+            c = _rate(compiled.get(key, {}))
+            c_ratio = results.get("torch_compiled_ratios", {}).get(key)
+            row += f" {c or 0:.1f} | {c_ratio or 0:.2f}x |" if c else " - | - |"
+        rows.append(row)
     rates = ", ".join(
         f"{_SHORT.get(p, p)} {m['gflops']:.0f}" for p, m in mm.items() if "gflops" in m
     )
@@ -138,9 +154,10 @@ def report(results: dict) -> str:
     for model in models:
         for kind in ("train", "sample"):
             parts += [f"**{model} {kind}**", "", model_table(results, model, kind), ""]
-    if results.get("torch_figures"):
-        parts += ["**against the official PyTorch NCSN, same rounds**", ""]
-        parts += [same_run_torch_table(results), ""]
+    twinned = sorted({k.split(" ")[0] for k in results.get("torch_figures", {})})
+    for model in twinned:
+        parts += [f"**against {_TWIN_NAMES.get(model, (model, 'PyTorch'))[1]}, same rounds**"]
+        parts += ["", same_run_torch_table(results, model), ""]
     if results.get("torch"):
         parts += ["**against the official PyTorch NCSN**", "", torch_table(results), ""]
     return "\n".join(parts)

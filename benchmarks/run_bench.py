@@ -135,14 +135,37 @@ def child(spec: dict) -> dict:
     return out
 
 
+#: workload -> the PyTorch script of its twin (the official NCSN, or torch_edm.py's U-Net)
+TWINS = {"refinenet": "torch_ncsn.py", "edm_avx2_90": "torch_edm.py"}
+
+
+def _twin_command(spec: dict) -> list[str]:
+    """The PyTorch figure of ``spec``: its model's twin (``TWINS``; a matmul: torch_ncsn's),
+    compiled when ``spec['compile']``."""
+    python, ncsn = spec["torch"]
+    script = TWINS.get(spec.get("model"), "torch_ncsn.py")
+    cmd = [python, os.path.join(BENCH, script)]
+    if script == "torch_ncsn.py":
+        cmd.append(f"--ncsn_repo={ncsn}")
+    else:
+        cmd.append(f"--preset={workloads_preset(spec['model'])}")
+        cmd += ["--compile"] if spec.get("compile") else []
+    cmd += [f"--kind={spec['kind']}", f"--precision={spec['precision']}"]
+    return [*cmd, f"--batch={spec.get('batch', 1)}", f"--repeats={spec['repeats']}"]
+
+
+def workloads_preset(model: str) -> str:
+    """The preset a workload runs (``workloads.MODELS``; workloads.py imports no TF)."""
+    import workloads
+
+    return workloads.MODELS[model][0]
+
+
 def run_child(spec: dict) -> dict:
     """One figure in a fresh Python process (its own peak memory, no shared caches); with
-    ``spec['torch']`` (the PyTorch Python and the ncsn checkout) PyTorch NCSN's figure."""
+    ``spec['torch']`` (the PyTorch Python and the ncsn checkout) the PyTorch twin's figure."""
     if spec.get("torch"):
-        python, ncsn = spec["torch"]
-        cmd = [python, os.path.join(BENCH, "torch_ncsn.py"), f"--ncsn_repo={ncsn}"]
-        cmd += [f"--kind={spec['kind']}", f"--precision={spec['precision']}"]
-        cmd += [f"--batch={spec.get('batch', 1)}", f"--repeats={spec['repeats']}"]
+        cmd = _twin_command(spec)
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec["repo"])
@@ -185,29 +208,50 @@ ROUNDS = flags.DEFINE_integer(
 )
 TORCH = flags.DEFINE_list("torch_json", [], "PyTorch reference JSON files (fp32, bf16).")
 TORCH_PYTHON = flags.DEFINE_string(
-    "torch_python", None, "A Python with PyTorch: time PyTorch NCSN in the same rounds."
+    "torch_python", None, "A Python with PyTorch: time the twins (TWINS) in the same rounds."
 )
-NCSN_REPO = flags.DEFINE_string("ncsn_repo", None, "Checkout of ermongroup/ncsn.")
+NCSN_REPO = flags.DEFINE_string("ncsn_repo", None, "ermongroup/ncsn checkout (refinenet's twin).")
+TORCH_COMPILE = flags.DEFINE_boolean(
+    "torch_compile", False, "Also time the torch.compile'd EDM twin in the same rounds."
+)
 
 
 def _check_flags() -> None:
     """Bad torch flags fail before any figure is measured."""
-    if bool(TORCH_PYTHON.value) != bool(NCSN_REPO.value):
-        raise app.UsageError("--torch_python and --ncsn_repo go together")
+    if NCSN_REPO.value and not TORCH_PYTHON.value:
+        raise app.UsageError("--ncsn_repo needs --torch_python")
+    if TORCH_COMPILE.value and not TORCH_PYTHON.value:
+        raise app.UsageError("--torch_compile needs --torch_python")
     if TORCH_PYTHON.value:
         if not os.access(TORCH_PYTHON.value, os.X_OK):
             raise app.UsageError(f"--torch_python={TORCH_PYTHON.value!r} is not executable")
-        model = os.path.join(NCSN_REPO.value, "models", "cond_refinenet_dilated.py")
-        if not os.path.isfile(model):
-            raise app.UsageError(f"--ncsn_repo={NCSN_REPO.value!r} has no {model}")
+        if "refinenet" in MODELS.value:
+            model = os.path.join(NCSN_REPO.value or "", "models", "cond_refinenet_dilated.py")
+            if not os.path.isfile(model):
+                raise app.UsageError(f"refinenet's twin needs --ncsn_repo (an ermongroup/ncsn "
+                                     f"checkout with {model})")  # fmt: skip
         if TORCH.value:
-            raise app.UsageError("give --torch_python/--ncsn_repo or --torch_json, not both")
+            raise app.UsageError("give --torch_python or --torch_json, not both")
 
 
 def _torch():
     if TORCH_PYTHON.value:
-        return [os.path.abspath(TORCH_PYTHON.value), os.path.abspath(NCSN_REPO.value)]
+        ncsn = os.path.abspath(NCSN_REPO.value) if NCSN_REPO.value else ""
+        return [os.path.abspath(TORCH_PYTHON.value), ncsn]
     return None
+
+
+def _places(model: str) -> list[tuple[str, str]]:
+    """(results key, checkout) of every figure timed in a round of ``model``: this checkout,
+    the baseline, the PyTorch twin (eager, compiled)."""
+    places = [("figures", REPO)]
+    if BASELINE.value and model in BASELINE_MODELS.value:
+        places.append(("baseline", os.path.abspath(BASELINE.value)))
+    if _torch() and model in TWINS:
+        places.append(("torch_figures", REPO))
+        if TORCH_COMPILE.value and TWINS[model] == "torch_edm.py":
+            places.append(("torch_compiled_figures", REPO))
+    return places
 
 
 def _figures():
@@ -250,6 +294,8 @@ def main(argv):
         "torch_matmul": {},
         "torch_figures": {},
         "torch_ratios": {},
+        "torch_compiled_figures": {},
+        "torch_compiled_ratios": {},
     }
     print(json.dumps(results["cpu"]), flush=True)
     for precision in POLICIES.value:
@@ -265,19 +311,15 @@ def main(argv):
         results["torch"][ref["precision"]] = ref
     t_start = time.perf_counter()
     for kind, model, precision, batch in _figures():
-        repos = [("figures", REPO)]
-        if BASELINE.value and model in BASELINE_MODELS.value:
-            repos.append(("baseline", os.path.abspath(BASELINE.value)))
-        if _torch() and model == "refinenet":
-            repos.append(("torch_figures", REPO))
+        repos = _places(model)
         key = _label(kind, model, precision, batch)
         runs = {where: [] for where, _ in repos}
         for round_ in range(ROUNDS.value):  # this checkout and the baseline, alternating
             for where, repo in repos:
                 spec = {"kind": kind, "model": model, "precision": precision, "batch": batch}
                 spec.update(repeats=REPEATS.value, jit=XLA.value, repo=repo)
-                if where == "torch_figures":
-                    spec["torch"] = _torch()
+                if where.startswith("torch"):
+                    spec.update(torch=_torch(), compile=where == "torch_compiled_figures")
                 r = run_child(spec)
                 _normalise(r, results, where, key)
                 runs[where].append(r)
@@ -290,8 +332,10 @@ def main(argv):
                 _write(results)
         if "baseline" in runs:
             results["ratios"][key] = _paired_ratio(runs["figures"], runs["baseline"])
-        if "torch_figures" in runs:
-            results["torch_ratios"][key] = _paired_ratio(runs["figures"], runs["torch_figures"])
+        for twin in ("torch", "torch_compiled"):
+            if f"{twin}_figures" in runs:
+                ratio = _paired_ratio(runs["figures"], runs[f"{twin}_figures"])
+                results[f"{twin}_ratios"][key] = ratio
         _write(results)
     print("\n" + bench_report.report(results))
     print(f"wrote {OUT.value}", flush=True)
@@ -303,7 +347,7 @@ def _normalise(r: dict, results: dict, where: str, key: str) -> None:
     if "error" in r:
         return
     precision = key.split(" ")[1]
-    if where == "torch_figures":
+    if where.startswith("torch"):
         flops = results["figures"].get(key, {}).get("forward_flops")
         if flops:
             passes = TRAIN_PASSES if "steps_per_call" in r else 1

@@ -137,9 +137,15 @@ def main(argv=None):
         out["params"] = sum(p.numel() for p in net.parameters())
         figure = train_figure if args.kind == "train" else sample_figure
         out.update(figure(torch, net, bf16, args.batch, args.repeats))
+    print_figure(out, torch, bf16, args.kind, args.repeats)
+
+
+def print_figure(out: dict, torch, bf16: bool, kind: str, repeats: int) -> None:
+    """Print a twin's figure as one JSON line, with its peak RSS and (a workload's) the matmul
+    rate measured right after it: the machine's speed of the same minute, as run_bench.py."""
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.kind != "matmul":  # the machine's speed of the same minute, as run_bench.py
-        out["matmul_gflops"] = matmul_figure(torch, bf16, args.repeats)["gflops"]
+    if kind != "matmul":
+        out["matmul_gflops"] = matmul_figure(torch, bf16, repeats)["gflops"]
     print(json.dumps(out), flush=True)
 
 

@@ -22,6 +22,9 @@ MODELS = {
     "resnet_cpu": ("mnist_ncsn_cpu", {}),
     # the continuous-noise CPU model: EDM-preconditioned U-Net denoiser, ngf 16
     "edm_cpu": ("mnist_edm_cpu", {}),
+    # the recommended MNIST model: the EDM U-Net of ngf 32, channels 32/64/96 (1,304,609
+    # parameters), whose PyTorch twin is torch_edm.py
+    "edm_avx2_90": ("mnist_edm_avx2_90", {}),
 }
 
 

@@ -64,3 +64,23 @@ def test_report_has_every_section_and_the_paired_baseline_ratio(results):
     assert "| 1.50x |" in row  # the paired ratio, not 14 / 10
     # GFLOP/s over the matmul rate of the figure's own minute (190), else the run's (300)
     assert "| 160 / 190 | 0.80 |" in row and "| 270 / 300 | 0.90 |" in row
+
+
+def test_the_edm_twins_table_has_its_own_rows_and_the_compiled_twin(results):
+    """An EDM U-Net figure beside its eager and compiled twins (``--torch_compile``): its
+    own table, the compiled column's paired ratio, no RefineNet rows in it."""
+    fig = lambda rate: {"evals_per_s": rate, "fraction_of_matmul": 0.5, "gflops": rate / 10,
+                        "peak_rss_mb": 900.0}  # fmt: skip
+    key = "edm_avx2_90 float32 sample b500"
+    results["figures"][key] = fig(900.0)
+    results["torch_figures"][key] = fig(600.0)
+    results["torch_compiled_figures"] = {key: fig(750.0)}
+    results["torch_compiled_ratios"] = {key: 1.1}
+    rows = bench_report.same_run_torch_table(results, "edm_avx2_90").splitlines()
+    assert rows[0].startswith("| EDM U-Net ngf 32 | tf_score |") and "compiled" in rows[0]
+    (row,) = [r for r in rows if r.startswith("| sample")]
+    # 900 / 600 with no paired ratio; the compiled twin's paired ratio 1.1 (not 900 / 750)
+    assert row.split("|")[1:-1][5:] == [" 1.50x ", "  ", " 750.0 ", " 1.10x "]
+    text = bench_report.report(results)
+    assert "**against PyTorch twin, same rounds**" in text
+    assert "**against PyTorch NCSN, same rounds**" in text
