@@ -69,10 +69,14 @@ class DigitClassifier(keras.Model):
         self.head = keras.layers.Dense(num_classes)
 
     def build(self, input_shape=None):
-        shape = (None, *self.image_shape)
+        shape = self._body_input_shape()
         self.body.build(shape)
         self.head.build(self.body.compute_output_shape(shape))
         self.built = True
+
+    def _body_input_shape(self) -> tuple:
+        """The shape of what enters ``body``: the images."""
+        return (None, *self.image_shape)
 
     def features(self, x):
         return self.body(tf.cast(x, self.compute_dtype) - 0.5)
@@ -109,11 +113,9 @@ class NoisyDigitClassifier(DigitClassifier):
         super().__init__(image_shape, num_classes, **kwargs)
         self.sigma_data = float(sigma_data)
 
-    def build(self, input_shape=None):
-        shape = (None, *self.image_shape[:-1], self.image_shape[-1] + 1)
-        self.body.build(shape)
-        self.head.build(self.body.compute_output_shape(shape))
-        self.built = True
+    def _body_input_shape(self) -> tuple:
+        """The images and their log-sigma channel."""
+        return (None, *self.image_shape[:-1], self.image_shape[-1] + 1)
 
     def features(self, x):
         raise ValueError("a noise-conditional classifier (network=noisy_conv) gives no FID "
