@@ -6,7 +6,27 @@ python benchmarks/bench_report.py runs/bench/bench.json
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
+
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU model, core count and the vector/matrix flags that decide bf16 speed."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in _CPU_FLAGS}}
+
 
 _SHORT = {"float32": "fp32", "mixed_bfloat16": "bf16"}
 

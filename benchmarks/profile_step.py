@@ -28,10 +28,13 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # (names unlike run_train.py's flags, which workloads.py parses the presets with)
-MODEL = flags.DEFINE_enum("workload", "refinenet", ["refinenet", "resnet_cpu", "edm_cpu"], "")
+MODEL = flags.DEFINE_enum(
+    "workload", "refinenet", ["refinenet", "resnet_cpu", "edm_cpu", "edm_avx2_90"], ""
+)
 PRECISION = flags.DEFINE_enum("policy", "float32", ["float32", "mixed_bfloat16"], "")
 BATCH = flags.DEFINE_integer("batch", 32, "Training batch (and sampling batch).")
 JIT = flags.DEFINE_boolean("xla", False, "XLA-compile the step (as --jit in run_train.py).")
+STEPS = flags.DEFINE_integer("train_steps", 1, "Training steps in the traced call.")
 OUT = flags.DEFINE_string("out", "runs/profile/profile.json", "Summary JSON; trace beside it.")
 TOP = flags.DEFINE_integer("top", 25, "Op types printed per phase.")
 
@@ -114,8 +117,9 @@ def main(argv):
     b, model = BATCH.value, MODEL.value
     cfg, step, loop = workloads.build(REPO, model, PRECISION.value, b, JIT.value)
     base = os.path.splitext(os.path.abspath(OUT.value))[0]
-    n_steps = tf.constant(1, tf.int64)
-    result = {"model": model, "precision": PRECISION.value, "batch_size": b, "jit": JIT.value}
+    n_steps = tf.constant(STEPS.value, tf.int64)
+    result = {"model": model, "precision": PRECISION.value, "batch_size": b, "jit": JIT.value,
+              "train_steps": STEPS.value}  # fmt: skip
     wall = _trace(lambda: loop(n_steps)["loss"].numpy(), base + "_train_trace")
     result["train"] = summarise(op_times(base + "_train_trace"), wall, TOP.value)
     run = workloads.sampling_run(cfg, step)
@@ -131,7 +135,9 @@ def main(argv):
         json.dump(result, f, indent=2)
     for phase in ("train", "sample"):
         r = result[phase]
-        print(f"\n{model} {PRECISION.value} batch {b} {phase}: wall {r['wall_seconds']:.3f} s")
+        steps = f" ({STEPS.value} steps)" if phase == "train" else ""
+        wall = r["wall_seconds"]
+        print(f"\n{model} {PRECISION.value} batch {b} {phase}{steps}: wall {wall:.3f} s")
         for k, v in r["categories"].items():
             print(f"  {k:<26}{100 * v:6.1f}%")
         print("  top op types:")

@@ -44,24 +44,6 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 #: training images cost three forward passes (forward, input gradient, weight gradient)
 TRAIN_PASSES = 3
 _THREAD_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def cpu_info() -> dict:
-    """The CPU model, core count and the vector/matrix flags that decide bf16 speed."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in _CPU_FLAGS}}
-
-
 # ---------------------------------------------------------------------------- one figure
 
 
@@ -185,6 +167,7 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
 
 import bench_report  # noqa: E402  (beside this script)
 from absl import app, flags  # noqa: E402  (the child above needs no flags)
+from bench_report import cpu_info  # noqa: E402
 
 # (names unlike run_train.py's flags, which workloads.py parses the presets with)
 OUT = flags.DEFINE_string("bench_out", "runs/bench/bench.json", "Where to write the JSON.")

@@ -94,7 +94,7 @@ HELP = {
     "tracked in training, snapshotted with every checkpoint into WORKDIR/posthoc_ema/ (e.g. "
     "0.05,0.10; empty: none); sample any width in between with run_sample.py "
     "--posthoc_sigma_rel.",
-    "jit": "XLA-compile the training step's loss and gradient, and the solvers.",
+    "jit": "XLA-compile the training step (the whole step on one device) and the solvers.",
     "steps_per_loop": "Steps per compiled call.",
     "grad_accum_steps": "Micro-batches per replica per step, gradients summed: --batch_size is "
     "still the global batch. R replicas x A micro-batches train exactly like 1 replica x R*A.",

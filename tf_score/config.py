@@ -441,8 +441,9 @@ class TrainConfig:
     #: forgets the random initial weights (the undebiased 0.999 EMA still holds 13% of them
     #: after 2000 steps, enough to ruin short runs' samples)
     ema_warmup: bool = True
-    #: XLA-compile each replica's loss and gradient, and the solvers (measure first: on CPUs
-    #: it can be slower)
+    #: XLA-compile the training step (on one replica the whole step: gradient, NaN guard,
+    #: update, EMA; across replicas each one's loss and gradient), and the solvers (measure
+    #: first: on CPUs it can be slower)
     jit: bool = False
     #: steps run inside one compiled call (cuts Python overhead for small models)
     steps_per_loop: int = 100

@@ -11,7 +11,8 @@ step on one global batch, objective after objective:
    statistics;
 3. ``apply_grads``: the update, skipped (in cross-replica context) if any replica saw a
    non-finite loss or gradient;
-4. then, after every objective, ``update_ema`` and the step counter.
+4. then, after every objective, ``update_ema`` and the step counter (``one_step`` is 1-4;
+   with ``jit`` on one replica it is one XLA program, otherwise ``local_grads`` is).
 
 ``make_train_loop(iterator)`` compiles many steps into one ``tf.function`` call; ``loss``
 evaluates the objectives on a batch without changing anything (a held-out loss). The seeds
@@ -125,9 +126,13 @@ class TrainStep:
             for sigma_rel, profile in zip(self.sigma_rels, self.profiles, strict=True)
         ]  # fmt: skip
         self._local_grads, self._local_loss = self.local_grads, self.local_loss
+        self._one_step = self.one_step
         if config.jit:
-            self._local_grads = tf.function(self.local_grads, jit_compile=True)
             self._local_loss = tf.function(self.local_loss, jit_compile=True)
+            if self.replicas == 1:  # the whole step is one XLA program
+                self._one_step = tf.function(self.one_step, jit_compile=True)
+            else:  # the all-reduce crosses replicas: compile each replica's part
+                self._local_grads = tf.function(self.local_grads, jit_compile=True)
 
     # --- one replica ------------------------------------------------------------------------
 
@@ -248,14 +253,29 @@ class TrainStep:
 
     def update_ema(self, step):
         """Move the EMA weights towards the live ones with the decay of 1-based ``step``, and
-        each post-hoc EMA profile with its ``power_beta``."""
+        each post-hoc EMA profile with its ``power_beta``: e -= (1 - decay)(e - w), the same
+        average as decay e + (1 - decay) w in one update per weight."""
         decay = ema_decay(step, self.config.ema_rate, self.config.ema_warmup)
         for e, w in self._ema_pairs:
-            e.assign(decay * e + (1.0 - decay) * w)
+            e.assign_sub((1.0 - decay) * (e - w))
         for gamma, pairs in self._profile_pairs:
             beta = posthoc_ema.power_beta(step, gamma)
             for p, w in pairs:
-                p.assign(beta * p + (1.0 - beta) * w)
+                p.assign_sub((1.0 - beta) * (p - w))
+
+    def one_step(self, batch, step):
+        """The step numbered ``step`` (1-based) on ``batch``: ``run_objectives``, then, if
+        every value was finite, ``update_ema`` and the step counter. With ``config.jit`` on
+        one replica, this whole function is one XLA program."""
+        stats, bad = self.run_objectives(batch, step)
+
+        def finish():
+            self.update_ema(step)
+            self.step_var.assign(step)
+            return tf.constant(True)
+
+        tf.cond(bad > 0, lambda: tf.constant(False), finish)
+        return stats, bad
 
     def make_train_loop(self, iterator):
         """The compiled loop over batches of ``iterator`` (of the strategy's distributed
@@ -284,12 +304,10 @@ class TrainStep:
         for _ in tf.range(n_steps):
             step = self.step_var + 1  # 1-based step being taken
             batch = next(iterator)
-            stats, bad = self.run_objectives(batch, step)
+            stats, bad = self._one_step(batch, step)
             if bad > 0:
                 bad_step = step
                 break
-            self.update_ema(step)
-            self.step_var.assign(step)
             loss_acc += tf.stack([st[0] for st in stats])
             level_sum += tf.stack([st[1] for st in stats])
             level_cnt += tf.stack([st[2] for st in stats])
