@@ -3,7 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+#: 100 digits, 0 to 9 in each row of the pretrained model's grid
+DIGITS := 0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9
 
 #: run a command and print its wall time: $(PHASE) "name" command...
 PHASE = bash -c 'TIMEFORMAT="[$$0: %1R s]"; time "$$@"'
@@ -22,7 +24,8 @@ install: $(STAMP)
 ## The main job: train the noise-conditional MLP on the two-mode mixture, sample, evaluate, plot.
 ## Then the same mixture as a user who wants samples of p: a continuous-noise EDM denoiser
 ## (sigma down to 0.01) and the fast samplers; its export is the toy model to serve. Then the
-## class-conditional toy: each class, p, and guided rows against the exact denoisers.
+## class-conditional toy: each class, p, and guided rows against the exact denoisers. Last, 100
+## digits from the MNIST model shipped with tf_score (tf_score/pretrained/).
 demo: $(STAMP)
 	@$(PHASE) "NCSN toy: train and evaluate" $(BIN)/python run_train.py \
 		--flagfile=flags/presets/toy_mixture.cfg --workdir=runs/toy_mixture --evaluate
@@ -33,6 +36,9 @@ demo: $(STAMP)
 		--flagfile=flags/presets/toy_edm_cond.cfg --workdir=runs/toy_edm_cond --evaluate
 	@$(PHASE) "the picture" $(BIN)/python run_sample.py \
 		--overview=runs/toy_mixture,runs/toy_edm,runs/toy_edm_cond --output_dir=runs
+	@$(PHASE) "digits from the pretrained MNIST model" $(BIN)/python run_sample.py \
+		--pretrained=mnist_edm_cond --num_samples=100 --labels=$(DIGITS) \
+		--output_dir=runs/pretrained_mnist
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

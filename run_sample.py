@@ -14,12 +14,14 @@ and export settings are this command's.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
-from flags import startup
+from flags import console, startup
 
 if __name__ == "__main__":  # first: Ctrl-C while TensorFlow loads is one line
     startup.guard()
+    console.before_tensorflow(sys.argv)  # TensorFlow's C++ log: only if asked for
 from absl import app
 
 import flags.definitions as F
@@ -31,17 +33,25 @@ def _grid(n) -> str:
     return f"{n.schedule}, {n.num_levels} levels, sigma {n.sigma_max:g} -> {n.sigma_min:g}{rho}"
 
 
-def _load(workdir):
-    """The run with this command's settings over the workdir's (``F.sample_config``: the
-    sampler's, the evaluation and export sections, a continuous model's sampling grid),
-    every flag checked before the checkpoint is read."""
+def _load(workdir, pretrained=None):
+    """The run (of ``workdir``, or the ``pretrained`` model) with this command's settings over
+    its own (``F.sample_config``: the sampler's, the evaluation and export sections, a
+    continuous model's sampling grid), every flag checked before a weight is read."""
     from tf_score import api
+    from tf_score.families import pretrained as shipped  # beside api.load_pretrained
 
     data_dir = F.FLAGS["data_dir"].value if F.FLAGS["data_dir"].present else None
-    cfg = F.sample_config(api.read_config(workdir, data_dir), F.typed(sys.argv))
+    if pretrained and (workdir or F.FLAGS.checkpoint or F.FLAGS.posthoc_sigma_rel):
+        raise app.UsageError("--pretrained is a trained model already: give no --workdir, "
+                             "--checkpoint or --posthoc_sigma_rel with it")  # fmt: skip
+    where = shipped.directory(pretrained) if pretrained else workdir
+    cfg = F.sample_config(api.read_config(where, data_dir), F.typed(sys.argv))
     if F.FLAGS.checkpoint and F.FLAGS.posthoc_sigma_rel:
         raise app.UsageError("--checkpoint and --posthoc_sigma_rel: give one of them")
-    run = api.load(workdir, F.FLAGS.checkpoint, data_dir, F.FLAGS.posthoc_sigma_rel)
+    if pretrained:
+        run = api.load_pretrained(pretrained, data_dir)
+    else:
+        run = api.load(workdir, F.FLAGS.checkpoint, data_dir, F.FLAGS.posthoc_sigma_rel)
     if cfg.noise != run.config.noise:
         print(f"sampling grid: {_grid(cfg.noise)} (trained run's: {_grid(run.config.noise)})")
     return dataclasses.replace(run, config=cfg)
@@ -79,7 +89,8 @@ def _main(run) -> None:
         path = F.export(run, run.config)
         print(f"exported step {run.step} for TF Serving: {path}")
         return
-    out_dir = F.FLAGS.output_dir or run.workdir
+    default = os.path.join("runs", "pretrained", F.FLAGS.pretrained or "")
+    out_dir = F.FLAGS.output_dir or (default if F.FLAGS.pretrained else run.workdir)
     api.check_writable(out_dir, "--output_dir")  # before any work: nothing computed is lost
     common = dict(seed=F.FLAGS.seed, jit=F.FLAGS.jit, progress=F.FLAGS.progress)
     if run.config.evaluation.bits_per_dim or F.FLAGS.evaluate:
@@ -93,8 +104,6 @@ def _main(run) -> None:
 
 def _overview(workdirs: list[str], out_dir: str) -> None:
     """The toys' picture, and where a newcomer looks next."""
-    import os
-
     from tf_score import api
 
     try:
@@ -116,6 +125,7 @@ def _overview(workdirs: list[str], out_dir: str) -> None:
 
 
 def main(argv):
+    console.configure()
     with F.one_line_usage_errors():
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -129,7 +139,7 @@ def main(argv):
                 if F.FLAGS.overview:
                     _overview(F.FLAGS.overview, F.FLAGS.output_dir or ".")
                 else:
-                    _main(_load(F.FLAGS.workdir))
+                    _main(_load(F.FLAGS.workdir, F.FLAGS.pretrained))
         except (
             config.ConfigError,
             api.RunError,
@@ -152,8 +162,10 @@ if __name__ == "__main__":
     from absl import flags
 
     flags.register_multi_flags_validator(
-        ["workdir", "overview"], lambda f: bool(f["workdir"] or f["overview"]),
-        message="--workdir is required (or --overview=W1,W2: the toys' picture)",
+        ["workdir", "overview", "pretrained"],
+        lambda f: bool(f["workdir"] or f["overview"] or f["pretrained"]),
+        message="--workdir is required (or --pretrained=NAME: a model shipped with tf_score; "
+        "or --overview=W1,W2: the toys' picture)",
     )  # fmt: skip
     declare_key_flags()
     F.run(main)  # Ctrl-C while the flags are parsed: one line (main reports the rest)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
-from flags import startup
+from flags import console, startup
 
 if __name__ == "__main__":  # first: Ctrl-C while TensorFlow loads is one line
     startup.guard()
+    console.before_tensorflow(sys.argv)  # TensorFlow's C++ log: only if asked for
 from absl import app, logging
 
 import flags.definitions as F
@@ -53,6 +54,7 @@ def _interrupted(workdir: str, newest_before: int) -> None:
 
 
 def main(argv):
+    console.configure()
     with F.one_line_usage_errors():
         newest = _newest_step(F.FLAGS.workdir)
         try:

@@ -180,6 +180,9 @@ COMMAND = {
     "output_dir": ("string", None, "Where run_sample.py writes samples, figures and metrics "
                    "(default: --workdir; give one to sample a run you cannot write to)."),
     "checkpoint": ("string", None, "Checkpoint prefix to sample from (default: the latest)."),
+    "pretrained": ("string", None, "Sample a trained model shipped with tf_score instead of "
+                   "a workdir (tf_score/pretrained/NAME; default --output_dir: "
+                   "runs/pretrained/NAME)."),
     "posthoc_sigma_rel": ("float", 0.0, "Sample the post-hoc EMA of this relative width "
                           "(EDM2), reconstructed from the snapshots of a run trained with "
                           "--posthoc_ema, instead of the checkpoint's EMA (0: that one)."),
@@ -415,7 +418,8 @@ SAMPLE_READS = ("data_dir", "jit", "seed")
 #: flags of training only, whatever their section
 TRAIN_ONLY = ("fid_every", "fid_samples", "restart_from_scratch")
 #: flags of run_sample.py only
-SAMPLE_ONLY = ("output_dir", "checkpoint", "inpaint", "overview", "snapshots", "metrics_file",
+SAMPLE_ONLY = ("output_dir", "checkpoint", "pretrained", "inpaint", "overview", "snapshots",
+               "metrics_file",
                "posthoc_sigma_rel")  # fmt: skip
 
 

@@ -7,6 +7,7 @@
     cfg = config.from_flat(dict(dataset="two_mode", num_steps=500, sigma_max=20.0))
     api.train(cfg, "/tmp/toy")                       # writes config.json, resumes if present
     run = api.load("/tmp/toy")                       # config, EMA models, step, score
+    digits = api.load_pretrained("mnist_edm_cond")   # a trained model shipped in the box
     out = api.generate(run, 1000, seed=0, sampler="heun")
     api.export(run, "/tmp/export")                   # SavedModel for TF Serving
 
@@ -25,6 +26,7 @@ from tf_score.config import ConfigError, ExperimentConfig, ExportConfig
 from tf_score.export import savedmodel as export_lib
 from tf_score.families import evaluate as evaluations  # api.evaluate is the call
 from tf_score.families import outputs
+from tf_score.families import pretrained as pretrained_models
 from tf_score.families.registry import check, of
 from tf_score.families.run import (  # noqa: F401  (the API's calls and types, defined there)
     Generated,
@@ -68,6 +70,18 @@ def load(workdir: str, checkpoint: str | None = None, data_dir: str | None = Non
     entry = of(cfg)
     workdirs.check_trained_fields(workdir, cfg, entry.trained_fields)
     return entry.load(workdir, cfg, checkpoint, posthoc_sigma_rel)
+
+
+#: the trained models shipped with tf_score
+pretrained_names = pretrained_models.names
+
+
+def load_pretrained(name: str, data_dir: str | None = None) -> Run:
+    """A trained model shipped with tf_score (``pretrained_names()`` lists them) as a ``Run``,
+    as ``load`` gives a workdir's, once its weights file matches the checksum in its
+    provenance (``families.pretrained``); ``data_dir``: where its data set lives, for
+    evaluation."""
+    return pretrained_models.load(name, data_dir)
 
 
 def export(

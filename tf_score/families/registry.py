@@ -54,6 +54,9 @@ class Family:
     trained_fields: tuple[str, ...] = ("data_shape",)
     #: whether it trains under a tf.distribute strategy (else on one device)
     distributed: bool = True
+    #: cfg -> {name: fn() -> a built model}: the models a checkpoint holds (None: the family
+    #: saves its runs otherwise, and ships no pretrained weights)
+    model_fns: Callable[[ExperimentConfig], dict] | None = None
 
     def refuse(self, cfg: ExperimentConfig, request: str, flag: str) -> None:
         """ConfigError naming ``flag`` unless this family's runs of ``cfg`` answer ``request``
@@ -185,19 +188,19 @@ def _score_export(run, path, samplers, max_samples, max_evaluations):
     )  # fmt: skip
 
 
+def _score_models(cfg: ExperimentConfig) -> dict:
+    return {"score": score_model.network_fn(cfg)}
+
+
 SCORE = Family(
     "score",
     train=lambda cfg, wd, strategy, progress, restart: workdir.train_in_loop(
         cfg, wd, strategy, progress, restart, score_model.bundle, fill=_with_data_mean
     ),
     load=lambda wd, cfg, checkpoint, posthoc: workdir.restore(
-        wd,
-        cfg,
-        {"score": score_model.network_fn(cfg)},
-        checkpoint,
-        posthoc,
-        score_model.checkpoint_settings(cfg),
+        wd, cfg, _score_models(cfg), checkpoint, posthoc, score_model.checkpoint_settings(cfg)
     ),
+    model_fns=_score_models,
     requests=_score_requests,
     check=_score_check,
     sample=_score_sample,
@@ -217,6 +220,7 @@ VAE = Family(
     load=lambda wd, cfg, checkpoint, posthoc: workdir.restore(
         wd, cfg, vae.model_fns(cfg), checkpoint, posthoc
     ),
+    model_fns=vae.model_fns,
     requests=lambda cfg: frozenset({"samples", "evaluate", "export"}),
     check=_image_family_check(vae.ARCHS),
     sample=lambda run, out_dir, seed, progress=False, **_: outputs.vae_outputs(
