@@ -89,8 +89,8 @@ def _main(run) -> None:
         path = F.export(run, run.config)
         print(f"exported step {run.step} for TF Serving: {path}")
         return
-    default = os.path.join("runs", "pretrained", F.FLAGS.pretrained or "")
-    out_dir = F.FLAGS.output_dir or (default if F.FLAGS.pretrained else run.workdir)
+    shipped = os.path.join("runs", "pretrained", os.path.basename(run.workdir))
+    out_dir = F.FLAGS.output_dir or (shipped if run.read_only else run.workdir)
     api.check_writable(out_dir, "--output_dir")  # before any work: nothing computed is lost
     common = dict(seed=F.FLAGS.seed, jit=F.FLAGS.jit, progress=F.FLAGS.progress)
     if run.config.evaluation.bits_per_dim or F.FLAGS.evaluate:

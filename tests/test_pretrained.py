@@ -49,7 +49,7 @@ def test_pack_then_load_gives_the_float16_rounded_weights(toy_run, tmp_path):
         w.assign(w.numpy().astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(_denoised(loaded, x, sigma), _denoised(rounded, x, sigma),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
-    assert pretrained.names(root) == ["toy"]
+    assert pretrained.names(root) == ["toy"] and loaded.read_only and not toy_run.read_only
 
 
 def test_a_damaged_or_missing_weights_file_is_named_with_how_to_get_it_back(toy_run, tmp_path):

@@ -304,8 +304,9 @@ def quality_reference(
     cache_dir: str | None = None,
 ) -> QualityReference:
     """Load everything FID/KID of ``num_samples`` samples need, every error before sampling.
-    The training features are cached in ``cache_dir`` (default: the workdir), keyed by the
-    extractor (and the classifier file's mtime) and the data set."""
+    The training features are cached in ``cache_dir`` (default: the workdir, unless the run
+    is ``read_only``), keyed by the extractor (and the classifier file's mtime) and the data
+    set."""
 
     extractor, net_path, key = _extractor(run, feature_extractor, classifier, inception_weights)
     dataset = run.config.data.dataset
@@ -322,15 +323,16 @@ def quality_reference(
             f"num_samples={num_samples} is more than the {len(held)} test images of the floor"
         )
     key += f":{dataset}:train"
-    cache = os.path.join(cache_dir or run.workdir, f"reference_features_{extractor.name}.npz")
+    where = cache_dir or (None if run.read_only else run.workdir)
+    cache = os.path.join(where, f"reference_features_{extractor.name}.npz") if where else ""
     ref = None
-    if os.path.exists(cache):
+    if cache and os.path.exists(cache):
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 ref = z["features"]
     if ref is None:
         ref, _ = extractor(_images_array(run.config.data, "train").astype(np.float32) / 255.0)
-        if os.path.isdir(os.path.dirname(cache)):  # a run not yet started writes nothing
+        if cache and os.path.isdir(where):  # a run not yet started writes nothing
             np.savez(cache + ".tmp.npz", features=ref, key=key)
             os.replace(cache + ".tmp.npz", cache)
     return QualityReference(extractor, ref, held.astype(np.float32) / 255.0, net_path)

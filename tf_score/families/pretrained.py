@@ -147,4 +147,6 @@ def load(name: str, data_dir: str | None = None, root: str = ROOT) -> Run:
                                f"{tuple(w.shape)}) is not in its weights.npz; it was made by "
                                "another version of the network")  # fmt: skip
             w.assign(arrays[key].astype(w.dtype))
-    return Run(where, cfg, models, int(record["step"]), os.path.join(where, WEIGHTS))
+    return Run(
+        where, cfg, models, int(record["step"]), os.path.join(where, WEIGHTS), read_only=True
+    )

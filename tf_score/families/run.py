@@ -40,6 +40,9 @@ class Run:
     models: dict
     step: int
     checkpoint: str | None = None
+    #: a model shipped inside the package (``families.pretrained``): nothing is written into
+    #: its workdir (outputs and caches go elsewhere)
+    read_only: bool = False
 
     @property
     def family(self) -> str:
