@@ -16,10 +16,14 @@ def mode_weight(x) -> tuple[float, float]:
 
 def mode_sds(x) -> tuple[float, float]:
     """Per-coordinate standard deviation within each mode (light, heavy), averaged over the
-    two coordinates: each mode centred on its own mean."""
+    two coordinates: each mode centred on its own mean; NaN for a mode with fewer than two
+    samples (a class-conditional row draws one mode only)."""
     x = np.asarray(x)
     heavy = x[:, 0] + x[:, 1] > 0
-    return tuple(float(np.mean(x[m].std(axis=0, ddof=1))) for m in (~heavy, heavy))
+    return tuple(
+        float(np.mean(x[m].std(axis=0, ddof=1))) if m.sum() > 1 else float("nan")
+        for m in (~heavy, heavy)
+    )
 
 
 def _median_bandwidth(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
