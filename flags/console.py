@@ -59,13 +59,18 @@ _KNOWN_NOISE = (
 )
 
 
+def from_tensorflow(line: bytes) -> bool:
+    """Whether a line is TensorFlow's C++ logging: an absl log line, absl's "before
+    InitializeLog" notice or the CPU-instructions banner."""
+    return line.startswith(_DROPPED) or _CPP_LINE.match(line) is not None
+
+
 def _shown(line: bytes) -> bool:
-    """Whether a line C++ code wrote to stderr reaches the terminal."""
-    if line.startswith(_DROPPED):
-        return False
+    """Whether a line C++ code wrote to stderr reaches the terminal: anything but
+    TensorFlow's logging, and its ERROR and FATAL lines that are not ``_KNOWN_NOISE``."""
     m = _CPP_LINE.match(line)
     if m is None:
-        return True
+        return not line.startswith(_DROPPED)
     return m.group(1) in b"EF" and not any(n in m.group(2) for n in _KNOWN_NOISE)
 
 

@@ -101,3 +101,17 @@ def pytest_runtest_setup(item):
 @pytest.fixture
 def repo_root():
     return REPO
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(script, *args, env=None)``: one of the command lines in a fresh process from
+    the repository root (``env``: the whole environment; default: this one), output kept."""
+    import subprocess
+    import sys
+
+    def run(script, *args, env=None, timeout=300):
+        return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+
+    return run

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -25,52 +24,6 @@ def _run(repo_root, script, *args, timeout=300):
         cwd=repo_root,
         env=env,
     )
-
-
-# a line of TensorFlow's C++ logger (absl format), its start-up banner, or absl's INFO
-_TF_LOG = re.compile(
-    r"^[IWEF]\d{4} \d\d:\d\d:\d\d|^WARNING: All log messages before absl|"
-    r"This TensorFlow binary is optimized|To enable the following instructions"
-)
-
-
-def test_a_cli_training_prints_tf_scores_lines_only(repo_root, tmp_path):
-    """With no verbosity flag and no TF_CPP_MIN_LOG_LEVEL set, a training with checkpoints,
-    progress bar and export prints no line of TensorFlow's C++ logger, its banner or absl's
-    INFO format; tf_score's own lines (the checkpoint saved, the summary) are there, plain.
-    (With --verbosity=0 TensorFlow's logging shows again: the pretrained model's export
-    below.)"""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    workdir = str(tmp_path / "toy")
-    args = [sys.executable, os.path.join(repo_root, "run_train.py"), f"--workdir={workdir}",
-            "--flagfile=flags/presets/toy_edm.cfg", "--num_steps=600", "--checkpoint_every=300",
-            "--sample_every=0", f"--export_dir={tmp_path / 'export'}"]  # fmt: skip
-    run = dict(capture_output=True, text=True, timeout=300, cwd=repo_root, env=env)
-    proc = subprocess.run(args, **run)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [part for line in (proc.stdout + proc.stderr).splitlines() for part in line.split("\r")]
-    assert [line for line in lines if _TF_LOG.search(line)] == []
-    assert f"saved checkpoint {workdir}/checkpoints/ckpt-300" in lines
-    assert any("600/600" in line and "step/s" in line for line in lines)  # the bar, with rate
-    assert "trained to step 600" in proc.stdout
-
-
-def test_run_sample_draws_a_pretrained_model_and_exports_it(repo_root, tmp_path):
-    """--pretrained=NAME samples a model shipped with tf_score (no workdir, no data) and
-    exports it (here with --verbosity=0, which shows TensorFlow's logging); an unknown name,
-    or a workdir beside it, is one line saying what to give."""
-    out = tmp_path / "toy"
-    proc = _run(repo_root, "run_sample.py", "--pretrained=toy_edm", "--num_samples=200",
-                f"--output_dir={out}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "samples.png").exists() and "wrote 200 samples" in proc.stdout
-    proc = _run(repo_root, "run_sample.py", "--pretrained=toy_edm", f"--export_dir={tmp_path}",
-                "--verbosity=0")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "toy_edm" / "16000" / "saved_model.pb").exists(), proc.stdout
-    assert any(_TF_LOG.search(line) for line in proc.stderr.splitlines())
-    proc = _run(repo_root, "run_sample.py", "--pretrained=toy_edm", f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "give no --workdir" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from flags import console
 from tf_score import api, config
 from tf_score.families import pretrained
 
@@ -104,3 +105,21 @@ def test_a_copy_of_a_model_elsewhere_loads_from_its_root(tmp_path):
     root = str(tmp_path / "copy")
     shutil.copytree(pretrained.directory("toy_edm"), os.path.join(root, "toy_edm"))
     assert pretrained.load("toy_edm", root=root).step == pretrained.provenance("toy_edm")["step"]
+
+
+def test_run_sample_draws_a_pretrained_model_and_exports_it(run_cli, tmp_path):
+    """--pretrained=NAME samples a model shipped with tf_score (no workdir, no data) and
+    exports it (here with --verbosity=0, which shows TensorFlow's logging again); a workdir
+    beside it is one line saying what to give."""
+    out = tmp_path / "toy"
+    proc = run_cli("run_sample.py", "--pretrained=toy_edm", "--num_samples=200",
+                   f"--output_dir={out}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "samples.png").exists() and "wrote 200 samples" in proc.stdout
+    proc = run_cli("run_sample.py", "--pretrained=toy_edm", f"--export_dir={tmp_path}",
+                   "--verbosity=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "toy_edm" / "16000" / "saved_model.pb").exists(), proc.stdout
+    assert any(console.from_tensorflow(line.encode()) for line in proc.stderr.splitlines())
+    proc = run_cli("run_sample.py", "--pretrained=toy_edm", f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and "give no --workdir" in proc.stderr
