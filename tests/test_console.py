@@ -43,12 +43,12 @@ def test_a_cli_training_prints_tf_scores_lines_only(run_cli, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     workdir = str(tmp_path / "toy")
     proc = run_cli("run_train.py", f"--workdir={workdir}", "--flagfile=flags/presets/toy_edm.cfg",
-                   "--num_steps=600", "--checkpoint_every=300", "--sample_every=0",
+                   "--num_steps=200", "--checkpoint_every=100", "--sample_every=0",
                    f"--export_dir={tmp_path / 'export'}", env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [part for line in (proc.stdout + proc.stderr).splitlines() for part in line.split("\r")]
     assert [line for line in lines if console.from_tensorflow(line.encode())] == []
     assert [line for line in lines if line[:1] in "IWEF" and line[1:5].isdigit()] == []  # absl
-    assert f"saved checkpoint {workdir}/checkpoints/ckpt-300" in lines
-    assert any("600/600" in line and "step/s" in line for line in lines)  # the bar, with rate
-    assert "trained to step 600" in proc.stdout
+    assert f"saved checkpoint {workdir}/checkpoints/ckpt-100" in lines
+    assert any("200/200" in line and "step/s" in line for line in lines)  # the bar, with rate
+    assert "trained to step 200" in proc.stdout
