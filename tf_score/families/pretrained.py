@@ -25,10 +25,9 @@ import os
 import numpy as np
 
 from tf_score import atomic
-from tf_score.config import ExperimentConfig
 from tf_score.families import registry
 from tf_score.families.run import Run, RunError
-from tf_score.families.workdir import set_precision
+from tf_score.families.workdir import read_config, set_precision
 
 #: where the pretrained models are, inside the installed package
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
@@ -128,10 +127,7 @@ def load(name: str, data_dir: str | None = None, root: str = ROOT) -> Run:
     how to get it back otherwise). ``data_dir``: where the data set lives, for evaluation."""
     record = provenance(name, root)
     where = directory(name, root)
-    with open(os.path.join(where, CONFIG)) as f:
-        cfg = ExperimentConfig.from_dict(json.load(f))
-    if data_dir:
-        cfg = cfg.replace(data={"data_dir": data_dir})
+    cfg = read_config(where, data_dir)
     family = registry.of(cfg)
     if family.model_fns is None:
         raise RunError(f"pretrained model {name!r}: {family.name} runs have no pretrained form")
