@@ -68,10 +68,10 @@ def from_tensorflow(line: bytes) -> bool:
 def _shown(line: bytes) -> bool:
     """Whether a line C++ code wrote to stderr reaches the terminal: anything but
     TensorFlow's logging, and its ERROR and FATAL lines that are not ``_KNOWN_NOISE``."""
+    if not from_tensorflow(line):
+        return True
     m = _CPP_LINE.match(line)
-    if m is None:
-        return not line.startswith(_DROPPED)
-    return m.group(1) in b"EF" and not any(n in m.group(2) for n in _KNOWN_NOISE)
+    return m is not None and m.group(1) in b"EF" and not any(n in m.group(2) for n in _KNOWN_NOISE)
 
 
 def _pump(read_fd: int, out_fd: int) -> None:
@@ -111,8 +111,11 @@ class _Lines(logging.Handler):
     """Records as lines written above any tqdm progress bar."""
 
     def __init__(self, verbosity: int):
+        from absl import logging as absl_logging
+
         super().__init__(logging.DEBUG)
         self.verbosity = verbosity
+        self.absl_format = absl_logging.PythonFormatter()  # absl's prefix, when verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.verbosity >= 0:
@@ -125,9 +128,7 @@ class _Lines(logging.Handler):
 
     def format(self, record: logging.LogRecord) -> str:
         if self.verbosity >= 0:
-            from absl import logging as absl_logging
-
-            return absl_logging.PythonFormatter().format(record)
+            return self.absl_format.format(record)
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.lower()}: {text}"
