@@ -384,34 +384,3 @@ def test_sampling_that_cannot_fit_or_is_over_the_work_cap_is_one_line_before_any
     assert "--num_samples=16 x 1001 network evaluations is 16016 units of work" in proc.stderr
     assert "must be <= 5000 (--max_evaluations): ask for at most --num_samples=4" in proc.stderr
     assert sorted(os.listdir(workdir)) == before
-
-
-@pytest.mark.slow
-def test_run_train_evaluate_writes_what_run_sample_evaluate_writes(repo_root, tmp_path):
-    """run_train.py --evaluate (make demo's one process per toy): after the training and the
-    export, the trained run's evaluation with this command's evaluation flags, into the
-    workdir; run_sample.py --evaluate of the workdir afterwards writes the same metrics.json
-    (sampling times aside)."""
-    workdir, again = tmp_path / "edm", tmp_path / "again"
-    preset = "--flagfile=flags/presets/toy_edm.cfg"
-    small = ["--num_samples=64", "--eval_repeats=2", "--num_permutations=20", "--noprogress"]
-    proc = _run(repo_root, "run_train.py", preset, f"--workdir={workdir}", "--num_steps=200",
-                "--checkpoint_every=200", "--sample_every=0", "--hidden_units=16,16",
-                f"--export_dir={tmp_path / 'export'}", "--evaluate", *small)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "export" / "edm" / "200" / "saved_model.pb").exists()
-    assert "evaluated in" in proc.stdout and "2 sampling seeds x 64" in proc.stdout, proc.stdout
-    proc = _run(repo_root, "run_sample.py", preset, f"--workdir={workdir}", "--evaluate",
-                f"--output_dir={again}", *small)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first, second = (json.loads((d / "metrics.json").read_text()) for d in (workdir, again))
-    for m in (first, second):
-        for row in m["samplers"].values():
-            row.pop("sample_seconds")
-            row.update(zip(("sd_light", "sd_heavy"), row.pop("mode_sd"), strict=True))
-            row.update(enumerate(row.pop("two_sample_p")))
-    for name, row in first.pop("samplers").items():  # float32 sampling: rounding may differ
-        assert row == pytest.approx(second["samplers"][name], rel=1e-5), name
-    assert first == {k: v for k, v in second.items() if k != "samplers"}
-    assert first["num_seeds"] == 2 and first["checkpoint_step"] == 200
-    assert list(second["samplers"]) == ["heun", "edm", "dpmpp_2m", "dpmpp_3m_sde", "dpm_adaptive"]

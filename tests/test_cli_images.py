@@ -1,5 +1,7 @@
-"""Command line on image data: an NCSN and a VAE preset trained and sampled from flags
-(snapshots, inpainting, AIS), each in fresh processes on real MNIST."""
+"""Command line, the longer runs: an NCSN and a VAE preset trained and sampled from flags on
+real MNIST (snapshots, inpainting, AIS), and run_train.py --evaluate against run_sample.py
+--evaluate on the toy, each in fresh processes (apart from test_cli.py, so that the two
+pytest-xdist workers share the long files evenly)."""
 
 import json
 import os
@@ -102,3 +104,34 @@ def test_vae_train_sample_evaluate(encoder, run_cli, tmp_path):
     else:
         assert "iwae_nll" not in m
     assert "AIS NLL" in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_train_evaluate_writes_what_run_sample_evaluate_writes(run_cli, tmp_path):
+    """run_train.py --evaluate (make demo's one process per toy): after the training and the
+    export, the trained run's evaluation with this command's evaluation flags, into the
+    workdir; run_sample.py --evaluate of the workdir afterwards writes the same metrics.json
+    (sampling times aside)."""
+    workdir, again = tmp_path / "edm", tmp_path / "again"
+    preset = "--flagfile=flags/presets/toy_edm.cfg"
+    small = ["--num_samples=64", "--eval_repeats=2", "--num_permutations=20", "--noprogress"]
+    proc = run_cli("run_train.py", preset, f"--workdir={workdir}", "--num_steps=200",
+                "--checkpoint_every=200", "--sample_every=0", "--hidden_units=16,16",
+                f"--export_dir={tmp_path / 'export'}", "--evaluate", *small)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "export" / "edm" / "200" / "saved_model.pb").exists()
+    assert "evaluated in" in proc.stdout and "2 sampling seeds x 64" in proc.stdout, proc.stdout
+    proc = run_cli("run_sample.py", preset, f"--workdir={workdir}", "--evaluate",
+                f"--output_dir={again}", *small)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (workdir, again))
+    for m in (first, second):
+        for row in m["samplers"].values():
+            row.pop("sample_seconds")
+            row.update(zip(("sd_light", "sd_heavy"), row.pop("mode_sd"), strict=True))
+            row.update(enumerate(row.pop("two_sample_p")))
+    for name, row in first.pop("samplers").items():  # float32 sampling: rounding may differ
+        assert row == pytest.approx(second["samplers"][name], rel=1e-5), name
+    assert first == {k: v for k, v in second.items() if k != "samplers"}
+    assert first["num_seeds"] == 2 and first["checkpoint_step"] == 200
+    assert list(second["samplers"]) == ["heun", "edm", "dpmpp_2m", "dpmpp_3m_sde", "dpm_adaptive"]
