@@ -365,9 +365,10 @@ def to_uint8(samples) -> np.ndarray:
 
 def fid_monitor(cfg, workdir: str, data_shape, progress: bool = False) -> Monitor:
     """The training ``Monitor`` of ``cfg.evaluation.fid_every``: classifier (or Inception) FID
-    of ``fid_samples`` samples of the EMA model with the run's sampler (seed ``cfg.seed``),
-    beside the floor of as many held-out test images, and their ratio. Loads the extractor
-    and the reference features now, so a missing classifier fails before training."""
+    and KID of ``fid_samples`` samples of the EMA model with the run's sampler (seed
+    ``cfg.seed``), beside the floors of as many held-out test images, and the FID ratio.
+    Loads the extractor and the reference features now, so a missing classifier fails before
+    training."""
 
     ev = cfg.evaluation
     probe = Run(workdir, cfg, {}, 0)
@@ -387,7 +388,8 @@ def fid_monitor(cfg, workdir: str, data_shape, progress: bool = False) -> Monito
         )  # fmt: skip
         q = image_quality(to_uint8(out.samples), reference, seed=cfg.seed)
         return {"fid/fid": q["fid"], "fid/floor": q["fid_floor"],
-                "fid/ratio": q["fid"] / q["fid_floor"], "fid/num_evals": out.num_evals}  # fmt: skip
+                "fid/ratio": q["fid"] / q["fid_floor"], "fid/num_evals": out.num_evals,
+                "kid/kid": q["kid"], "kid/floor": q["kid_floor"]}  # fmt: skip
 
     return Monitor(ev.fid_every, measure)
 

@@ -150,7 +150,7 @@ def _image_family_check(networks_taken: tuple[str, ...], labelled: bool = False)
     return check
 
 
-def _with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
+def with_data_mean(cfg: ExperimentConfig) -> ExperimentConfig:
     """The data's mean (and a class-conditional run's class means) recorded before training:
     the centres of the deterministic solvers' starts."""
     if cfg.data.data_mean is None:
@@ -195,7 +195,7 @@ def _score_models(cfg: ExperimentConfig) -> dict:
 SCORE = Family(
     "score",
     train=lambda cfg, wd, strategy, progress, restart: workdir.train_in_loop(
-        cfg, wd, strategy, progress, restart, score_model.bundle, fill=_with_data_mean
+        cfg, wd, strategy, progress, restart, score_model.bundle, fill=with_data_mean
     ),
     load=lambda wd, cfg, checkpoint, posthoc: workdir.restore(
         wd, cfg, _score_models(cfg), checkpoint, posthoc, score_model.checkpoint_settings(cfg)

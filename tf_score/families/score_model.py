@@ -238,6 +238,21 @@ def sample_summaries(cfg: ExperimentConfig, data_shape, num_samples: int):
     return image_summaries
 
 
+def model_bundle(cfg: ExperimentConfig, data_shape, dataset_fn=None,
+                 num_summary_samples: int = 16) -> ModelBundle:  # fmt: skip
+    """The score network of ``cfg`` on data of ``data_shape``, its objective, per-level
+    summaries, TensorBoard samples and checkpoint settings; ``dataset_fn``: the input
+    pipeline (None where the caller feeds the batches, as ``tf_score.keras`` does)."""
+    return ModelBundle(
+        model_fns={"score": network_fn(cfg, data_shape)},
+        objectives=[score_objective(cfg)],
+        dataset_fn=dataset_fn,
+        num_levels=cfg.noise.num_levels,
+        image_summaries=sample_summaries(cfg, data_shape, num_summary_samples),
+        checkpoint_settings=checkpoint_settings(cfg),
+    )
+
+
 def toy_bundle(cfg: ExperimentConfig, num_summary_samples: int = 512) -> ModelBundle:
     """Train a noise-conditional MLP on fresh samples of a 2-D toy distribution."""
     toy = data.get_toy(cfg.data.dataset)
@@ -250,14 +265,7 @@ def toy_bundle(cfg: ExperimentConfig, num_summary_samples: int = 512) -> ModelBu
         return data.toy_dataset(toy, global_batch, stream_seed, start_step, share,
                                 labelled=conditional(cfg))  # fmt: skip
 
-    return ModelBundle(
-        model_fns={"score": network_fn(cfg, (2,))},
-        objectives=[score_objective(cfg)],
-        dataset_fn=dataset_fn,
-        num_levels=cfg.noise.num_levels,
-        image_summaries=sample_summaries(cfg, (2,), num_summary_samples),
-        checkpoint_settings=checkpoint_settings(cfg),
-    )
+    return model_bundle(cfg, (2,), dataset_fn, num_summary_samples)
 
 
 def image_bundle(
@@ -272,14 +280,7 @@ def image_bundle(
     dataset_fn = data.image_dataset_fn(
         images, tf.constant([cfg.seed, 0x1A6E], tf.int32), random_flip=random_flip, cache=cache
     )
-    return ModelBundle(
-        model_fns={"score": network_fn(cfg, image_shape)},
-        objectives=[score_objective(cfg)],
-        dataset_fn=dataset_fn,
-        num_levels=cfg.noise.num_levels,
-        image_summaries=sample_summaries(cfg, image_shape, num_summary_samples),
-        checkpoint_settings=checkpoint_settings(cfg),
-    )
+    return model_bundle(cfg, image_shape, dataset_fn, num_summary_samples)
 
 
 def check_images(

@@ -61,6 +61,7 @@ class ModelBundle:
         ``data.batch_share``): for each step, one batch per local replica, in replica order,
         the pipeline's rows of global batch k. Global batch k must depend only on (seed, k)
         (and for streamed data the input pipeline), so that a resumed run replays exactly.
+        None: the caller feeds the batches (``training.loop`` needs one).
       num_levels: noise levels, for per-level loss summaries (0: none).
       image_summaries: ``(ema_models, step) -> {name: uint8 [N, H, W, C]}`` for TensorBoard.
       custom_summaries: ``(ema_models, step) -> None``, called at the same steps inside the
@@ -72,7 +73,7 @@ class ModelBundle:
 
     model_fns: dict[str, Callable[[], keras.Model]]
     objectives: list[Objective]
-    dataset_fn: Callable[[int, tf.distribute.InputContext, int], tf.data.Dataset]
+    dataset_fn: Callable[[int, tf.distribute.InputContext, int], tf.data.Dataset] | None
     num_levels: int = 0
     image_summaries: Callable[[dict, int], dict[str, np.ndarray]] | None = None
     custom_summaries: Callable[[dict, int], None] | None = None

@@ -436,6 +436,18 @@ def restore_newest(model_fns: dict, checkpoint_dir: str, checkpoint: str | None 
     )
 
 
+def newest_good(checkpoint_dir: str, checkpoint: str | None = None) -> str:
+    """The prefix of ``checkpoint`` (``checked_prefix``) or else of the newest good checkpoint
+    in ``checkpoint_dir``; a ``CheckpointError`` saying why when there is none."""
+    if checkpoint:
+        return checked_prefix(checkpoint)
+    inv = _checked_to_newest_good(inventory(checkpoint_dir, verify=False))
+    if inv.newest_good is None:
+        raise _none_usable(inv, training=False)
+    _report(inv, inv.newest_good, "loading")
+    return inv.newest_good.prefix
+
+
 def load_ema_models(model_fns: dict, checkpoint_dir: str, checkpoint: str | None = None):
     """Restore only the EMA weights (what samplers and exports use) from a training run.
 

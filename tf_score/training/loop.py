@@ -248,6 +248,15 @@ class _Workers:
         return bool(self.collective(step, self._any_worker, tf.constant(flag)))
 
 
+def write_images(writer, images: dict, step: int) -> None:
+    """TensorBoard images {tag: uint8 [H, W, C] or [N, H, W, C]} at ``step`` (8 at most)."""
+    with writer.as_default(step=step):
+        for tag, img in images.items():
+            img = np.asarray(img)
+            tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
+    writer.flush()
+
+
 class _Summaries:
     """TensorBoard summaries in ``workdir/tb`` (a no-op writer off the chief)."""
 
@@ -268,11 +277,7 @@ class _Summaries:
                 bundle.custom_summaries(ema_models, step)
         if bundle.image_summaries is None:
             return
-        images = bundle.image_summaries(ema_models, step)
-        with self.writer.as_default(step=step):
-            for tag, img in images.items():
-                img = np.asarray(img)
-                tf.summary.image(tag, img if img.ndim == 4 else img[None], max_outputs=8)
+        write_images(self.writer, bundle.image_summaries(ema_models, step), step)
 
     def monitors(self, step: int, final: bool) -> None:
         """The bundle's monitors due at ``step`` (all of them at the run's end)."""

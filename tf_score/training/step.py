@@ -41,8 +41,10 @@ def copies(bundle: ModelBundle, models: dict) -> dict:
     return out
 
 
-def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
-    """Create the live models, their EMA copies and the optimizers inside the strategy scope."""
+def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy, step_var=None):
+    """Create the live models, their EMA copies, the optimizers and (unless ``step_var`` is
+    given: an int64 scalar variable made in this scope) the step counter inside the strategy
+    scope."""
     with strategy.scope():
         models = {name: fn() for name, fn in bundle.model_fns.items()}
         ema_models = copies(bundle, models)
@@ -58,8 +60,9 @@ def build_models(bundle: ModelBundle, strategy: tf.distribute.Strategy):
             # batches pins (two replicas update exactly as one device).
             opt._all_reduce_sum_gradients = list
             optimizers[obj.name] = opt
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    return models, ema_models, optimizers, step
+        if step_var is None:
+            step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    return models, ema_models, optimizers, step_var
 
 
 def ema_decay(step, rate: float, warmup: bool = True) -> tf.Tensor:
@@ -84,7 +87,8 @@ class TrainStep:
     Building it checks that the global batch splits into replicas x ``grad_accum_steps``
     micro-batches, seeds Keras (and Python/NumPy/TF's global RNGs) with ``seed``, and
     builds (``build_models``) the ``models``, ``ema_models``, ``optimizers`` (by objective
-    name) and the ``step_var`` counter (the last step taken) under ``strategy``.
+    name) and the ``step_var`` counter (the last step taken; ``step_var``: one made by the
+    caller, e.g. a Keras model's own weight) under ``strategy``.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class TrainStep:
         config: TrainConfig,
         strategy: tf.distribute.Strategy | None = None,
         seed: int = 0,
+        step_var=None,
     ):
         strategy = strategy or tf.distribute.get_strategy()
         self.bundle, self.config, self.strategy = bundle, config, strategy
@@ -105,7 +110,7 @@ class TrainStep:
         # the same initial weights: a fresh run and a resumed one start from identical states.
         keras.utils.set_random_seed(seed)
         self.models, self.ema_models, self.optimizers, self.step_var = build_models(
-            bundle, strategy
+            bundle, strategy, step_var
         )
         self.num_levels = max(int(bundle.num_levels), 1)
         self._base_seed = tf.constant([seed, 0x5C0E], tf.int32)
@@ -277,6 +282,11 @@ class TrainStep:
         tf.cond(bad > 0, lambda: tf.constant(False), finish)
         return stats, bad
 
+    def next_step(self, batch):
+        """``one_step`` numbered ``step_var + 1`` on ``batch`` (one XLA program with
+        ``config.jit`` on one replica), in cross-replica context: (stats, bad)."""
+        return self._one_step(batch, self.step_var + 1)
+
     def make_train_loop(self, iterator):
         """The compiled loop over batches of ``iterator`` (of the strategy's distributed
         dataset): ``train_loop(n_steps)`` (an int64 scalar tensor) takes up to ``n_steps``
@@ -302,11 +312,10 @@ class TrainStep:
         done = tf.constant(0, tf.int64)
         bad_step = tf.constant(-1, tf.int64)
         for _ in tf.range(n_steps):
-            step = self.step_var + 1  # 1-based step being taken
             batch = next(iterator)
-            stats, bad = self._one_step(batch, step)
+            stats, bad = self.next_step(batch)
             if bad > 0:
-                bad_step = step
+                bad_step = self.step_var + 1  # not taken: the counter is the last good step
                 break
             loss_acc += tf.stack([st[0] for st in stats])
             level_sum += tf.stack([st[1] for st in stats])
@@ -363,11 +372,13 @@ class TrainStep:
 
     @tf.function
     def _held_out(self, batch, step, ema):
-        losses = self.strategy.run(self._replica_loss, args=(batch, step, ema))
+        losses = self.strategy.run(self.replica_loss, args=(batch, step, ema))
         losses = self.strategy.reduce(_SUM, losses, axis=None)
         return {obj.name: losses[i] for i, obj in enumerate(self.bundle.objectives)}
 
-    def _replica_loss(self, batch, step, ema):
+    def replica_loss(self, batch, step, ema=False):
+        """Replica fn: this replica's share of each objective's held-out loss [objectives] on
+        its shard of the global batch, with the seeds of 1-based ``step`` (``loss``)."""
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         step_seed = tf.random.experimental.stateless_fold_in(self._base_seed, step, alg="philox")
         losses = []
