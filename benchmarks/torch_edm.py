@@ -465,7 +465,7 @@ def dump(args) -> None:
     import tensorflow as tf
     from absl import flags
 
-    import flags.definitions as F
+    import tf_score.cli.definitions as F
     from tf_score import losses
     from tf_score.networks import registry
 

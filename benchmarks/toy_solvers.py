@@ -26,7 +26,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import flags.definitions as F  # noqa: E402  (the run flags, --flagfile included)
+import tf_score.cli.definitions as F  # noqa: E402  (the run flags, --flagfile included)
 
 LEARNED = flags.DEFINE_string("learned", None, "A trained continuous toy workdir (optional).")
 SAMPLERS = flags.DEFINE_list("samplers", [], "Solvers to run (default: every registered one).")

@@ -33,7 +33,7 @@ _CHILD_CODE = """
 import json, os, sys, time
 spec = json.loads(sys.argv[1]); sys.path.insert(0, spec["repo"])
 from absl import flags
-import flags.definitions as F
+import tf_score.cli.definitions as F
 import tensorflow as tf
 from tf_score.families import score_model
 from tf_score.training.step import TrainStep

@@ -33,7 +33,7 @@ def preset_config(repo: str, model: str, **overrides):
     same absl flags as ``run_train.py`` (of the checkout at ``repo``)."""
     from absl import flags
 
-    import flags.definitions as F
+    import tf_score.cli.definitions as F
 
     preset, fixed = MODELS[model]
     values = {**fixed, **overrides}

@@ -13,7 +13,7 @@ from absl import flags as absl_flags
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import flags.definitions  # noqa: E402, F401  (defines every flag once)
+import tf_score.cli.definitions  # noqa: E402, F401  (defines every flag once)
 
 absl_flags.FLAGS.mark_as_parsed()
 

@@ -11,7 +11,7 @@ from absl import flags as absl_flags
 from absl.testing import flagsaver
 from matplotlib import image as plt_image
 
-import flags.definitions as F
+import tf_score.cli.definitions as F
 
 
 def _run(repo_root, script, *args, timeout=300):

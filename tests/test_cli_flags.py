@@ -17,11 +17,11 @@ import pytest
 from absl import flags as absl_flags
 from absl.testing import flagsaver
 
-import flags.definitions as F
-import run_sample
-import run_train
+import tf_score.cli.definitions as F
 from tf_score import api
 from tf_score import config as C
+from tf_score.cli import sample as run_sample
+from tf_score.cli import train as run_train
 
 A4AC31D = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "a4ac31d")
 #: TensorFlow's own start-up lines on stderr (C++ logging), not the scripts'
@@ -262,9 +262,9 @@ def test_run_train_evaluate_of_an_image_model_is_refused_before_any_work(
 
 def test_help_lists_the_flags_each_command_reads():
     """--help / --helpshort show the main module's key flags: the flags are defined in
-    flags/definitions.py, so without declaring them the scripts' help listed none."""
-    run_train.declare_key_flags()
-    train_help = absl_flags.FLAGS.module_help("run_train")
+    tf_score/cli/definitions.py, so without declaring them the scripts' help listed none."""
+    run_train.declare_key_flags("test_help_run_train")
+    train_help = absl_flags.FLAGS.module_help("test_help_run_train")
     for name in ("workdir", "learning_rate", "num_steps", "sigma_max", "sampler", "export_dir"):
         assert f"--{name}:" in train_help, name
     assert "--output_dir:" not in train_help and "--overview:" not in train_help

@@ -2,7 +2,7 @@
 
 import os
 
-from flags import console
+from tf_score.cli import console
 
 BANNER = [
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

@@ -12,7 +12,7 @@ LIB = os.path.join(REPO, "tf_score")
 LAYERS = {
     "atomic": 0, "registries": 0, "config": 0, "noise": 0, "data": 0, "losses": 0, "networks": 0,
     "sampling": 1, "training": 1, "evaluation": 1, "export": 1,
-    "families": 3, "api": 4, "keras": 5,
+    "families": 3, "api": 4, "keras": 5, "cli": 6,
 }  # fmt: skip
 MAX_FUNCTION_LINES = 80
 
@@ -91,6 +91,26 @@ def test_no_import_circle():
     assert not cycle, "\n".join(cycle)
 
 
+def test_absl_flags_and_app_live_in_the_command_lines_only():
+    """The library takes a config: only tf_score/cli (the command lines) imports absl's flags
+    or app (absl's logging is a logger like any other)."""
+    bad = []
+    for module, path in _modules():
+        if module.startswith("tf_score.cli"):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module == "absl":
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("absl."):
+                names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("absl.")]
+            if set(names) & {"flags", "app"}:
+                bad.append(f"{module}:{node.lineno}")
+    assert not bad, "\n".join(bad)
+
+
 def test_function_local_imports_of_the_library_say_why():
     """A function-local import of tf_score must carry its reason in a comment."""
     bad = []
@@ -102,7 +122,7 @@ def test_function_local_imports_of_the_library_say_why():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("where", ["tf_score", "flags", "run_train.py", "run_sample.py"])
+@pytest.mark.parametrize("where", ["tf_score", "run_train.py", "run_sample.py"])
 def test_no_function_is_longer_than_80_lines(where):
     paths = [os.path.join(REPO, where)]
     if os.path.isdir(paths[0]):
@@ -120,14 +140,14 @@ def test_no_function_is_longer_than_80_lines(where):
 
 
 def test_every_flag_is_one_config_field_or_one_api_argument():
-    """flags/definitions.py generates the flags from the config: every field has its flag
+    """tf_score/cli/definitions.py generates the flags from the config: every field has its flag
     (same name and default), every other flag is an argument of the command's API call or
     another name of a field's flag (``ALIASES``)."""
     import dataclasses
 
     from absl import flags as absl_flags
 
-    import flags.definitions as F
+    import tf_score.cli.definitions as F
     from tf_score import config, sampling
 
     ours = {

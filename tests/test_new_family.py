@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flags import definitions
 from tf_score import api, config
+from tf_score.cli import definitions
 from tf_score.families import registry
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "gaussian_family.py")

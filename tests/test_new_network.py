@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flags import definitions
 from tf_score import api, config
+from tf_score.cli import definitions
 from tf_score.networks import registry as networks
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "concat_denoiser.py")

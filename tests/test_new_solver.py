@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flags import definitions
 from tf_score import api, sampling
+from tf_score.cli import definitions
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "scaled_euler.py")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flags import console
 from tf_score import api, config
+from tf_score.cli import console
 from tf_score.families import pretrained
 
 MiB = 1 << 20

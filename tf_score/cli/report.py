@@ -6,7 +6,7 @@ from __future__ import annotations
 
 def print_table(m: dict) -> None:
     """The two-mode table (``evaluate.two_mode`` metrics)."""
-    from tf_score.families.evaluate import TWO_MODE_ROWS
+    from tf_score.families.evaluate import TWO_MODE_ROWS  # with the result printed
 
     n = m["num_samples_per_batch"] * m["num_batches"]
     print(

@@ -20,9 +20,9 @@ import typing
 
 from absl import app, flags
 
-from flags import startup
 from tf_score import config as C
 from tf_score import sampling
+from tf_score.cli import startup
 
 FLAGS = flags.FLAGS
 

@@ -25,10 +25,8 @@ import re
 import sys
 import threading
 
-_PACKAGE_DIRS = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
-    for name in ("tf_score", "flags")
-)
+#: where tf_score's own log records come from (the library and this package)
+_PACKAGE_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
 
 
 def requested_verbosity(argv: list[str]) -> int:
