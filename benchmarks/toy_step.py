@@ -33,7 +33,10 @@ _CHILD_CODE = """
 import json, os, sys, time
 spec = json.loads(sys.argv[1]); sys.path.insert(0, spec["repo"])
 from absl import flags
-import tf_score.cli.definitions as F
+try:
+    import tf_score.cli.definitions as F
+except ImportError:  # a checkout from before the command lines moved into tf_score/cli
+    import flags.definitions as F
 import tensorflow as tf
 from tf_score.families import score_model
 from tf_score.training.step import TrainStep

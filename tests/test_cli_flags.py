@@ -263,7 +263,7 @@ def test_run_train_evaluate_of_an_image_model_is_refused_before_any_work(
 def test_help_lists_the_flags_each_command_reads():
     """--help / --helpshort show the main module's key flags: the flags are defined in
     tf_score/cli/definitions.py, so without declaring them the scripts' help listed none."""
-    run_train.declare_key_flags("test_help_run_train")
+    F.declare_key_flags(F.train_flags(), "test_help_run_train")
     train_help = absl_flags.FLAGS.module_help("test_help_run_train")
     for name in ("workdir", "learning_rate", "num_steps", "sigma_max", "sampler", "export_dir"):
         assert f"--{name}:" in train_help, name

@@ -92,6 +92,17 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_count(value, name: str, low: int, high: int = MAX_COUNT) -> int:
+    """``value`` as an int if it is an integer in [low, high] (a numpy integer too);
+    ConfigError naming ``name`` otherwise."""
+    _require(
+        isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        and low <= value <= high,
+        f"{name} must be an integer in [{low}, {high}], got {value!r}",
+    )  # fmt: skip
+    return int(value)
+
+
 def check_batch_split(batch_size: int, replicas: int = 1, grad_accum_steps: int = 1) -> None:
     """ConfigError unless the global batch splits evenly over the replicas and each replica's
     micro-batches (the one rule of the config, the API, the train step and the pipelines)."""

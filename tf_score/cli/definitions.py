@@ -432,10 +432,20 @@ def parse(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
-def run(main) -> None:
-    """``app.run(main)`` with ``parse``; Ctrl-C before ``main`` takes over (while the flags are
-    parsed) is one line and exit 130, not a traceback. ``main`` starts by releasing the
-    start-up guard (``startup``): from there on, Ctrl-C is its KeyboardInterrupt."""
+def declare_key_flags(names, module: str | None = None) -> None:
+    """--help and --helpshort list the flags ``names``: absl lists the key flags of the main
+    module, named by ``sys.argv[0]`` (``module``: another name), and the flags are defined
+    here, not in the command's module, so none would be listed otherwise."""
+    for name in names:
+        FLAGS.register_key_flag_for_module(module or sys.argv[0], FLAGS[name])
+
+
+def run(main, key_flags=()) -> None:
+    """``app.run(main)`` with ``parse``, the command's ``key_flags`` in its help
+    (``declare_key_flags``); Ctrl-C before ``main`` takes over (while the flags are parsed) is
+    one line and exit 130, not a traceback. ``main`` starts by releasing the start-up guard
+    (``startup``): from there on, Ctrl-C is its KeyboardInterrupt."""
+    declare_key_flags(key_flags)
 
     def released(argv):
         startup.release()

@@ -145,14 +145,6 @@ def main(argv):
             raise app.UsageError(str(e)) from e
 
 
-def declare_key_flags(module: str | None = None) -> None:
-    """--help and --helpshort list the flags this command reads: absl lists the key flags of
-    the main module, named by ``sys.argv[0]`` (``module``: another name), and the flags are
-    defined in tf_score/cli/definitions.py, so none would be listed otherwise."""
-    for name in F.sample_flags():
-        F.FLAGS.register_key_flag_for_module(module or sys.argv[0], F.FLAGS[name])
-
-
 def run() -> None:
     """The command (``tf_score.cli.sample``, once ``cli.start`` has run): the flags, then
     ``main``."""
@@ -164,5 +156,5 @@ def run() -> None:
         message="--workdir is required (or --pretrained=NAME: a model shipped with tf_score; "
         "or --overview=W1,W2: the toys' picture)",
     )  # fmt: skip
-    declare_key_flags()
-    F.run(main)  # Ctrl-C while the flags are parsed: one line (main reports the rest)
+    # Ctrl-C while the flags are parsed: one line (main reports the rest)
+    F.run(main, F.sample_flags())

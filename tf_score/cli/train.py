@@ -149,19 +149,11 @@ def _evaluate(run) -> None:
     print(f"evaluated in {time.time() - t0:.1f} s", flush=True)
 
 
-def declare_key_flags(module: str | None = None) -> None:
-    """--help and --helpshort list the flags this command reads: absl lists the key flags of
-    the main module, named by ``sys.argv[0]`` (``module``: another name), and the flags are
-    defined in tf_score/cli/definitions.py, so none would be listed otherwise."""
-    for name in F.train_flags():
-        F.FLAGS.register_key_flag_for_module(module or sys.argv[0], F.FLAGS[name])
-
-
 def run() -> None:
     """The command (``tf_score.cli.train``, once ``cli.start`` has run): the flags, then
     ``main``."""
     from absl import flags
 
     flags.mark_flag_as_required("workdir")
-    declare_key_flags()
-    F.run(main)  # Ctrl-C while the flags are parsed: one line (main reports the rest)
+    # Ctrl-C while the flags are parsed: one line (main reports the rest)
+    F.run(main, F.train_flags())

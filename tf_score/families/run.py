@@ -14,10 +14,10 @@ import numpy as np
 
 from tf_score import sampling
 from tf_score.config import (
-    MAX_COUNT,
     ConfigError,
     ExperimentConfig,
     SamplerConfig,
+    check_count,
     check_guidance,
     check_labels,
     check_seed,
@@ -100,17 +100,6 @@ def _check_finite(x, name: str, options: dict, b: int) -> None:
             f"{name} diverged: {bad} of {len(x)} samples of batch {b} are not finite with "
             f"{options} (a smaller step size?); nothing is kept"
         )
-
-
-def _count(value, name: str, low: int, high: int = MAX_COUNT) -> int:
-    """``value`` as an int in [low, high]; ConfigError naming ``name`` otherwise."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | np.integer)
-        or not (low <= value <= high)
-    ):
-        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +194,10 @@ def request(
     naming the argument), the labels and guidance, the sampler and its options
     (SamplerError), memory and the work cap ``max_evaluations`` (0: none;
     ``sampling.budget``: BudgetError), counting what the guided model really evaluates."""
-    num_samples = _count(num_samples, "num_samples", 1)
-    batch_size = _count(batch_size, "batch_size", 0)
+    num_samples = check_count(num_samples, "num_samples", 1)
+    batch_size = check_count(batch_size, "batch_size", 0)
     seed = check_seed(seed)
-    max_evaluations = _count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
+    max_evaluations = check_count(max_evaluations, "max_evaluations", 0, 2**63 - 1)
     guidance = guidance or Guidance()
     labels = guidance.labels_for(num_samples, model)
     made = sampling.plan(sampler.sampler, guidance.recipe(model), sigmas,

@@ -14,16 +14,10 @@ import os
 import keras
 import tensorflow as tf
 
-from tf_score.config import ConfigError
+from tf_score.config import ConfigError, check_count
 from tf_score.families import evaluate as evaluations
 from tf_score.families import score_model
 from tf_score.training import loop
-
-
-def _every(every) -> int:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError(f"every must be a positive number of epochs, got {every!r}")
-    return every
 
 
 def _log_name(tag: str) -> str:
@@ -40,7 +34,11 @@ class SampleGrid(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str, num_samples: int = 16, every: int = 1):
         super().__init__()
-        self.log_dir, self.num_samples, self.every = log_dir, num_samples, _every(every)
+        self.log_dir, self.num_samples, self.every = (
+            log_dir,
+            num_samples,
+            check_count(every, "every", 1),
+        )
         self._draw = self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -67,7 +65,7 @@ class QualityMetrics(keras.callbacks.Callback):
     def __init__(self, classifier: str | None = None, num_samples: int = 500, every: int = 1,
                  log_dir: str | None = None, feature_extractor: str = "classifier"):  # fmt: skip
         super().__init__()
-        self.every, self.log_dir = _every(every), log_dir
+        self.every, self.log_dir = check_count(every, "every", 1), log_dir
         self._settings = dict(classifier=classifier, fid_samples=num_samples, fid_every=1,
                               feature_extractor=feature_extractor)  # fmt: skip
         self._monitor = self._writer = None

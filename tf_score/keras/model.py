@@ -14,7 +14,6 @@ workdir of ``run_train.py`` loads into it (``from_workdir``) and back (``save_wo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import keras
@@ -22,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_score import api
-from tf_score.config import MAX_COUNT, ConfigError, ExperimentConfig
+from tf_score.config import ConfigError, ExperimentConfig, check_count
 from tf_score.families import score_model
 from tf_score.families import workdir as workdirs
 from tf_score.training import checkpoints
@@ -37,9 +36,9 @@ def _experiment(config) -> ExperimentConfig:
     from tf_score.families import registry  # the family's own fill: the data's mean
 
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
-    api.check(cfg)
     if cfg.network.model != "score":
         raise ConfigError(f"ScoreModel trains model=score, not model={cfg.network.model}")
+    api.check(cfg)
     if cfg.data.data_shape is None:
         if not cfg.data.is_toy:
             raise ConfigError(f"config: data_shape of dataset={cfg.data.dataset} is not "
@@ -55,14 +54,6 @@ def training_data(config, start_step: int = 0) -> tf.data.Dataset:
     cfg = _experiment(config)
     bundle, _ = score_model.bundle(cfg)
     return bundle.dataset_fn(cfg.train.batch_size, tf.distribute.InputContext(), start_step)
-
-
-def _count(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_COUNT}], got {value!r}")
-    if not low <= value <= MAX_COUNT:
-        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_COUNT}], got {value!r}")
-    return int(value)
 
 
 @keras.saving.register_keras_serializable("tf_score")
@@ -199,18 +190,13 @@ class ScoreModel(keras.Model):
         return self._run
 
     def sigmas(self, num_steps: int | None = None) -> np.ndarray:
-        """The sampling grid: the config's, or for a continuous network the same schedule on
-        ``num_steps`` levels (a network trained on levels samples on its own only)."""
+        """The sampling grid: the config's, or for a continuous network (which answers the
+        family's "grid" request) the same schedule on ``num_steps`` levels."""
         if num_steps is None:
             return self.config.noise.sigmas()
-        num_steps = _count(num_steps, "num_steps", 2)
-        if not score_model.is_continuous(self.config):
-            if num_steps != self.config.noise.num_levels:
-                raise ConfigError(f"num_steps={num_steps}: network={self.config.network.network}"
-                                  f" samples on its {self.config.noise.num_levels} trained "
-                                  "levels only")  # fmt: skip
-            return self.config.noise.sigmas()
-        return dataclasses.replace(self.config.noise, num_levels=num_steps).sigmas()
+        api.of(self.config).refuse(self.config, "grid", "num_steps")
+        num_steps = check_count(num_steps, "num_steps", 2)
+        return self.config.replace(noise={"num_levels": num_steps}).noise.sigmas()
 
     def generate(self, num_samples: int, sampler: str | None = None,
                  num_steps: int | None = None, guidance: float = 1.0, labels=None,
