@@ -262,6 +262,8 @@ def test_bad_input_is_named():
     model = ScoreModel(cfg)
     with pytest.raises(ValueError, match=r"compile\(optimizer=...\): the optimizer is the "):
         model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="x is uint8; give data units in floating point"):
+        model.fit(tf.data.Dataset.from_tensors(tf.zeros([32, 2], tf.uint8)), verbose=0)
     with pytest.raises(ValueError, match="batches of 16 rows; this model trains on batch_size=32"):
         model.fit(tf.data.Dataset.from_tensors(tf.zeros([16, 2])), verbose=0)
     with pytest.raises(ConfigError, match="ScoreModel trains model=score, not model=vae"):

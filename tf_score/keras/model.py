@@ -92,13 +92,15 @@ class ScoreModel(keras.Model):
         """Keras' compile with the config's optimizer and loss (its ``optimizer`` and
         ``loss`` sections): ``optimizer`` and ``loss`` must be None. The library compiles
         its own step (``train.jit``); Keras' ``jit_compile`` is off."""
+        whose = {
+            "optimizer": "the config's optimizer section",
+            "loss": "the config's loss section",
+            "metrics": "the model's own (loss, grad_norm, nonfinite_steps)",
+        }
         for name, value in (("optimizer", optimizer), ("loss", loss), ("metrics", metrics)):
             if value is not None:
-                raise ValueError(
-                    f"ScoreModel.compile({name}=...): the {name} is the config's "
-                    f"({'optimizer' if name == 'optimizer' else 'loss'} section) and the "
-                    "metrics are its own; give compile() none (change the config instead)"
-                )
+                raise ValueError(f"ScoreModel.compile({name}=...): the {name} is {whose[name]};"
+                                 " give compile() none (change the config instead)")  # fmt: skip
         kwargs["jit_compile"] = False  # the library's XLA is config.train.jit
         super().compile(optimizer=self._trainer.optimizers["score"], **kwargs)
 
@@ -127,7 +129,10 @@ class ScoreModel(keras.Model):
         if conditional and len(parts) < 2:
             raise ValueError("fit(): a class-conditional model trains on (x, labels) batches")
         x = tf.convert_to_tensor(parts[0])
-        x = tf.cast(x, self.network.compute_dtype if x.dtype.is_floating else tf.float32)
+        if not x.dtype.is_floating:
+            raise ValueError(f"fit(): x is {x.dtype.name}; give data units in floating point "
+                             "(images in [0, 1], as training_data gives)")  # fmt: skip
+        x = tf.cast(x, tf.float32)
         want = self._trainer.global_batch // self._trainer.replicas
         if x.shape[0] is not None and x.shape[0] != want:
             raise ValueError(
