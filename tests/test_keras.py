@@ -302,3 +302,21 @@ def test_quality_metrics_beside_the_floor(tmp_path):
 
     acc = event_accumulator.EventAccumulator(os.path.join(tb, "quality")).Reload()
     assert {"fid/fid", "fid/floor", "kid/kid"} <= set(acc.Tags()["tensors"])
+
+
+def test_the_xla_step_and_steps_per_execution_train_alike(tmp_path):
+    """With train.jit the whole step is one XLA program in fit() as in api.train (the same
+    weights); compile(steps_per_execution=10) puts 10 steps in one call, the same steps."""
+    cfg = config.from_flat({**SMALL, "jit": True, "num_steps": 30, "checkpoint_every": 30,
+                            "steps_per_loop": 30})  # fmt: skip
+    fitted = ScoreModel(cfg)
+    _fit(fitted, cfg, 30)
+    api.train(cfg, str(tmp_path / "w"), progress=False)
+    _assert_same(fitted.ema_network, api.load(str(tmp_path / "w")).models["score"])
+    plain = config.from_flat(SMALL)
+    one, ten = ScoreModel(plain), ScoreModel(plain)
+    ten.compile(steps_per_execution=10)
+    for model in (one, ten):
+        _fit(model, plain, 30)
+    assert ten.step == one.step == 30
+    _assert_same(ten.ema_network, one.ema_network)
