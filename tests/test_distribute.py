@@ -3,6 +3,7 @@ exactly like one device with R micro-batches, strategies fail clearly when they 
 up. (Processes, signals and multi-worker clusters: test_faults.py.)"""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -184,3 +185,37 @@ def test_a_nan_on_one_replica_stops_every_replica_before_the_update(tmp_path):
     assert err.value.step == bad_at and err.value.checkpoint.endswith("ckpt-30")
     models, step = checkpoints.load_ema_models(good.model_fns, str(workdir / "checkpoints"))
     assert step == 30 and all(np.all(np.isfinite(w)) for w in _weights(models))
+
+
+def test_the_collective_watchdog_fires_only_after_timeout_seconds_without_a_step():
+    """CollectiveWatchdog with a counter the test moves: steps keep it quiet however long the
+    call; it fires once, ``timeout`` after the last step; the first call's clock starts at its
+    first step (tracing is not a lost peer); outside ``watching`` nothing fires."""
+    counter, fired = [0], []
+    dog = distribute.CollectiveWatchdog(0.3, lambda: counter[0], poll=0.01, abort=fired.append)
+    try:
+        with dog.watching():  # a long call that steps every 0.1 s: never fires
+            for _ in range(10):
+                time.sleep(0.1)
+                counter[0] += 1
+        assert not fired
+        time.sleep(0.5)  # not watching: a pause between calls is not a stall
+        assert not fired
+        with dog.watching(first=True):
+            time.sleep(0.6)  # tracing: no step yet, the clock has not started
+            assert not fired
+            counter[0] += 1
+            t0 = time.monotonic()
+            while not fired and time.monotonic() - t0 < 5:
+                time.sleep(0.01)
+            waited = time.monotonic() - t0
+        assert len(fired) == 1 and "--collective_timeout" in fired[0]
+        assert 0.29 < waited < 3, waited  # the timeout after the last step (and a poll or so)
+        with dog.watching():
+            t0 = time.monotonic()
+            while len(fired) < 2 and time.monotonic() - t0 < 5:
+                time.sleep(0.01)
+        assert len(fired) == 2 and 0.29 < time.monotonic() - t0 < 3
+    finally:
+        dog.close()
+    assert not dog._thread.is_alive()

@@ -57,13 +57,22 @@ def _finish(proc, timeout=240):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"process did not finish in {timeout} s:\n{_text(proc)[-3000:]}")
+        pytest.fail(f"process did not finish in {timeout} s:\n{_tail(_text(proc))}")
     return proc.returncode, _text(proc)
 
 
 def _text(proc):
     with open(proc.log) as f:
         return f.read()
+
+
+def _tail(text, n=3000):
+    """The end of a process's log for a failure message; for a crash, what it printed before
+    Python's dump of its threads (the dump alone would fill the message and hide the cause)."""
+    before, crash, dump = text.partition("Fatal Python error")
+    if crash:
+        return before[-n:] + crash + dump.split("\n", 1)[0]
+    return text[-n:]
 
 
 def _wait_for(predicate, procs, timeout=240, poll=0.0005):
@@ -74,7 +83,7 @@ def _wait_for(predicate, procs, timeout=240, poll=0.0005):
             return
         for p in procs:
             if p.poll() is not None:
-                pytest.fail(f"process exited ({p.returncode}) early:\n{_text(p)[-3000:]}")
+                pytest.fail(f"process exited ({p.returncode}) early:\n{_tail(_text(p))}")
         time.sleep(poll)
     pytest.fail("timed out")
 
@@ -102,7 +111,7 @@ def _final_weights(workdir, model_fns):
 
 def _compare(workdir, text, ref, num_steps):
     printed = re.search(rf"trained to step {num_steps}: loss (\S+) ", text)
-    assert printed, text[-2000:]
+    assert printed, _tail(text)
     assert float(printed.group(1)) == pytest.approx(ref.loss, abs=1e-4)  # printed to 4 places
     with open(os.path.join(workdir, "train_summary.json")) as f:
         summary = json.load(f)
@@ -159,16 +168,16 @@ def test_sigkill_during_a_checkpoint_write_then_ctrl_c_resume_exactly(repo_root,
     _wait_for(lambda: _recorded_step(ckpt_dir) > recorded, [p])
     p.send_signal(signal.SIGINT)
     code, text = _finish(p)
-    assert f"ckpt-{recorded} at step {recorded}" in text, text[-2000:]
-    assert code == 128 + signal.SIGINT, text[-2000:]
+    assert f"ckpt-{recorded} at step {recorded}" in text, _tail(text)
+    assert code == 128 + signal.SIGINT, _tail(text)
     stopped = _recorded_step(ckpt_dir)
-    assert f"SIGINT at step {stopped}: saved checkpoint" in text, text[-2000:]
+    assert f"SIGINT at step {stopped}: saved checkpoint" in text, _tail(text)
     assert recorded < stopped < 250
 
     # 3. Resume to the end: the same step, loss and weights as the uninterrupted run.
     p = _start(repo_root, workdir, *args, log=tmp_path / "3.log")
     code, text = _finish(p)
-    assert code == 0, text[-3000:]
+    assert code == 0, _tail(text)
     assert f"at step {stopped}" in text
     ref = _reference(workdir, 250, checkpoint_every=50, log_every=50, steps_per_loop=25)
     _compare(workdir, text, ref, 250)
@@ -211,7 +220,7 @@ def test_ctrl_c_stops_a_long_sampling_run_within_seconds(repo_root, tmp_path):
     seconds with a message and exit code 130, and the workdir's earlier samples are kept."""
     workdir = tmp_path / "run"
     code, text = _finish(_start(repo_root, workdir, "--num_steps=20", log=tmp_path / "t.log"))
-    assert code == 0, text[-2000:]
+    assert code == 0, _tail(text)
     (workdir / "samples.npz").write_bytes(b"earlier samples")
     log = open(tmp_path / "s.log", "w")
     proc = subprocess.Popen(
@@ -227,8 +236,8 @@ def test_ctrl_c_stops_a_long_sampling_run_within_seconds(repo_root, tmp_path):
     proc.wait(30)
     log.close()
     text = open(tmp_path / "s.log").read()
-    assert time.time() - t0 < 5, text[-2000:]
-    assert proc.returncode == 128 + signal.SIGINT, text[-2000:]
+    assert time.time() - t0 < 5, _tail(text)
+    assert proc.returncode == 128 + signal.SIGINT, _tail(text)
     assert "SIGINT: stopped (results are written only when complete)" in text
     assert (workdir / "samples.npz").read_bytes() == b"earlier samples"
 
@@ -240,10 +249,10 @@ def test_a_second_run_train_on_the_same_workdir_stops_at_once(repo_root, tmp_pat
         _wait_for(lambda: (workdir / "LOCK").exists(), [first], poll=0.05)
         t0 = time.time()
         code, text = _finish(_start(repo_root, workdir, "--num_steps=10", log=tmp_path / "b.log"))
-        assert code == 2 and "in use by another training process (host " in text, text[-2000:]
+        assert code == 2 and "in use by another training process (host " in text, _tail(text)
         assert f"PID {first.pid}, started" in text and time.time() - t0 < 60
     finally:
         first.send_signal(signal.SIGINT)
         code, text = _finish(first)
-    assert code == 128 + signal.SIGINT, text[-2000:]
+    assert code == 128 + signal.SIGINT, _tail(text)
     assert not (workdir / "LOCK").exists()

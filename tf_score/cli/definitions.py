@@ -163,8 +163,9 @@ HELP = {
     "tpu": "TPU name or grpc:// address for --strategy=tpu.",
     "cpu_devices": "Split the host CPU into this many logical devices (0: leave it whole); with "
     "--strategy=mirrored, one replica each (multi-replica runs without accelerators).",
-    "collective_timeout": "Multi-worker: seconds a collective waits for the other workers before "
-    "failing (0: no limit; the coordination service still reports a dead worker).",
+    "collective_timeout": "Multi-worker: seconds a worker waits without a step for the others "
+    "before the run stops, exit code 4 (0: no limit; the coordination service still reports a "
+    "dead worker). Set it above the chief's pauses (sample grids, FID) and a step's time.",
     "seed": "Random seed (training and sampling are reproducible).",
 }
 #: fields a run fills in itself (no flag)
@@ -391,10 +392,7 @@ def strategy(cfg: C.ExperimentConfig):
     d = cfg.distribute
     if d.cpu_devices:
         distribute.split_cpu(d.cpu_devices)
-    return distribute.make_strategy(
-        d.strategy, devices=tuple(d.devices) or None, tpu=d.tpu,
-        collective_timeout=d.collective_timeout or None,
-    )  # fmt: skip
+    return distribute.make_strategy(d.strategy, devices=tuple(d.devices) or None, tpu=d.tpu)
 
 
 def export(run, cfg: C.ExperimentConfig) -> str:

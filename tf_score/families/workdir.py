@@ -200,6 +200,7 @@ def train_in_loop(cfg: ExperimentConfig, workdir: str, strategy, progress: bool,
         return loop.train(
             bundle, cfg.train, workdir, strategy, on_restored=settings_verified, seed=cfg.seed,
             progress=progress, restart_from_scratch=restart_from_scratch,
+            collective_timeout=cfg.distribute.collective_timeout,
         )  # fmt: skip
 
 

@@ -23,6 +23,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 
 import tensorflow as tf
 
@@ -82,13 +84,9 @@ def make_strategy(
     name: str = "default",
     devices: list[str] | None = None,
     tpu: str | None = None,
-    collective_timeout: float | None = None,
 ) -> tf.distribute.Strategy:
-    """The strategy for ``--strategy=name``; see the module docstring.
-
-    ``collective_timeout`` (multi-worker): seconds a collective may wait for a peer before
-    failing (None: wait; the coordination service still reports dead workers).
-    """
+    """The strategy for ``--strategy=name``; see the module docstring. (A multi-worker run's
+    collectives wait for their peers; ``CollectiveWatchdog`` is the training loop's limit.)"""
     if name not in STRATEGIES:
         raise StrategyError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
     if name != "mirrored" and devices:
@@ -119,10 +117,7 @@ def make_strategy(
                 "--strategy=multi_worker_mirrored needs TF_CONFIG describing the cluster and "
                 "this worker's role (see the README's multi-machine section)"
             )
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     # tpu
     if not tpu:
         raise StrategyError(
@@ -202,3 +197,76 @@ def write_dir(path: str, strategy: tf.distribute.Strategy):
         yield os.path.join(tmp, os.path.basename(os.path.normpath(path)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CollectiveWatchdog:
+    """The ``--collective_timeout`` of a multi-worker run: one thread for the whole run.
+
+    While a call with collectives runs (``watching``), the thread reads ``progress()`` (the
+    step counter) every ``poll`` seconds. If it has not moved for ``timeout`` seconds, a peer
+    is taken to be lost and this process's pending collectives are aborted: the call raises
+    ``tf.errors.DeadlineExceededError``. A call watched with ``first=True`` (the one that
+    traces and compiles) is given until its first step before the clock starts. ``abort``
+    (message) is what fires (default: the collectives' abort below).
+
+    TensorFlow's own limit, ``CommunicationOptions(timeout_seconds=...)``, starts a sleeping
+    thread for every collective it launches: a model stepping hundreds of times a second with
+    a timeout of minutes piles up tens of thousands of threads, and the process aborts when it
+    cannot start another. Aborting the collectives has no public API; this calls the eager
+    context's ``abort_collective_ops``, as ``MultiWorkerMirroredStrategy``'s own health check
+    does (tests/test_faults_cluster.py's stalled-worker run pins it).
+    """
+
+    def __init__(self, timeout: float, progress, poll: float | None = None, abort=None):
+        self.timeout = timeout
+        self.fired = False
+        self._progress = progress
+        self._abort = abort or _abort_collectives
+        self._poll = poll if poll is not None else min(1.0, timeout / 10)
+        self._lock = threading.Lock()
+        self._watched = False
+        self._last = None  # progress() when last seen to move
+        self._since = None  # when it did (monotonic s); None: the clock has not started
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="collective-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def watching(self, first: bool = False):
+        """Watch the collectives of the calls inside; ``first``: the clock starts at the
+        first step (tracing and compiling are not waiting for a peer)."""
+        last = self._progress()
+        with self._lock:
+            self._last, self._since = last, None if first else time.monotonic()
+            self._watched = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched = False
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._poll):
+            if not self._watched:
+                continue
+            value = self._progress()  # outside the lock: a read may wait for the step
+            with self._lock:
+                now = time.monotonic()
+                if value != self._last:
+                    self._last, self._since = value, now
+                if not self._watched or self._since is None or now - self._since < self.timeout:
+                    continue
+                self._watched = False
+            self.fired = True
+            self._abort(f"no step for {self.timeout:g} s (--collective_timeout): a peer is lost")
+
+
+def _abort_collectives(message: str) -> None:
+    """Fail this process's pending and future collectives with DeadlineExceededError."""
+    from tensorflow.python.eager import context  # no public API (CollectiveWatchdog)
+
+    context.context().abort_collective_ops(tf.errors.DEADLINE_EXCEEDED, message)

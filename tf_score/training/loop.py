@@ -216,9 +216,13 @@ def _disk_full_is_one_line(step: int, ckpt_dir: str, kept: str | None):
 class _Workers:
     """The loop's own collectives: agreeing when to stop, a lost peer as ``WorkerLostError``."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, checkpoints: _Checkpoints):
+    def __init__(self, strategy: tf.distribute.Strategy, checkpoints: _Checkpoints,
+                 collective_timeout: float, progress: Callable[[], int]):  # fmt: skip
         self.multi_worker = distribute.is_multi_worker(strategy)
         self._checkpoints = checkpoints
+        self._watchdog = None
+        if self.multi_worker and collective_timeout:
+            self._watchdog = distribute.CollectiveWatchdog(collective_timeout, progress)
 
         @tf.function
         def any_worker(flag):
@@ -227,10 +231,13 @@ class _Workers:
 
         self._any_worker = any_worker
 
-    def collective(self, step: int, fn, *args):
-        """Run a function with collectives; a lost peer becomes WorkerLostError (after ``step``)."""
+    def collective(self, step: int, fn, *args, first: bool = False):
+        """Run a function with collectives; a lost peer becomes WorkerLostError (after ``step``).
+        ``first``: the call that traces and compiles (``CollectiveWatchdog.watching``)."""
+        watching = self._watchdog.watching(first) if self._watchdog else contextlib.nullcontext()
         try:
-            return fn(*args)
+            with watching:
+                return fn(*args)
         except (
             tf.errors.UnavailableError,
             tf.errors.DeadlineExceededError,
@@ -240,6 +247,10 @@ class _Workers:
             if not self.multi_worker:
                 raise
             raise WorkerLostError(step, self._checkpoints.latest(), e) from e
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
 
     def any(self, step: int, flag: bool) -> bool:
         """True on every worker if any worker passed True (so all stop at the same step)."""
@@ -376,7 +387,8 @@ def _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, 
         step = progress.step
         end = _loop_end(step, config, summaries.bundle.monitors)
         t0 = time.time()
-        out = workers.collective(step, train_loop, tf.constant(end - step, tf.int64))
+        out = workers.collective(step, train_loop, tf.constant(end - step, tf.int64),
+                                 first=step == progress.start_step)  # fmt: skip
         done = int(out["steps"])
         dt = time.time() - t0
         if step > progress.start_step:  # the first call also traces and compiles
@@ -437,13 +449,16 @@ def train(
     seed: int = 0,
     progress: bool = False,
     restart_from_scratch: bool = False,
+    collective_timeout: float = 0.0,
 ) -> TrainResult:
     """Train ``bundle`` for ``config.num_steps`` steps (``config``: an experiment's ``train``
     section), seeded by ``seed``, resuming from ``workdir`` if possible (the newest good
     checkpoint); ``progress`` shows a bar. ``on_restored(start_step)`` runs once the
     checkpoint, if any, has been restored into these models (a run writes its settings there).
     A workdir whose checkpoints are all unusable is refused (``CheckpointError``) unless
-    ``restart_from_scratch`` (they are kept aside; ``checkpoints.resume_point``)."""
+    ``restart_from_scratch`` (they are kept aside; ``checkpoints.resume_point``).
+    ``collective_timeout`` (multi-worker; 0: none): seconds without a step, waiting for a
+    peer, before the run stops with ``WorkerLostError`` (``distribute.CollectiveWatchdog``)."""
     strategy, show_bar = strategy or tf.distribute.get_strategy(), progress
     step_fn = TrainStep(bundle, config, strategy, seed)  # checks the batch split, seeds, builds
     checkpoints = _Checkpoints(step_fn, config, workdir, strategy, restart_from_scratch)
@@ -468,7 +483,7 @@ def train(
     iterator = iter(strategy.distribute_datasets_from_function(input_fn))
     train_loop = step_fn.make_train_loop(iterator)
     summaries = _Summaries(bundle, step_fn, workdir, chief)
-    workers = _Workers(strategy, checkpoints)
+    workers = _Workers(strategy, checkpoints, collective_timeout, step_fn.step_var.numpy)
     progress = _Progress(start_step=start_step, step=start_step)
     t_start = time.time()
     bar = tqdm(
@@ -484,6 +499,7 @@ def train(
             _run_loops(config, train_loop, progress, bar, stop, summaries, checkpoints, workers)
         finally:
             bar.close()
+            workers.close()
     seconds = time.time() - t_start
     if chief and (not config.sample_every or config.num_steps % config.sample_every):
         summaries.images(progress.step)
