@@ -528,10 +528,11 @@ def test_annealed_langevin_at_a_large_batch_runs_twice_on_the_cpu_preset_network
     """Regression: at batch 1024 on the CPU preset's ResNet, grappler merged the Langevin
     update x + a s + sqrt(2a) z into a three-input AddN, its memory optimizer turned that into
     a TemporaryVariable, and the second call failed with AlreadyExistsError
-    (tensorflow/tensorflow#37740). The same chain twice gives the same samples."""
+    (tensorflow/tensorflow#37740). The same chain twice gives the same samples. (Two levels
+    fail as ten did without ``solvers.plus_noise``'s control dependency: checked.)"""
     from tf_score.networks.resnet import ConditionalResNet
 
-    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    sigmas = geometric_sigmas(1.0, 0.01, 2)
     net = ConditionalResNet((28, 28, 1), sigmas, ngf=16, channel_mults=(1, 2, 2), num_blocks=2)
     net(tf.zeros([1, 28, 28, 1]), tf.zeros([1], tf.int32))  # built, as a loaded run's is
     model = contract.LevelScoreModel(net, sigmas)
@@ -540,5 +541,5 @@ def test_annealed_langevin_at_a_large_batch_runs_twice_on_the_cpu_preset_network
     space = sampling.SampleSpace((28, 28, 1))
     first = sampling.draw("annealed_langevin", model, sigmas, 1024, seed, space, **options)
     second = sampling.draw("annealed_langevin", model, sigmas, 1024, seed, space, **options)
-    assert int(first.num_evals) == 11
+    assert int(first.num_evals) == 3
     np.testing.assert_array_equal(first.samples.numpy(), second.samples.numpy())
