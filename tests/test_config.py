@@ -60,6 +60,7 @@ def test_every_field_name_is_unique_and_from_flat_sets_it():
         (dict(loss="edm"), "network=mlp needs loss=anneal_dsm"),
         (dict(schedule="karras"), "network=mlp is trained on its levels: schedule=geometric"),
         (dict(network="edm_mlp", loss="edm", parameterization="vp"), "parameterization must"),
+        (dict(collective_timeout=20.0), "collective_timeout is for strategy=multi_worker_mirrored"),
     ],
 )
 def test_invalid_settings_name_the_field(values, message):

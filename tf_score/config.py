@@ -600,6 +600,10 @@ class DistributeConfig:
             "by it",
         )
         _require(
+            not self.collective_timeout or self.strategy == "multi_worker_mirrored",
+            "collective_timeout is for strategy=multi_worker_mirrored",
+        )
+        _require(
             not self.cpu_devices or self.strategy in ("mirrored", "default"),
             "cpu_devices is for strategy=mirrored or default (a multi-worker strategy must set "
             "up TensorFlow's devices itself)",
