@@ -219,7 +219,6 @@ class CollectiveWatchdog:
 
     def __init__(self, timeout: float, progress, poll: float | None = None, abort=None):
         self.timeout = timeout
-        self.fired = False
         self._progress = progress
         self._abort = abort or _abort_collectives
         self._poll = poll if poll is not None else min(1.0, timeout / 10)
@@ -261,7 +260,6 @@ class CollectiveWatchdog:
                 if not self._watched or self._since is None or now - self._since < self.timeout:
                     continue
                 self._watched = False
-            self.fired = True
             self._abort(f"no step for {self.timeout:g} s (--collective_timeout): a peer is lost")
 
 
