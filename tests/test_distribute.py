@@ -189,33 +189,36 @@ def test_a_nan_on_one_replica_stops_every_replica_before_the_update(tmp_path):
 
 def test_the_collective_watchdog_fires_only_after_timeout_seconds_without_a_step():
     """CollectiveWatchdog with a counter the test moves: steps keep it quiet however long the
-    call; it fires once, ``timeout`` after the last step; the first call's clock starts at its
-    first step (tracing is not a lost peer); outside ``watching`` nothing fires."""
+    call; it fires once, ``timeout`` (1 s) after the last step; the first call's clock starts
+    at its first step (tracing is not a lost peer); outside ``watching`` nothing fires. (Steps
+    0.1 s apart against a 1 s limit: a false alarm would need the test stalled for 0.9 s.)"""
     counter, fired = [0], []
-    dog = distribute.CollectiveWatchdog(0.3, lambda: counter[0], poll=0.01, abort=fired.append)
+    dog = distribute.CollectiveWatchdog(1.0, lambda: counter[0], poll=0.01, abort=fired.append)
+
+    def wait_for_alarm(n):
+        t0 = time.monotonic()
+        while len(fired) < n and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        return time.monotonic() - t0
+
     try:
-        with dog.watching():  # a long call that steps every 0.1 s: never fires
-            for _ in range(10):
+        with dog.watching():  # a call that steps every 0.1 s for 1.2 s: never fires
+            for _ in range(12):
                 time.sleep(0.1)
                 counter[0] += 1
         assert not fired
-        time.sleep(0.5)  # not watching: a pause between calls is not a stall
+        time.sleep(1.2)  # not watching: a pause between calls is not a stall
         assert not fired
         with dog.watching(first=True):
-            time.sleep(0.6)  # tracing: no step yet, the clock has not started
+            time.sleep(1.2)  # tracing: no step yet, the clock has not started
             assert not fired
             counter[0] += 1
-            t0 = time.monotonic()
-            while not fired and time.monotonic() - t0 < 5:
-                time.sleep(0.01)
-            waited = time.monotonic() - t0
+            waited = wait_for_alarm(1)
         assert len(fired) == 1 and "--collective_timeout" in fired[0]
-        assert 0.29 < waited < 3, waited  # the timeout after the last step (and a poll or so)
-        with dog.watching():
-            t0 = time.monotonic()
-            while len(fired) < 2 and time.monotonic() - t0 < 5:
-                time.sleep(0.01)
-        assert len(fired) == 2 and 0.29 < time.monotonic() - t0 < 3
+        assert 0.99 < waited < 5, waited  # the timeout after the last step (and a poll or so)
+        with dog.watching():  # no step at all: the clock runs from the call's start
+            waited = wait_for_alarm(2)
+        assert len(fired) == 2 and 0.99 < waited < 5, waited
     finally:
         dog.close()
     assert not dog._thread.is_alive()
